@@ -1,0 +1,196 @@
+"""The stage graph: what each stage consumes and what its result is, with the hand-off rules between them.
+
+``trace(pipeline)`` walks the stages in order and returns, per stage, the ``Result`` a later stage would
+consume (full weights, an adapter chain on some weights, a merged model, GGUF files, tokenized data), plus a
+diagnostic for every broken reference or hand-off. Later steps (estimate, plan) use the results; nothing here
+reads files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .diagnostics import Diagnostic, error
+from .schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, Pipeline, SftStage
+from .schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
+
+CODES = {
+    "FT201": "a stage id is used twice",
+    "FT202": "a reference names no stage",
+    "FT203": "a reference names a later stage (or itself)",
+    "FT204": "a reference names a stage of the wrong kind",
+    "FT205": "the data stage has no examples of the format this stage trains on",
+    "FT206": "the hand-off from an adapter stage is not declared",
+    "FT207": "a merge stage's input trained no adapter",
+    "FT208": "a GGUF stage's input is not merged full-precision weights",
+    "FT209": "a full fine-tune starts from an unmerged adapter",
+}
+
+ResultKind = Literal["data", "model", "gguf"]
+
+
+@dataclass(frozen=True)
+class AdapterLink:
+    """One adapter in a chain: the stage that trained it and its type."""
+
+    stage: str
+    type: Literal["lora", "qlora", "dora"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a stage leaves for later stages.
+
+    For models: full weights (``weights`` = the stage that wrote them, None for ``model.base``) plus the
+    adapters on top of them in chain order. ``merge_upto`` adapters of the chain are merged into the weights
+    before training (a DPO ``merge_input``); the rest stay separate."""
+
+    kind: ResultKind
+    weights: str | None = None
+    adapters: tuple[AdapterLink, ...] = ()
+    formats: frozenset[str] = frozenset()
+
+    @property
+    def quantized_base(self) -> bool:
+        """True when the last adapter was trained on a 4-bit (QLoRA) base."""
+        return bool(self.adapters) and self.adapters[-1].type == "qlora"
+
+
+@dataclass(frozen=True)
+class StageLink:
+    """How a stage is wired: its consumed results and its own result (None when the wiring is broken)."""
+
+    input: Result | None
+    data: Result | None
+    result: Result | None
+    continues_adapter: bool = False
+    merges_input: bool = False
+
+
+BASE = Result(kind="model")
+
+
+def trace(pipeline: Pipeline) -> tuple[dict[str, StageLink], list[Diagnostic]]:
+    """Walk the stages in order; return each stage's wiring and the graph diagnostics (FT2xx)."""
+    links: dict[str, StageLink] = {}
+    diags: list[Diagnostic] = []
+    seen_index: dict[str, int] = {}
+    all_ids = {s.id: i for i, s in enumerate(pipeline.stages)}
+
+    def ref(i: int, field: str, target: str | None, want: tuple[str, ...]) -> Result | None:
+        """Resolve a reference from stage ``i``; report FT202/FT203/FT204 and return None when broken."""
+        if target is None:
+            return BASE
+        path = ("stages", i, field)
+        if target not in all_ids:
+            diags.append(error("FT202", path, f"no stage is named '{target}'",
+                               hint=_did_you_mean(target, list(all_ids)) or "stage ids: " + ", ".join(all_ids)))
+            return None
+        if target not in seen_index:
+            diags.append(error("FT203", path, f"stage '{target}' does not run before this stage",
+                               hint="stages run in file order: move it above, or point at an earlier stage"))
+            return None
+        kind = pipeline.stages[seen_index[target]].kind
+        if kind not in want:
+            diags.append(error("FT204", path, f"'{target}' is a {kind} stage; {field} needs a "
+                               + " or ".join(want) + " stage"))
+            return None
+        return links[target].result
+
+    for i, stage in enumerate(pipeline.stages):
+        if stage.id in seen_index:
+            diags.append(error("FT201", ("stages", i, "id"), f"stage id '{stage.id}' is already used by "
+                               f"stages[{seen_index[stage.id]}]", hint="give every stage a unique id"))
+            continue
+        link = _link(i, stage, ref, diags)
+        links[stage.id] = link
+        seen_index[stage.id] = i
+    return links, diags
+
+
+def _link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
+    if isinstance(stage, DataStage):
+        formats = frozenset(d.format for d in stage.datasets)
+        return StageLink(None, None, Result(kind="data", formats=formats))
+    if isinstance(stage, (SftStage, DpoStage)):
+        return _train_link(i, stage, ref, diags)
+    if isinstance(stage, MergeStage):
+        src = ref(i, "input", stage.input, ("sft", "dpo"))
+        if src is None:
+            return StageLink(None, None, None)
+        if not src.adapters:
+            diags.append(error("FT207", ("stages", i, "input"), f"'{stage.input}' trained no adapter, so "
+                               "there is nothing to merge", hint="point the gguf stage at the full fine-tune "
+                               "directly and drop this merge stage"))
+            return StageLink(src, None, None)
+        return StageLink(src, None, Result(kind="model", weights=stage.id))
+    if isinstance(stage, GgufStage):
+        src = ref(i, "input", stage.input, ("merge", "sft", "dpo"))
+        if src is None:
+            return StageLink(None, None, None)
+        if src.adapters:
+            kinds = "a 4-bit (QLoRA) base with an adapter" if src.quantized_base else "an unmerged adapter"
+            diags.append(error("FT208", ("stages", i, "input"), f"'{stage.input}' leaves {kinds}; GGUF "
+                               "export needs merged full-precision weights",
+                               hint=f"add a stage `{{id: merge, kind: merge, input: {stage.input}}}` and point "
+                               "this stage at it"))
+            return StageLink(src, None, None)
+        return StageLink(src, None, Result(kind="gguf", weights=src.weights))
+    raise TypeError(f"unhandled stage kind {stage.kind}")  # pragma: no cover - the union is closed
+
+
+def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
+    src = ref(i, "input", stage.input, ("sft", "dpo", "merge"))
+    data = ref(i, "data", stage.data, ("data",))
+    want = SFT_FORMATS if isinstance(stage, SftStage) else PREFERENCE_FORMATS
+    if data is not None and not (data.formats & want):
+        diags.append(error("FT205", ("stages", i, "data"),
+                           f"data stage '{stage.data}' has no {' or '.join(sorted(want))} datasets for this "
+                           f"{stage.kind} stage (it has: {', '.join(sorted(data.formats))})",
+                           hint=f"add a dataset with one of the formats {', '.join(sorted(want))} to "
+                           f"'{stage.data}'"))
+    if src is None:
+        return StageLink(None, data, None)
+
+    adapter = stage.adapter
+    here = ("stages", i, "adapter")
+    if adapter == "continue":
+        if not src.adapters:
+            diags.append(error("FT206", here, f"`adapter: continue` needs an input stage that trained an "
+                               f"adapter; '{stage.input}' did not",
+                               hint="declare a new adapter, e.g. `adapter: {type: lora, r: 16}`"))
+            return StageLink(src, data, None)
+        last = src.adapters[-1]
+        chain = src.adapters[:-1] + (AdapterLink(stage.id, last.type),)
+        return StageLink(src, data, Result(kind="model", weights=src.weights, adapters=chain),
+                         continues_adapter=True)
+
+    merge_input = isinstance(stage, DpoStage) and stage.merge_input
+    if src.adapters and not merge_input:
+        hint = ("set `adapter: continue` to keep training the input's adapter, or `merge_input: true` to merge "
+                "it into the base and start a new adapter" if isinstance(stage, DpoStage) else
+                "add a merge stage between them and start from it (`input: <merge stage>`)")
+        code, msg = ("FT209", f"a full fine-tune cannot start from '{stage.input}', which leaves an unmerged "
+                     "adapter") if adapter.type == "full" else (
+            "FT206", f"'{stage.input}' trained an adapter; say how this stage takes it over")
+        diags.append(error(code, here, msg, hint=hint))
+        return StageLink(src, data, None)
+    if merge_input and not src.adapters:
+        diags.append(error("FT206", ("stages", i, "merge_input"), f"`merge_input: true` but '{stage.input}' "
+                           "trained no adapter", hint="remove `merge_input`"))
+        return StageLink(src, data, None)
+
+    if isinstance(adapter, LoraAdapter):
+        result = Result(kind="model", weights=src.weights,
+                        adapters=src.adapters + (AdapterLink(stage.id, adapter.type),))
+    else:
+        result = Result(kind="model", weights=stage.id)
+    return StageLink(src, data, result, merges_input=merge_input)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str | None:
+    from difflib import get_close_matches
+
+    close = get_close_matches(word, choices, n=2, cutoff=0.6)
+    return ("did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else None

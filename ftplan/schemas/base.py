@@ -1,0 +1,42 @@
+"""Shared base model and small constrained types for the pipeline schema.
+
+Every model forbids unknown keys, is immutable, and takes its field documentation from the attribute
+docstrings (they become the JSON Schema ``description`` and the user's documentation).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+
+class FtplanModel(BaseModel):
+    """Base of every schema model: unknown keys are errors, values are frozen, docstrings document fields."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        validate_default=False,
+        str_strip_whitespace=False,
+    )
+
+
+StageId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+"""A stage identifier: lowercase letters, digits and underscores, starting with a letter (at most 32)."""
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+"""A pipeline name: letters, digits, '.', '_' and '-' (at most 64); used in job names and paths."""
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+"""Any non-empty string (paths and ids; shell-quoted wherever it reaches a script)."""
+
+SafeToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:,=+/@%&|\[\]*-]{1,200}$")]
+"""A value safe inside an ``#SBATCH`` directive: no whitespace, quotes, ``$``, backticks or ``;``."""
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+"""An environment variable name."""
+
+ShellLine = Annotated[str, StringConstraints(pattern=r"^[^\n\r]+$")]
+"""One line of shell code (no line breaks)."""

@@ -1,0 +1,93 @@
+"""The arguments file a compiled stage hands to the runtime (``stages/NN-<id>/args.json``).
+
+It is the contract between the compiler and ``ftplan_runtime``: the fully resolved stage, where to read and
+write, and what the plan promised about the hardware, which the runtime asserts before it does any work. All
+paths are relative to the project root (the folder of the pipeline file), where the launch scripts ``cd``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import FtplanModel, NonEmptyStr
+from .model import ModelSpec
+from .stages import Stage
+
+ARGS_FORMAT = 1
+"""Version of this file's format; bumped on incompatible changes."""
+
+
+class Promise(FtplanModel):
+    """What the plan assumed about the machine; the runtime fails at start when reality differs."""
+
+    device: Literal["cuda", "cpu"]
+    """Device type."""
+    world_size: int = Field(ge=1)
+    """Training processes in total."""
+    num_machines: int = Field(ge=1)
+    """Nodes."""
+    distributed_type: Literal["NO", "MULTI_GPU", "DEEPSPEED", "FSDP"]
+    """accelerate's distributed type."""
+    zero_stage: int | None = None
+    """DeepSpeed ZeRO stage, when DeepSpeed is used."""
+    precision: Literal["bf16", "fp16", "fp32"]
+    """Compute precision."""
+    attention: str
+    """Attention backend (``attn_implementation``)."""
+    kernels: Literal["ftplan", "none"]
+    """Kernel set applied to the model."""
+    gpu_name: str | None = None
+    """Catalog name of the GPU the plan was checked against."""
+    gpu_memory_mib: int | None = None
+    """Its memory; the runtime fails when the visible GPU has less (5 % tolerance)."""
+
+
+class AdapterRef(FtplanModel):
+    """An adapter trained by an earlier stage."""
+
+    stage: str
+    """Stage that trained it."""
+    path: str
+    """Its saved PEFT folder."""
+    type: Literal["lora", "qlora", "dora"]
+    """Adapter type."""
+
+
+class ModelSource(FtplanModel):
+    """The model a stage starts from: full weights, then adapters."""
+
+    weights: NonEmptyStr
+    """Hub id or folder of the full weights (``model.base`` or an earlier stage's ``model/``)."""
+    revision: str | None = None
+    """Hub revision of ``weights`` (only for ``model.base``)."""
+    merge: list[AdapterRef] = Field(default_factory=list)
+    """Adapters merged into the weights, in order, before this stage starts."""
+    continue_adapter: AdapterRef | None = None
+    """The adapter this stage keeps training (``adapter: continue``)."""
+    tokenizer: NonEmptyStr
+    """Tokenizer hub id or folder."""
+
+
+class RuntimeArgs(FtplanModel):
+    """Everything one stage run needs."""
+
+    format: Literal[1] = ARGS_FORMAT
+    """Format version of this file."""
+    pipeline: str
+    """Pipeline name."""
+    stage: Stage
+    """The stage, fully resolved (defaults filled in)."""
+    model: ModelSpec
+    """The pipeline's model section."""
+    source: ModelSource | None = None
+    """Model the stage starts from (training, merge and GGUF stages)."""
+    data_dir: str | None = None
+    """Output folder of the data stage (training stages)."""
+    output_dir: str
+    """This stage's output folder."""
+    promise: Promise
+    """What the runtime must verify before starting."""
+    estimate_peak_gib: float | None = None
+    """The plan's peak-memory estimate per GPU (for the metrics report)."""
