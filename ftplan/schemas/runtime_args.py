@@ -91,3 +91,11 @@ class RuntimeArgs(FtplanModel):
     """What the runtime must verify before starting."""
     estimate_peak_gib: float | None = None
     """The plan's peak-memory estimate per GPU (for the metrics report)."""
+
+REQUEUE_EXIT_CODE = 75
+"""Exit code of a stage that saved a checkpoint on SIGTERM/SIGUSR1 (preemption or time limit) and wants to be
+requeued; the sbatch script turns it into ``scontrol requeue``. (75 is EX_TEMPFAIL.)"""
+
+COMPLETE_MARKER = "_COMPLETE"
+"""File a stage writes into its output folder when it finished; it holds the sha256 of the stage's
+``args.json``, so ``run.sh`` skips exactly the stages that completed with the same arguments."""
