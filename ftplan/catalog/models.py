@@ -58,7 +58,8 @@ class ModelShape:
 
 
 def _shape(key: str, family: str, hub_ids: tuple[str, ...], hidden: int, inter: int, layers: int, heads: int,
-           kv: int, head_dim: int, vocab: int, max_pos: int, tied: bool, rope_scaling: bool, **extra: Any) -> ModelShape:
+           kv: int, head_dim: int, vocab: int, max_pos: int, tied: bool, rope_scaling: bool,
+           **extra: Any) -> ModelShape:
     return ModelShape(key, family, hub_ids, hidden, inter, layers, heads, kv, head_dim, vocab, max_pos, tied,
                       rope_scaling, extra.pop("attention_bias", False), **extra)
 
