@@ -72,6 +72,9 @@ _LLAMA = "meta-llama/"
 _QWEN = "Qwen/"
 
 _ENTRIES: tuple[ModelShape, ...] = (
+    # ftplan's built-in demo model (ftplan_runtime.tiny.build_tiny_model defaults): a random-init Llama with a
+    # locally trained SentencePiece tokenizer of at most 512 tokens; used by examples/tiny-cpu.yaml and tests.
+    _shape("ftplan-tiny", "llama", (), 64, 128, 2, 4, 2, 16, 512, 512, False, False),
     # meta-llama/Llama-3.2-1B config.json (rope_scaling llama3, tied)
     _shape("llama-3.2-1b", "llama", _ids(_LLAMA + "Llama-3.2-1B", _LLAMA + "Llama-3.2-1B-Instruct"),
            2048, 8192, 16, 32, 8, 64, 128256, 131072, True, True),
