@@ -1,0 +1,169 @@
+"""The ``ftplan`` command line: argv in, exit code out. All logic lives in ``ftplan.api``; this only parses
+arguments and prints.
+
+Exit codes: 0 ok, 1 invalid pipeline, 2 usage error, 3 ``compile --check`` found drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="ftplan", description="Check and compile LLM fine-tuning pipelines against their target GPUs.")
+    parser.add_argument("--version", action="version", version=f"ftplan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="type-check a pipeline, run the pre-launch rules, estimate VRAM")
+    check.add_argument("pipeline", help="pipeline YAML file")
+    check.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
+
+    comp = sub.add_parser("compile", help="write the reviewable launch plan of a pipeline")
+    comp.add_argument("pipeline", help="pipeline YAML file")
+    comp.add_argument("-o", "--out", required=True, help="plan folder to write (replaced atomically)")
+    comp.add_argument("--check", action="store_true", help="write nothing; exit 3 if the folder would change")
+    comp.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
+
+    sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
+    gpus = sub.add_parser("gpus", help="list the GPU catalog")
+    gpus.add_argument("--json", action="store_true", help="print JSON")
+    models = sub.add_parser("models", help="list the model-architecture catalog")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("codes", help="list every diagnostic code")
+    return parser
+
+
+def main(argv: list[str] | None = None, *, out: Console | None = None, err: Console | None = None) -> int:
+    """Run one ftplan command; returns the exit code (testable: no ``sys.exit`` here)."""
+    out = out or Console(highlight=False, soft_wrap=True)
+    err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse prints usage itself
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
+               "codes": _codes}[args.command]
+    return handler(args, out, err)
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv[1:]))
+
+
+def _check(args, out: Console, err: Console) -> int:
+    from .api import check_file
+    from .console import check_json, print_check
+
+    if not Path(args.pipeline).is_file():
+        err.print(f"error: no such pipeline file: {args.pipeline}")
+        return EXIT_USAGE
+    result = check_file(args.pipeline)
+    if args.json:
+        out.print_json(json.dumps(check_json(result)))
+    else:
+        print_check(result, out, err)
+    return EXIT_OK if result.ok else EXIT_INVALID
+
+
+def _compile(args, out: Console, err: Console) -> int:
+    from .api import check_file, plan_dir_from_root, plan_files
+    from .console import check_json, print_check
+    from .write import diff_plan, write_plan
+
+    if not Path(args.pipeline).is_file():
+        err.print(f"error: no such pipeline file: {args.pipeline}")
+        return EXIT_USAGE
+    result = check_file(args.pipeline)
+    report = check_json(result)
+    if not result.ok:
+        if args.json:
+            out.print_json(json.dumps(report))
+        else:
+            print_check(result, out, err)
+        return EXIT_INVALID
+    out_dir = Path(args.out)
+    files = plan_files(result, plan_dir_from_root(args.pipeline, out_dir))
+    diff = diff_plan(files, out_dir)
+    report["changes"] = diff.as_json()
+    if args.check:
+        if args.json:
+            out.print_json(json.dumps(report))
+        else:
+            out.print(diff.summary(out_dir))
+        return EXIT_DRIFT if diff.changed else EXIT_OK
+    write_plan(files, out_dir)
+    if args.json:
+        out.print_json(json.dumps(report))
+    else:
+        print_check(result, out, err)
+        out.print(diff.summary(out_dir))
+    return EXIT_OK
+
+
+def _schema(args, out: Console, err: Console) -> int:
+    from .schemas import Pipeline
+
+    out.print_json(json.dumps(Pipeline.model_json_schema(), sort_keys=True))
+    return EXIT_OK
+
+
+def _gpus(args, out: Console, err: Console) -> int:
+    from rich.table import Table
+
+    from .catalog import GPUS
+
+    if args.json:
+        out.print_json(json.dumps({k: {"name": g.name, "memory_mib": g.memory_mib, "compute_capability":
+                                       g.compute_capability, "bf16": g.bf16, "fp8": g.fp8,
+                                       "peak_bf16_tflops": g.peak_bf16_tflops, "aliases": list(g.aliases)}
+                                   for k, g in GPUS.items()}))
+        return EXIT_OK
+    table = Table(box=None, header_style="bold")
+    for col in ("key", "name", "memory", "sm", "bf16", "fp8", "bf16 TFLOP/s"):
+        table.add_column(col)
+    for key, g in GPUS.items():
+        sm = f"{g.compute_capability[0]}.{g.compute_capability[1]}" if g.compute_capability else g.arch
+        table.add_row(key, g.name, f"{g.memory_gib:.1f} GiB", sm, "yes" if g.bf16 else "no",
+                      "yes" if g.fp8 else "no", f"{g.peak_bf16_tflops:g}")
+    out.print(table)
+    return EXIT_OK
+
+
+def _models(args, out: Console, err: Console) -> int:
+    from rich.table import Table
+
+    from .catalog import MODELS, param_counts
+
+    if args.json:
+        out.print_json(json.dumps({k: {"family": m.family, "hub_ids": list(m.hub_ids),
+                                       "params": param_counts(m).total} for k, m in MODELS.items()}))
+        return EXIT_OK
+    table = Table(box=None, header_style="bold")
+    for col in ("key", "family", "params", "layers", "hidden", "vocab", "context"):
+        table.add_column(col)
+    for key, m in MODELS.items():
+        n = param_counts(m).total
+        table.add_row(key, m.family, f"{n / 1e9:.2f} B" if n > 1e8 else f"{n / 1e6:.2f} M", str(m.num_layers),
+                      str(m.hidden_size), f"{m.vocab_size:,}", f"{m.max_position_embeddings:,}")
+    out.print(table)
+    return EXIT_OK
+
+
+def _codes(args, out: Console, err: Console) -> int:
+    from .codes import all_codes
+
+    for code, title in all_codes().items():
+        out.print(f"{code}  {title}")
+    return EXIT_OK

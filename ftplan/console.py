@@ -1,0 +1,130 @@
+"""Views of check/compile results: a rich terminal view (stage table, VRAM bars, diagnostics) and a JSON view.
+
+Both take the same ``CheckResult``; the views decide layout only and compute nothing new.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .api import CheckResult
+from .describe import bar, effective_batch, gib, headline, method
+from .diagnostics import Diagnostic, Severity
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_VERDICT_STYLE = {"fits": "green", "tight": "yellow", "oom": "bold red", "n/a": "dim"}
+
+
+def diagnostic_lines(d: Diagnostic, result: CheckResult) -> list[str]:
+    """A diagnostic as plain lines: ``error[FT004] FILE:LINE:COL: path: message``, then notes and the hint."""
+    where = f"{d.span}: " if d.span else f"{result.path}: "
+    path = _display_path(d, result)
+    head = f"{d.severity.value}[{d.code}] {where}{path + ': ' if path else ''}{d.message}"
+    return [head, *(f"  {n}" for n in d.notes), *([f"  hint: {d.hint}"] if d.hint else [])]
+
+
+def print_diagnostics(result: CheckResult, console: Console) -> None:
+    """Print every diagnostic, colour-coded by severity."""
+    for d in result.diagnostics:
+        lines = diagnostic_lines(d, result)
+        console.print(Text(lines[0], style=_STYLE[d.severity]))
+        for line in lines[1:]:
+            console.print(Text(line))
+
+
+def summary_line(result: CheckResult) -> str:
+    """``N errors, M warnings.``"""
+    e, w = result.count(Severity.ERROR), result.count(Severity.WARNING)
+    return f"{e} error{'s' if e != 1 else ''}, {w} warning{'s' if w != 1 else ''}."
+
+
+def stage_table(result: CheckResult) -> Table | None:
+    """The stage table: kind, method, effective batch, tokens/step, peak per GPU with a bar, verdict."""
+    ctx = result.ctx
+    if ctx is None:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"):
+        table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left")
+    world = ctx.pipeline.hardware.world_size
+    for stage in ctx.pipeline.stages:
+        est = result.estimates.get(stage.id)
+        batch = effective_batch(stage, world)
+        tokens = f"{est.tokens_per_step:,}" if est and est.tokens_per_step else "—"
+        memory, verdict = _memory_cell(est)
+        table.add_row(stage.id, stage.kind, method(stage), f"{batch:,}" if batch else "—", tokens, memory,
+                      Text(verdict, style=_VERDICT_STYLE.get(verdict, "")))
+    return table
+
+
+def print_check(result: CheckResult, out: Console, err: Console) -> None:
+    """The human view of ``ftplan check``: headline and stage table on stdout, diagnostics on stderr."""
+    if result.ctx is not None:
+        out.print(Text(headline(result.ctx), style="bold"))
+        out.print()
+        out.print(stage_table(result))
+        out.print()
+    print_diagnostics(result, err)
+    if result.diagnostics:
+        err.print()
+    err.print(summary_line(result))
+
+
+def check_json(result: CheckResult) -> dict[str, Any]:
+    """The machine view of ``ftplan check`` (for CI): diagnostics and per-stage estimates."""
+    return {
+        "ok": result.ok,
+        "file": result.path,
+        "pipeline": result.ctx.pipeline.name if result.ctx else None,
+        "diagnostics": [diagnostic_json(d, result) for d in result.diagnostics],
+        "stages": [_stage_json(s, result) for s in (result.ctx.pipeline.stages if result.ctx else [])],
+    }
+
+
+def diagnostic_json(d: Diagnostic, result: CheckResult) -> dict[str, Any]:
+    """One diagnostic as a JSON object."""
+    return {
+        "code": d.code, "severity": d.severity.value, "message": d.message, "hint": d.hint,
+        "notes": list(d.notes), "path": _display_path(d, result),
+        "file": d.span.file if d.span else result.path,
+        "line": d.span.line if d.span else None, "col": d.span.col if d.span else None,
+    }
+
+
+def _stage_json(stage, result: CheckResult) -> dict[str, Any]:
+    est = result.estimates.get(stage.id)
+    out: dict[str, Any] = {"id": stage.id, "kind": stage.kind, "method": method(stage)}
+    if est is not None:
+        out.update({
+            "verdict": est.verdict,
+            "peak_gib": round(gib(est.peak_bytes), 2),
+            "capacity_gib": round(gib(est.capacity_bytes), 2) if est.capacity_bytes else None,
+            "host_gib": round(gib(est.host_bytes), 2) if est.host_bytes else None,
+            "tokens_per_step": est.tokens_per_step,
+            "step_time_s": est.step_time_s,
+            "terms": [{"name": t.name, "gib": round(gib(t.bytes), 3), "detail": t.detail} for t in est.terms],
+        })
+    return out
+
+
+def _memory_cell(est) -> tuple[str, str]:
+    if est is None:
+        return "—", "—"
+    if est.capacity_bytes and est.peak_bytes:
+        used, cap = gib(est.peak_bytes), gib(est.capacity_bytes)
+        return f"{bar(used, cap)} {used:5.1f} / {cap:.1f} GiB", est.verdict
+    if est.host_bytes:
+        return f"host RAM {gib(est.host_bytes):.1f} GiB", "ok" if est.verdict == "n/a" else est.verdict
+    return "—", "ok" if est.verdict == "n/a" else est.verdict
+
+
+def _display_path(d: Diagnostic, result: CheckResult) -> str:
+    if not d.path:
+        return ""
+    if result.source_map is not None:
+        return result.source_map.display_path(d.path, result.data)
+    return ".".join(str(p) for p in d.path)
