@@ -1,0 +1,386 @@
+"""The local-input snapshot: every local file a pipeline references, read once, before any check runs.
+
+``read_inputs`` reads the local base model's ``config.json``, the local tokenizer, a chat-template file and
+the first rows of every local dataset, and hashes every file it touches. Everything downstream (checks,
+estimate, plan) is a pure function of the returned ``Inputs``.
+
+Paths in the result are POSIX paths relative to the pipeline file's folder (``root``), never absolute, and
+every collection is sorted, so the snapshot of the same files is the same on every machine.
+
+What counts as local:
+
+- ``model.base`` / ``model.tokenizer``: an existing folder; a value starting with ``./``, ``../`` or ``/``
+  that does not exist is recorded in ``missing``; anything else is a hub id.
+- ``model.chat_template``: a value that is not a plain name (``tokenizer``, ``chatml``) is a file path.
+- a dataset ``path``: an existing file or folder; a value starting with ``./``, ``../`` or ``/``, or ending
+  in a data-file extension (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, ...), that does not exist is
+  recorded in ``missing``; anything else is a hub dataset id (``tatsu-lab/alpaca``, ``teknium/OpenHermes-2.5``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+from pathlib import Path
+from typing import Any
+
+from .context import DatasetHead, Inputs, LocalFile, TokenizerInfo
+from .schemas import Pipeline
+
+__all__ = ["HEAD_ROWS", "MAX_FOLDER_FILES", "WEIGHT_SUFFIXES", "read_inputs"]
+
+HEAD_ROWS = 200
+"""Rows read from the start of each local dataset file for the contract checks."""
+MAX_FOLDER_FILES = 10_000
+"""Most files hashed in one referenced folder (a dataset or model folder has far fewer)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+"""Weight files, hashed by size plus their first and last MiB (see ``file_sha256``)."""
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow", ".tsv", ".txt", ".gz", ".zst")
+"""Extensions that make a dataset path a local file even when it does not exist."""
+
+_MIB = 1 << 20
+_JSON_READ_LIMIT = 64 * _MIB
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def file_sha256(path: Path, size: int) -> str:
+    """SHA-256 of a file's bytes; for a weight file over 2 MiB, of ``ftplan-partial-v1``, its size and its
+    first and last MiB only (weights are large and change as a whole: this detects a swapped checkpoint
+    without reading gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.name.endswith(WEIGHT_SUFFIXES) and size > 2 * _MIB:
+            h.update(b"ftplan-partial-v1\0%d\0" % size)
+            h.update(f.read(_MIB))
+            f.seek(size - _MIB)
+            h.update(f.read(_MIB))
+        else:
+            for chunk in iter(lambda: f.read(_MIB), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _path_like(value: str) -> bool:
+    return value.startswith(("./", "../", "/")) or value in (".", "..")
+
+
+class _Reader:
+    """Reads and hashes local files under ``root``, remembering each once."""
+
+    def __init__(self, root: Path):
+        self.root = Path(os.path.abspath(root))
+        self.files: dict[str, LocalFile] = {}
+        self.missing: list[tuple[tuple[str | int, ...], str]] = []
+
+    def rel(self, value: str) -> str:
+        """The user's path as a normalized POSIX path relative to ``root`` (absolute ones made relative)."""
+        if os.path.isabs(value):
+            value = os.path.relpath(value, self.root)
+        return posixpath.normpath(value.replace(os.sep, "/"))
+
+    def full(self, value: str) -> Path:
+        return self.root / value
+
+    def hash_file(self, full: Path, rel: str) -> None:
+        """Record one file (unreadable files are skipped: the step that reads it reports the problem)."""
+        if rel in self.files:
+            return
+        try:
+            size = full.stat().st_size
+            self.files[rel] = LocalFile(rel, file_sha256(full, size), size)
+        except OSError:
+            pass
+
+    def hash_folder(self, full: Path, rel: str) -> str | None:
+        """Record every file of a folder, sorted, skipping hidden names; an error text when it is too big."""
+        found: list[tuple[str, Path]] = []
+        for dirpath, dirnames, filenames in os.walk(full):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                sub = os.path.relpath(os.path.join(dirpath, name), full).replace(os.sep, "/")
+                found.append((posixpath.join(rel, sub), Path(dirpath) / name))
+                if len(found) > MAX_FOLDER_FILES:
+                    return f"'{rel}' holds more than {MAX_FOLDER_FILES} files"
+        for sub_rel, path in found:
+            self.hash_file(path, sub_rel)
+        return None
+
+    def local_dir(self, value: str | None, key: tuple[str | int, ...]) -> tuple[Path, str] | None:
+        """An existing folder named by ``value``; records ``missing`` for a path-like value that is absent."""
+        if value is None:
+            return None
+        full, rel = self.full(value), self.rel(value)
+        if full.is_dir():
+            return full, rel
+        if _path_like(value) and not full.exists():
+            self.missing.append((key, rel))
+        return None
+
+    def read_json(self, full: Path, rel: str) -> Any:
+        self.hash_file(full, rel)
+        with open(full, encoding="utf-8-sig") as f:
+            return json.load(f)
+
+
+def _model_config(reader: _Reader, base: str) -> tuple[dict[str, Any] | None, str | None]:
+    full, rel = reader.full(base), reader.rel(base)
+    if full.is_file():
+        return None, f"'{rel}' is a file; model.base must be a folder with config.json or a hub id"
+    found = reader.local_dir(base, ("model", "base"))
+    if found is None:
+        return None, None
+    too_big = reader.hash_folder(*found)
+    if too_big:
+        return None, too_big
+    config = found[0] / "config.json"
+    if not config.is_file():
+        return None, f"'{rel}' has no config.json"
+    try:
+        data = reader.read_json(config, posixpath.join(rel, "config.json"))
+    except json.JSONDecodeError as exc:
+        return None, f"config.json is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read config.json: {getattr(exc, 'strerror', None) or exc}"
+    if not isinstance(data, dict):
+        return None, "config.json must hold a JSON object"
+    return data, None
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as written in tokenizer configs: a string or ``{"content": ...}``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
+    """What the tokenizer files of a folder say; None when it has none of them (or none parse)."""
+    def load(name: str) -> Any:
+        path = folder / name
+        if not path.is_file():
+            return None
+        try:
+            return reader.read_json(path, posixpath.join(rel, name))
+        except (OSError, ValueError):
+            return None
+
+    tok, config, special_map, vocab_json = (load(n) for n in (
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json"))
+    template_file = load("chat_template.json")
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        reader.hash_file(jinja, posixpath.join(rel, "chat_template.jinja"))
+    if not any(isinstance(x, dict) for x in (tok, config, vocab_json)):
+        return None
+    ids: dict[str, int] = {}
+    special: set[str] = set()
+    model = tok.get("model") if isinstance(tok, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else vocab_json
+    if isinstance(vocab, dict):
+        ids.update((str(t), i) for t, i in vocab.items() if isinstance(i, int))
+    elif isinstance(vocab, list):  # Unigram: [[token, score], ...]
+        ids.update((str(e[0]), i) for i, e in enumerate(vocab) if isinstance(e, list) and e)
+    added = tok.get("added_tokens", []) if isinstance(tok, dict) else []
+    decoder = config.get("added_tokens_decoder", {}) if isinstance(config, dict) else {}
+    entries = [(e.get("id"), e) for e in added if isinstance(e, dict)]
+    entries += [(int(k), e) for k, e in decoder.items() if isinstance(e, dict) and str(k).isdigit()]
+    for token_id, entry in entries:
+        content = entry.get("content")
+        if isinstance(content, str):
+            if isinstance(token_id, int):
+                ids.setdefault(content, token_id)
+            if entry.get("special"):
+                special.add(content)
+    eos = None
+    for source in (config, special_map):
+        if not isinstance(source, dict):
+            continue
+        for key in _SPECIAL_KEYS:
+            text = _token_text(source.get(key))
+            if text is not None:
+                special.add(text)
+                eos = text if key == "eos_token" and eos is None else eos
+        extra = source.get("additional_special_tokens")
+        for item in extra if isinstance(extra, list) else []:
+            text = _token_text(item)
+            if text is not None:
+                special.add(text)
+    has_template = jinja.is_file() or any(
+        isinstance(src, dict) and bool(src.get("chat_template")) for src in (config, template_file))
+    return TokenizerInfo(vocab_size=max(ids.values()) + 1 if ids else None, special_tokens=frozenset(special),
+                         has_chat_template=has_template, eos_token=eos, tokens=frozenset(ids))
+
+
+def _bad_row(row: Any, n: int, what: str) -> str | None:
+    if isinstance(row, dict):
+        return None
+    kind = {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(row), "a number")
+    return f"{what} {n} is {kind}, not a JSON object"
+
+
+def _jsonl_head(full: Path, rel: str) -> DatasetHead:
+    """First rows of a JSON Lines file; ``error_row`` is the 1-based line number."""
+    rows: list[dict[str, Any]] = []
+    with open(full, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if len(rows) >= HEAD_ROWS:
+                break
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                return DatasetHead(rel, tuple(rows), f"line {n} is not UTF-8 text", n)
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return DatasetHead(rel, tuple(rows), f"line {n} is not valid JSON: {exc.msg} (column {exc.colno})", n)
+            problem = _bad_row(row, n, "line")
+            if problem:
+                return DatasetHead(rel, tuple(rows), problem, n)
+            rows.append(row)
+    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
+
+
+def _json_head(full: Path, rel: str) -> DatasetHead:
+    """First items of a JSON file holding a list of objects; ``error_row`` is the 1-based item number.
+
+    Items are decoded one at a time from the first 64 MiB, so a huge file is not parsed in full."""
+    with open(full, "rb") as f:
+        data = f.read(_JSON_READ_LIMIT + 1)
+    truncated = len(data) > _JSON_READ_LIMIT
+    data = data[:_JSON_READ_LIMIT]
+    text = data.decode("utf-8-sig", errors="ignore" if truncated else "strict")
+    decoder = json.JSONDecoder()
+    rows: list[dict[str, Any]] = []
+    pos = _skip_ws(text, 0)
+    if text[pos:pos + 1] != "[":
+        return DatasetHead(rel, (), "expected a JSON list of row objects ([{...}, ...]) at the top level")
+    pos = _skip_ws(text, pos + 1)
+    while len(rows) < HEAD_ROWS and text[pos:pos + 1] != "]":
+        n = len(rows) + 1
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            if truncated and exc.pos >= len(text) - 1:
+                break
+            return DatasetHead(rel, tuple(rows), f"item {n} is not valid JSON: {exc.msg} "
+                               f"(line {exc.lineno}, column {exc.colno})", n)
+        problem = _bad_row(row, n, "item")
+        if problem:
+            return DatasetHead(rel, tuple(rows), problem, n)
+        rows.append(row)
+        pos = _skip_ws(text, pos)
+        if text[pos:pos + 1] == ",":
+            pos = _skip_ws(text, pos + 1)
+        elif text[pos:pos + 1] != "]" and not (truncated and pos >= len(text)):
+            return DatasetHead(rel, tuple(rows), f"expected ',' or ']' after item {n}", n)
+    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _csv_head(full: Path, rel: str) -> DatasetHead:
+    """First rows of a CSV file with a header line; ``error_row`` is the 1-based data row number."""
+    rows: list[dict[str, Any]] = []
+    n = 0
+    try:
+        with open(full, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            for n, row in enumerate(reader, start=1):
+                if None in row:
+                    return DatasetHead(rel, tuple(rows), f"row {n} has more fields than the header", n)
+                if None in row.values():
+                    return DatasetHead(rel, tuple(rows), f"row {n} has fewer fields than the header", n)
+                rows.append(dict(row))
+                if len(rows) >= HEAD_ROWS:
+                    break
+    except UnicodeDecodeError:
+        return DatasetHead(rel, tuple(rows), f"row {n + 1} is not UTF-8 text", n + 1)
+    except csv.Error as exc:
+        return DatasetHead(rel, tuple(rows), f"row {n + 1} is not valid CSV: {exc}", n + 1)
+    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
+
+
+_HEADS = {".jsonl": _jsonl_head, ".json": _json_head, ".csv": _csv_head}
+_RUNTIME_ONLY = (".parquet", ".arrow")
+
+
+def _dataset(reader: _Reader, value: str, key: tuple[str | int, ...]) -> DatasetHead | None:
+    full, rel = reader.full(value), reader.rel(value)
+    if full.is_dir():
+        too_big = reader.hash_folder(full, rel)
+        return DatasetHead(rel, error=too_big, checked=too_big is not None)
+    if not full.is_file():
+        if _path_like(value) or value.lower().endswith(DATA_SUFFIXES):
+            reader.missing.append((key, rel))
+            return None
+        return DatasetHead(rel, checked=False)
+    reader.hash_file(full, rel)
+    suffix = full.suffix.lower()
+    if suffix in _RUNTIME_ONLY:
+        return DatasetHead(rel, checked=False)
+    if suffix not in _HEADS:
+        return DatasetHead(rel, error=f"'{full.suffix or full.name}' files cannot be read: use .jsonl, .json, "
+                           ".csv or .parquet")
+    try:
+        return _HEADS[suffix](full, rel)
+    except OSError as exc:
+        return DatasetHead(rel, error=f"cannot read the file: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        return DatasetHead(rel, error="the file is not UTF-8 text")
+    except (RecursionError, ValueError):
+        return DatasetHead(rel, error="the file nests values too deeply to read")
+
+
+def read_inputs(pipeline: Pipeline, root: Path) -> Inputs:
+    """Snapshot the local files ``pipeline`` references; ``root`` is the pipeline file's folder.
+
+    Never raises for missing or broken files: they end up in ``missing``, ``model_config_error`` or a
+    dataset's ``error`` for the checks to report with their key paths."""
+    reader = _Reader(Path(root))
+    model = pipeline.model
+    config, config_error = _model_config(reader, model.base)
+    tokenizer = None
+    if model.tokenizer is not None:
+        found = reader.local_dir(model.tokenizer, ("model", "tokenizer"))
+    else:
+        found = reader.local_dir(model.base, ("model", "base")) if config is not None or config_error else None
+    if found is not None:
+        tokenizer = _tokenizer(reader, *found)
+    template = None
+    if not _NAME.match(model.chat_template):
+        full, rel = reader.full(model.chat_template), reader.rel(model.chat_template)
+        if full.is_file():
+            reader.hash_file(full, rel)
+            try:
+                template = full.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError):
+                template = None
+        elif not full.exists():
+            reader.missing.append((("model", "chat_template"), rel))
+    datasets: dict[tuple[str, int], DatasetHead] = {}
+    for i, stage in enumerate(pipeline.stages):
+        if stage.kind != "data":
+            continue
+        for j, spec in enumerate(stage.datasets):
+            head = _dataset(reader, spec.path, ("stages", i, "datasets", j, "path"))
+            if head is not None:
+                datasets.setdefault((stage.id, j), head)
+    return Inputs(files=tuple(sorted(reader.files.values(), key=lambda f: f.path)), model_config=config,
+                  model_config_error=config_error, tokenizer=tokenizer, chat_template=template,
+                  datasets=dict(sorted(datasets.items())), missing=tuple(dict.fromkeys(reader.missing)))

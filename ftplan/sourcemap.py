@@ -1,0 +1,268 @@
+"""Where each key and value of the pipeline file is: key paths (as in pydantic's ``loc``) to file positions.
+
+The loader records, for every node of the YAML document, the position of its value and (for mapping entries)
+of its key, keyed by the path from the root: ``("stages", 1, "adapter", "r")``. Lookups of paths that do not
+exist (a missing required key) fall back to the nearest ancestor that does.
+
+``walk`` turns a pydantic ``loc`` into such a key path: pydantic inserts union tags (``'sft'``, ``'lora'``)
+and branch names (``"literal[...]"``, ``'DistributedSpec'``) into ``loc`` (pydantic issue #7500); walking
+the schema along the ``loc`` tells them apart from keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from .diagnostics import KeyPath, Span
+
+__all__ = ["SourceMap", "Where", "category", "display_path", "member_category", "walk"]
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    value: tuple[int, int]
+    key: tuple[int, int] | None
+    raw: str | None
+
+
+@dataclass
+class SourceMap:
+    """Positions of every key and value of one pipeline file, keyed by key path."""
+
+    filename: str
+    """The file as the user named it; every span carries it."""
+    entries: dict[KeyPath, _Entry] = field(default_factory=dict)
+
+    def add(self, path: KeyPath, value: tuple[int, int], key: tuple[int, int] | None = None,
+            raw: str | None = None) -> None:
+        """Record the 1-based (line, col) of the value at ``path``, of its key, and a scalar's source text."""
+        self.entries[tuple(path)] = _Entry(value, key, raw)
+
+    def __contains__(self, path: object) -> bool:
+        return tuple(path) in self.entries  # type: ignore[arg-type]
+
+    def nearest(self, path: KeyPath) -> KeyPath:
+        """The longest prefix of ``path`` that exists in the file (``()`` for the document itself)."""
+        path = tuple(path)
+        while path and path not in self.entries:
+            path = path[:-1]
+        return path
+
+    def span(self, path: KeyPath, *, key: bool = False) -> Span:
+        """Position of the value at ``path`` (of its key with ``key=True``, where it has one).
+
+        A path that does not exist falls back to its nearest existing ancestor, at the ancestor's key when it
+        has one (``model:`` for a key missing from ``model``) and at its value otherwise (a list item)."""
+        path = tuple(path)
+        found = self.nearest(path)
+        entry = self.entries.get(found)
+        if entry is None:
+            return Span(self.filename, 1, 1)
+        if (key or found != path) and entry.key is not None:
+            return Span(self.filename, *entry.key)
+        return Span(self.filename, *entry.value)
+
+    def raw(self, path: KeyPath) -> str | None:
+        """The scalar at ``path`` exactly as written in the file (``-1e-4``), or None."""
+        entry = self.entries.get(tuple(path))
+        return entry.raw if entry else None
+
+    def display_path(self, path: KeyPath, data: Any = None) -> str:
+        """Same as the module-level ``display_path``."""
+        return display_path(path, data)
+
+
+def _stage_label(data: Any, index: int) -> str:
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, list) or not 0 <= index < len(stages):
+        return str(index)
+    item = stages[index]
+    sid = item.get("id") if isinstance(item, dict) else None
+    if not isinstance(sid, str) or not _PLAIN_KEY.match(sid):
+        return str(index)
+    ids = [s.get("id") for s in stages if isinstance(s, dict)]
+    return sid if ids.count(sid) == 1 else str(index)
+
+
+def display_path(path: KeyPath, data: Any = None) -> str:
+    """A key path as users read it: ``stages[sft].adapter.r``, ``stages[prep].datasets[0].path``.
+
+    A top-level stage index shows as the stage's ``id`` when the raw ``data`` gives it a unique one; other
+    list indices stay numbers; keys that are not plain words are quoted (``env["A B"]``). The document
+    itself is ``""``."""
+    out = ""
+    for depth, part in enumerate(path):
+        if isinstance(part, int):
+            label = _stage_label(data, part) if depth == 1 and path[0] == "stages" else str(part)
+            out += f"[{label}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out
+
+
+# --- pydantic ``loc`` -> key path -------------------------------------------------------------------------
+
+
+def _classify(tp: Any, disc: str | None = None) -> tuple[str, Any]:
+    """What a type annotation is, as far as walking a ``loc`` goes: model, list, dict, tagged union, plain
+    union, literal or scalar (``X | None`` is just ``X``: pydantic adds no ``loc`` step for it)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        inner, *meta = get_args(tp)
+        for m in meta:
+            if isinstance(m, FieldInfo) and isinstance(m.discriminator, str):
+                disc = m.discriminator
+        return _classify(inner, disc)
+    if origin in (Union, UnionType):
+        members = tuple(a for a in get_args(tp) if a is not type(None))
+        if len(members) == 1:
+            return _classify(members[0], disc)
+        if disc:
+            return "tagged", (disc, _tag_map(members, disc))
+        return "union", members
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "model", tp
+    if origin in (list, tuple, set, frozenset):
+        args = get_args(tp)
+        return "list", args[0] if args else Any
+    if origin is dict:
+        args = get_args(tp)
+        return "dict", args if len(args) == 2 else (Any, Any)
+    if origin is Literal:
+        return "literal", get_args(tp)
+    return "scalar", tp
+
+
+def _tag_map(members: tuple, disc: str) -> dict[str, type[BaseModel]]:
+    tags: dict[str, type[BaseModel]] = {}
+    for member in members:
+        kind, model = _classify(member)
+        if kind == "model" and disc in model.model_fields:
+            k, values = _classify(model.model_fields[disc].annotation)
+            for value in values if k == "literal" else ():
+                tags.setdefault(str(value), model)
+    return tags
+
+
+def _match_branch(label: Any, members: tuple) -> Any:
+    """The member of a plain union that pydantic's branch label (``"literal[...]"``, ``'DistributedSpec'``,
+    ``'tagged-union[...]'``, ``'list[...]'``, ``'int'``) names, or None."""
+    if not isinstance(label, str):
+        return None
+    scalars = []
+    for member in members:
+        kind, info = _classify(member)
+        if (kind == "model" and label == info.__name__ or kind == "literal" and label.startswith("literal[")
+                or kind == "tagged" and label.startswith("tagged-union[")
+                or kind == "list" and label.startswith(("list[", "tuple[", "set[", "frozenset["))
+                or kind == "dict" and label.startswith("dict[")):
+            return member
+        if kind == "scalar":
+            scalars.append(member)
+    return scalars[0] if len(scalars) == 1 and "[" not in label else None
+
+
+def category(value: Any) -> str:
+    """The kind of a raw value for choosing a union branch: ``mapping``, ``list`` or ``scalar``."""
+    if isinstance(value, dict):
+        return "mapping"
+    return "list" if isinstance(value, (list, tuple)) else "scalar"
+
+
+def member_category(member: Any) -> str:
+    """The kind of value a union member takes: ``mapping``, ``list`` or ``scalar``."""
+    kind = _classify(member)[0]
+    return {"model": "mapping", "tagged": "mapping", "dict": "mapping", "list": "list"}.get(kind, "scalar")
+
+
+@dataclass
+class Where:
+    """Where a pydantic error is, once its ``loc`` is walked along the schema."""
+
+    path: KeyPath
+    """The key path in the file (union tags and branch names removed)."""
+    owner: type[BaseModel] | None = None
+    """The model whose field the last step of ``path`` names (the mapping holding a missing/unknown key)."""
+    variants: tuple[str, dict[str, type[BaseModel]]] | None = None
+    """When ``owner`` is one variant of a tagged union: the discriminator and every variant by tag."""
+    unions: list[tuple[KeyPath, str, tuple]] = field(default_factory=list)
+    """Plain unions passed: (path of the union, kind of the branch taken, all members)."""
+    is_key: bool = False
+    """The error is about a dict key, not its value."""
+    leaf: tuple[str, Any] = ("scalar", None)
+    """The classified type at ``path``."""
+
+    @property
+    def leaf_tags(self) -> tuple[str, ...]:
+        """Tags of a tagged union at ``path`` (empty otherwise)."""
+        return tuple(self.leaf[1][1]) if self.leaf[0] == "tagged" else ()
+
+    @property
+    def leaf_disc(self) -> str | None:
+        """Discriminator key of a tagged union at ``path``."""
+        return self.leaf[1][0] if self.leaf[0] == "tagged" else None
+
+    @property
+    def leaf_literals(self) -> tuple[Any, ...]:
+        """Allowed values of a ``Literal`` at ``path`` (empty otherwise)."""
+        return tuple(self.leaf[1]) if self.leaf[0] == "literal" else ()
+
+    def allowed_keys(self) -> list[str]:
+        """Field names of the mapping holding the last key of ``path``, in schema order."""
+        return list(self.owner.model_fields) if self.owner else []
+
+
+def walk(loc: tuple, root: type[BaseModel]) -> Where:
+    """Follow a pydantic ``loc`` through the schema rooted at ``root``: the key path in the file, the model
+    holding its last key, and the unions it passed through."""
+    tp: Any = root
+    disc: str | None = None
+    where = Where(())
+    path: list[str | int] = []
+    pending = None
+    i = 0
+    while i < len(loc):
+        seg = loc[i]
+        if seg == "[key]":
+            where.is_key, i = True, i + 1
+            continue
+        kind, info = _classify(tp, disc) if tp is not None else ("scalar", None)
+        disc = None
+        if kind == "tagged" and isinstance(seg, str) and seg in info[1]:
+            pending, tp, i = info, info[1][seg], i + 1
+            continue
+        if kind == "union":
+            member = _match_branch(seg, info)
+            if member is not None:
+                where.unions.append((tuple(path), member_category(member), info))
+                tp, i = member, i + 1
+                continue
+        where.owner, where.variants = None, None
+        if kind == "model":
+            where.owner, where.variants = info, pending
+            f = info.model_fields.get(seg) if isinstance(seg, str) else None
+            tp, disc = (f.annotation, f.discriminator if isinstance(f.discriminator, str) else None) if f \
+                else (None, None)
+        elif kind == "list":
+            tp = info
+        elif kind == "dict":
+            tp = info[0] if loc[i + 1: i + 2] == ("[key]",) else info[1]
+        else:
+            tp = None
+        pending = None
+        path.append(seg)
+        i += 1
+    where.path = tuple(path)
+    where.leaf = _classify(tp, disc) if tp is not None else ("scalar", None)
+    return where
