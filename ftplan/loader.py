@@ -267,7 +267,7 @@ def load_yaml(text: str, filename: str) -> tuple[object, SourceMap]:
     finally:
         if loader is not None:
             loader.dispose()
-    if root is None:
+    if root is None or isinstance(root, ScalarNode) and root.tag == _NULL and root.value == "":
         raise FtplanError([error("FT007", (), "the pipeline file is empty",
                                  "start from an example: it needs name, model, hardware and stages")
                            .located(Span(filename, 1, 1))])

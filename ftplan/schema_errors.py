@@ -229,6 +229,14 @@ class _Converter:
                       hint or f"use {_choices(tags)}", path + (disc,))
         elif kind == "union_tag_not_found":
             disc = str(ctx.get("discriminator", "")).strip("'")
+            known = {f for model in w.leaf_models for f in model.model_fields}
+            typos = [k for k in value if k not in known and close_matches(str(k), [disc])] \
+                if isinstance(value, dict) else []
+            for k in typos:
+                self.emit("FT003", path, f"unknown key {_quote(str(k))}", f"did you mean '{disc}'?", path + (k,),
+                          key=True)
+            if typos:
+                return
             self.emit("FT005", path, f"missing required key '{disc}'",
                       f"add '{disc}:' with {_choices(list(w.leaf_tags))}", path)
         elif kind == "literal_error":

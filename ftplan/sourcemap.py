@@ -209,6 +209,11 @@ class Where:
         return tuple(self.leaf[1][1]) if self.leaf[0] == "tagged" else ()
 
     @property
+    def leaf_models(self) -> tuple[type[BaseModel], ...]:
+        """Variants of a tagged union at ``path`` (empty otherwise)."""
+        return tuple(dict.fromkeys(self.leaf[1][1].values())) if self.leaf[0] == "tagged" else ()
+
+    @property
     def leaf_disc(self) -> str | None:
         """Discriminator key of a tagged union at ``path``."""
         return self.leaf[1][0] if self.leaf[0] == "tagged" else None

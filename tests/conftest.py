@@ -1,0 +1,102 @@
+"""Shared fixtures: pipeline YAML snippets and a helper that writes a pipeline file into ``tmp_path``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def sft_pipeline_yaml() -> str:
+    """A small valid pipeline (hub model, one local JSONL dataset, data -> sft); line numbers are stable."""
+    return """\
+name: demo
+model:
+  base: meta-llama/Llama-3.1-8B
+hardware:
+  gpu: h100-sxm-80gb
+stages:
+  - id: prep
+    kind: data
+    max_seq_len: 2048
+    datasets:
+      - {path: data/train.jsonl, format: alpaca}
+  - id: sft
+    kind: sft
+    data: prep
+    learning_rate: 2.0e-4
+    adapter: {type: lora, r: 16}
+"""
+
+
+def full_pipeline_yaml() -> str:
+    """A valid pipeline with every stage kind (data -> sft -> dpo -> merge -> gguf) and a Slurm block."""
+    return """\
+name: support-bot
+model:
+  base: meta-llama/Llama-3.1-8B-Instruct
+  chat_template: tokenizer
+hardware:
+  gpu: h100-sxm-80gb
+  gpus_per_node: 8
+  nodes: 2
+  env: {NCCL_DEBUG: WARN}
+  slurm:
+    partition: gpu
+    time: "12:00:00"
+    extra: {mail-type: END}
+stages:
+  - id: data
+    kind: data
+    max_seq_len: 4096
+    packing: true
+    datasets:
+      - {path: data/chat.jsonl, format: sharegpt}
+      - {path: data/prefs.jsonl, format: preference, columns: {prompt: question}}
+  - id: sft
+    kind: sft
+    data: data
+    learning_rate: 2.0e-4
+    distributed: zero3
+    adapter: {type: lora, r: 16, alpha: 32, targets: [q_proj, v_proj]}
+  - id: dpo
+    kind: dpo
+    input: sft
+    data: data
+    learning_rate: 5.0e-6
+    distributed: {strategy: zero2, offload_optimizer: true}
+    adapter: continue
+  - id: merge
+    kind: merge
+    input: dpo
+  - id: gguf
+    kind: gguf
+    input: merge
+    quant: [q8_0, q4_k_m]
+"""
+
+
+@pytest.fixture
+def sft_yaml() -> str:
+    """``sft_pipeline_yaml()``."""
+    return sft_pipeline_yaml()
+
+
+@pytest.fixture
+def full_yaml() -> str:
+    """``full_pipeline_yaml()``."""
+    return full_pipeline_yaml()
+
+
+@pytest.fixture
+def write_pipeline(tmp_path: Path) -> Callable[..., Path]:
+    """``write_pipeline(text, name="pipeline.yaml")`` writes a pipeline file into ``tmp_path``; returns its path."""
+
+    def write(text: str, name: str = "pipeline.yaml") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
