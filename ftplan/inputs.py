@@ -236,10 +236,10 @@ def _jsonl_head(full: Path, rel: str) -> DatasetHead:
             if len(rows) >= HEAD_ROWS:
                 break
             try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").strip()
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 return DatasetHead(rel, tuple(rows), f"line {n} is not UTF-8 text", n)
-            if not line:
+            if not line.strip():
                 continue
             try:
                 row = json.loads(line)
