@@ -1,0 +1,30 @@
+"""Offline pre-launch rules, checked against the declared hardware and the local files' snapshot.
+
+Each rule module exports ``CODES`` (code -> one-line title) and ``check(ctx)``. Code ranges: FT3xx hardware and
+launch topology, FT4xx model and tokenizer, FT5xx data, FT6xx training configuration.
+"""
+
+from __future__ import annotations
+
+from ftplan.context import Context
+from ftplan.diagnostics import Diagnostic
+
+from . import data, hardware, model, tokenizer, topology, training
+from .tokenizer import BUILTIN_TEMPLATES
+
+RULE_MODULES = (hardware, topology, model, tokenizer, data, training)
+"""Rule modules in the order they run."""
+
+CODES: dict[str, str] = {code: title for module in RULE_MODULES for code, title in module.CODES.items()}
+"""Every pre-launch rule code with its one-line title, sorted by code."""
+CODES = dict(sorted(CODES.items()))
+
+__all__ = ["BUILTIN_TEMPLATES", "CODES", "RULE_MODULES", "run_checks"]
+
+
+def run_checks(ctx: Context) -> list[Diagnostic]:
+    """Run every rule module on the resolved pipeline; return all diagnostics in module order."""
+    diags: list[Diagnostic] = []
+    for module in RULE_MODULES:
+        diags.extend(module.check(ctx))
+    return diags

@@ -1,0 +1,97 @@
+"""Small helpers shared by the rule modules: stage iteration, resolved strategy and adapter type, suggestions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from difflib import SequenceMatcher
+
+from ftplan.context import Context
+from ftplan.schemas import DataStage, DpoStage, LoraAdapter, SftStage
+
+try:  # the shared suggestion helper; a local equivalent keeps the rules working without it
+    from ftplan.suggest import did_you_mean as _shared_did_you_mean
+except ImportError:  # pragma: no cover - depends on which modules are present
+    _shared_did_you_mean = None
+
+ZERO = ("zero1", "zero2", "zero3")
+"""DeepSpeed ZeRO strategies."""
+SHARDED = ("zero1", "zero2", "zero3", "fsdp2")
+"""Strategies that go through DeepSpeed or FSDP."""
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+"""bitsandbytes optimizers."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """``did you mean 'a' or 'b'?`` for the closest choices, or None."""
+    choices = list(choices)
+    if _shared_did_you_mean is not None:
+        return _shared_did_you_mean(word, choices)
+    scored = sorted(((-SequenceMatcher(None, word.lower(), c.lower()).ratio(), i, c)
+                     for i, c in enumerate(dict.fromkeys(choices)) if c != word))
+    close = [c for score, _, c in scored if -score >= 0.6][:2]
+    return ("did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else None
+
+
+def train_stages(ctx: Context) -> Iterator[tuple[int, SftStage | DpoStage]]:
+    """(index, stage) of every training stage, in file order."""
+    for i, stage in enumerate(ctx.pipeline.stages):
+        if isinstance(stage, (SftStage, DpoStage)):
+            yield i, stage
+
+
+def data_stages(ctx: Context) -> Iterator[tuple[int, DataStage]]:
+    """(index, stage) of every data stage, in file order."""
+    for i, stage in enumerate(ctx.pipeline.stages):
+        if isinstance(stage, DataStage):
+            yield i, stage
+
+
+def data_stage_of(ctx: Context, stage: SftStage | DpoStage) -> tuple[int, DataStage] | None:
+    """The data stage a training stage reads (first stage with that id), or None when the reference is broken."""
+    for i, other in enumerate(ctx.pipeline.stages):
+        if other.id == stage.data:
+            return (i, other) if isinstance(other, DataStage) else None
+    return None
+
+
+def world_size(ctx: Context) -> int:
+    """Training processes the plan launches."""
+    return ctx.pipeline.hardware.world_size
+
+
+def strategy(ctx: Context, stage: SftStage | DpoStage) -> str:
+    """The stage's distributed strategy with ``auto`` resolved: ``none`` on one process, ``ddp`` on more."""
+    name = stage.distributed_spec().strategy
+    if name == "auto":
+        return "none" if world_size(ctx) == 1 else "ddp"
+    return name
+
+
+def strategy_path(i: int, stage: SftStage | DpoStage) -> tuple:
+    """Key path of the stage's strategy (``distributed`` or ``distributed.strategy``)."""
+    return ("stages", i, "distributed") if isinstance(stage.distributed, str) else (
+        "stages", i, "distributed", "strategy")
+
+
+def adapter_type(ctx: Context, stage: SftStage | DpoStage) -> str | None:
+    """``lora``/``qlora``/``dora``/``full`` for what this stage trains; for ``adapter: continue`` the type of the
+    continued adapter (None when the stage graph is broken)."""
+    if stage.adapter == "continue":
+        link = ctx.links.get(stage.id)
+        if link is None or link.result is None or not link.result.adapters:
+            return None
+        return link.result.adapters[-1].type
+    return stage.adapter.type
+
+
+def declared_adapter(stage: SftStage | DpoStage) -> LoraAdapter | None:
+    """The adapter spec this stage declares itself (None for ``continue`` and full fine-tunes)."""
+    return stage.adapter if isinstance(stage.adapter, LoraAdapter) else None
+
+
+def sm(gpu) -> str:
+    """``sm80``-style label of a GPU's compute capability (its architecture name for AMD)."""
+    if gpu.compute_capability is None:
+        return gpu.arch
+    major, minor = gpu.compute_capability
+    return f"sm{major}{minor}"

@@ -1,0 +1,126 @@
+"""Rules between each training stage and the declared hardware: precision, attention backend, fused kernels,
+bitsandbytes and the CPU device. Checked against ``hardware.gpu`` from the catalog, never the local machine."""
+
+from __future__ import annotations
+
+from ftplan.context import Context
+from ftplan.diagnostics import Diagnostic, error, warning
+from ftplan.schemas import SftStage
+
+from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, adapter_type, data_stage_of, sm, strategy, strategy_path, \
+    train_stages
+
+CODES = {
+    "FT301": "the precision is not supported by the target GPU",
+    "FT302": "the attention backend cannot run on the target GPU or at this precision",
+    "FT303": "`kernels: ftplan` does not support this model family",
+    "FT304": "`kernels: ftplan` on the CPU runs Triton in interpreter mode",
+    "FT305": "bitsandbytes (QLoRA, 8-bit optimizers) on hardware where it is limited",
+    "FT306": "DeepSpeed or FSDP with `device: cpu`",
+    "FT307": "packing with an attention backend that has no variable-length kernel",
+}
+
+VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flex_attention")
+"""Attention backends that keep packed examples apart (variable-length / block-masked kernels)."""
+
+KERNEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+"""Model families the fused ``ftplan`` kernels patch."""
+
+
+def check(ctx: Context) -> list[Diagnostic]:
+    """Every hardware rule for every training stage."""
+    diags: list[Diagnostic] = []
+    cpu = ctx.pipeline.hardware.device == "cpu"
+    gpu = ctx.gpu
+    for i, stage in train_stages(ctx):
+        here = ("stages", i)
+        if gpu is not None and stage.precision == "bf16" and not gpu.bf16:
+            diags.append(error("FT301", here + ("precision",), f"bf16 needs compute capability 8.0 or newer; "
+                               f"{gpu.name} is {sm(gpu)}",
+                               hint="set `precision: fp16` (mixed precision with loss scaling) for this GPU"))
+        diags += _attention(stage, here, gpu, cpu)
+        diags += _packing(ctx, stage, here, cpu)
+        diags += _kernels(ctx, stage, here, cpu)
+        diags += _bitsandbytes(ctx, stage, here, gpu, cpu)
+        if cpu and strategy(ctx, stage) in SHARDED:
+            diags.append(error("FT306", strategy_path(i, stage), f"`{strategy(ctx, stage)}` needs GPUs; "
+                               "`device: cpu` runs a single process without DeepSpeed or FSDP",
+                               hint="set `distributed: none` (or `auto`), or `device: cuda` with a `gpu`"))
+    return diags
+
+
+def _attention(stage, here, gpu, cpu: bool) -> list[Diagnostic]:
+    attn = stage.attention
+    path = here + ("attention",)
+    if attn not in ("flash_attention_2", "flash_attention_3"):
+        return []
+    label = "FlashAttention-2" if attn == "flash_attention_2" else "FlashAttention-3"
+    if cpu:
+        return [error("FT302", path, f"{label} needs a CUDA GPU; this pipeline runs on `device: cpu`",
+                      hint="use `attention: sdpa` (or `flex_attention` with packing)")]
+    if stage.precision == "fp32":
+        return [error("FT302", path, f"{label} runs in fp16/bf16 only; this stage trains in fp32",
+                      hint="set `precision: bf16` (or fp16), or use `attention: sdpa`")]
+    if gpu is None:
+        return []
+    if attn == "flash_attention_2" and not gpu.flash_attention_2:
+        return [error("FT302", path, f"FlashAttention-2 needs an NVIDIA GPU of compute capability 8.0 or newer "
+                      f"(or an AMD MI300); {gpu.name} is {sm(gpu)}",
+                      hint="use `attention: sdpa`")]
+    if attn == "flash_attention_3" and gpu.arch != "hopper":
+        return [error("FT302", path, f"FlashAttention-3 needs a Hopper GPU (sm90); {gpu.name} is {sm(gpu)}",
+                      hint="use `attention: flash_attention_2`" if gpu.flash_attention_2 else
+                      "use `attention: sdpa`")]
+    return []
+
+
+def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
+    """Padding-free packing concatenates examples into one row; only a varlen-capable backend keeps them apart.
+
+    transformers can rebuild a block-diagonal mask from the position ids for sdpa/eager, but that is a dense
+    seq x seq mask per row (memory the estimate does not model) and depends on the collator passing no attention
+    mask, so the plan requires a varlen backend instead."""
+    found = data_stage_of(ctx, stage)
+    if not isinstance(stage, SftStage) or found is None or not found[1].packing:
+        return []
+    if stage.attention in VARLEN_BACKENDS:
+        return []
+    fix = "`attention: flex_attention`" if cpu or (ctx.gpu is not None and not ctx.gpu.flash_attention_2) else (
+        "`attention: flash_attention_2` (or `flex_attention`)")
+    return [error("FT307", here + ("attention",), f"data stage '{found[1].id}' packs examples padding-free, but "
+                  f"`attention: {stage.attention}` has no variable-length kernel: packed examples would attend "
+                  "to each other", hint=f"use {fix}, or set `packing: false` on '{found[1].id}'")]
+
+
+def _kernels(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
+    if stage.kernels != "ftplan":
+        return []
+    path = here + ("kernels",)
+    diags = []
+    if ctx.shape is not None and ctx.shape.family not in KERNEL_FAMILIES:
+        diags.append(error("FT303", path, f"`kernels: ftplan` supports the {', '.join(KERNEL_FAMILIES)} families; "
+                           f"this model is {ctx.shape.family}", hint="set `kernels: none`"))
+    if cpu:
+        diags.append(warning("FT304", path, "`kernels: ftplan` on `device: cpu` runs the Triton kernels in "
+                             "interpreter mode, which is much slower than the plain modules",
+                             hint="set `kernels: none` for CPU runs (keep it for the GPU pipeline)"))
+    return diags
+
+
+def _bitsandbytes(ctx: Context, stage, here, gpu, cpu: bool) -> list[Diagnostic]:
+    qlora = adapter_type(ctx, stage) == "qlora"
+    optim = stage.optimizer in EIGHT_BIT_OPTIMIZERS
+    diags = []
+    if gpu is not None and gpu.vendor != "nvidia" and (qlora or optim):
+        what = " and ".join(w for w, on in (("QLoRA (4-bit NF4 base)", qlora),
+                                             (f"`optimizer: {stage.optimizer}`", optim)) if on)
+        path = here + (("adapter",) if qlora else ("optimizer",))
+        diags.append(warning("FT305", path, f"{what} relies on bitsandbytes, whose {gpu.vendor.upper()} "
+                             f"({gpu.arch}) support is less mature than on NVIDIA GPUs",
+                             hint="make sure the image has the ROCm build of bitsandbytes, or use `lora` and "
+                             "`optimizer: adamw`"))
+    if cpu and stage.optimizer == "paged_adamw_8bit":
+        diags.append(warning("FT305", here + ("optimizer",), "paged optimizers page GPU memory; on `device: cpu` "
+                             "bitsandbytes falls back to the non-paged optimizer",
+                             hint="use `optimizer: adamw_8bit` (or `adamw`) on the CPU"))
+    return diags

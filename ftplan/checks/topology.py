@@ -1,0 +1,142 @@
+"""Launch-topology and sharding rules: strategy vs world size, nodes and Slurm, offload, 8-bit optimizers
+under DeepSpeed/FSDP, and a 4-bit (QLoRA) base under sharding.
+
+Decisions (see the messages for the user-facing reasons):
+
+* QLoRA with ZeRO-3 is refused. ZeRO-3 partitions parameters and cannot partition bitsandbytes'
+  packed 4-bit tensors unless the model is loaded with a matching ``bnb_4bit_quant_storage``; the supported
+  sharded path in ftplan is FSDP2 (FSDP-QLoRA). QLoRA with ZeRO-1/2 is fine (only optimizer states and
+  gradients are partitioned).
+* QLoRA + FSDP2 + DPO is refused (Axolotl blocks it too); QLoRA + FSDP2 for SFT is allowed.
+* A bitsandbytes 8-bit optimizer under ZeRO runs as a client optimizer DeepSpeed calls "untested" (the
+  trainer sets ``zero_allow_untested_optimizer``): a warning. With ``offload_optimizer`` DeepSpeed refuses a
+  client optimizer (``zero_force_ds_cpu_optimizer``), and under FSDP2 the optimizer meets sharded DTensor
+  parameters it cannot step (bitsandbytes#89, #1633): both errors.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ftplan.context import Context
+from ftplan.diagnostics import Diagnostic, error, warning
+from ftplan.schemas import DpoStage
+
+from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, ZERO, adapter_type, strategy, strategy_path, train_stages, \
+    world_size
+
+CODES = {
+    "FT310": "`distributed: none` with more than one GPU",
+    "FT311": "a multi-GPU strategy with one GPU",
+    "FT312": "more than one node without a `slurm` block",
+    "FT313": "offload without a strategy that supports it",
+    "FT314": "a bitsandbytes 8-bit optimizer under DeepSpeed ZeRO",
+    "FT315": "a bitsandbytes 8-bit optimizer with optimizer offload or FSDP2",
+    "FT316": "invalid Slurm time limit",
+    "FT317": "more than 8 GPUs per node",
+    "FT318": "QLoRA with ZeRO-3",
+    "FT319": "QLoRA with FSDP2 in a DPO stage",
+}
+
+_TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
+                   r"|(\d+)-(\d{1,2})(?::(\d{1,2})(?::(\d{1,2}))?)?)$")
+
+
+def check(ctx: Context) -> list[Diagnostic]:
+    """Pipeline-level topology rules, then the per-stage ones."""
+    diags = _hardware(ctx)
+    for i, stage in train_stages(ctx):
+        diags += _stage(ctx, i, stage)
+    return diags
+
+
+def valid_slurm_time(value: str) -> bool:
+    """True for ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM`` and ``D-HH:MM:SS`` (minutes, seconds and
+    hours after a day count within their ranges)."""
+    m = _TIME.match(value)
+    if not m:
+        return False
+    g = m.groups()
+    bounded = [(g[2], 60), (g[4], 60), (g[5], 60), (g[7], 24), (g[8], 60), (g[9], 60)]
+    return all(v is None or int(v) < limit for v, limit in bounded)
+
+
+def _hardware(ctx: Context) -> list[Diagnostic]:
+    hw = ctx.pipeline.hardware
+    diags = []
+    if hw.device == "cuda" and hw.nodes > 1 and hw.slurm is None:
+        diags.append(error("FT312", ("hardware", "nodes"), f"`nodes: {hw.nodes}` needs a launcher that starts one "
+                           "process group per node; ftplan generates it for Slurm only",
+                           hint="add a `slurm:` block under `hardware` (partition, time, ...), or set `nodes: 1`"))
+    if hw.slurm is not None and not valid_slurm_time(hw.slurm.time):
+        diags.append(error("FT316", ("hardware", "slurm", "time"), f"Slurm time limit '{hw.slurm.time}' is not in "
+                           "a format sbatch accepts", hint="write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                           "D-HH:MM:SS, e.g. `time: \"1-12:00:00\"`"))
+    if hw.device == "cuda" and hw.gpus_per_node > 8:
+        diags.append(warning("FT317", ("hardware", "gpus_per_node"), f"`gpus_per_node: {hw.gpus_per_node}` is "
+                             "unusual: most GPU nodes have at most 8", hint="check the node type; use `nodes` "
+                             "for more GPUs"))
+    return diags
+
+
+def _stage(ctx: Context, i: int, stage) -> list[Diagnostic]:
+    diags = []
+    world = world_size(ctx)
+    spec = stage.distributed_spec()
+    name = strategy(ctx, stage)
+    spath = strategy_path(i, stage)
+    offload = spec.offload_optimizer or spec.offload_params
+    if name == "none" and world > 1:
+        diags.append(error("FT310", spath, f"`distributed: none` with {world} GPUs launches one process: only 1 of "
+                           f"{world} GPUs would train", hint="use `auto` (DDP), `zero2`, `zero3` or `fsdp2`"))
+    if name in ("ddp", *SHARDED) and world == 1 and not offload and ctx.pipeline.hardware.device == "cuda":
+        diags.append(warning("FT311", spath, f"`{name}` with one GPU only adds launcher overhead: there is nothing "
+                             "to replicate or shard", hint="use `distributed: auto` (or `none`); keep ZeRO only "
+                             "together with CPU offload"))
+    if spec.offload_params and name not in ("zero3", "fsdp2"):
+        diags.append(error("FT313", ("stages", i, "distributed", "offload_params"), f"`offload_params` needs "
+                           f"`zero3` or `fsdp2` (parameters are sharded there); this stage uses `{name}`",
+                           hint="set `strategy: zero3` or `fsdp2`, or remove `offload_params`"))
+    if spec.offload_optimizer and name not in ("zero2", "zero3", "fsdp2"):
+        diags.append(error("FT313", ("stages", i, "distributed", "offload_optimizer"), f"`offload_optimizer` needs "
+                           f"`zero2`, `zero3` or `fsdp2`; this stage uses `{name}`",
+                           hint="set `strategy: zero2`, or remove `offload_optimizer`"))
+    diags += _optimizer(stage, i, name, spec)
+    diags += _quantized(ctx, stage, i, name, spath)
+    return diags
+
+
+def _optimizer(stage, i: int, name: str, spec) -> list[Diagnostic]:
+    if stage.optimizer not in EIGHT_BIT_OPTIMIZERS:
+        return []
+    path = ("stages", i, "optimizer")
+    opt = stage.optimizer
+    if name == "fsdp2":
+        return [error("FT315", path, f"`optimizer: {opt}` (bitsandbytes) cannot step FSDP2's sharded DTensor "
+                      "parameters", hint="use `optimizer: adamw`, or a ZeRO strategy")]
+    if name in ZERO and spec.offload_optimizer:
+        return [error("FT315", path, f"`optimizer: {opt}` with `offload_optimizer`: DeepSpeed refuses a client "
+                      "optimizer for CPU offload (it steps its own CPU Adam on the offloaded states)",
+                      hint="use `optimizer: adamw` (DeepSpeed's CPU Adam runs the offloaded step), or drop "
+                      "`offload_optimizer`")]
+    if name in ZERO:
+        return [warning("FT314", path, f"`optimizer: {opt}` under `{name}`: DeepSpeed wraps it as an untested "
+                        "client optimizer over its flattened fp32 partitions, and bitsandbytes' 32-bit override for "
+                        "embedding rows no longer applies", hint="prefer `optimizer: adamw` with ZeRO (the "
+                        "sharded states already save memory); keep the 8-bit optimizer with `none`/`ddp`")]
+    return []
+
+
+def _quantized(ctx: Context, stage, i: int, name: str, spath) -> list[Diagnostic]:
+    if adapter_type(ctx, stage) != "qlora":
+        return []
+    if name == "zero3":
+        return [error("FT318", spath, "QLoRA with `zero3` is refused: ZeRO-3 partitions parameters, and the "
+                      "4-bit base's packed bitsandbytes tensors cannot be partitioned and gathered like bf16 weights",
+                      hint="use `zero2` (shards optimizer states and gradients; the 4-bit base is small), or "
+                      "`fsdp2` (the FSDP-QLoRA path)")]
+    if name == "fsdp2" and isinstance(stage, DpoStage):
+        return [error("FT319", spath, "QLoRA with `fsdp2` in a DPO stage is not supported: preference "
+                      "training over an FSDP2-sharded 4-bit base is not a working path (Axolotl refuses FSDP2 with "
+                      "a quantized base for DPO/KTO too)", hint="use `zero2`, or a `lora` adapter with `fsdp2`")]
+    return []

@@ -1,0 +1,83 @@
+"""Hardware rules (FT301-FT306), checked against the declared GPU."""
+
+from ftplan.diagnostics import Severity
+
+
+def test_ft301_bf16_on_t4_suggests_fp16(check, tools):
+    diags = tools.codes(check(hardware={"gpu": "t4"}), "FT301")
+    assert len(diags) == 2  # sft and dpo both default to bf16
+    d = diags[0]
+    assert d.severity is Severity.ERROR and d.path == ("stages", 1, "precision")
+    assert "sm75" in d.message and "T4" in d.message and "precision: fp16" in d.hint
+    assert not tools.codes(check(hardware={"gpu": "t4"}, sft={"precision": "fp16"}, dpo={"precision": "fp16"}),
+                           "FT301")
+    assert not tools.codes(check(hardware={"gpu": "a10g"}), "FT301")
+
+
+def test_ft302_flash_attention_2_needs_sm80(check, tools):
+    [d] = tools.codes(check(hardware={"gpu": "t4"}, sft={"attention": "flash_attention_2", "precision": "fp16"}),
+                      "FT302")
+    assert d.path == ("stages", 1, "attention") and "sm75" in d.message and "sdpa" in d.hint
+    assert not tools.codes(check(hardware={"gpu": "mi300x"}, sft={"attention": "flash_attention_2"}), "FT302")
+
+
+def test_ft302_flash_attention_3_needs_hopper(check, tools):
+    [d] = tools.codes(check(hardware={"gpu": "a100-80gb"}, sft={"attention": "flash_attention_3"}), "FT302")
+    assert "Hopper" in d.message and "flash_attention_2" in d.hint
+    assert not tools.codes(check(sft={"attention": "flash_attention_3"}), "FT302")
+
+
+def test_ft302_flash_attention_on_cpu_or_fp32(check, tools):
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, sft={"attention": "flash_attention_2"}),
+                      "FT302")
+    assert "CUDA" in d.message
+    [d] = tools.codes(check(sft={"attention": "flash_attention_2", "precision": "fp32"}), "FT302")
+    assert "fp32" in d.message
+
+
+def test_ft303_kernels_need_a_supported_family(check, tools):
+    [d] = tools.codes(check(model={"base": "google/gemma-2-9b-it"}, sft={"kernels": "ftplan"}), "FT303")
+    assert "gemma2" in d.message and d.path == ("stages", 1, "kernels")
+    assert not tools.codes(check(sft={"kernels": "ftplan"}), "FT303")
+
+
+def test_ft304_kernels_on_cpu_warn_interpreter(check, tools):
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, sft={"kernels": "ftplan"}), "FT304")
+    assert d.severity is Severity.WARNING and "interpreter" in d.message
+
+
+def test_ft305_bitsandbytes_on_mi300x_warns(check, tools):
+    diags = tools.codes(check(hardware={"gpu": "mi300x"}, sft={"adapter": {"type": "qlora"}}), "FT305")
+    # the DPO stage continues the QLoRA adapter, so it is flagged too
+    assert [d.path for d in diags] == [("stages", 1, "adapter"), ("stages", 2, "adapter")]
+    assert all(d.severity is Severity.WARNING and "ROCm" in d.hint for d in diags)
+    [d] = tools.codes(check(hardware={"gpu": "mi300x"}, sft={"optimizer": "adamw_8bit"}), "FT305")
+    assert d.path == ("stages", 1, "optimizer")
+    assert not tools.codes(check(sft={"adapter": {"type": "qlora"}, "optimizer": "adamw_8bit"}), "FT305")
+
+
+def test_ft305_paged_optimizer_on_cpu(check, tools):
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, sft={"optimizer": "paged_adamw_8bit"}),
+                      "FT305")
+    assert "paged" in d.message
+
+
+def test_ft306_cpu_with_deepspeed_or_fsdp(check, tools):
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, sft={"distributed": "zero2"}), "FT306")
+    assert d.severity is Severity.ERROR and d.path == ("stages", 1, "distributed")
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None},
+                            sft={"distributed": {"strategy": "fsdp2"}}), "FT306")
+    assert d.path == ("stages", 1, "distributed", "strategy")
+    assert not tools.codes(check(hardware={"device": "cpu", "gpu": None}), "FT306")
+
+
+def test_ft307_packing_needs_a_varlen_backend(check, tools):
+    [d] = tools.codes(check(data={"packing": True}), "FT307")
+    assert d.severity is Severity.ERROR and d.path == ("stages", 1, "attention")
+    assert "sdpa" in d.message and "flash_attention_2" in d.hint and "packing: false" in d.hint
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, data={"packing": True},
+                            sft={"attention": "eager"}), "FT307")
+    assert "flex_attention" in d.hint and "flash_attention_2" not in d.hint
+    for backend in ("flash_attention_2", "flex_attention"):
+        assert not tools.codes(check(data={"packing": True}, sft={"attention": backend}), "FT307")
+    assert not tools.codes(check(), "FT307")

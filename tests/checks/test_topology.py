@@ -1,0 +1,96 @@
+"""Launch topology and sharding rules (FT310-FT319)."""
+
+import pytest
+
+from ftplan.checks.topology import valid_slurm_time
+from ftplan.diagnostics import Severity
+
+EIGHT = {"gpus_per_node": 8}
+
+
+def test_ft310_none_with_several_gpus(check, tools):
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": "none"}), "FT310")
+    assert d.severity is Severity.ERROR and "only 1 of 8 GPUs" in d.message
+    assert not tools.codes(check(hardware=EIGHT), "FT310")  # auto -> ddp
+
+
+def test_ft311_sharding_on_one_gpu_warns_unless_offloading(check, tools):
+    [d] = tools.codes(check(sft={"distributed": "zero3"}), "FT311")
+    assert d.severity is Severity.WARNING and d.path == ("stages", 1, "distributed")
+    assert not tools.codes(check(sft={"distributed": {"strategy": "zero3", "offload_params": True}}), "FT311")
+    assert not tools.codes(check(hardware=EIGHT, sft={"distributed": "zero3"}), "FT311")
+
+
+def test_ft312_multi_node_needs_slurm(check, tools):
+    [d] = tools.codes(check(hardware={"nodes": 2, "gpus_per_node": 8}), "FT312")
+    assert d.path == ("hardware", "nodes") and "slurm" in d.hint
+    assert not tools.codes(check(hardware={"nodes": 2, "gpus_per_node": 8, "slurm": {"partition": "gpu"}}),
+                           "FT312")
+
+
+def test_ft313_offload_needs_a_sharding_strategy(check, tools):
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": {"strategy": "zero2", "offload_params": True}}),
+                      "FT313")
+    assert d.path == ("stages", 1, "distributed", "offload_params") and "zero3" in d.message
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": {"strategy": "ddp", "offload_optimizer": True}}),
+                      "FT313")
+    assert d.path == ("stages", 1, "distributed", "offload_optimizer")
+    assert not tools.codes(check(hardware=EIGHT, sft={"distributed": {"strategy": "zero2",
+                                                                         "offload_optimizer": True}}), "FT313")
+
+
+def test_ft314_eight_bit_optimizer_under_zero_warns(check, tools):
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": "zero2", "optimizer": "adamw_8bit"}), "FT314")
+    assert d.severity is Severity.WARNING and d.path == ("stages", 1, "optimizer")
+    assert not tools.codes(check(hardware=EIGHT, sft={"optimizer": "adamw_8bit"}), "FT314")  # ddp is fine
+
+
+def test_ft315_eight_bit_optimizer_with_offload_or_fsdp2(check, tools):
+    spec = {"strategy": "zero2", "offload_optimizer": True}
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": spec, "optimizer": "paged_adamw_8bit"}), "FT315")
+    assert d.severity is Severity.ERROR and "offload" in d.message
+    [d] = tools.codes(check(hardware=EIGHT, sft={"distributed": "fsdp2", "optimizer": "adamw_8bit"}), "FT315")
+    assert "FSDP2" in d.message
+    assert not tools.codes(check(hardware=EIGHT, sft={"distributed": spec}), "FT315")
+
+
+@pytest.mark.parametrize("value", ["30", "30:00", "24:00:00", "2-0", "1-12:30", "1-12:30:15", "0"])
+def test_slurm_time_formats_accepted(value):
+    assert valid_slurm_time(value)
+
+
+@pytest.mark.parametrize("value", ["1-24", "12:60", "1d", "1:2:3:4", "1-12:60", ""])
+def test_slurm_time_formats_rejected(value):
+    assert not valid_slurm_time(value)
+
+
+def test_ft316_invalid_slurm_time(check, tools):
+    [d] = tools.codes(check(hardware={"slurm": {"time": "2d"}}), "FT316")
+    assert d.path == ("hardware", "slurm", "time") and "D-HH:MM:SS" in d.hint
+    assert not tools.codes(check(hardware={"slurm": {"time": "2-00:00:00"}}), "FT316")
+
+
+def test_ft317_more_than_eight_gpus_per_node(check, tools):
+    [d] = tools.codes(check(hardware={"gpus_per_node": 16}), "FT317")
+    assert d.severity is Severity.WARNING
+    assert not tools.codes(check(hardware=EIGHT), "FT317")
+
+
+def test_ft318_qlora_with_zero3_refused(check, tools):
+    diags = tools.codes(check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "zero3"}), "FT318")
+    assert [d.path for d in diags] == [("stages", 1, "distributed")]
+    assert "zero2" in diags[0].hint and "fsdp2" in diags[0].hint
+    assert not tools.codes(check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "zero2"}),
+                           "FT318")
+
+
+def test_ft318_applies_to_a_continued_qlora_adapter(check, tools):
+    diags = check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}}, dpo={"distributed": "zero3"})
+    assert [d.path for d in tools.codes(diags, "FT318")] == [("stages", 2, "distributed")]
+
+
+def test_ft319_qlora_fsdp2_dpo_refused_but_sft_allowed(check, tools):
+    diags = check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "fsdp2"},
+                  dpo={"distributed": "fsdp2"})
+    assert [d.path for d in tools.codes(diags, "FT319")] == [("stages", 2, "distributed")]
+    assert not tools.codes(diags, "FT318")
