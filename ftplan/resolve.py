@@ -118,6 +118,8 @@ def _resolve_shape(pipeline: Pipeline, inputs: Inputs,
     shape = get_model(model.base)
     if shape is not None:
         return shape, f"catalog:{shape.key}"
+    if any(path == ("model", "base") for path, _ in inputs.missing):
+        return None, "unknown"  # the missing folder itself is reported (FT413)
     diags.append(error("FT011", ("model", "base"), f"unknown architecture for '{model.base}': it is not a "
                        "catalogued hub id and no local config.json was found",
                        hint="set `model.architecture` to the catalog key of its shape (e.g. " + _few_keys()

@@ -7,6 +7,7 @@ well-formed and KTO labels are booleans. Only the first few problems of a datase
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,9 @@ def check(ctx: Context) -> list[Diagnostic]:
 def _dataset(d, base: tuple, head) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     if head.error is not None:
-        where = f"row {head.error_row}: " if head.error_row is not None else ""
+        # the snapshot's messages usually name the line/item already ("line 7 is not valid JSON ...")
+        named = head.error_row is None or re.search(rf"\b{head.error_row}\b", head.error)
+        where = "" if named else f"row {head.error_row}: "
         diags.append(error("FT502", base + ("path",), f"{d.path}: {where}{head.error}",
                            hint="fix the row (each JSONL line must be one JSON object)"))
     elif not head.rows:

@@ -19,6 +19,7 @@ CODES = {
     "FT405": "max_seq_len exceeds the model's declared context (RoPE scaling is declared)",
     "FT412": "the GGUF exporter does not support this model family",
     "FT413": "a local model or tokenizer path does not exist",
+    "FT414": "the local model folder does not exist yet; checks use model.architecture",
 }
 
 _OUTER = ("embed_tokens", "lm_head")
@@ -58,12 +59,22 @@ def check(ctx: Context) -> list[Diagnostic]:
 
 
 def _missing_paths(ctx: Context) -> list[Diagnostic]:
+    """Missing local model/tokenizer folders. A missing base with ``model.architecture`` set is only a warning:
+    the folder may be produced before the run (e.g. built or copied on the cluster), and the checks use the
+    catalog shape meanwhile."""
     diags = []
+    arch = ctx.pipeline.model.architecture
     for path, rel in ctx.inputs.missing:
-        if path and path[0] == "model" and path != ("model", "chat_template"):
-            what = "tokenizer folder" if path[-1] == "tokenizer" else "model folder"
-            diags.append(error("FT413", path, f"local {what} '{rel}' does not exist",
-                               hint="check the path (relative to the pipeline file), or use a hub id"))
+        if not path or path[0] != "model" or path == ("model", "chat_template"):
+            continue
+        if path == ("model", "base") and arch is not None and ctx.shape is not None:
+            diags.append(warning("FT414", path, f"local model folder '{rel}' does not exist yet; the checks and "
+                                 f"the estimate use the catalog shape '{arch}'",
+                                 hint="make sure the folder exists before the first training stage runs"))
+            continue
+        what = "tokenizer folder" if path[-1] == "tokenizer" else "model folder"
+        diags.append(error("FT413", path, f"local {what} '{rel}' does not exist",
+                           hint="check the path (relative to the pipeline file), or use a hub id"))
     return diags
 
 

@@ -40,6 +40,10 @@ def test_ft502_unreadable_row(check, tools):
     head = tools.DatasetHead("data/chat.jsonl", rows=(tools.CHAT_ROW,), error="Expecting value", error_row=2)
     [d] = tools.codes(check(tools.build(), tools.Inputs(datasets={("data", 0): head})), "FT502")
     assert d.message == "data/chat.jsonl: row 2: Expecting value"
+    # messages of the snapshot reader already name the line: no second prefix
+    head = tools.DatasetHead("data/chat.jsonl", rows=(), error="line 7 is not valid JSON: Expecting value", error_row=7)
+    [d] = tools.codes(check(tools.build(), tools.Inputs(datasets={("data", 0): head})), "FT502")
+    assert d.message == "data/chat.jsonl: line 7 is not valid JSON: Expecting value"
 
 
 def test_ft503_missing_column_with_mapping_hint(check, tools):

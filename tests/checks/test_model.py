@@ -73,9 +73,19 @@ def test_ft412_gguf_family_unsupported(check, tools):
 
 def test_ft413_missing_local_model_folder(check, tools):
     inputs = tools.Inputs(missing=((("model", "base"), "models/mine"),))
-    [d] = tools.codes(check(tools.build(model={"base": "./models/mine", "architecture": "llama-3.1-8b"}), inputs),
-                      "FT413")
+    [d] = tools.codes(check(tools.build(model={"base": "./models/mine"}), inputs), "FT413")
     assert d.path == ("model", "base") and "'models/mine' does not exist" in d.message
+    # without model.architecture the missing folder is the one error, not also an unknown architecture
+    diags = check(tools.build(model={"base": "./models/mine"}), tools.Inputs(missing=((("model", "base"), "m"),)))
+    assert tools.codes(diags, "FT413") and not tools.codes(diags, "FT011")
     inputs = tools.Inputs(missing=((("model", "tokenizer"), "tok"),))
     [d] = tools.codes(check(tools.build(model={"tokenizer": "./tok"}), inputs), "FT413")
     assert "tokenizer folder" in d.message
+
+
+def test_ft414_missing_base_with_architecture_is_a_warning(check, tools):
+    inputs = tools.Inputs(missing=((("model", "base"), "models/mine"),))
+    diags = check(tools.build(model={"base": "./models/mine", "architecture": "llama-3.1-8b"}), inputs)
+    [d] = tools.codes(diags, "FT414")
+    assert d.severity is Severity.WARNING and "'llama-3.1-8b'" in d.message
+    assert not tools.codes(diags, "FT413")
