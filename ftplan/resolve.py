@@ -13,11 +13,11 @@ from difflib import SequenceMatcher
 from .catalog import from_hf_config, get_gpu, get_model, gpu_keys, model_keys
 from .catalog.gpus import GPUS
 from .catalog.models import MODELS, ModelShape
-from .checks._common import did_you_mean
 from .context import Context, Inputs
 from .diagnostics import Diagnostic, error, warning
 from .lineage import trace
 from .schemas import Pipeline
+from .suggest import did_you_mean
 
 CODES = {
     "FT010": "unknown GPU",

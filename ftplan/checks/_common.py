@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from difflib import SequenceMatcher
+from collections.abc import Iterator
 
 from ftplan.context import Context
 from ftplan.schemas import DataStage, DpoStage, LoraAdapter, SftStage
+from ftplan.suggest import did_you_mean
 
-try:  # the shared suggestion helper; a local equivalent keeps the rules working without it
-    from ftplan.suggest import did_you_mean as _shared_did_you_mean
-except ImportError:  # pragma: no cover - depends on which modules are present
-    _shared_did_you_mean = None
+__all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "adapter_type", "data_stage_of", "data_stages",
+           "declared_adapter", "did_you_mean", "sm", "strategy", "strategy_path", "train_stages", "world_size"]
 
 ZERO = ("zero1", "zero2", "zero3")
 """DeepSpeed ZeRO strategies."""
@@ -19,17 +17,6 @@ SHARDED = ("zero1", "zero2", "zero3", "fsdp2")
 """Strategies that go through DeepSpeed or FSDP."""
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 """bitsandbytes optimizers."""
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """``did you mean 'a' or 'b'?`` for the closest choices, or None."""
-    choices = list(choices)
-    if _shared_did_you_mean is not None:
-        return _shared_did_you_mean(word, choices)
-    scored = sorted(((-SequenceMatcher(None, word.lower(), c.lower()).ratio(), i, c)
-                     for i, c in enumerate(dict.fromkeys(choices)) if c != word))
-    close = [c for score, _, c in scored if -score >= 0.6][:2]
-    return ("did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else None
 
 
 def train_stages(ctx: Context) -> Iterator[tuple[int, SftStage | DpoStage]]:

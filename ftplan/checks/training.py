@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, info, warning
+from ftplan.inputs import HEAD_ROWS  # a head shorter than this is the whole file
 from ftplan.schemas import DpoStage, LoraAdapter
 from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
 
@@ -23,9 +24,6 @@ CODES = {
     "FT610": "the reference model a DPO stage uses",
 }
 
-HEAD_ROWS = 200
-"""Rows the input snapshot reads from the start of each dataset file: a head with fewer rows is the whole
-file, so its row count is exact."""
 
 
 def check(ctx: Context) -> list[Diagnostic]:
