@@ -1,0 +1,273 @@
+"""Apply the `kernels: ftplan` set to a Hugging Face causal LM instance, and a logits-free causal-LM loss.
+
+    report = apply_ftplan_kernels(model)            # before or after peft.get_peft_model(model, ...)
+    report.require("rms_norm", "swiglu", "rope")    # the plan's promise; raises KernelPatchError otherwise
+    loss = causal_lm_loss(model, input_ids, labels, attention_mask, num_items_in_batch=n)
+
+What gets patched (architectures: llama, mistral, qwen2, qwen3, and gemma without its GeGLU MLP):
+- every `<Arch>RMSNorm` module: its forward becomes the fused kernel (`rms_norm.py`), weight and eps unchanged;
+  Gemma's norm runs as x̂·(1 + w) with all-fp32 casting, the others as HF's Llama casting.
+- every `<Arch>MLP` module whose activation is SiLU: forward becomes
+  `down_proj(swiglu(gate_proj(x), up_proj(x)))`. The three Linear layers are called as modules, so PEFT LoRA
+  layers that wrap them (whether inserted before or after this patch) keep working.
+- rotary embeddings: the modeling module's global `apply_rotary_pos_emb`, which `<Arch>Attention.forward` looks
+  up at call time, is rebound to the fused q+k kernel (`rope.py`). This rebinding is process-wide: every model
+  of that architecture in the process uses it, like Liger's patching does. `revert_ftplan_kernels` undoes it.
+
+Per-module patches are instance attributes (`module.forward`), so other instances of the same class are
+untouched. Re-applying is a no-op that reports the same counts.
+
+`causal_lm_loss` runs the decoder (through PEFT wrappers) for the last hidden states and feeds them with
+`lm_head`'s weight to `fused_linear_cross_entropy`, so the (tokens × vocab) logits never exist. It matches
+HF's `ForCausalLMLoss`: labels are shifted by padding them with ignore_index and dropping the first column (the
+last position predicts nothing), and `num_items_in_batch` turns the mean into sum / num_items_in_batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cross_entropy import fused_linear_cross_entropy
+from .rms_norm import rms_norm as fused_rms_norm
+from .rope import apply_rotary_pos_emb as fused_apply_rotary_pos_emb
+from .swiglu import swiglu as fused_swiglu
+
+OPS = ("rms_norm", "swiglu", "rope")
+_PATCH_ATTR = "_ftplan_kernel"
+
+
+@dataclass(frozen=True)
+class _ArchSpec:
+    prefix: str  # class-name prefix: LlamaRMSNorm, LlamaMLP, LlamaAttention
+    norm_offset: float  # y = x̂·(w + offset)
+    norm_casting: str  # "llama" or "gemma" (see rms_norm.py)
+    swiglu_mlp: bool  # whether the MLP is gate/up/down with a SiLU gate
+
+
+ARCHITECTURES: dict[str, _ArchSpec] = {
+    "llama": _ArchSpec("Llama", 0.0, "llama", True),
+    "mistral": _ArchSpec("Mistral", 0.0, "llama", True),
+    "qwen2": _ArchSpec("Qwen2", 0.0, "llama", True),
+    "qwen3": _ArchSpec("Qwen3", 0.0, "llama", True),
+    "gemma": _ArchSpec("Gemma", 1.0, "gemma", False),  # GeGLU MLP: norms and RoPE only
+}
+
+
+class KernelPatchError(RuntimeError):
+    """An expected kernel could not be applied (the plan promised it; no silent fallback)."""
+
+
+@dataclass
+class KernelReport:
+    """What `apply_ftplan_kernels` patched: module counts per op, and why anything was left alone."""
+
+    model_type: str
+    rms_norm: int = 0  # RMSNorm modules running the fused kernel
+    swiglu: int = 0  # MLP modules running the fused SiLU·up
+    rope: int = 0  # attention modules whose rotary call goes to the fused kernel
+    rope_functions: list[str] = field(default_factory=list)  # "<module>.apply_rotary_pos_emb" rebound
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {op: getattr(self, op) for op in OPS}
+
+    def require(self, *ops: str) -> KernelReport:
+        """Raise KernelPatchError unless every op in `ops` patched at least one module; returns self."""
+        unknown = [op for op in ops if op not in OPS]
+        if unknown:
+            raise ValueError(f"unknown kernel op(s) {unknown}; known: {list(OPS)}")
+        missing = [op for op in ops if getattr(self, op) == 0]
+        if missing:
+            detail = "; ".join(self.notes) or "no matching modules found"
+            raise KernelPatchError(f"{self.model_type}: expected kernels not applied: {missing} ({detail})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# patched forwards (bound to module instances)
+
+
+def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    eps = getattr(self, "variance_epsilon", None)
+    if eps is None:
+        eps = self.eps
+    return fused_rms_norm(hidden_states, self.weight, eps, self._ftplan_norm_offset, self._ftplan_norm_casting)
+
+
+def _swiglu_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(fused_swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _bind(module: nn.Module, kernel: str, forward) -> None:
+    module.forward = types.MethodType(forward, module)
+    setattr(module, _PATCH_ATTR, kernel)
+
+
+def _is_silu(act: nn.Module | None) -> bool:
+    return type(act).__name__ in ("SiLU", "SiLUActivation")
+
+
+def _uses_global(fn, name: str) -> bool:
+    """Whether `fn` (through decorator wrappers) reads the module global `name`."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    return code is not None and name in code.co_names
+
+
+# Original `apply_rotary_pos_emb` per modeling module, for revert_ftplan_kernels.
+_ORIGINAL_ROPE: dict[str, object] = {}
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise KernelPatchError("model has no config.model_type; cannot tell which kernels apply")
+    return model_type
+
+
+def apply_ftplan_kernels(
+    model: nn.Module, *, rms_norm: bool = True, swiglu: bool = True, rope: bool = True, strict: bool = True
+) -> KernelReport:
+    """Patch RMSNorm, SwiGLU MLP and RoPE of a HF causal LM instance (optionally PEFT-wrapped) in place.
+
+    With `strict` (default), every op that is switched on must patch at least one module, otherwise
+    KernelPatchError is raised; switch an op off where the architecture does not have it (e.g. swiglu for
+    Gemma). Unsupported `config.model_type` raises as well. Returns a KernelReport with counts per op.
+    """
+    model_type = _model_type(model)
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None:
+        raise KernelPatchError(
+            f"model_type {model_type!r} has no ftplan kernel mapping (supported: {sorted(ARCHITECTURES)})"
+        )
+    report = KernelReport(model_type=model_type)
+    norm_cls, mlp_cls, attn_cls = f"{spec.prefix}RMSNorm", f"{spec.prefix}MLP", f"{spec.prefix}Attention"
+
+    attention_modules: dict[str, list[nn.Module]] = {}
+    for module in model.modules():
+        cls_name = type(module).__name__
+        if rms_norm and cls_name == norm_cls:
+            if getattr(module, _PATCH_ATTR, None) != "rms_norm":
+                module._ftplan_norm_offset = spec.norm_offset
+                module._ftplan_norm_casting = spec.norm_casting
+                _bind(module, "rms_norm", _rms_norm_forward)
+            report.rms_norm += 1
+        elif swiglu and cls_name == mlp_cls:
+            if not spec.swiglu_mlp or not _is_silu(getattr(module, "act_fn", None)):
+                act = type(getattr(module, "act_fn", None)).__name__
+                report.notes.append(f"{cls_name}: activation {act} is not SiLU, MLP left as is")
+                continue
+            if getattr(module, _PATCH_ATTR, None) != "swiglu":
+                _bind(module, "swiglu", _swiglu_mlp_forward)
+            report.swiglu += 1
+        elif rope and cls_name == attn_cls:
+            attention_modules.setdefault(type(module).__module__, []).append(module)
+
+    for module_name, modules in attention_modules.items():
+        modeling = sys.modules[module_name]
+        target = f"{module_name}.apply_rotary_pos_emb"
+        if not hasattr(modeling, "apply_rotary_pos_emb") or not _uses_global(
+            type(modules[0]).forward, "apply_rotary_pos_emb"
+        ):
+            report.notes.append(f"{attn_cls}.forward does not call {target}; RoPE left as is")
+            continue
+        current = modeling.apply_rotary_pos_emb
+        if current is not fused_apply_rotary_pos_emb:
+            _ORIGINAL_ROPE.setdefault(module_name, current)
+            modeling.apply_rotary_pos_emb = fused_apply_rotary_pos_emb
+        report.rope += len(modules)
+        report.rope_functions.append(target)
+
+    if not report.rms_norm and rms_norm:
+        report.notes.append(f"no {norm_cls} modules found")
+    if not report.swiglu and swiglu and not any(n.startswith(mlp_cls) for n in report.notes):
+        report.notes.append(f"no {mlp_cls} modules found")
+    if not report.rope and rope and not attention_modules:
+        report.notes.append(f"no {attn_cls} modules found")
+    if strict:
+        report.require(*[op for op, on in zip(OPS, (rms_norm, swiglu, rope)) if on])
+    return report
+
+
+def revert_ftplan_kernels(model: nn.Module) -> None:
+    """Undo apply_ftplan_kernels: drop the instance forwards and restore every rebound `apply_rotary_pos_emb`.
+
+    The RoPE restore is process-wide (see the module docstring).
+    """
+    for module in model.modules():
+        if getattr(module, _PATCH_ATTR, None) is not None:
+            for attr in ("forward", _PATCH_ATTR, "_ftplan_norm_offset", "_ftplan_norm_casting"):
+                module.__dict__.pop(attr, None)
+    for module_name, original in list(_ORIGINAL_ROPE.items()):
+        sys.modules[module_name].apply_rotary_pos_emb = original
+        del _ORIGINAL_ROPE[module_name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loss without logits
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers *ForCausalLM under any PEFT wrapper (LoRA layers stay injected in it)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) that the output projection applies, seen through PEFT's modules_to_save wrapper."""
+    if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):
+        head = head.original_module if head.disable_adapters else head.modules_to_save[head.active_adapters[0]]
+    if hasattr(head, "lora_A") and hasattr(head, "base_layer"):
+        if getattr(head, "active_adapters", None) and not getattr(head, "disable_adapters", False):
+            if not getattr(head, "merged", False):
+                raise NotImplementedError("LoRA on lm_head is not supported by the fused linear cross-entropy")
+        head = head.base_layer
+    if not isinstance(head, nn.Linear):
+        raise NotImplementedError(f"output projection {type(head).__name__} is not a plain nn.Linear")
+    return head.weight, head.bias
+
+
+def causal_lm_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    num_items_in_batch=None,
+    shift_labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    **kwargs,
+) -> torch.Tensor:
+    """Next-token cross-entropy of a (PEFT-wrapped) HF causal LM without materializing logits.
+
+    Equals `model(input_ids, attention_mask=..., labels=labels, num_items_in_batch=...).loss`. Pass
+    `shift_labels` (already shifted, as HF accepts) instead of `labels` for packed/context-parallel batches.
+    Other keyword arguments (position_ids, inputs_embeds, ...) go to the decoder.
+    """
+    base = _base_model(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    weight, bias = _head_parameters(base.get_output_embeddings())
+
+    kwargs.setdefault("use_cache", False)
+    outputs = decoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("pass labels or shift_labels")
+        # position t predicts label t+1; the last position gets ignore_index (HF ForCausalLMLoss)
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    shift_labels = shift_labels.reshape(-1).to(hidden.device)
+    return fused_linear_cross_entropy(
+        hidden, weight, shift_labels, bias, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch
+    )
