@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ def file_sha256(path: Path, size: int) -> str:
             for chunk in iter(lambda: f.read(_MIB), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def _stat_is(path: Path, what: str) -> bool:
+    """``path.is_dir()``/``is_file()``/``exists()`` that is False instead of raising for names the OS
+    rejects (too long, NUL bytes, permission denied on a parent)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return False
+    return {"dir": stat.S_ISDIR, "file": stat.S_ISREG}.get(what, lambda m: True)(mode)
 
 
 def _path_like(value: str) -> bool:
@@ -118,9 +129,9 @@ class _Reader:
         if value is None:
             return None
         full, rel = self.full(value), self.rel(value)
-        if full.is_dir():
+        if _stat_is(full, "dir"):
             return full, rel
-        if _path_like(value) and not full.exists():
+        if _path_like(value) and not _stat_is(full, "any"):
             self.missing.append((key, rel))
         return None
 
@@ -132,7 +143,7 @@ class _Reader:
 
 def _model_config(reader: _Reader, base: str) -> tuple[dict[str, Any] | None, str | None]:
     full, rel = reader.full(base), reader.rel(base)
-    if full.is_file():
+    if _stat_is(full, "file"):
         return None, f"'{rel}' is a file; model.base must be a folder with config.json or a hub id"
     found = reader.local_dir(base, ("model", "base"))
     if found is None:
@@ -141,7 +152,7 @@ def _model_config(reader: _Reader, base: str) -> tuple[dict[str, Any] | None, st
     if too_big:
         return None, too_big
     config = found[0] / "config.json"
-    if not config.is_file():
+    if not _stat_is(config, "file"):
         return None, f"'{rel}' has no config.json"
     try:
         data = reader.read_json(config, posixpath.join(rel, "config.json"))
@@ -167,7 +178,7 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
     """What the tokenizer files of a folder say; None when it has none of them (or none parse)."""
     def load(name: str) -> Any:
         path = folder / name
-        if not path.is_file():
+        if not _stat_is(path, "file"):
             return None
         try:
             return reader.read_json(path, posixpath.join(rel, name))
@@ -178,7 +189,7 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json"))
     template_file = load("chat_template.json")
     jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
+    if _stat_is(jinja, "file"):
         reader.hash_file(jinja, posixpath.join(rel, "chat_template.jinja"))
     if not any(isinstance(x, dict) for x in (tok, config, vocab_json)):
         return None
@@ -215,7 +226,7 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
             text = _token_text(item)
             if text is not None:
                 special.add(text)
-    has_template = jinja.is_file() or any(
+    has_template = _stat_is(jinja, "file") or any(
         isinstance(src, dict) and bool(src.get("chat_template")) for src in (config, template_file))
     return TokenizerInfo(vocab_size=max(ids.values()) + 1 if ids else None, special_tokens=frozenset(special),
                          has_chat_template=has_template, eos_token=eos, tokens=frozenset(ids))
@@ -322,10 +333,10 @@ _RUNTIME_ONLY = (".parquet", ".arrow")
 
 def _dataset(reader: _Reader, value: str, key: tuple[str | int, ...]) -> DatasetHead | None:
     full, rel = reader.full(value), reader.rel(value)
-    if full.is_dir():
+    if _stat_is(full, "dir"):
         too_big = reader.hash_folder(full, rel)
         return DatasetHead(rel, error=too_big, checked=too_big is not None)
-    if not full.is_file():
+    if not _stat_is(full, "file"):
         if _path_like(value) or value.lower().endswith(DATA_SUFFIXES):
             reader.missing.append((key, rel))
             return None
@@ -365,13 +376,13 @@ def read_inputs(pipeline: Pipeline, root: Path) -> Inputs:
     template = None
     if not _NAME.match(model.chat_template):
         full, rel = reader.full(model.chat_template), reader.rel(model.chat_template)
-        if full.is_file():
+        if _stat_is(full, "file"):
             reader.hash_file(full, rel)
             try:
                 template = full.read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError):
                 template = None
-        elif not full.exists():
+        elif not _stat_is(full, "any"):
             reader.missing.append((("model", "chat_template"), rel))
     datasets: dict[tuple[str, int], DatasetHead] = {}
     for i, stage in enumerate(pipeline.stages):
