@@ -1,0 +1,218 @@
+"""Data stage end to end: output layout, manifest, bad rows, truncation, packing, split, fingerprint, cache,
+atomic output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from ftplan.schemas.runtime_args import COMPLETE_MARKER
+from ftplan_runtime.data import CHATML, DataError, Manifest, run_data_stage
+
+_spec = importlib.util.spec_from_file_location("data_fixtures", Path(__file__).with_name("test_data_fixtures.py"))
+fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fx)
+
+
+def t(*pairs):
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+CHAT = [{"messages": t(("user", f"What is {i} + 3?"), ("assistant", f"The answer is {i + 3}."))} for i in range(8)]
+ALPACA = [{"instruction": "Name three fruits.", "input": "", "output": "Apple, banana and orange."},
+          {"instruction": "Summarize the text.", "input": "The sea is wide.", "output": "Wide sea."}]
+SHAREGPT = [{"conversations": [{"from": "human", "value": "Hello"},
+                               {"from": "gpt", "value": "Hello, how can I help?"}]}]
+PC = [{"prompt": "How do I reset my password?", "completion": "Open Settings."}]
+TEXT = [{"text": "The quick brown fox jumps over the lazy dog."}]
+PREF = [{"prompt": "What is 3 + 3?", "chosen": "The answer is 6.", "rejected": "Seven."},
+        {"prompt": t(("system", "Be polite."), ("user", "Hello")), "chosen": "Hello!", "rejected": "Go away."},
+        {"prompt": "Name three fruits.", "chosen": "Apple, banana and orange.", "rejected": "No."}]
+KTO = [{"prompt": "Hello", "completion": "Hello, how can I help you today?", "label": True},
+       {"prompt": "Hello", "completion": "Go away.", "label": False}]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root with a tokenizer folder ``tok`` and one data file per format under ``data/``."""
+    monkeypatch.chdir(tmp_path)
+    fx.build_tokenizer(tmp_path / "tok")
+    for name, rows in (("chat", CHAT), ("alpaca", ALPACA), ("sharegpt", SHAREGPT), ("pc", PC), ("text", TEXT),
+                       ("pref", PREF), ("kto", KTO)):
+        fx.write_jsonl(tmp_path / "data" / f"{name}.jsonl", rows)
+    return tmp_path
+
+
+ALL = [{"path": "data/chat.jsonl", "format": "messages"}, {"path": "data/alpaca.jsonl", "format": "alpaca"},
+       {"path": "data/sharegpt.jsonl", "format": "sharegpt"},
+       {"path": "data/pc.jsonl", "format": "prompt_completion"}, {"path": "data/text.jsonl", "format": "text"},
+       {"path": "data/pref.jsonl", "format": "preference"}, {"path": "data/kto.jsonl", "format": "kto"}]
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained("tok")
+
+
+def test_every_format_end_to_end(project):
+    m = run_data_stage(fx.make_args(ALL), "a" * 64)
+    out = project / "out" / "data"
+    assert sorted(p.name for p in out.iterdir()) == [COMPLETE_MARKER, "kto", "manifest.json", "preference", "sft"]
+    assert sorted(p.name for p in (out / "sft").iterdir()) == ["train"]
+    assert (out / COMPLETE_MARKER).read_text() == "a" * 64
+    text = (out / "manifest.json").read_text()
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
+    assert Manifest.read(out) == m
+    assert [(d.path, d.rows_in, d.rows_out, d.group) for d in m.datasets] == [
+        ("data/chat.jsonl", 8, 8, "sft"), ("data/alpaca.jsonl", 2, 2, "sft"), ("data/sharegpt.jsonl", 1, 1, "sft"),
+        ("data/pc.jsonl", 1, 1, "sft"), ("data/text.jsonl", 1, 1, "sft"), ("data/pref.jsonl", 3, 3, "preference"),
+        ("data/kto.jsonl", 2, 2, "kto")]
+    assert m.dropped == [] and m.truncated == 0 and m.chat_template.masking == "generation"
+
+    tok = tokenizer()
+    sft = load_from_disk(str(out / "sft" / "train"))
+    assert sft.column_names == ["input_ids", "completion_mask"] and len(sft) == 13
+    spans = [fx.trained_spans(tok, r["input_ids"], r["completion_mask"]) for r in sft]
+    assert spans[0] == ["The answer is 3.<|im_end|>"]
+    assert spans[8:12] == [["Apple, banana and orange.<|im_end|>"], ["Wide sea.<|im_end|>"],
+                           ["Hello, how can I help?<|im_end|>"], ["Open Settings.<|im_end|>"]]
+    assert spans[12] == ["The quick brown fox jumps over the lazy dog.<|im_end|>"]  # text: every token
+    assert tok.decode(sft[9]["input_ids"]).startswith("<|im_start|>user\nSummarize the text.\n\nThe sea is wide.")
+    assert m.groups["sft"].splits["train"].tokens.trained == sum(sum(r["completion_mask"]) for r in sft)
+
+    pref = load_from_disk(str(out / "preference" / "train"))
+    assert pref.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]
+    assert tok.decode(pref[1]["prompt_ids"]).startswith("<|im_start|>system\nBe polite.<|im_end|>")
+    assert tok.decode(pref[1]["rejected_ids"]) == "Go away.<|im_end|>\n"
+    kto = load_from_disk(str(out / "kto" / "train"))
+    assert kto.column_names == ["prompt_ids", "completion_ids", "label"] and kto["label"] == [True, False]
+
+
+def test_bad_row_error_names_file_row_and_fix_and_writes_nothing(project):
+    fx.write_jsonl(project / "data" / "tickets.jsonl",
+                   CHAT[:2] + [{"messages": t(("user", "hi"), ("bot", "hello"))}])
+    with pytest.raises(DataError) as e:
+        run_data_stage(fx.make_args([{"path": "data/tickets.jsonl", "format": "messages"}]), "s")
+    assert str(e.value) == ("data/tickets.jsonl row 3: turn 2 has role 'bot', which has no mapping in roles "
+                            "(add roles: {bot: assistant})")
+    assert not (project / "out").exists() or list((project / "out").iterdir()) == []
+
+
+def test_bad_rows_dropped_are_listed(project):
+    fx.write_jsonl(project / "data" / "tickets.jsonl",
+                   CHAT[:2] + ["{not json", {"messages": t(("user", "hi"), ("bot", "hello"))}, {"chat": []},
+                               {"messages": t(("user", "only a question"))}])
+    m = run_data_stage(fx.make_args([{"path": "data/tickets.jsonl", "format": "messages"}], on_bad_row="drop"), "s")
+    assert [(d.row, d.reason.split(" (")[0]) for d in m.dropped] == [
+        (3, "line is not valid JSON"),
+        (4, "turn 2 has role 'bot', which has no mapping in roles"),
+        (5, "missing field 'messages'"),
+        (6, "no trained tokens")]
+    assert all(d.dataset == "data/tickets.jsonl" for d in m.dropped)
+    assert (m.datasets[0].rows_in, m.datasets[0].rows_out, m.datasets[0].dropped) == (6, 2, 4)
+
+
+def test_truncate_counts_and_drop_lists(project):
+    long = {"messages": t(("user", "Hello"), ("assistant", "The sea is wide and blue. " * 20))}
+    fx.write_jsonl(project / "data" / "long.jsonl", CHAT[:3] + [long])
+    ds = [{"path": "data/long.jsonl", "format": "messages"}]
+    m = run_data_stage(fx.make_args(ds, max_seq_len=64), "s")
+    assert m.truncated == 1 and m.datasets[0].truncated == 1 and m.dropped == []
+    assert max(len(r) for r in load_from_disk("out/data/sft/train")["input_ids"]) == 64
+    m = run_data_stage(fx.make_args(ds, max_seq_len=64, truncation="drop"), "s")
+    assert m.truncated == 0 and len(m.dropped) == 1 and m.dropped[0].row == 4
+    assert m.dropped[0].reason.endswith("longer than max_seq_len 64 (truncation: drop)")
+    # a prompt filling max_seq_len leaves nothing to train: dropped even when truncating
+    fx.write_jsonl(project / "data" / "long.jsonl", PC + [{"prompt": "The sea is wide. " * 30, "completion": "Yes."}])
+    m = run_data_stage(fx.make_args([{"path": "data/long.jsonl", "format": "prompt_completion"}], max_seq_len=64), "s")
+    assert [d.row for d in m.dropped] == [2] and m.truncated == 0
+    assert m.dropped[0].reason.startswith("no trained tokens left after truncation to max_seq_len 64")
+
+
+def test_all_rows_dropped_is_an_error(project):
+    fx.write_jsonl(project / "data" / "q.jsonl", [{"messages": t(("user", "only a question"))}])
+    with pytest.raises(DataError, match="no sft examples left from data/q.jsonl.*row 1: no trained tokens"):
+        run_data_stage(fx.make_args([{"path": "data/q.jsonl", "format": "messages"}], on_bad_row="drop"), "s")
+
+
+def test_packing(project):
+    ds = ALL[:5]
+    plain = run_data_stage(fx.make_args(ds, output_dir="out/plain", max_seq_len=64), "s")
+    m = run_data_stage(fx.make_args(ds, max_seq_len=64, packing=True), "s")
+    rows = load_from_disk("out/data/sft/train")
+    assert rows.column_names == ["input_ids", "completion_mask", "seq_lengths"]
+    assert all(len(r["input_ids"]) <= 64 and sum(r["seq_lengths"]) == len(r["input_ids"]) for r in rows)
+    unpacked = load_from_disk("out/plain/sft/train")
+    pieces = []
+    for r in rows:
+        start = 0
+        for n in r["seq_lengths"]:
+            pieces.append((r["input_ids"][start:start + n], r["completion_mask"][start:start + n]))
+            start += n
+    assert sorted(pieces) == sorted(zip(unpacked["input_ids"], unpacked["completion_mask"]))
+    stats = m.groups["sft"].splits["train"].packing
+    assert stats.sequences == len(unpacked) == plain.groups["sft"].splits["train"].rows
+    assert stats.rows == len(rows) < len(unpacked)
+    assert stats.fill_ratio == round(sum(len(p[0]) for p in pieces) / (len(rows) * 64), 4)
+    run_data_stage(fx.make_args(ds, output_dir="out/again", max_seq_len=64, packing=True), "s")
+    assert load_from_disk("out/again/sft/train")[:] == rows[:]  # deterministic
+
+
+def test_split_sizes_and_determinism(project):
+    m = run_data_stage(fx.make_args(ALL, val_fraction=0.25), "s")
+    assert {g: (r.splits["train"].rows, r.splits["validation"].rows) for g, r in m.groups.items()} == {
+        "sft": (10, 3), "preference": (2, 1), "kto": (1, 1)}
+    run_data_stage(fx.make_args(ALL, val_fraction=0.25, output_dir="out/again"), "s")
+    run_data_stage(fx.make_args(ALL, val_fraction=0.25, seed=1, output_dir="out/seed1"), "s")
+    a, b, c = (load_from_disk(f"out/{d}/sft/validation")["input_ids"] for d in ("data", "again", "seed1"))
+    assert a == b and a != c
+    train = load_from_disk("out/data/sft/train")["input_ids"]
+    assert not set(map(tuple, a)) & set(map(tuple, train))
+
+
+def fingerprint(**kw):
+    kw.setdefault("datasets", [{"path": "data/chat.jsonl", "format": "messages"}])
+    return run_data_stage(fx.make_args(kw.pop("datasets"), **kw), kw.pop("sha", "s")).fingerprint
+
+
+def test_fingerprint_follows_template_data_and_settings_only(project):
+    base = fingerprint()
+    assert fingerprint(output_dir="out/elsewhere", pipeline="renamed") == base
+    (project / "same.jinja").write_text(CHATML)
+    assert fingerprint(model={"base": "tok", "chat_template": "same.jinja"}) == base
+    (project / "other.jinja").write_text(CHATML.replace("'\\n' }}{% else %}", "'\\n\\n' }}{% else %}"))
+    assert fingerprint(model={"base": "tok", "chat_template": "other.jinja"}) != base
+    assert fingerprint(max_seq_len=100) != base
+    data = project / "data" / "chat.jsonl"
+    data.write_bytes(data.read_bytes().replace(b"The answer is 3.", b"The answer is 3!"))
+    assert fingerprint() != base
+
+
+def test_cached_rerun_is_a_no_op(project, capsys):
+    args = fx.make_args(ALL)
+    first = run_data_stage(args, "s1")
+    stamp = (project / "out/data/manifest.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_data_stage(args, "s1") == first
+    assert "is up to date" in capsys.readouterr().err
+    assert (project / "out/data/manifest.json").stat().st_mtime_ns == stamp
+    run_data_stage(args, "s2")  # another args file: redone, new marker
+    assert (project / "out/data" / COMPLETE_MARKER).read_text() == "s2"
+    assert "is up to date" not in capsys.readouterr().err
+
+
+def test_failed_rerun_leaves_previous_output_intact(project):
+    args = fx.make_args(ALL)
+    run_data_stage(args, "s1")
+    before = (project / "out/data/manifest.json").read_text()
+    fx.write_jsonl(project / "data" / "chat.jsonl", CHAT + [{"messages": "oops"}])
+    with pytest.raises(DataError, match="data/chat.jsonl row 9: field 'messages' is a text"):
+        run_data_stage(args, "s2")
+    assert (project / "out/data/manifest.json").read_text() == before
+    assert (project / "out/data" / COMPLETE_MARKER).read_text() == "s1"
+    assert sorted(p.name for p in (project / "out").iterdir()) == ["data"]  # no temp folder left
