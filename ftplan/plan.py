@@ -1,0 +1,316 @@
+"""PLAN: the checked pipeline and its estimates resolved into everything a launch needs, as frozen data.
+
+``build_plan`` decides, for every stage: its compiled folder (``stages/NN-<id>``; ``NN`` is the only thing taken
+from the list position), its output folder, how it launches (``accelerate launch`` for training stages,
+``python -m ftplan_runtime`` otherwise), its accelerate and DeepSpeed configs, its fully resolved
+``RuntimeArgs``, and what it asks a scheduler for:
+
+* training stages: every node and GPU of the target (one process per GPU);
+* data and GGUF stages: one node, no GPU (tokenizing and exporting are CPU work);
+* merge stages: one node and one GPU when the estimate says the model fits the card, otherwise the CPU
+  (the merge is then slower but cannot run out of GPU memory).
+
+Rendering (``ftplan.render``) turns a ``Plan`` into file texts; nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+from .catalog import param_counts
+from .context import Context, LocalFile
+from .diagnostics import Diagnostic, Severity, sort_key
+from .estimate.types import StageEstimate
+from .render.accelerate import accelerate_config
+from .render.args import merge_on_gpu, resolve_distributed, runtime_args, stage_output_dir
+from .render.deepspeed import deepspeed_config, zero_stage
+from .schemas import (DataStage, DpoStage, FullFinetune, GgufStage, HardwareSpec, MergeStage, Pipeline,
+                      SftStage, SlurmSpec)
+from .schemas.runtime_args import RuntimeArgs
+from .versions import PINNED_VERSIONS
+
+PLAN_FORMAT = 1
+"""Version of the compiled plan's layout and ``plan.json``; bumped on incompatible changes."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one stage asks the scheduler for."""
+
+    device: Literal["cuda", "cpu"]
+    """Where the stage computes."""
+    nodes: int
+    """Nodes (one launcher task each)."""
+    gpus_per_node: int
+    """GPUs per node; 0 for CPU-only stages."""
+
+
+@dataclass(frozen=True)
+class BatchMath:
+    """The batch arithmetic of a training stage."""
+
+    micro_batch: int
+    """Sequences per GPU per forward pass (a DPO pair counts as one)."""
+    grad_accum: int
+    """Micro-batches per optimizer step."""
+    world_size: int
+    """Data-parallel processes."""
+    effective_batch: int
+    """Sequences per optimizer step: micro_batch × grad_accum × world_size."""
+    seq_len: int | None
+    """The data stage's ``max_seq_len``."""
+    tokens_per_step: int | None
+    """Tokens per optimizer step over all processes (the estimator's figure when it has one)."""
+
+
+@dataclass(frozen=True)
+class PlanStage:
+    """One stage, resolved."""
+
+    index: int
+    """1-based position; only used for the ``NN`` ordering prefix."""
+    id: str
+    """Stage id from the pipeline file."""
+    kind: str
+    """Stage kind."""
+    dir: str
+    """Compiled folder relative to the plan folder: ``stages/NN-<id>``."""
+    output_dir: str
+    """Where the stage writes, relative to the project root."""
+    launcher: Literal["accelerate", "python"]
+    """``accelerate launch`` (training) or ``python -m ftplan_runtime``."""
+    accelerate: dict[str, Any] | None
+    """``accelerate.yaml`` contents (training stages)."""
+    deepspeed: dict[str, Any] | None
+    """``deepspeed.json`` contents (ZeRO stages)."""
+    args: RuntimeArgs
+    """``args.json`` contents."""
+    estimate: StageEstimate | None
+    """The estimator's result for this stage."""
+    resources: Resources
+    """Scheduler request."""
+    depends_on: str | None
+    """The previous stage's id (stages run in file order)."""
+    method: str
+    """One-line description for reviewers, e.g. ``QLoRA r16 α32``."""
+    strategy: str | None
+    """Resolved distributed strategy of a training stage."""
+    batch: BatchMath | None
+    """Batch arithmetic of a training stage."""
+
+    @property
+    def name(self) -> str:
+        """``NN-<id>``: the stage's folder and job-file name."""
+        return f"{self.index:02d}-{self.id}"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the plan was compiled from."""
+
+    pipeline_file: str
+    """The pipeline file, relative to the project root."""
+    pipeline_sha256: str
+    """Its sha256."""
+    inputs: tuple[LocalFile, ...]
+    """Local files the pipeline references, with hashes, sorted by path."""
+    versions: tuple[tuple[str, str], ...]
+    """Pinned runtime package versions (name, version), sorted."""
+    ftplan_version: str
+    """Version of ftplan that compiled the plan."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model and hardware the plan was checked against (the plan's header line)."""
+
+    model: str
+    """``model.base``."""
+    architecture: str | None
+    """Where the shape came from (catalog key or ``config.json``)."""
+    params: int | None
+    """Parameter count of the base model."""
+    device: Literal["cuda", "cpu"]
+    """Device type."""
+    gpu_name: str | None
+    """Display name of the GPU."""
+    gpu_memory_gib: float | None
+    """Its memory."""
+    gpu_arch: str | None
+    """``sm89`` for NVIDIA, the architecture name for others."""
+    nodes: int
+    """Nodes."""
+    gpus_per_node: int
+    """GPUs per node."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled pipeline: provenance, target, and the resolved stages, in order."""
+
+    format_version: int
+    """``PLAN_FORMAT``."""
+    name: str
+    """Pipeline name."""
+    pipeline: Pipeline
+    """The validated pipeline (defaults filled)."""
+    provenance: Provenance
+    """Inputs, hashes and versions."""
+    target: Target
+    """Model and hardware."""
+    stages: tuple[PlanStage, ...]
+    """Stages in run order."""
+    plan_dir: str
+    """The plan folder relative to the project root (POSIX), e.g. ``plans/support-bot``."""
+    root_from_plan_dir: str
+    """The project root relative to the plan folder, e.g. ``../..``."""
+    hardware: HardwareSpec
+    """Hardware section: environment, modules, venv, setup lines, port."""
+    slurm: SlurmSpec | None
+    """Slurm settings, when the plan has Slurm jobs."""
+    diagnostics: tuple[Diagnostic, ...]
+    """Warnings and notes shown in ``plan.md``, in file order."""
+
+    def path(self, *parts: str) -> str:
+        """A path inside the plan folder, relative to the project root."""
+        return posixpath.normpath(posixpath.join(self.plan_dir, *parts))
+
+
+def root_from(plan_dir_from_root: str) -> str:
+    """``../..`` for ``plans/x``: the way back from a plan folder inside the project to the project root."""
+    norm = posixpath.normpath(plan_dir_from_root)
+    parts = [] if norm == "." else norm.split("/")
+    if posixpath.isabs(norm) or ".." in parts:
+        raise ValueError(f"the plan folder {plan_dir_from_root!r} is not inside the project folder; pass "
+                         "root_from_plan_dir explicitly")
+    return "/".join([".."] * len(parts)) or "."
+
+
+def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: Iterable[Diagnostic], *,
+               plan_dir_from_root: str, ftplan_version: str, root_from_plan_dir: str | None = None) -> Plan:
+    """Resolve a checked pipeline (no error diagnostics) into a ``Plan``.
+
+    ``plan_dir_from_root`` is the output folder relative to the project root (the pipeline file's folder) as a
+    POSIX path; ``root_from_plan_dir`` the way back, derived from it unless given (needed only when the plan
+    folder lies outside the project). Error diagnostics are not accepted: compile only a checked pipeline."""
+    diags = tuple(sorted(diagnostics, key=sort_key))
+    if any(d.severity is Severity.ERROR for d in diags):
+        raise ValueError("build_plan needs a pipeline without errors; run the checks first")
+    pipeline = ctx.pipeline
+    plan_dir = posixpath.normpath(plan_dir_from_root)
+    stages: list[PlanStage] = []
+    for i, stage in enumerate(pipeline.stages, start=1):
+        stages.append(_plan_stage(ctx, i, stage, estimates.get(stage.id), plan_dir,
+                                  stages[-1].id if stages else None))
+    return Plan(
+        format_version=PLAN_FORMAT, name=pipeline.name, pipeline=pipeline,
+        provenance=Provenance(
+            pipeline_file=posixpath.basename(ctx.pipeline_path.replace("\\", "/")),
+            pipeline_sha256=ctx.pipeline_sha256,
+            inputs=tuple(sorted(ctx.inputs.files, key=lambda f: f.path)),
+            versions=tuple(sorted(PINNED_VERSIONS.items())), ftplan_version=ftplan_version),
+        target=_target(ctx), stages=tuple(stages), plan_dir=plan_dir,
+        root_from_plan_dir=root_from_plan_dir if root_from_plan_dir is not None else root_from(plan_dir),
+        hardware=pipeline.hardware, slurm=pipeline.hardware.slurm, diagnostics=diags,
+    )
+
+
+def _target(ctx: Context) -> Target:
+    hw, gpu, shape = ctx.pipeline.hardware, ctx.gpu, ctx.shape
+    arch = None
+    if gpu is not None:
+        arch = f"sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}" if gpu.compute_capability else gpu.arch
+    on_gpu = hw.device == "cuda"
+    return Target(
+        model=ctx.pipeline.model.base, architecture=ctx.shape_source or None,
+        params=param_counts(shape).total if shape is not None else None, device=hw.device,
+        gpu_name=gpu.name if on_gpu and gpu else None,
+        gpu_memory_gib=round(gpu.memory_gib, 1) if on_gpu and gpu else None,
+        gpu_arch=arch if on_gpu else None, nodes=hw.nodes if on_gpu else 1,
+        gpus_per_node=hw.gpus_per_node if on_gpu else 0,
+    )
+
+
+def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None, plan_dir: str,
+                previous: str | None) -> PlanStage:
+    pipeline, hw = ctx.pipeline, ctx.pipeline.hardware
+    link = ctx.links[stage.id]
+    stage_dir = f"stages/{index:02d}-{stage.id}"
+    args = runtime_args(pipeline, stage, link, ctx.gpu, estimate)
+    accelerate = deepspeed = None
+    strategy = batch = None
+    if isinstance(stage, (SftStage, DpoStage)):
+        spec = resolve_distributed(stage, hw)
+        strategy = spec.strategy
+        shape = ctx.shape
+        if zero_stage(spec) is not None:
+            deepspeed = deepspeed_config(stage, spec, hw.world_size, shape.hidden_size if shape else None)
+        qlora = getattr(stage.adapter, "type", None) == "qlora"
+        accelerate = accelerate_config(
+            spec=spec, precision=stage.precision, device=hw.device, world_size=hw.world_size,
+            num_machines=hw.nodes if hw.device == "cuda" else 1, main_process_port=hw.main_process_port,
+            deepspeed_file=posixpath.join(plan_dir, stage_dir, "deepspeed.json") if deepspeed else None,
+            zero3_init=zero_stage(spec) == 3 and not qlora, family=shape.family if shape else None)
+        batch = _batch(pipeline, stage, hw.world_size, estimate)
+        resources = (Resources("cuda", hw.nodes, hw.gpus_per_node) if hw.device == "cuda"
+                     else Resources("cpu", 1, 0))
+        launcher: Literal["accelerate", "python"] = "accelerate"
+    else:
+        launcher = "python"
+        gpu_merge = isinstance(stage, MergeStage) and merge_on_gpu(hw, estimate)
+        resources = Resources("cuda", 1, 1) if gpu_merge else Resources("cpu", 1, 0)
+    return PlanStage(
+        index=index, id=stage.id, kind=stage.kind, dir=stage_dir, output_dir=stage_output_dir(pipeline, stage.id),
+        launcher=launcher, accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate,
+        resources=resources, depends_on=previous, method=_method(stage, link, args, strategy), strategy=strategy,
+        batch=batch,
+    )
+
+
+def _batch(pipeline: Pipeline, stage: SftStage | DpoStage, world: int, estimate: StageEstimate | None) -> BatchMath:
+    data = pipeline.stage(stage.data)
+    seq = data.max_seq_len if isinstance(data, DataStage) else None
+    effective = stage.micro_batch * stage.grad_accum * world
+    tokens = estimate.tokens_per_step if estimate is not None else None
+    if tokens is None and seq is not None:
+        tokens = effective * seq * (2 if isinstance(stage, DpoStage) else 1)
+    return BatchMath(stage.micro_batch, stage.grad_accum, world, effective, seq, tokens)
+
+
+_ADAPTER_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
+
+
+def adapter_text(adapter) -> str:
+    """``QLoRA r16 α32`` or ``full fine-tune``."""
+    if isinstance(adapter, FullFinetune):
+        return "full fine-tune"
+    return f"{_ADAPTER_NAMES[adapter.type]} r{adapter.r} α{adapter.alpha:g}"
+
+
+def _method(stage, link, args: RuntimeArgs, strategy: str | None) -> str:
+    """The one-line description of what a stage does."""
+    if isinstance(stage, DataStage):
+        formats = list(dict.fromkeys(d.format for d in stage.datasets))
+        return " + ".join(formats) + (", packed" if stage.packing else "") + f", ≤{stage.max_seq_len} tokens"
+    if isinstance(stage, MergeStage):
+        chain = [a.stage for a in args.source.merge] if args.source else []
+        return f"merge {' + '.join(chain) or '—'} → {stage.dtype}"
+    if isinstance(stage, GgufStage):
+        return "GGUF " + ", ".join(stage.quant)
+    extras = []
+    if stage.kernels == "ftplan":
+        extras.append("kernels")
+    if strategy not in (None, "none"):
+        spec = stage.distributed_spec()
+        offload = "+offload" if spec.offload_optimizer or spec.offload_params else ""
+        extras.append(f"{strategy}{offload}")
+    suffix = "".join(f" · {e}" for e in extras)
+    if isinstance(stage, SftStage):
+        return adapter_text(stage.adapter) + suffix
+    head = f"DPO β{stage.beta:g} {stage.loss_type}"
+    if link.continues_adapter:
+        return f"{head}, continues {stage.input}{suffix}"
+    on = f" on merged {stage.input}" if link.merges_input else f" on {stage.input}"
+    return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"

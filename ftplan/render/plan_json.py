@@ -1,0 +1,91 @@
+"""``plan.json``: the machine-readable plan (format 1) for review tools and ``compile --check``.
+
+It holds the resolved pipeline, every stage's configs, arguments and estimate (with its terms, verdict and
+tokens per step), the input hashes, the pinned runtime versions and the ftplan version — and nothing that
+changes between two compiles of the same input (no timestamps, host names or absolute paths ftplan chose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from ..diagnostics import Diagnostic
+from ..estimate.types import StageEstimate
+from .serialize import to_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..plan import Plan, PlanStage
+
+
+def key_path_text(plan: "Plan", path: tuple) -> str:
+    """``stages[sft].learning_rate`` for ``("stages", 1, "learning_rate")``: stages are named by id."""
+    out = ""
+    for i, part in enumerate(path):
+        if isinstance(part, int):
+            if i > 0 and path[i - 1] == "stages" and part < len(plan.pipeline.stages):
+                out += f"[{plan.pipeline.stages[part].id}]"
+            else:
+                out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(file)"
+
+
+def gib(n: int | None) -> float | None:
+    """Bytes as GiB, rounded to 2 decimals."""
+    return None if n is None else round(n / 2**30, 2)
+
+
+def estimate_json(est: StageEstimate | None) -> dict[str, Any] | None:
+    """An estimate with its terms, as JSON data."""
+    if est is None:
+        return None
+    return {
+        "capacity_bytes": est.capacity_bytes, "capacity_gib": gib(est.capacity_bytes),
+        "host_bytes": est.host_bytes, "notes": list(est.notes), "peak_bytes": est.peak_bytes,
+        "peak_gib": gib(est.peak_bytes), "step_time_s": est.step_time_s, "tokens_per_step": est.tokens_per_step,
+        "verdict": est.verdict,
+        "terms": [{"bytes": t.bytes, "detail": t.detail, "gib": gib(t.bytes), "name": t.name} for t in est.terms],
+        "suggestions": [{"change": s.change, "peak_bytes": s.peak_bytes, "peak_gib": gib(s.peak_bytes)}
+                        for s in est.suggestions],
+    }
+
+
+def diagnostic_json(plan: "Plan", d: Diagnostic) -> dict[str, Any]:
+    """A warning or note, located by key path and line/column (never by absolute file path)."""
+    return {
+        "code": d.code, "severity": d.severity.value, "path": key_path_text(plan, d.path), "message": d.message,
+        "hint": d.hint, "notes": list(d.notes), "line": d.span.line if d.span else None,
+        "col": d.span.col if d.span else None,
+    }
+
+
+def _stage_json(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
+    return {
+        "index": s.index, "id": s.id, "kind": s.kind, "dir": s.dir, "output_dir": s.output_dir,
+        "launcher": s.launcher, "depends_on": s.depends_on, "method": s.method, "strategy": s.strategy,
+        "resources": asdict(s.resources), "batch": asdict(s.batch) if s.batch else None,
+        "args_sha256": sha, "args": s.args.model_dump(mode="json"),
+        "accelerate": s.accelerate, "deepspeed": s.deepspeed, "estimate": estimate_json(s.estimate),
+        "slurm_job": f"slurm/{s.name}.sbatch" if plan.slurm else None,
+    }
+
+
+def render_plan_json(plan: "Plan", shas: dict[str, str]) -> str:
+    """The text of ``plan.json``."""
+    prov = plan.provenance
+    data = {
+        "format_version": plan.format_version,
+        "ftplan_version": prov.ftplan_version,
+        "pipeline": {"name": plan.name, "file": prov.pipeline_file, "sha256": prov.pipeline_sha256,
+                     "resolved": plan.pipeline.model_dump(mode="json")},
+        "inputs": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in prov.inputs],
+        "versions": dict(prov.versions),
+        "target": asdict(plan.target),
+        "plan_dir": plan.plan_dir,
+        "root_from_plan_dir": plan.root_from_plan_dir,
+        "stages": [_stage_json(plan, s, shas[s.id]) for s in plan.stages],
+        "diagnostics": [diagnostic_json(plan, d) for d in plan.diagnostics],
+    }
+    return to_json(data)

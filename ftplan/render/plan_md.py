@@ -1,0 +1,186 @@
+"""``plan.md``: what a reviewer reads — the target, a stage table with memory bars, the largest memory terms per
+stage, warnings, input hashes and how to run the plan."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .plan_json import key_path_text
+from .shell import comment, shq
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..plan import Plan, PlanStage
+
+BAR_WIDTH = 10
+"""Cells in a memory bar."""
+TOP_TERMS = 5
+"""Largest memory terms listed per stage."""
+
+
+def md(text: object) -> str:
+    """User text safe inside a Markdown table cell: one line, pipes escaped."""
+    return comment(text).replace("|", "\\|")
+
+
+def code(text: object) -> str:
+    """An inline code span holding ``text`` verbatim (fenced with more backticks than it contains)."""
+    s = comment(text).replace("|", "\\|")
+    run = longest = 0
+    for ch in s:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def bar(used: int, capacity: int) -> str:
+    """``███████░░░ 14.2 / 24.0 GiB``: the share of the card a peak takes (full when it does not fit)."""
+    filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
+    if used > 0 and filled == 0:
+        filled = 1
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / 2**30:.1f} / {capacity / 2**30:.1f} GiB"
+
+
+def params_text(n: int | None) -> str:
+    """``8.03 B``, ``136.8 M`` or ``136,768`` parameters."""
+    if n is None:
+        return "size unknown"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} M"
+    return f"{n:,}"
+
+
+def header_line(plan: "Plan") -> str:
+    """``support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × RTX 4090 (24.0 GiB, sm89)``."""
+    t = plan.target
+    if t.device == "cpu":
+        hardware = "CPU"
+    else:
+        count = f"{t.nodes} nodes × {t.gpus_per_node}" if t.nodes > 1 else f"{t.gpus_per_node}"
+        detail = ", ".join(x for x in (f"{t.gpu_memory_gib:.1f} GiB" if t.gpu_memory_gib else None, t.gpu_arch) if x)
+        hardware = f"{count} × {t.gpu_name or 'GPU'}" + (f" ({detail})" if detail else "")
+    return f"{plan.name} · {md(t.model)} ({params_text(t.params)}) · {hardware}"
+
+
+def _memory_cell(s: "PlanStage") -> str:
+    est = s.estimate
+    if est is None:
+        return "—"
+    if s.resources.device == "cuda" and est.capacity_bytes and est.peak_bytes > 0:
+        return f"`{bar(est.peak_bytes, est.capacity_bytes)}`"
+    if est.host_bytes:
+        return f"host RAM {est.host_bytes / 2**30:.1f} GiB"
+    return "—"
+
+
+def _batch_cells(s: "PlanStage") -> tuple[str, str]:
+    b = s.batch
+    if b is None:
+        return "—", "—"
+    effective = f"{b.effective_batch} ({b.micro_batch} × {b.grad_accum} × {b.world_size})"
+    return effective, f"{b.tokens_per_step:,}" if b.tokens_per_step else "—"
+
+
+def _stage_table(plan: "Plan") -> list[str]:
+    lines = ["| # | stage | kind | method | effective batch | tokens/step | peak VRAM per GPU | verdict |",
+             "|---|---|---|---|---:|---:|---|---|"]
+    for s in plan.stages:
+        effective, tokens = _batch_cells(s)
+        verdict = s.estimate.verdict if s.estimate else "—"
+        lines.append(f"| {s.index:02d} | {s.id} | {s.kind} | {md(s.method)} | {effective} | {tokens} | "
+                     f"{_memory_cell(s)} | {verdict} |")
+    return lines
+
+
+def _launch(plan: "Plan", s: "PlanStage") -> str:
+    args = shq(plan.path(s.dir, "args.json"))
+    if s.launcher == "accelerate":
+        return f"accelerate launch --config_file {shq(plan.path(s.dir, 'accelerate.yaml'))} -m ftplan_runtime {args}"
+    return f"python -m ftplan_runtime {args}"
+
+
+def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
+    out = ["", f"### {s.index:02d} {s.id} ({s.kind})", "", f"- method: {md(s.method)}",
+           f"- launch: {code(_launch(plan, s))}"]
+    src = s.args.source
+    if src is not None:
+        out.append(f"- starts from: {code(src.weights)}" + (f" at revision {code(src.revision)}" if src.revision else ""))
+        if src.merge:
+            out.append("- merges first: " + ", ".join(f"{a.stage} ({a.type}, {code(a.path)})" for a in src.merge))
+        if src.continue_adapter:
+            a = src.continue_adapter
+            out.append(f"- continues the adapter of {a.stage} ({a.type}, {code(a.path)})")
+    if s.args.data_dir:
+        out.append(f"- data: {code(s.args.data_dir)}")
+    out.append(f"- output: {code(s.output_dir)}")
+    r = s.resources
+    where = f"{r.nodes} node(s) × {r.gpus_per_node} GPU" if r.device == "cuda" else "CPU only"
+    out.append(f"- runs on: {where}")
+    b = s.batch
+    if b is not None:
+        seq = f" × {b.seq_len:,} tokens" if b.seq_len else ""
+        tokens = f" = {b.tokens_per_step:,} tokens/step" if b.tokens_per_step else ""
+        out.append(f"- batch: {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes = "
+                   f"{b.effective_batch} sequences{seq}{tokens}")
+    est = s.estimate
+    if est is not None:
+        if est.capacity_bytes and est.peak_bytes > 0:
+            step = f"; about {est.step_time_s:.2f} s per step" if est.step_time_s else ""
+            out.append(f"- peak VRAM per GPU: {est.peak_bytes / 2**30:.1f} / {est.capacity_bytes / 2**30:.1f} GiB "
+                       f"({est.verdict}){step}")
+        if est.host_bytes:
+            out.append(f"- host memory: {est.host_bytes / 2**30:.1f} GiB")
+        for note in est.notes:
+            out.append(f"- note: {md(note)}")
+        if est.terms:
+            out += ["", "| largest terms | GiB | how |", "|---|---:|---|"]
+            for t in sorted(est.terms, key=lambda t: -t.bytes)[:TOP_TERMS]:
+                out.append(f"| {md(t.name)} | {t.bytes / 2**30:.2f} | {md(t.detail)} |")
+        if est.suggestions:
+            out += ["", "Changes that would fit:", ""]
+            out += [f"- {md(x.change)}: {x.peak_bytes / 2**30:.1f} GiB" for x in est.suggestions]
+    return out
+
+
+def _diagnostics(plan: "Plan") -> list[str]:
+    if not plan.diagnostics:
+        return ["", "No warnings."]
+    out = []
+    for d in plan.diagnostics:
+        where = f" (line {d.span.line}:{d.span.col})" if d.span else ""
+        line = f"- {d.severity.value} {d.code} {code(key_path_text(plan, d.path))}{where}: {md(d.message)}"
+        if d.hint:
+            line += f" — {md(d.hint)}"
+        out.append(line)
+        out += [f"  - {md(n)}" for n in d.notes]
+    return [""] + out
+
+
+def render_plan_md(plan: "Plan") -> str:
+    """The text of ``plan.md``."""
+    prov = plan.provenance
+    regen = f"ftplan compile {shq(prov.pipeline_file)} -o {shq(plan.plan_dir)}"
+    out = [
+        f"# Plan: {plan.name}", "", header_line(plan), "",
+        f"Compiled by ftplan {prov.ftplan_version} from {code(prov.pipeline_file)} (sha256 "
+        f"`{prov.pipeline_sha256}`). Generated: do not edit; regenerate with {code(regen)} from the project folder.",
+        "", "## Stages", "", *_stage_table(plan),
+        "", "## Stage details", *[line for s in plan.stages for line in _stage_details(plan, s)],
+        "", "## Warnings and notes", *_diagnostics(plan),
+        "", "## Inputs", "",
+    ]
+    if prov.inputs:
+        out += ["| file | sha256 | bytes |", "|---|---|---:|"]
+        out += [f"| {code(f.path)} | `{f.sha256}` | {f.size:,} |" for f in prov.inputs]
+    else:
+        out.append("No local input files (models and datasets come from the hub).")
+    out += ["", "## Runtime versions", "", " · ".join(f"{k} {v}" for k, v in prov.versions), "",
+            "## How to run", "", "From the project folder:", "", "```bash",
+            f"bash {shq(plan.path('run.sh'))}    # every stage on this machine, skipping finished ones"]
+    if plan.slurm is not None:
+        out.append(f"bash {shq(plan.path('slurm', 'submit.sh'))}    # the Slurm job chain (afterok)")
+    out += ["```", ""]
+    return "\n".join(out)

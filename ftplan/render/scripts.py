@@ -1,0 +1,128 @@
+"""The bash launch scripts: ``run.sh`` (every stage on this machine) and the Slurm chain (``slurm/NN-<id>.sbatch``
+and ``slurm/submit.sh``), rendered from ``ftplan/templates/*.j2``.
+
+Every user-controlled string reaches a script through the ``shq`` filter (one shell word) or the ``comment``
+filter (inside ``#`` lines); ``hardware.setup`` lines are the one exception, verbatim code by design.
+``#SBATCH`` lines hold literal values only: Slurm reads them without a shell, and the schema restricts their
+values to characters that need no quoting.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from ..schemas import DataStage, GgufStage, MergeStage
+from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE
+from .shell import comment, shq
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..plan import Plan, PlanStage
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The Jinja environment for scripts: templates shipped in the package, strict about undefined names."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ftplan", "templates"), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
+    )
+    env.filters["shq"] = shq
+    env.filters["comment"] = comment
+    return env
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
+    """The lines explaining a stage's numbers: processes, batch arithmetic, memory estimate, folders."""
+    est, args, lines = s.estimate, s.args, []
+    if s.launcher == "accelerate":
+        t, b = plan.target, s.batch
+        if s.resources.device == "cuda":
+            gpu = t.gpu_name or "GPU"
+            lines.append(f"{b.world_size} process(es): {s.resources.nodes} node(s) × {s.resources.gpus_per_node} "
+                         f"{gpu}, strategy {s.strategy}")
+        else:
+            lines.append(f"1 process on the CPU, strategy {s.strategy}")
+        tokens = f"; {b.tokens_per_step:,} tokens/step" if b.tokens_per_step else ""
+        lines.append(f"effective batch {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes "
+                     f"= {b.effective_batch} sequences{tokens}")
+        if est is not None and est.capacity_bytes:
+            lines.append(f"estimated peak {_gib(est.peak_bytes)} / {_gib(est.capacity_bytes)} GiB per GPU "
+                         f"({est.verdict})")
+        lines.append(f"reads {args.data_dir}; writes {s.output_dir}")
+        return lines
+    stage = plan.pipeline.stage(s.id)
+    if isinstance(stage, DataStage):
+        lines.append(f"CPU: formats and tokenizes {len(stage.datasets)} dataset(s) into rows of at most "
+                     f"{stage.max_seq_len} tokens{' (packed)' if stage.packing else ''}; writes {s.output_dir}")
+    elif isinstance(stage, MergeStage):
+        chain = ", ".join(a.stage for a in args.source.merge)
+        where = "on 1 GPU" if s.resources.device == "cuda" else "on the CPU"
+        if est is not None and est.host_bytes and s.resources.device == "cpu":
+            where += f" (about {_gib(est.host_bytes)} GiB of host memory)"
+        lines.append(f"merges the adapters of {chain} into {args.source.weights} as {stage.dtype}, {where}")
+        lines.append(f"writes {s.output_dir}")
+    elif isinstance(stage, GgufStage):
+        lines.append(f"CPU: exports {args.source.weights} to GGUF {', '.join(stage.quant)}; writes {s.output_dir}")
+    return lines
+
+
+def _stage_view(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
+    return {
+        "nn": f"{s.index:02d}", "id": s.id, "kind": s.kind, "name": s.name, "launcher": s.launcher,
+        "output_dir": s.output_dir, "sha": sha, "comment": stage_comment(plan, s),
+        "args": plan.path(s.dir, "args.json"), "config": plan.path(s.dir, "accelerate.yaml"),
+        "sbatch": plan.path("slurm", f"{s.name}.sbatch"),
+        "nodes": s.resources.nodes, "gpus_per_node": s.resources.gpus_per_node,
+    }
+
+
+def _common(plan: "Plan") -> dict[str, Any]:
+    hw = plan.hardware
+    return {
+        "version": plan.provenance.ftplan_version, "pipeline_file": plan.provenance.pipeline_file,
+        "plan_dir": plan.plan_dir, "name": plan.name, "marker": COMPLETE_MARKER,
+        "env": sorted(hw.env.items()), "modules": list(hw.modules), "venv": hw.venv, "setup": list(hw.setup),
+        "run_path": plan.path("run.sh"), "submit_path": plan.path("slurm", "submit.sh"),
+    }
+
+
+def render_run(plan: "Plan", shas: dict[str, str]) -> str:
+    """``run.sh``: every stage on this machine, in order, skipping completed ones."""
+    nodes = max((s.resources.nodes for s in plan.stages), default=1)
+    return environment().get_template("run.sh.j2").render(
+        **_common(plan), root=plan.root_from_plan_dir, nodes=nodes,
+        stages=[_stage_view(plan, s, shas[s.id]) for s in plan.stages])
+
+
+def render_sbatch(plan: "Plan", s: "PlanStage", sha: str) -> str:
+    """``slurm/NN-<id>.sbatch``: one stage as one Slurm job."""
+    slurm = plan.slurm
+    if slurm is None:
+        raise ValueError("the pipeline has no hardware.slurm section")
+    options = [(k, v) for k, v in (("partition", slurm.partition), ("account", slurm.account),
+                                   ("qos", slurm.qos), ("constraint", slurm.constraint),
+                                   ("reservation", slurm.reservation), ("mem", slurm.mem)) if v is not None]
+    options += sorted(slurm.extra.items())
+    srun_cpus = str(slurm.cpus_per_task) if slurm.cpus_per_task else '"$SLURM_CPUS_ON_NODE"'
+    return environment().get_template("stage.sbatch.j2").render(
+        **_common(plan), s=_stage_view(plan, s, sha), slurm=slurm, options=options,
+        job_name=f"{plan.name}-{s.id}", srun_cpus=srun_cpus, port=plan.hardware.main_process_port,
+        requeue_code=REQUEUE_EXIT_CODE)
+
+
+def render_submit(plan: "Plan", shas: dict[str, str]) -> str:
+    """``slurm/submit.sh``: the stages submitted in order as an ``afterok`` chain."""
+    if plan.slurm is None:
+        raise ValueError("the pipeline has no hardware.slurm section")
+    root = posixpath.normpath(posixpath.join("..", plan.root_from_plan_dir))
+    return environment().get_template("submit.sh.j2").render(
+        **_common(plan), root=root, logs_dir=plan.slurm.logs_dir,
+        stages=[_stage_view(plan, s, shas[s.id]) for s in plan.stages])
