@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .diagnostics import Diagnostic, FtplanError, KeyPath, Span, error
-from .sourcemap import SourceMap
+from .sourcemap import SourceMap, quote
 
 __all__ = ["MAX_DEPTH", "MAX_VALUES", "load_yaml", "read_pipeline_file"]
 
@@ -136,11 +136,11 @@ class _Builder:
         try:
             if isinstance(node, SequenceNode):
                 if node.tag != _SEQ:
-                    self.fail("FT008", path, f"unsupported YAML tag '{_show_tag(node.tag)}'", node.start_mark,
+                    self.fail("FT008", path, f"unsupported YAML tag {quote(_show_tag(node.tag))}", node.start_mark,
                               "remove the tag; a list needs none")
                 return [self.child(item, path + (i,)) for i, item in enumerate(node.value)]
             if node.tag != _MAP:
-                self.fail("FT008", path, f"unsupported YAML tag '{_show_tag(node.tag)}'", node.start_mark,
+                self.fail("FT008", path, f"unsupported YAML tag {quote(_show_tag(node.tag))}", node.start_mark,
                           "remove the tag; a mapping needs none")
             return self.mapping(node, path)
         finally:
@@ -165,7 +165,7 @@ class _Builder:
             key = key_node.value
             if key in first:
                 line, col = first[key]
-                self.fail("FT002", path, f"duplicate key '{key}' (first at {line}:{col})", key_node.start_mark,
+                self.fail("FT002", path, f"duplicate key {quote(key)} (first at {line}:{col})", key_node.start_mark,
                           "remove one of them; YAML would silently keep only the last")
                 continue
             first[key] = _pos(key_node.start_mark)
@@ -213,10 +213,10 @@ class _Builder:
             if tag == _FLOAT:
                 return _to_float(value)
         except ValueError:
-            self.fail("FT008", path, f"cannot read {value[:40]!r} as {_show_tag(tag)}", node.start_mark,
+            self.fail("FT008", path, f"cannot read {quote(value, 40)} as {_show_tag(tag)}", node.start_mark,
                       "write a plain value without a tag")
             return None
-        self.fail("FT008", path, f"unsupported YAML tag '{_show_tag(tag)}'", node.start_mark,
+        self.fail("FT008", path, f"unsupported YAML tag {quote(_show_tag(tag))}", node.start_mark,
                   "remove the tag; quote the value if it should be text")
         return None
 

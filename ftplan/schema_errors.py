@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import json
 import re
 from functools import cache
 from typing import Any
@@ -21,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from .diagnostics import Diagnostic, KeyPath, error, sort_key
 from .schemas import Pipeline
-from .sourcemap import SourceMap, Where, _classify, category, walk
-from .suggest import close_matches
+from .sourcemap import SourceMap, Where, _classify, category, quote, walk
+from .suggest import close_matches, fold
 
 __all__ = ["CODES", "validate_pipeline"]
 
@@ -58,30 +57,26 @@ def _num(x: Any) -> str:
     return str(x)
 
 
-def _quote(s: str) -> str:
-    s = s if len(s) <= 60 else s[:57] + "..."
-    return f"'{s}'" if "'" not in s and s.isprintable() else json.dumps(s, ensure_ascii=False)
-
-
 def _got(value: Any, raw: str | None) -> str:
     """How the offending value is shown: as written for numbers, quoted for text, by kind for containers."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return raw if raw else _num(value)
+        shown = raw if raw else _num(value)
+        return shown if len(shown) <= 40 else shown[:37] + "..."
     if isinstance(value, str):
-        return _quote(value)
+        return quote(value)
     if value is None:
         return "null" if raw else "an empty value"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
-    return _quote(str(value))
+    return quote(str(value))
 
 
 def _choices(values: list[Any]) -> str:
-    shown = [_quote(v) if isinstance(v, str) else _num(v) for v in values]
+    shown = [quote(v) if isinstance(v, str) else _num(v) for v in values]
     return shown[0] if len(shown) == 1 else "one of " + ", ".join(shown)
 
 
@@ -179,7 +174,7 @@ def _alternatives_hint(w: Where, value: Any) -> str | None:
     for prefix, _, members in w.unions:
         if prefix == w.path:
             others = [describe_member(m) for m in members if _classify(m)[0] != "literal"]
-            if "a list" in others and isinstance(value, str):
+            if "a list" in others and isinstance(value, str) and len(value) <= 40 and value.isprintable():
                 return f"or write a list: [{value}]"
             if others:
                 return "or write " + " or ".join(others)
@@ -197,6 +192,40 @@ def _other_variant_hint(w: Where, key: str) -> str | None:
     return f"'{key}' is only valid when {disc} is " + " or ".join(f"'{t}'" for t in tags)
 
 
+@cache
+def _key_homes() -> dict[str, list[tuple[str, type[BaseModel]]]]:
+    """Key name -> every (place, model) of the schema that takes it, e.g. ``nodes`` -> ``hardware``."""
+    homes: dict[str, list[tuple[str, type[BaseModel]]]] = {}
+
+    def visit(tp: Any, disc: str | None, where: str, seen: frozenset) -> None:
+        kind, info = _classify(tp, disc)
+        if kind == "model" and info not in seen:
+            for name, f in info.model_fields.items():
+                homes.setdefault(name, []).append((where, info))
+                sub = f"{where}.{name}" if where else name
+                visit(f.annotation, f.discriminator if isinstance(f.discriminator, str) else None, sub,
+                      seen | {info})
+        elif kind == "tagged":
+            for member in dict.fromkeys(info[1].values()):
+                visit(member, None, where, seen)
+        elif kind == "union":
+            for member in info:
+                visit(member, None, where, seen)
+        elif kind == "list":
+            visit(info, None, where + "[]", seen)
+
+    visit(Pipeline, None, "", frozenset())
+    return homes
+
+
+def _elsewhere_hint(w: Where, key: str) -> str | None:
+    """``'nodes' is a key of hardware`` for a key written at the wrong level."""
+    places = list(dict.fromkeys(where for where, model in _key_homes().get(key, []) if model is not w.owner))
+    if not places or len(places) > 2:
+        return None
+    return f"'{key}' is a key of " + " and of ".join(p or "the top level" for p in places) + " (check the indentation)"
+
+
 class _Converter:
     """Turns the pydantic errors of one validation into diagnostics."""
 
@@ -206,9 +235,9 @@ class _Converter:
         self.out: list[tuple[Diagnostic, list[str]]] = []
 
     def emit(self, code: str, path: KeyPath, message: str, hint: str | None, at: KeyPath,
-             key: bool = False, suggested: list[str] | None = None) -> None:
+             key: bool = False, suggested: list[str] | None = None, notes: tuple[str, ...] = ()) -> None:
         span = self.map.span(at, key=key)
-        self.out.append((error(code, path, message, hint).located(span), suggested or []))
+        self.out.append((error(code, path, message, hint, notes).located(span), suggested or []))
 
     def value_error(self, err: dict, w: Where) -> None:
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
@@ -224,8 +253,13 @@ class _Converter:
         elif kind == "union_tag_invalid":
             disc, tag = str(ctx.get("discriminator", "")).strip("'"), ctx.get("tag", "")
             tags = list(w.leaf_tags)
+            written = _raw_at(self.data, path + (disc,))[1]
+            if not isinstance(written, str):
+                got = _got(written, self.map.raw(path + (disc,)))
+                return self.emit("FT006", path + (disc,), f"must be {_choices(tags)} (got {got})", None,
+                                 path + (disc,))
             hint, _ = _suggest(tag, tags)
-            self.emit("FT004", path + (disc,), f"unknown {tag_noun(path, disc)} {_quote(str(tag))}",
+            self.emit("FT004", path + (disc,), f"unknown {tag_noun(path, disc)} {quote(str(tag))}",
                       hint or f"use {_choices(tags)}", path + (disc,))
         elif kind == "union_tag_not_found":
             disc = str(ctx.get("discriminator", "")).strip("'")
@@ -233,7 +267,7 @@ class _Converter:
             typos = [k for k in value if k not in known and close_matches(str(k), [disc])] \
                 if isinstance(value, dict) else []
             for k in typos:
-                self.emit("FT003", path, f"unknown key {_quote(str(k))}", f"did you mean '{disc}'?", path + (k,),
+                self.emit("FT003", path, f"unknown key {quote(str(k))}", f"did you mean '{disc}'?", path + (k,),
                           key=True)
             if typos:
                 return
@@ -275,8 +309,10 @@ class _Converter:
         raw = self.map.raw(w.path)
         if kind == "string_type" and isinstance(value, (int, float, bool)):
             return f'quote it: "{raw if raw else _got(value, None)}"'
-        if kind == "list_type" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return f"write [{raw if raw else value}] for a single item"
+        shown = raw if raw else str(value)
+        if kind == "list_type" and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and len(shown) <= 40 and shown.isprintable():
+            return f"write [{shown}] for a single item"
         if _TYPE_WORDS.get(kind) == "a mapping" and isinstance(value, str) and value in w.leaf_tags:
             return f"write {{{w.leaf_disc}: {value}}}"
         if value is None and _TYPE_WORDS.get(kind) == "a mapping":
@@ -290,25 +326,30 @@ class _Converter:
         hint, close = _suggest(key, [a for a in allowed if a not in present])
         if not hint:
             hint, close = _suggest(key, allowed)
-        if not hint:
-            hint = _other_variant_hint(w, str(key))
+        placed = _other_variant_hint(w, str(key)) or _elsewhere_hint(w, str(key))
+        if placed and not (close and fold(close[0]) == fold(str(key))):
+            hint, close = placed, []  # a key that exists elsewhere is misplaced rather than misspelt
+        notes: tuple[str, ...] = ()
         if not hint and allowed:
-            hint = "allowed keys: " + ", ".join(sorted(allowed))
-        self.emit("FT003", parent, f"unknown key {_quote(str(key))}", hint, w.path, key=True, suggested=close)
+            listed = "allowed keys: " + ", ".join(sorted(allowed))
+            hint, notes = (listed, ()) if len(allowed) <= 12 else ("check the spelling against the allowed keys",
+                                                                   (listed,))
+        self.emit("FT003", parent, f"unknown key {quote(str(key))}", hint, w.path, key=True, suggested=close,
+                  notes=notes)
 
     def key_error(self, err: dict, w: Where) -> None:
         key, parent = w.path[-1], w.path[:-1]
         if err["type"] == "literal_error":
             allowed = [a for a in w.leaf_literals if isinstance(a, str)]
             hint, close = _suggest(key, allowed)
-            self.emit("FT003", parent, f"unknown key {_quote(str(key))}",
+            self.emit("FT003", parent, f"unknown key {quote(str(key))}",
                       hint or "allowed keys: " + ", ".join(sorted(allowed)), w.path, key=True, suggested=close)
         elif err["type"] == "string_pattern_mismatch":
             noun, detail = pattern_words(str((err.get("ctx") or {}).get("pattern", "")))
-            self.emit("FT004", parent, f"key {_quote(str(key))} must be {noun}", detail, w.path, key=True)
+            self.emit("FT004", parent, f"key {quote(str(key))} must be {noun}", detail, w.path, key=True)
         else:
             msg = str(err.get("msg", "invalid key")).replace("Input should be", "must be")
-            self.emit("FT004", parent, f"key {_quote(str(key))}: {msg[:1].lower()}{msg[1:]}", None, w.path,
+            self.emit("FT004", parent, f"key {quote(str(key))}: {msg[:1].lower()}{msg[1:]}", None, w.path,
                       key=True)
 
     def off_branch(self, prefix: KeyPath, members: tuple) -> None:

@@ -11,7 +11,6 @@ the schema along the ``loc`` tells them apart from keys.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from types import UnionType
@@ -22,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from .diagnostics import KeyPath, Span
 
-__all__ = ["SourceMap", "Where", "category", "display_path", "member_category", "walk"]
+__all__ = ["SourceMap", "Where", "category", "display_path", "member_category", "quote", "walk"]
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -81,6 +80,23 @@ class SourceMap:
         return display_path(path, data)
 
 
+def _escape(ch: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if ch in named:
+        return named[ch]
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """User text as messages show it: quoted (``'base'``, or ``"it's"``), cut to ``limit`` characters, with
+    line breaks and invisible or direction-changing characters escaped (``\\n``, ``\\u202e``)."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    shown = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    return f'"{shown}"' if "'" in shown and '"' not in shown else f"'{shown}'"
+
+
 def _stage_label(data: Any, index: int) -> str:
     stages = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(stages, list) or not 0 <= index < len(stages):
@@ -97,7 +113,7 @@ def display_path(path: KeyPath, data: Any = None) -> str:
     """A key path as users read it: ``stages[sft].adapter.r``, ``stages[prep].datasets[0].path``.
 
     A top-level stage index shows as the stage's ``id`` when the raw ``data`` gives it a unique one; other
-    list indices stay numbers; keys that are not plain words are quoted (``env["A B"]``). The document
+    list indices stay numbers; keys that are not plain words are quoted (``env['A B']``). The document
     itself is ``""``."""
     out = ""
     for depth, part in enumerate(path):
@@ -107,7 +123,7 @@ def display_path(path: KeyPath, data: Any = None) -> str:
         elif _PLAIN_KEY.match(part):
             out += f".{part}" if out else part
         else:
-            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+            out += f"[{quote(str(part))}]"
     return out
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from difflib import SequenceMatcher
 from typing import Iterable
 
-__all__ = ["close_matches", "did_you_mean"]
+__all__ = ["close_matches", "did_you_mean", "fold"]
 
 _CUTOFF = 0.6
 
 
-def _fold(word: str) -> str:
+def fold(word: str) -> str:
     """Case and separator folded form: ``Learning-Rate``, ``learning_rate`` and ``learningrate`` are equal."""
     return "".join(ch for ch in word.lower() if ch not in "-_ .")
 
@@ -22,8 +22,8 @@ def close_matches(word: str, choices: Iterable[str], n: int = 2) -> list[str]:
     ranked by ``difflib`` similarity of their lowercased forms (at least 0.6), ties kept in ``choices`` order.
     """
     options = list(dict.fromkeys(str(c) for c in choices))
-    folded = _fold(word)
-    exact = [c for c in options if folded and _fold(c) == folded and c != word]
+    folded = fold(word)
+    exact = [c for c in options if folded and fold(c) == folded and c != word]
     if exact:
         return exact[:n]
     low = word.lower()
@@ -33,7 +33,7 @@ def close_matches(word: str, choices: Iterable[str], n: int = 2) -> list[str]:
             continue
         m = SequenceMatcher(None, low, choice.lower())
         if m.real_quick_ratio() >= _CUTOFF and m.quick_ratio() >= _CUTOFF:
-            ratio = max(m.ratio(), SequenceMatcher(None, folded, _fold(choice)).ratio())
+            ratio = max(m.ratio(), SequenceMatcher(None, folded, fold(choice)).ratio())
             if ratio >= _CUTOFF:
                 scored.append((-ratio, index, choice))
     return [choice for _, _, choice in sorted(scored)[:n]]

@@ -166,7 +166,8 @@ def test_display_path_uses_stage_ids(sft_yaml):
     assert display_path(("stages", 0, "datasets", 0, "path"), data) == "stages[prep].datasets[0].path"
     assert sm.display_path(("stages", 1), data) == "stages[sft]"
     assert display_path(("stages", 9), data) == "stages[9]"
-    assert display_path(("hardware", "env", "A B"), data) == 'hardware.env["A B"]'
+    assert display_path(("hardware", "env", "A B"), data) == "hardware.env['A B']"
+    assert display_path(("hardware", "env", "x\u202ey\n"), data) == "hardware.env['x\\u202ey\\n']"
     assert display_path((), data) == ""
     assert display_path(("stages", 1, "learning_rate")) == "stages[1].learning_rate"
 

@@ -118,6 +118,25 @@ def test_unknown_key_of_another_stage_kind_says_where_it_belongs():
         ("18:5", "FT003", "stages[sft]: unknown key 'beta'", "'beta' is only valid when kind is 'dpo'")]
 
 
+def test_key_at_the_wrong_level_says_where_it_belongs():
+    assert run(edit("  gpu: h100-sxm-80gb", "  gpu: h100-sxm-80gb\n  partition: gpu",
+                    "    learning_rate: 5.0e-6", "    learning_rate: 5.0e-6\n    path: x")) == [
+        ("6:3", "FT003", "hardware: unknown key 'partition'",
+         "'partition' is a key of hardware.slurm (check the indentation)"),
+        ("26:5", "FT003", "stages[dpo]: unknown key 'path'",
+         "'path' is a key of stages[].datasets[] (check the indentation)"),
+    ]
+    assert run(edit("name: demo", "name: demo\nnodes: 2")) == [
+        ("2:1", "FT003", "unknown key 'nodes'", "'nodes' is a key of hardware (check the indentation)")]
+
+
+def test_long_allowed_key_lists_go_to_the_notes():
+    data, sm = load_yaml(edit("    learning_rate: 5.0e-6", "    learning_rate: 5.0e-6\n    colour: red"), "p.yaml")
+    (d,) = validate_pipeline(data, sm, "p.yaml")[1]
+    assert (d.message, d.hint) == ("unknown key 'colour'", "check the spelling against the allowed keys")
+    assert d.notes[0].startswith("allowed keys: adapter, attention, beta, data, distributed, epochs,")
+
+
 def test_misspelt_required_key_is_one_error_not_two():
     """``bse`` is unknown and ``base`` is missing: the typo explains both."""
     assert run(edit("  base: meta", "  bse: meta")) == [
@@ -169,6 +188,20 @@ def test_bad_enum_value_with_did_you_mean():
 ])
 def test_bad_discriminator(old, new, expected):
     assert run(edit(old, new)) == [expected]
+
+
+def test_discriminator_that_is_not_text():
+    assert run(edit("kind: sft", "kind: [sft]")) == [
+        ("15:11", "FT006", "stages[sft].kind: must be one of 'data', 'sft', 'dpo', 'merge', 'gguf' (got a list)",
+         None)]
+
+
+def test_shown_values_are_escaped_and_shortened():
+    assert run(edit("name: demo", 'name: "demo\\u202e\\n"', "r: 16}", "r: " + "9" * 60 + "}")) == [
+        ("1:7", "FT004", "name: must be a pipeline name (got 'demo\\u202e\\n')",
+         "use letters, digits, '.', '_' and '-' (at most 64)"),
+        ("19:30", "FT004", "stages[sft].adapter.r: must be at most 4096 (got " + "9" * 37 + "...)", None),
+    ]
 
 
 def test_pattern_errors_say_what_the_pattern_means():
