@@ -1,0 +1,169 @@
+"""Per-stage metrics (``<out>/metrics.json``) and the completion marker, written last.
+
+``StageRecorder`` measures wall time and memory for a stage: torch's peak allocated/reserved bytes, and the
+device-level peak (total memory minus the lowest free memory seen through ``torch.cuda.mem_get_info``, sampled
+at every optimizer step by ``MemorySampler``), set against the plan's ``estimate_peak_gib``. Training stages add
+steps, token counts, throughput and a loss summary from the trainer's log history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ftplan.schemas.runtime_args import COMPLETE_MARKER, RuntimeArgs
+
+METRICS_FILE = "metrics.json"
+"""Name of the metrics file in a stage's output folder."""
+
+_GIB = 2**30
+_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes")
+
+
+def args_sha256(data: bytes) -> str:
+    """sha256 hex digest of the args file bytes (what the completion marker holds)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class StageRecorder:
+    """Collects the measurements of one stage run; ``write`` produces ``metrics.json``."""
+
+    def __init__(self, args: RuntimeArgs):
+        self.args = args
+        self.start = time.perf_counter()
+        self.cuda = _cuda_ready()
+        self.free_at_start: int | None = None
+        self.min_free: int | None = None
+        self.total: int | None = None
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.free_at_start, self.total = torch.cuda.mem_get_info()
+            self.min_free = self.free_at_start
+
+    def sample(self) -> None:
+        """Record the current device free memory (cheap; call at step boundaries)."""
+        if self.cuda:
+            import torch
+
+            free, _ = torch.cuda.mem_get_info()
+            self.min_free = free if self.min_free is None else min(self.min_free, free)
+
+    def memory(self) -> dict[str, Any]:
+        """Peak memory figures in GiB (GPU figures are None on CPU), plus the estimate and ratio."""
+        self.sample()
+        out: dict[str, Any] = {
+            "peak_rss_gib": _rss_peak_bytes() / _GIB,
+            "torch_peak_allocated_gib": None,
+            "torch_peak_reserved_gib": None,
+            "device_used_peak_gib": None,
+            "device_used_delta_gib": None,
+            "gpu_name": None,
+            "gpu_total_gib": None,
+        }
+        if self.cuda:
+            import torch
+
+            out["torch_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
+            out["torch_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / _GIB
+            out["device_used_peak_gib"] = (self.total - self.min_free) / _GIB
+            out["device_used_delta_gib"] = (self.free_at_start - self.min_free) / _GIB
+            out["gpu_name"] = torch.cuda.get_device_name()
+            out["gpu_total_gib"] = self.total / _GIB
+        est = self.args.estimate_peak_gib
+        out["estimate_peak_gib"] = est
+        measured = out["device_used_peak_gib"]
+        out["peak_vs_estimate"] = (measured / est) if (est and measured is not None) else None
+        return out
+
+    def write(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``metrics.json`` (sorted keys) with the common fields plus ``extra``; returns its path."""
+        data: dict[str, Any] = {
+            "stage": self.args.stage.id,
+            "kind": self.args.stage.kind,
+            "pipeline": self.args.pipeline,
+            "wall_time_s": time.perf_counter() - self.start,
+            "versions": package_versions(),
+            "python": sys.version.split()[0],
+        }
+        data.update(self.memory())
+        data.update(extra or {})
+        path = Path(out_dir) / METRICS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """First, last, min and mean-of-last-10 of the logged training loss; last and min eval loss."""
+    losses = [float(e["loss"]) for e in log_history if "loss" in e]
+    evals = [float(e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    tail = losses[-10:]
+    return {
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_min": min(losses) if losses else None,
+        "loss_mean_last10": sum(tail) / len(tail) if tail else None,
+        "loss_logged_points": len(losses),
+        "eval_loss": evals[-1] if evals else None,
+        "eval_loss_min": min(evals) if evals else None,
+    }
+
+
+def write_complete_marker(out_dir: str | Path, sha256: str) -> Path:
+    """Write the completion marker (the args file's sha256) into ``out_dir``; call it last."""
+    path = Path(out_dir) / COMPLETE_MARKER
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(sha256 + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def clear_complete_marker(out_dir: str | Path) -> None:
+    """Remove a stale completion marker before a stage (re)starts its work."""
+    (Path(out_dir) / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the training stack (None when a package is absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _cuda_ready() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _rss_peak_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.7g}") if value == value and abs(value) != float("inf") else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)

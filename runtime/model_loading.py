@@ -1,0 +1,265 @@
+"""Load the model a stage starts from (``ModelSource``): weights, merged adapters, then the trained adapter.
+
+Order for a training stage:
+
+1. tokenizer from ``source.tokenizer`` (+ ``model.add_special_tokens``, + the pipeline's chat template);
+2. full weights at the stage precision, with the promised attention implementation; the embeddings grow to the
+   tokenizer when tokens were added;
+3. ``source.merge`` adapters merged in order. Never into 4-bit weights: when the stage trains on a QLoRA base,
+   the merge runs at 16-bit (the stage's compute dtype), is saved to ``<out>/merged_input`` and reloaded in NF4;
+4. QLoRA: NF4 + double quantization + compute dtype (bitsandbytes), then ``prepare_model_for_kbit_training``;
+5. the trained part: ``continue_adapter`` reloaded trainable, or a new ``LoraConfig``, or nothing (full).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftplan.schemas.adapters import LoraAdapter
+from ftplan.schemas.model import ModelSpec
+from ftplan.schemas.runtime_args import AdapterRef, ModelSource, RuntimeArgs
+
+from .preflight import StageError
+
+MERGED_INPUT_DIR = "merged_input"
+"""Stage-local folder of the 16-bit merge a QLoRA stage reloads in 4-bit (deleted once loaded)."""
+
+# Files that make up a saved tokenizer (copied verbatim when the tokenizer is unchanged).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for a trainer, with its tokenizer and how it was built."""
+
+    model: object
+    tokenizer: object
+    tokenizer_changed: bool
+    """Tokens were added or the chat template replaced (the tokenizer must be re-saved, not copied)."""
+    peft: bool
+    """The model is a PeftModel whose ``default`` adapter trains."""
+    quantized: bool
+    """The base weights are 4-bit (QLoRA)."""
+
+
+def torch_dtype(precision: str):
+    """torch dtype for a precision name (``bf16``, ``fp16``, ``fp32``)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_tokenizer(source: ModelSource, spec: ModelSpec):
+    """The stage's tokenizer with the pipeline's added special tokens and chat template; returns (tok, changed)."""
+    from transformers import AutoTokenizer
+
+    revision = source.revision if source.tokenizer == source.weights else None
+    try:
+        tok = AutoTokenizer.from_pretrained(source.tokenizer, revision=revision)
+    except (OSError, ValueError) as e:
+        raise StageError(f"cannot load the tokenizer from '{source.tokenizer}': {_first_line(e)}; check "
+                         "`model.tokenizer`/`model.base`, or run the stage that writes it first") from e
+    changed = False
+    if spec.add_special_tokens:
+        changed = tok.add_tokens(list(spec.add_special_tokens), special_tokens=True) > 0
+    template = resolve_chat_template(spec.chat_template, tok)
+    if template is not None and template != tok.chat_template:
+        tok.chat_template = template
+        changed = True
+    if tok.pad_token is None:
+        raise StageError(f"the tokenizer '{source.tokenizer}' has no pad token; add one with "
+                         "`model.add_special_tokens` (and train embed_tokens/lm_head) or use a tokenizer that has one")
+    return tok, changed
+
+
+def resolve_chat_template(spec: str, tok) -> str | None:
+    """The chat template text for ``model.chat_template`` (None: keep the tokenizer's own).
+
+    Resolution (built-in names, ``.jinja`` paths) is the data stage's, so training saves exactly the template the
+    examples were rendered with."""
+    if spec == "tokenizer":
+        return None
+    from .data.errors import DataError
+    from .data.templates import resolve_template
+
+    try:
+        return resolve_template(spec, tok, needed=False).text
+    except DataError as e:
+        raise StageError(str(e)) from e
+
+
+def save_tokenizer(tok, source_dir: str, dest: str | Path, *, changed: bool) -> None:
+    """Save the tokenizer next to weights/adapter; byte-identical copy of its files when unchanged and local."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    src = Path(source_dir)
+    if not changed and src.is_dir() and (src / "tokenizer_config.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+        return
+    tok.save_pretrained(str(dest))
+    # save_pretrained neither rewrites SentencePiece's tokenizer.model nor keeps `legacy` (see tiny.py)
+    if (src / "tokenizer.model").is_file() and not (dest / "tokenizer.model").is_file():
+        shutil.copyfile(src / "tokenizer.model", dest / "tokenizer.model")
+    src_cfg, dst_cfg = src / "tokenizer_config.json", dest / "tokenizer_config.json"
+    if src_cfg.is_file() and dst_cfg.is_file():
+        old, new = json.loads(src_cfg.read_text()), json.loads(dst_cfg.read_text())
+        if "legacy" in old and "legacy" not in new:
+            new["legacy"] = old["legacy"]
+            dst_cfg.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | None = None,
+                 quantize_4bit: bool = False, device_map=None):
+    """``AutoModelForCausalLM`` from ``path`` at ``dtype`` (NF4 + double quant with ``quantize_4bit``)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "attn_implementation": attention, "revision": revision}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise StageError(f"cannot load model weights from '{path}': {_first_line(e)}") from e
+
+
+def fit_embeddings(model, tok) -> None:
+    """Grow the input/output embeddings when the tokenizer has more tokens than the model (never shrink)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        model.resize_token_embeddings(len(tok))
+
+
+def merge_adapters(model, refs: list[AdapterRef]):
+    """Merge each adapter of ``refs`` into ``model`` in order (``merge_and_unload``); returns the plain model."""
+    from peft import PeftModel
+
+    for ref in refs:
+        require_adapter(ref)
+        model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
+    return model
+
+
+def require_adapter(ref: AdapterRef) -> None:
+    """Fail with the producing stage's name when an adapter folder is missing."""
+    if not (Path(ref.path) / "adapter_config.json").is_file():
+        raise StageError(f"adapter of stage '{ref.stage}' not found at '{ref.path}' (no adapter_config.json); "
+                         f"run stage '{ref.stage}' first")
+
+
+def train_dtype(precision: str, full_finetune: bool):
+    """Dtype of the loaded weights: fp16 mixed precision keeps fp32 master weights when every weight trains."""
+    import torch
+
+    if precision == "fp16" and full_finetune:
+        return torch.float32
+    return torch_dtype(precision)
+
+
+def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, device_map=None,
+                      is_main_process: bool = True, wait_for_everyone=lambda: None) -> LoadedModel:
+    """Build the model a training stage trains (see the module docstring for the order)."""
+    from transformers import set_seed
+
+    stage, src = args.stage, args.source
+    if src is None:
+        raise StageError(f"stage '{stage.id}' has no model source in its args file; recompile the plan")
+    adapter = stage.adapter
+    cont = src.continue_adapter
+    if adapter == "continue" and cont is None:
+        raise StageError(f"stage '{stage.id}' continues an adapter but its args name none; recompile the plan")
+    full = not (adapter == "continue" or isinstance(adapter, LoraAdapter))
+    qlora = (isinstance(adapter, LoraAdapter) and adapter.type == "qlora") or (
+        adapter == "continue" and cont.type == "qlora")
+    dtype = train_dtype(stage.precision, full)
+    tok, changed = load_tokenizer(src, args.model)
+
+    weights, revision = src.weights, src.revision
+    model = None
+    if src.merge:
+        if zero_stage == 3 and not qlora:
+            raise StageError(f"stage '{stage.id}' merges adapters into the base under ZeRO-3, whose sharded weights "
+                             "cannot be merged into; add a merge stage and start this stage from it")
+        if qlora:
+            merged_dir = Path(args.output_dir) / MERGED_INPUT_DIR
+            if is_main_process:
+                base = load_weights(weights, dtype=torch_dtype(stage.precision), revision=revision)
+                fit_embeddings(base, tok)
+                base = merge_adapters(base, src.merge)
+                base.save_pretrained(str(merged_dir))
+                del base
+            wait_for_everyone()
+            weights, revision = str(merged_dir), None
+        else:
+            model = load_weights(weights, dtype=dtype, attention=stage.attention, revision=revision)
+            fit_embeddings(model, tok)
+            model = merge_adapters(model, src.merge)
+    if model is None:
+        model = load_weights(weights, dtype=dtype, attention=stage.attention, revision=revision,
+                             quantize_4bit=qlora, device_map=device_map if qlora else None)
+        fit_embeddings(model, tok)
+    if src.merge and qlora:
+        wait_for_everyone()
+        if is_main_process:
+            shutil.rmtree(Path(args.output_dir) / MERGED_INPUT_DIR, ignore_errors=True)
+
+    if qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=stage.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype there
+    autocast = not (zero_stage == 3 and not qlora)
+    if adapter == "continue":
+        from peft import PeftModel
+
+        require_adapter(cont)
+        model = PeftModel.from_pretrained(model, cont.path, is_trainable=True, autocast_adapter_dtype=autocast)
+    elif isinstance(adapter, LoraAdapter):
+        from peft import get_peft_model
+
+        set_seed(stage.seed)  # the adapter's random init is part of the run's seed
+        model = get_peft_model(model, lora_config(adapter), autocast_adapter_dtype=autocast)
+    return LoadedModel(model=model, tokenizer=tok, tokenizer_changed=changed, peft=not full, quantized=qlora)
+
+
+def lora_config(adapter: LoraAdapter):
+    """``peft.LoraConfig`` for a LoRA/QLoRA/DoRA adapter spec."""
+    from peft import LoraConfig
+
+    targets = adapter.targets if isinstance(adapter.targets, str) else list(adapter.targets)
+    return LoraConfig(
+        r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout, target_modules=targets,
+        modules_to_save=list(adapter.modules_to_save) or None, use_dora=adapter.type == "dora",
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def load_reference(args: RuntimeArgs, tokenizer):
+    """A frozen copy of a full fine-tune's starting weights (the DPO reference policy)."""
+    stage, src = args.stage, args.source
+    model = load_weights(src.weights, dtype=train_dtype(stage.precision, True), attention=stage.attention,
+                         revision=src.revision)
+    fit_embeddings(model, tokenizer)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,137 @@
+"""Preemption and resume: save a checkpoint on SIGTERM/SIGUSR1 and ask to be requeued; resume at start.
+
+    with Preemption() as pre:                      # installs the signal handlers, restores them on exit
+        trainer.add_callback(PreemptionCallback(pre))
+        trainer.train(resume_from_checkpoint=latest_checkpoint(ckpt_dir))
+        if pre.stopped_early(trainer.state): raise Requeue(...)   # __main__ exits with REQUEUE_EXIT_CODE
+
+A signal only sets a flag; the callback turns it into "save a checkpoint at this step boundary and stop". With
+several processes the flag is OR-ed across ranks at every step, so all ranks stop at the same step even when
+only one of them got the signal. A checkpoint counts as complete once its ``trainer_state.json`` (written last
+by the Trainer) parses; incomplete ones (a process killed mid-save) are removed before resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .preflight import Requeue, StageError
+
+__all__ = ["ARGS_STAMP", "SIGNALS", "Preemption", "PreemptionCallback", "Requeue", "checkpoint_complete",
+           "guard_checkpoints", "latest_checkpoint"]
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""Signals that request a checkpoint and a requeue (Slurm preemption, ``--signal=USR1@...`` time limits)."""
+
+ARGS_STAMP = "ARGS_SHA256"
+"""File in the checkpoints folder recording which args file wrote the checkpoints."""
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class Preemption:
+    """Signal handlers for ``SIGNALS`` that only record which signal arrived (a context manager)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        """Whether this process received a preemption signal."""
+        return self.signal is not None
+
+
+class PreemptionCallback(TrainerCallback):
+    """At each step end: if any rank was signalled, save a checkpoint now and stop training."""
+
+    def __init__(self, preemption: Preemption):
+        self.preemption = preemption
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Turn a pending signal into should_save + should_training_stop (agreed across ranks)."""
+        if _any_rank(self.preemption.requested, args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+    def stopped_early(self, state) -> bool:
+        """True when training stopped for a signal before reaching its last step."""
+        return self.stopped_at is not None and state.global_step < state.max_steps
+
+
+def _any_rank(flag: bool, args) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=args.device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a Trainer checkpoint folder was fully written (its trainer_state.json parses)."""
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(ckpt_dir: str | Path, *, remove_incomplete: bool = False) -> str | None:
+    """Path of the newest complete ``checkpoint-N`` in ``ckpt_dir`` (None if there is none).
+
+    With ``remove_incomplete`` (main process only), folders newer than it that were not fully written are
+    deleted, so checkpoint rotation never counts them.
+    """
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in root.iterdir()
+                    if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))), reverse=True)
+    for _, path in found:
+        if checkpoint_complete(path):
+            return str(path)
+        if remove_incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def guard_checkpoints(ckpt_dir: str | Path, sha256: str, *, write: bool) -> None:
+    """Refuse to resume checkpoints written by a different args file; stamp the folder with this one's hash."""
+    root = Path(ckpt_dir)
+    stamp = root / ARGS_STAMP
+    if stamp.is_file():
+        old = stamp.read_text().strip()
+        if old != sha256 and latest_checkpoint(root) is not None:
+            raise StageError(
+                f"{root} holds checkpoints written with different stage arguments (args sha256 {old[:12]}…, now "
+                f"{sha256[:12]}…); resuming them would mix two configurations. Delete {root} to start this stage "
+                "over, or restore the previous args.json to resume")
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(sha256 + "\n")

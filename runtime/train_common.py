@@ -1,0 +1,321 @@
+"""What SFT and DPO share: the stage → TrainingArguments mapping, data loading, the run loop, the final save.
+
+``run_training(args, sha, spec)`` is the whole life of a training stage after argument parsing:
+preflight (device, attention package, kernels import) → datasets → trainer config → preflight (world size,
+distributed type, ZeRO stage) → model → preflight (attention after load, kernels) → trainer → resume from the
+newest complete checkpoint → train (SIGTERM/SIGUSR1: checkpoint, then ``Requeue``) → save the adapter or full
+weights with the tokenizer → metrics. ``spec`` supplies the trainer-specific parts (config class and extra
+fields, trainer construction) — see ``sft.py`` and ``dpo.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ftplan.schemas.runtime_args import RuntimeArgs
+from transformers import TrainerCallback
+
+from .metrics import StageRecorder, loss_summary
+from .model_loading import LoadedModel, load_for_training, save_tokenizer
+from .preemption import Preemption, PreemptionCallback, Requeue, guard_checkpoints, latest_checkpoint
+from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
+                        check_device, check_distributed, prepare_kernel_import, zero_stage)
+from .progress import ProgressLogger, interactive
+
+CHECKPOINTS_DIR = "checkpoints"
+"""Trainer checkpoints (resumable) inside the stage output folder."""
+ADAPTER_DIR = "adapter"
+"""Final adapter (PEFT folder + tokenizer) of an adapter stage."""
+MODEL_DIR = "model"
+"""Final full weights (+ tokenizer) of a full fine-tune or a merge."""
+LOGS_DIR = "logs"
+"""TensorBoard event files."""
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
+@dataclass
+class TrainerSpec:
+    """The trainer-specific parts of a training stage."""
+
+    family: str
+    """Data stage sub-folder: ``sft`` or ``preference``."""
+    make_config: Callable[[dict[str, Any], Any], Any]
+    """(common TrainingArguments kwargs, train dataset) → SFTConfig/DPOConfig."""
+    make_trainer: Callable[..., Any]
+    """(args, config, loaded model, train dataset, eval dataset) → trainer."""
+
+
+@dataclass
+class Prepared:
+    """A trainer ready to ``train()``, and what was measured/decided on the way."""
+
+    trainer: Any
+    loaded: LoadedModel
+    config: Any
+    kernel_report: Any
+    resume_from: str | None
+    recorder: StageRecorder
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Every configured experiment tracker must be importable (no silent drop of wandb/mlflow)."""
+    for name in report_to:
+        if not any(importlib.util.find_spec(p) for p in _TRACKER_PACKAGES[name]):
+            raise StageError(f"`report_to` lists {name}, but the `{_TRACKER_PACKAGES[name][0]}` package is not "
+                             f"installed; install it in the training environment or remove {name} from report_to")
+
+
+def load_split(args: RuntimeArgs, family: str, split: str, *, required: bool):
+    """The data stage's pre-tokenized ``<data_dir>/<family>/<split>`` dataset (None if absent or empty)."""
+    import datasets
+
+    if args.data_dir is None:
+        raise StageError(f"stage '{args.stage.id}' has no data folder in its args file; recompile the plan")
+    path = Path(args.data_dir) / family / split
+    if not path.is_dir():
+        if required:
+            raise StageError(f"tokenized data not found at '{path}'; run the data stage "
+                             f"'{getattr(args.stage, 'data', '?')}' first")
+        return None
+    # Keep derived columns (labels, reference log-probs) out of the data stage's folder.
+    datasets.disable_caching()
+    ds = datasets.load_from_disk(str(path))
+    if len(ds) == 0:
+        if required:
+            raise StageError(f"the {split} split at '{path}' is empty; check the data stage's datasets and filters")
+        return None
+    return ds
+
+
+def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments fields (shared by SFTConfig and DPOConfig) for a training stage."""
+    stage = args.stage
+    out = Path(args.output_dir)
+    cpu = args.promise.device == "cpu"
+    if stage.load_best_model_at_end and not (has_eval and stage.eval_steps):
+        raise StageError("`load_best_model_at_end` needs evaluation: set `eval_steps` and a data stage "
+                         "`val_fraction` > 0")
+    if stage.optimizer == "adamw":
+        optim = "adamw_torch" if cpu else "adamw_torch_fused"
+    else:
+        optim = _OPTIMIZERS[stage.optimizer]
+    evaluate = has_eval and stage.eval_steps is not None
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / LOGS_DIR)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out / CHECKPOINTS_DIR),
+        learning_rate=stage.learning_rate,
+        weight_decay=stage.weight_decay,
+        max_grad_norm=stage.max_grad_norm,
+        lr_scheduler_type=stage.lr_scheduler,
+        warmup_steps=stage.warmup_steps if stage.warmup_steps is not None else (stage.warmup_ratio or 0.0),
+        num_train_epochs=stage.epochs if stage.epochs is not None else 1.0,
+        max_steps=stage.max_steps if stage.max_steps is not None else -1,
+        per_device_train_batch_size=stage.micro_batch,
+        per_device_eval_batch_size=stage.micro_batch,
+        gradient_accumulation_steps=stage.grad_accum,
+        activation_checkpointing=stage.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
+        optim=optim,
+        bf16=stage.precision == "bf16",
+        fp16=stage.precision == "fp16",
+        use_cpu=cpu,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=stage.eval_steps if evaluate else None,
+        save_strategy="steps" if stage.save_steps else "no",
+        save_steps=stage.save_steps or 500,
+        save_total_limit=stage.save_total_limit,
+        load_best_model_at_end=stage.load_best_model_at_end,
+        metric_for_best_model="eval_loss" if stage.load_best_model_at_end else None,
+        logging_strategy="steps",
+        logging_steps=stage.logging_steps,
+        logging_first_step=True,
+        seed=stage.seed,
+        data_seed=stage.seed,
+        report_to=list(stage.report_to) or "none",
+        run_name=f"{args.pipeline}/{stage.id}",
+        disable_tqdm=not interactive(),
+        dataloader_num_workers=0,
+        save_only_model=False,
+        push_to_hub=False,
+    )
+    return kwargs
+
+
+class TokenCountingMixin:
+    """Counts, per process, the non-pad input tokens and the trained (loss-bearing) tokens of each micro-batch."""
+
+    tokens_seen = 0
+    tokens_trained = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Count the micro-batch's tokens, then run the normal training step."""
+        seen, trained = count_tokens(inputs)
+        self.tokens_seen += seen
+        self.tokens_trained += trained
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def count_tokens(inputs: dict) -> tuple[int, int]:
+    """(non-pad tokens, loss tokens) of a collated SFT or DPO batch."""
+    if "attention_mask" in inputs:
+        seen = int(inputs["attention_mask"].sum())
+    elif "position_ids" in inputs:
+        seen = int(inputs["position_ids"].numel())
+    else:
+        seen = int(inputs["input_ids"].numel())
+    if "completion_mask" in inputs:  # DPO: chosen and rejected completions
+        trained = int(inputs["completion_mask"].sum())
+    elif "labels" in inputs:
+        trained = int((inputs["labels"][..., 1:] != -100).sum())
+    else:
+        trained = seen
+    return seen, trained
+
+
+def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepared:
+    """Everything up to ``trainer.train()``: preflight, data, config, model, trainer, resume point."""
+    promise = args.promise
+    recorder = StageRecorder(args)
+    check_device(promise)
+    check_trackers(args.stage.report_to)
+    check_attention_available(promise)
+    prepare_kernel_import(promise)
+
+    train_ds = load_split(args, spec.family, "train", required=True)
+    eval_ds = load_split(args, spec.family, "validation", required=False)
+    config = spec.make_config(config_kwargs(args, has_eval=eval_ds is not None), train_ds)
+    check_distributed(promise, config)
+    state = config.distributed_state
+    ckpt_dir = Path(args.output_dir) / CHECKPOINTS_DIR
+    guard_checkpoints(ckpt_dir, sha256, write=state.is_main_process)
+
+    device_map = {"": state.local_process_index} if promise.device == "cuda" else {"": "cpu"}
+    loaded = load_for_training(args, zero_stage=zero_stage(config), device_map=device_map,
+                               is_main_process=state.is_main_process, wait_for_everyone=state.wait_for_everyone)
+    check_attention_loaded(promise, loaded.model)
+    kernel_report = apply_promised_kernels(promise, loaded.model)
+
+    trainer = spec.make_trainer(args, config, loaded, train_ds, eval_ds)
+    if not interactive():
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(ProgressLogger(args.stage.id))
+    trainer.add_callback(_MemorySampler(recorder))
+    resume = latest_checkpoint(ckpt_dir, remove_incomplete=state.is_main_process)
+    state.wait_for_everyone()
+    return Prepared(trainer, loaded, config, kernel_report, resume, recorder)
+
+
+def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str, Any]:
+    """Run a training stage to completion (or to a checkpoint + ``Requeue`` on a signal); write metrics."""
+    with Preemption() as preemption:
+        prep = prepare_training(args, sha256, spec)
+        trainer = prep.trainer
+        stopper = PreemptionCallback(preemption)
+        trainer.add_callback(stopper)
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=prep.resume_from)
+        train_s = time.perf_counter() - t0
+        if stopper.stopped_early(trainer.state):
+            raise Requeue(f"stage '{args.stage.id}' stopped at step {trainer.state.global_step} on a signal; "
+                          "checkpoint saved, run it again to resume")
+    saved = save_result(trainer, prep.loaded, args)
+    seen, trained = _reduce_tokens(trainer)
+    resumed_step = int(Path(prep.resume_from).name.split("-")[-1]) if prep.resume_from else 0
+    extra = {
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "resumed_from_step": resumed_step,
+        "epochs": trainer.state.epoch,
+        "tokens_seen": seen,
+        "tokens_trained": trained,
+        "train_time_s": train_s,
+        "tokens_per_s": seen / train_s if train_s > 0 else None,
+        "kernels": prep.kernel_report.counts() if prep.kernel_report is not None else None,
+        "attention": prep.loaded.model.config._attn_implementation,
+        "world_size": prep.config.distributed_state.num_processes,
+        "zero_stage": zero_stage(prep.config),
+        "result": saved,
+        **loss_summary(trainer.state.log_history),
+    }
+    if prep.config.distributed_state.is_main_process:
+        prep.recorder.write(args.output_dir, extra)
+    return extra
+
+
+class _MemorySampler(TrainerCallback):
+    """Samples device memory at each step end (for the device-level peak in metrics.json)."""
+
+    def __init__(self, recorder: StageRecorder):
+        self.recorder = recorder
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Record the free device memory."""
+        self.recorder.sample()
+
+
+def _reduce_tokens(trainer) -> tuple[int, int]:
+    import torch
+
+    acc = trainer.accelerator
+    t = torch.tensor([trainer.tokens_seen, trainer.tokens_trained], device=acc.device, dtype=torch.int64)
+    t = acc.reduce(t, reduction="sum")
+    return int(t[0]), int(t[1])
+
+
+def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
+    """Save the final adapter (``<out>/adapter``) or full weights (``<out>/model``) plus tokenizer; returns the
+    folder. Under ZeRO-3 the parameters are gathered first, and the written tensors are checked to be real."""
+    out = Path(args.output_dir)
+    acc = trainer.accelerator
+    if loaded.peft:
+        dest = out / ADAPTER_DIR
+        state_dict = acc.get_state_dict(trainer.model)
+        if acc.is_main_process:
+            model = acc.unwrap_model(trainer.model)
+            model.save_pretrained(str(dest), state_dict=state_dict, selected_adapters=["default"],
+                                  safe_serialization=True)
+    else:
+        dest = out / MODEL_DIR
+        trainer.save_model(str(dest))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        check_saved_weights(dest)
+        save_tokenizer(loaded.tokenizer, args.source.tokenizer, dest, changed=loaded.tokenizer_changed)
+        _drop_training_args(dest)
+    acc.wait_for_everyone()
+    return str(dest)
+
+
+def check_saved_weights(folder: Path) -> None:
+    """Fail when a saved adapter/model holds no real tensors (ZeRO-3 placeholders: trl#4416)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise StageError(f"no .safetensors weights were written to '{folder}'")
+    keys, empty = 0, []
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                keys += 1
+                if math.prod(st.get_slice(key).get_shape()) == 0:
+                    empty.append(key)
+    if empty or keys == 0:
+        raise StageError(f"the weights saved to '{folder}' are placeholders ({len(empty)} empty tensors of "
+                         f"{keys}), not "
+                         "trained values; with DeepSpeed ZeRO-3 set `stage3_gather_16bit_weights_on_model_save: "
+                         "true` (recompile the plan)")
+
+
+def _drop_training_args(folder: Path) -> None:
+    (folder / "training_args.bin").unlink(missing_ok=True)
