@@ -91,8 +91,7 @@ def file_mode(path: str) -> int:
 
 
 def _check_relpath(path: str) -> None:
-    p = PurePosixPath(path)
-    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts) or "\\" in path:
+    if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
         raise WriteError(f"refusing to write {path!r}: plan files must be relative paths inside the plan folder")
 
 

@@ -61,6 +61,11 @@ FP16_BLOCK: dict[str, Any] = {
 """Dynamic loss scaling for fp16 (``loss_scale: 0`` = dynamic, starting at 2**16)."""
 
 
+def unknown_top_level_keys(config: dict[str, Any]) -> list[str]:
+    """Top-level keys DeepSpeed would silently ignore (misspelt or from another version), sorted."""
+    return sorted(set(config) - KNOWN_TOP_LEVEL_KEYS)
+
+
 def zero_stage(spec: DistributedSpec) -> int | None:
     """The ZeRO stage of a resolved strategy, or None when DeepSpeed is not used."""
     return ZERO_STAGES.get(spec.strategy)
@@ -119,7 +124,7 @@ def deepspeed_config(stage: TrainingArgs, spec: DistributedSpec, world_size: int
         config["zero_force_ds_cpu_optimizer"] = False
     if stage.optimizer != "adamw":
         config["zero_allow_untested_optimizer"] = True
-    unknown = set(config) - KNOWN_TOP_LEVEL_KEYS
+    unknown = unknown_top_level_keys(config)
     if unknown:  # pragma: no cover - guards this module against typos
-        raise AssertionError(f"DeepSpeed does not know the keys {sorted(unknown)}")
+        raise AssertionError(f"DeepSpeed does not know the keys {unknown}")
     return config

@@ -72,6 +72,13 @@ def _stage_json(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
     }
 
 
+def resolved_pipeline(plan: "Plan") -> dict[str, Any]:
+    """The pipeline with defaults filled in and every stage as resolved for the runtime (no ``auto``)."""
+    data = plan.pipeline.model_dump(mode="json")
+    data["stages"] = [s.args.stage.model_dump(mode="json") for s in plan.stages]
+    return data
+
+
 def render_plan_json(plan: "Plan", shas: dict[str, str]) -> str:
     """The text of ``plan.json``."""
     prov = plan.provenance
@@ -79,7 +86,7 @@ def render_plan_json(plan: "Plan", shas: dict[str, str]) -> str:
         "format_version": plan.format_version,
         "ftplan_version": prov.ftplan_version,
         "pipeline": {"name": plan.name, "file": prov.pipeline_file, "sha256": prov.pipeline_sha256,
-                     "resolved": plan.pipeline.model_dump(mode="json")},
+                     "resolved": resolved_pipeline(plan)},
         "inputs": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in prov.inputs],
         "versions": dict(prov.versions),
         "target": asdict(plan.target),

@@ -1,0 +1,129 @@
+"""Generated DeepSpeed JSON and accelerate YAML, checked by DeepSpeed's and accelerate's own config loaders."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+
+import pytest
+
+from ftplan.catalog import get_gpu, get_model
+from ftplan.context import Context, Inputs
+from ftplan.lineage import trace
+from ftplan.plan import build_plan
+from ftplan.render import render
+from ftplan.render.deepspeed import KNOWN_TOP_LEVEL_KEYS, unknown_top_level_keys
+from ftplan.schemas import Pipeline
+
+dsc = pytest.importorskip("deepspeed.runtime.config", reason="deepspeed is not installed")
+config_args = pytest.importorskip("accelerate.commands.config.config_args", reason="accelerate is not installed")
+
+
+def compiled(distributed, *, precision="bf16", gpus=4, nodes=1, device="cuda", optimizer="adamw",
+             adapter=None, model="meta-llama/Llama-3.1-8B-Instruct"):
+    hw = {"device": device, "gpus_per_node": gpus, "nodes": nodes}
+    if device == "cuda":
+        hw["gpu"] = "h100"
+    if nodes > 1:
+        hw["slurm"] = {}
+    p = Pipeline.model_validate({
+        "name": "ds", "model": {"base": model}, "hardware": hw,
+        "stages": [
+            {"id": "data", "kind": "data", "max_seq_len": 1024, "datasets": [{"path": "a.jsonl", "format": "text"}]},
+            {"id": "train", "kind": "sft", "data": "data", "adapter": adapter or {"type": "full"},
+             "learning_rate": 1e-5, "micro_batch": 3, "grad_accum": 5, "precision": precision,
+             "optimizer": optimizer, "max_grad_norm": 0.5, "distributed": distributed},
+        ]})
+    links, diags = trace(p)
+    assert not diags
+    ctx = Context(p, "ds.yaml", "0" * 64, Inputs(), get_gpu(hw.get("gpu", "h100")), get_model(model), "catalog", links)
+    plan = build_plan(ctx, {}, [], plan_dir_from_root="plan", ftplan_version="0.1.0")
+    return plan, render(plan)
+
+
+OFFLOADS = [{}, {"offload_optimizer": True}, {"offload_optimizer": True, "offload_params": True}]
+CASES = [pytest.param(stage, offload, precision, gpus, nodes, id=f"{stage}-{'+'.join(offload) or 'gpu'}-{precision}-"
+                      f"{gpus}x{nodes}")
+         for (stage, offload, precision), (gpus, nodes) in zip(
+             itertools.product(["zero1", "zero2", "zero3"], OFFLOADS, ["bf16", "fp16", "fp32"]),
+             itertools.cycle([(1, 1), (4, 1), (8, 2)]))]
+
+
+@pytest.mark.parametrize("strategy, offload, precision, gpus, nodes", CASES)
+def test_deepspeed_accepts_every_generated_config(monkeypatch, strategy, offload, precision, gpus, nodes):
+    plan, files = compiled({"strategy": strategy, **offload}, precision=precision, gpus=gpus, nodes=nodes,
+                           optimizer="adamw_8bit" if precision == "fp16" else "adamw")
+    world = gpus * nodes
+    monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: world)
+    monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
+    data = json.loads(files["stages/02-train/deepspeed.json"])
+    cfg = dsc.DeepSpeedConfig(data)
+    assert cfg.zero_optimization_stage == int(strategy[-1])
+    assert (cfg.train_micro_batch_size_per_gpu, cfg.gradient_accumulation_steps, cfg.train_batch_size) == \
+        (3, 5, 3 * 5 * world)
+    assert cfg.gradient_clipping == 0.5
+    assert cfg.bfloat16_config.enabled is (precision == "bf16")
+    assert cfg.float16_config.enabled is (precision == "fp16")
+    zero = cfg.zero_config
+    assert (zero.offload_optimizer is not None) is bool(offload.get("offload_optimizer"))
+    if zero.offload_optimizer is not None:
+        assert zero.offload_optimizer.device == "cpu" and zero.offload_optimizer.pin_memory
+        assert cfg.zero_force_ds_cpu_optimizer is False
+    assert (zero.offload_param is not None) is (strategy == "zero3" and bool(offload.get("offload_params")))
+    if strategy == "zero3":
+        assert zero.gather_16bit_weights_on_model_save is True
+        assert zero.prefetch_bucket_size == (9 * 4096 * 4096) // 10 and zero.param_persistence_threshold == 40960
+        assert "stage3_prefetch_bucket_size" in data["zero_optimization"]  # one spelling: the prefixed one
+        assert "prefetch_bucket_size" not in data["zero_optimization"]
+    assert cfg.zero_allow_untested_optimizer is (precision == "fp16")  # the 8-bit optimizer cases
+    assert unknown_top_level_keys(data) == []
+
+
+def test_no_auto_anywhere_in_any_generated_file():
+    for strategy, offload in itertools.product(["auto", "none", "ddp", "zero1", "zero2", "zero3", "fsdp2"],
+                                               OFFLOADS):
+        _, files = compiled({"strategy": strategy, **offload})
+        for path, text in files.items():
+            if path.endswith((".json", ".yaml")):
+                assert '"auto"' not in text and ": auto\n" not in text, (strategy, path)
+
+
+def test_known_top_level_keys_are_deepspeeds_own():
+    root = pathlib.Path(dsc.__file__).parent.parent
+    source = "\n".join(p.read_text(errors="ignore") for p in root.rglob("*.py"))
+    for key in sorted(KNOWN_TOP_LEVEL_KEYS):
+        assert f'"{key}"' in source or f"'{key}'" in source, key
+    # DeepSpeed itself silently ignores a misspelt section; ftplan's check does not.
+    assert unknown_top_level_keys({"zero_optimisation": {"stage": 3}, "fp16": {}}) == ["zero_optimisation"]
+
+
+ACCELERATE_CASES = [
+    ("none", {}, 1, "NO"), ("ddp", {}, 4, "MULTI_GPU"), ("zero2", {"offload_optimizer": True}, 4, "DEEPSPEED"),
+    ("zero3", {}, 8, "DEEPSPEED"), ("fsdp2", {"offload_params": True}, 8, "FSDP"),
+]
+
+
+@pytest.mark.parametrize("strategy, offload, gpus, dtype", ACCELERATE_CASES)
+def test_accelerate_loads_every_generated_yaml(tmp_path, strategy, offload, gpus, dtype):
+    _, files = compiled({"strategy": strategy, **offload}, gpus=gpus, adapter={"type": "lora"})
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(files["stages/02-train/accelerate.yaml"])
+    cfg = config_args.load_config_from_file(str(path))
+    assert cfg.distributed_type.value == dtype and cfg.num_processes == gpus and cfg.num_machines == 1
+    assert cfg.compute_environment.value == "LOCAL_MACHINE" and cfg.use_cpu is False
+    if dtype == "DEEPSPEED":
+        assert cfg.deepspeed_config["deepspeed_config_file"] == "plan/stages/02-train/deepspeed.json"
+        assert cfg.mixed_precision is None  # accelerate refuses it next to a DeepSpeed config file
+    else:
+        assert cfg.mixed_precision == "bf16"
+    if dtype == "FSDP":
+        assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_offload_params"] is True
+
+
+def test_accelerate_loads_the_cpu_yaml(tmp_path):
+    _, files = compiled("auto", device="cpu", precision="fp32", gpus=1)
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(files["stages/02-train/accelerate.yaml"])
+    cfg = config_args.load_config_from_file(str(path))
+    assert cfg.use_cpu is True and cfg.distributed_type.value == "NO" and cfg.mixed_precision == "no"

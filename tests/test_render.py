@@ -1,0 +1,208 @@
+"""render(): byte-stable, sorted, LF-terminated files; the layout; plan.md's table and bars; shell quoting."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from ftplan.catalog import get_gpu, get_model
+from ftplan.context import Context, Inputs, LocalFile
+from ftplan.diagnostics import Span, info, warning
+from ftplan.estimate.types import StageEstimate, Term
+from ftplan.lineage import trace
+from ftplan.plan import build_plan
+from ftplan.render import render
+from ftplan.render.plan_md import bar
+from ftplan.render.serialize import sha256_text
+from ftplan.render.shell import comment, shq
+from ftplan.schemas import Pipeline
+
+GIB = 2**30
+
+PIPELINE = {
+    "name": "support-bot",
+    "model": {"base": "meta-llama/Llama-3.1-8B-Instruct", "chat_template": "llama3"},
+    "hardware": {"gpu": "rtx4090", "env": {"NCCL_DEBUG": "WARN"}, "venv": ".venv",
+                 "slurm": {"partition": "gpu", "time": "12:00:00"}},
+    "stages": [
+        {"id": "data", "kind": "data", "max_seq_len": 4096, "packing": True,
+         "datasets": [{"path": "data/tickets.jsonl", "format": "sharegpt"},
+                      {"path": "data/prefs.jsonl", "format": "preference"}]},
+        {"id": "sft", "kind": "sft", "data": "data", "adapter": {"type": "qlora", "r": 16, "alpha": 32},
+         "micro_batch": 2, "grad_accum": 8, "learning_rate": 2e-4, "epochs": 2, "kernels": "ftplan"},
+        {"id": "dpo", "kind": "dpo", "input": "sft", "data": "data", "adapter": "continue", "learning_rate": 5e-6},
+        {"id": "merge", "kind": "merge", "input": "dpo"},
+        {"id": "gguf", "kind": "gguf", "input": "merge", "quant": ["q8_0", "q4_k_m"]},
+    ],
+}
+
+ESTIMATES = {
+    "sft": StageEstimate("sft", int(14.2 * GIB), 24564 * 2**20, "fits",
+                         terms=(Term("weights", int(5.3 * GIB), "8.03 B × 4.5 bits"),
+                                Term("activations", int(6.1 * GIB), "checkpointed"),
+                                Term("logits", int(1.1 * GIB), "fused CE")),
+                         tokens_per_step=65_536, step_time_s=3.5),
+    "dpo": StageEstimate("dpo", int(23.5 * GIB), 24564 * 2**20, "tight", tokens_per_step=8_192),
+    "merge": StageEstimate("merge", 0, 24564 * 2**20, "n/a", host_bytes=int(16.1 * GIB)),
+}
+
+
+def compile_files(tmp_path, data=PIPELINE, estimates=ESTIMATES, diagnostics=(), plan_dir="plans/support-bot"):
+    p = Pipeline.model_validate(data)
+    links, diags = trace(p)
+    assert not diags
+    ctx = Context(p, str(tmp_path / "support-bot.yaml"), "f" * 64,
+                  Inputs(files=(LocalFile("data/tickets.jsonl", "1" * 64, 2048),)),
+                  get_gpu(p.hardware.gpu), get_model(p.model.base), "catalog:llama-3.1-8b", links)
+    plan = build_plan(ctx, estimates, diagnostics, plan_dir_from_root=plan_dir, ftplan_version="0.1.0")
+    return plan, render(plan)
+
+
+@pytest.fixture
+def files(tmp_path):
+    return compile_files(tmp_path)[1]
+
+
+def test_layout(tmp_path, files):
+    assert sorted(files) == [
+        "plan.json", "plan.md", "run.sh",
+        "slurm/01-data.sbatch", "slurm/02-sft.sbatch", "slurm/03-dpo.sbatch", "slurm/04-merge.sbatch",
+        "slurm/05-gguf.sbatch", "slurm/submit.sh",
+        "stages/01-data/args.json", "stages/02-sft/accelerate.yaml", "stages/02-sft/args.json",
+        "stages/03-dpo/accelerate.yaml", "stages/03-dpo/args.json", "stages/04-merge/args.json",
+        "stages/05-gguf/args.json",
+    ]
+    no_slurm = {**PIPELINE, "hardware": {"gpu": "rtx4090"}}
+    assert not any(k.startswith("slurm/") for k in compile_files(tmp_path, data=no_slurm)[1])
+
+
+def test_render_is_deterministic(tmp_path):
+    a = compile_files(tmp_path / "one")[1]
+    b = compile_files(tmp_path / "two")[1]
+    assert a == b
+
+
+def test_no_absolute_paths_home_or_timestamps(tmp_path, files):
+    home = os.path.expanduser("~")
+    stamp = re.compile(r"\d{4}-\d{2}-\d{2}|T\d{2}:\d{2}|\b" + str(datetime.date.today().year) + r"\b")
+    for path, text in files.items():
+        assert str(tmp_path) not in text, path
+        assert home not in text, path
+        assert not stamp.search(text), (path, stamp.search(text))
+
+
+def test_every_file_ends_with_one_newline_and_lf_only(files):
+    for path, text in files.items():
+        assert text.endswith("\n") and not text.endswith("\n\n"), path
+        assert "\r" not in text, path
+
+
+def test_json_and_yaml_keys_are_sorted(files):
+    def sorted_everywhere(node):
+        if isinstance(node, dict):
+            assert list(node) == sorted(node)
+            for v in node.values():
+                sorted_everywhere(v)
+        elif isinstance(node, list):
+            for v in node:
+                sorted_everywhere(v)
+
+    for path, text in files.items():
+        if path.endswith(".json"):
+            data = json.loads(text)
+            assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", path
+            sorted_everywhere(data)
+        elif path.endswith(".yaml"):
+            top = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
+            assert top == sorted(top), path
+            sorted_everywhere(yaml.safe_load(text))
+
+
+def test_args_json_is_the_runtime_contract(files):
+    args = json.loads(files["stages/03-dpo/args.json"])
+    assert args["format"] == 1 and args["pipeline"] == "support-bot" and args["output_dir"] == "outputs/dpo"
+    assert args["source"]["continue_adapter"]["path"] == "outputs/sft/adapter"
+    assert args["promise"]["gpu_name"] == "rtx-4090" and args["estimate_peak_gib"] == 23.5
+    assert args["stage"]["distributed"]["strategy"] == "none"
+
+
+def test_scripts_skip_stages_by_the_sha_of_their_args(files):
+    for s in ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"):
+        sha = sha256_text(files[f"stages/{s}/args.json"])
+        assert sha in files["run.sh"] and sha in files["slurm/submit.sh"]
+        assert sha in files[f"slurm/{s}.sbatch"]
+    run = files["run.sh"]
+    assert run.startswith("#!/usr/bin/env bash\n# generated by ftplan 0.1.0 from support-bot.yaml; do not edit.\n"
+                          "# regenerate with: ftplan compile support-bot.yaml -o plans/support-bot\n")
+    assert "set -euo pipefail\n" in run and 'cd "$(dirname "$0")"/../..\n' in run
+    assert "# ---- stage 02: sft (sft) ----\n" in run
+    assert ("accelerate launch --config_file plans/support-bot/stages/02-sft/accelerate.yaml -m ftplan_runtime "
+            "plans/support-bot/stages/02-sft/args.json") in run
+    assert "python -m ftplan_runtime plans/support-bot/stages/04-merge/args.json" in run
+    assert "# effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 65,536 tokens/step" in run
+    assert "export NCCL_DEBUG=WARN\n" in run and "source .venv/bin/activate\n" in run
+    assert run.index("export NCCL") < run.index("source .venv") < run.index("# ---- stage 01")
+
+
+@pytest.mark.parametrize("name", ["run.sh", "slurm/submit.sh", "slurm/02-sft.sbatch", "slurm/01-data.sbatch"])
+def test_scripts_parse(files, name):
+    r = subprocess.run(["bash", "-n"], input=files[name], text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_plan_md_has_header_table_bars_terms_and_how_to_run(tmp_path):
+    diags = [warning("FT301", ("stages", 2, "learning_rate"), "learning rate is | low", hint="raise it").located(
+        Span(str(tmp_path / "support-bot.yaml"), 20, 5)), info("FT900", ("hardware",), "note")]
+    md = compile_files(tmp_path, diagnostics=diags)[1]["plan.md"]
+    assert "support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × GeForce RTX 4090 24GB (24.0 GiB, sm89)" in md
+    assert "| # | stage | kind | method | effective batch | tokens/step | peak VRAM per GPU | verdict |" in md
+    assert ("| 02 | sft | sft | QLoRA r16 α32 · kernels | 16 (2 × 8 × 1) | 65,536 | "
+            "`██████░░░░ 14.2 / 24.0 GiB` | fits |") in md
+    assert "| 03 | dpo | dpo | DPO β0.1 sigmoid, continues sft |" in md and "| tight |" in md
+    assert "host RAM 16.1 GiB" in md
+    assert "| activations | 5.10 |" not in md and "| activations | 6.10 | checkpointed |" in md
+    assert md.index("| activations |") < md.index("| weights |") < md.index("| logits |")
+    assert "warning FT301 `stages[dpo].learning_rate` (line 20:5): learning rate is \\| low — raise it" in md
+    assert "info FT900 `hardware`" in md
+    assert "| `data/tickets.jsonl` | `" + "1" * 64 + "` | 2,048 |" in md
+    assert "bash plans/support-bot/run.sh" in md and "bash plans/support-bot/slurm/submit.sh" in md
+    assert "torch 2.13.0" in md and "ftplan 0.1.0" in md
+
+
+def test_plan_json_contents(files):
+    plan = json.loads(files["plan.json"])
+    assert plan["format_version"] == 1 and plan["ftplan_version"] == "0.1.0"
+    assert plan["pipeline"]["file"] == "support-bot.yaml" and plan["pipeline"]["sha256"] == "f" * 64
+    assert plan["pipeline"]["resolved"]["stages"][1]["micro_batch"] == 2
+    assert plan["inputs"] == [{"path": "data/tickets.jsonl", "sha256": "1" * 64, "size": 2048}]
+    assert plan["versions"]["deepspeed"] == "0.19.8"
+    sft = plan["stages"][1]
+    assert sft["id"] == "sft" and sft["batch"]["effective_batch"] == 16 and sft["batch"]["tokens_per_step"] == 65_536
+    assert sft["estimate"]["verdict"] == "fits" and sft["estimate"]["terms"][0]["name"] == "weights"
+    assert sft["args_sha256"] == sha256_text(files["stages/02-sft/args.json"])
+    assert sft["accelerate"]["distributed_type"] == "NO" and sft["slurm_job"] == "slurm/02-sft.sbatch"
+
+
+def test_bar():
+    assert bar(int(14.2 * GIB), 24 * GIB) == "██████░░░░ 14.2 / 24.0 GiB"
+    assert bar(30 * GIB, 24 * GIB) == "██████████ 30.0 / 24.0 GiB"
+    assert bar(1, 24 * GIB).startswith("█░")
+
+
+@pytest.mark.parametrize("value", ["plain", "it's", 'a "b"', "$(touch x)", "`x`", "a;b", "back\\slash",
+                                   "new\nline", "cr\rlf", "tab\tx", "\x01ctl", "", "ünï", "-rf", "*"])
+def test_shq_round_trips_through_bash(value):
+    quoted = shq(value)
+    assert "\n" not in quoted and "\r" not in quoted
+    out = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True).stdout
+    assert out == value.encode()
+
+
+def test_comment_cannot_break_out_of_a_comment_line():
+    assert comment("a\nrm -rf /\r") == "a\\nrm -rf /\\r"
