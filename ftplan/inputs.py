@@ -19,9 +19,7 @@ What counts as local:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -31,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from .context import DatasetHead, Inputs, LocalFile, TokenizerInfo
+from .dataset_heads import HEAD_READERS, HEAD_ROWS, RUNTIME_ONLY
 from .schemas import Pipeline
 
 __all__ = ["HEAD_ROWS", "MAX_FOLDER_FILES", "WEIGHT_SUFFIXES", "read_inputs"]
 
-HEAD_ROWS = 200
-"""Rows read from the start of each local dataset file for the contract checks."""
 MAX_FOLDER_FILES = 10_000
 """Most files hashed in one referenced folder (a dataset or model folder has far fewer)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -45,7 +42,6 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow", ".tsv", ".txt"
 """Extensions that make a dataset path a local file even when it does not exist."""
 
 _MIB = 1 << 20
-_JSON_READ_LIMIT = 64 * _MIB
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -232,105 +228,6 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
                          has_chat_template=has_template, eos_token=eos, tokens=frozenset(ids))
 
 
-def _bad_row(row: Any, n: int, what: str) -> str | None:
-    if isinstance(row, dict):
-        return None
-    kind = {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(row), "a number")
-    return f"{what} {n} is {kind}, not a JSON object"
-
-
-def _jsonl_head(full: Path, rel: str) -> DatasetHead:
-    """First rows of a JSON Lines file; ``error_row`` is the 1-based line number."""
-    rows: list[dict[str, Any]] = []
-    with open(full, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if len(rows) >= HEAD_ROWS:
-                break
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                return DatasetHead(rel, tuple(rows), f"line {n} is not UTF-8 text", n)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                return DatasetHead(rel, tuple(rows), f"line {n} is not valid JSON: {exc.msg} (column {exc.colno})", n)
-            problem = _bad_row(row, n, "line")
-            if problem:
-                return DatasetHead(rel, tuple(rows), problem, n)
-            rows.append(row)
-    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
-
-
-def _json_head(full: Path, rel: str) -> DatasetHead:
-    """First items of a JSON file holding a list of objects; ``error_row`` is the 1-based item number.
-
-    Items are decoded one at a time from the first 64 MiB, so a huge file is not parsed in full."""
-    with open(full, "rb") as f:
-        data = f.read(_JSON_READ_LIMIT + 1)
-    truncated = len(data) > _JSON_READ_LIMIT
-    data = data[:_JSON_READ_LIMIT]
-    text = data.decode("utf-8-sig", errors="ignore" if truncated else "strict")
-    decoder = json.JSONDecoder()
-    rows: list[dict[str, Any]] = []
-    pos = _skip_ws(text, 0)
-    if text[pos:pos + 1] != "[":
-        return DatasetHead(rel, (), "expected a JSON list of row objects ([{...}, ...]) at the top level")
-    pos = _skip_ws(text, pos + 1)
-    while len(rows) < HEAD_ROWS and text[pos:pos + 1] != "]":
-        n = len(rows) + 1
-        try:
-            row, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            if truncated and exc.pos >= len(text) - 1:
-                break
-            return DatasetHead(rel, tuple(rows), f"item {n} is not valid JSON: {exc.msg} "
-                               f"(line {exc.lineno}, column {exc.colno})", n)
-        problem = _bad_row(row, n, "item")
-        if problem:
-            return DatasetHead(rel, tuple(rows), problem, n)
-        rows.append(row)
-        pos = _skip_ws(text, pos)
-        if text[pos:pos + 1] == ",":
-            pos = _skip_ws(text, pos + 1)
-        elif text[pos:pos + 1] != "]" and not (truncated and pos >= len(text)):
-            return DatasetHead(rel, tuple(rows), f"expected ',' or ']' after item {n}", n)
-    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _csv_head(full: Path, rel: str) -> DatasetHead:
-    """First rows of a CSV file with a header line; ``error_row`` is the 1-based data row number."""
-    rows: list[dict[str, Any]] = []
-    n = 0
-    try:
-        with open(full, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            for n, row in enumerate(reader, start=1):
-                if None in row:
-                    return DatasetHead(rel, tuple(rows), f"row {n} has more fields than the header", n)
-                if None in row.values():
-                    return DatasetHead(rel, tuple(rows), f"row {n} has fewer fields than the header", n)
-                rows.append(dict(row))
-                if len(rows) >= HEAD_ROWS:
-                    break
-    except UnicodeDecodeError:
-        return DatasetHead(rel, tuple(rows), f"row {n + 1} is not UTF-8 text", n + 1)
-    except csv.Error as exc:
-        return DatasetHead(rel, tuple(rows), f"row {n + 1} is not valid CSV: {exc}", n + 1)
-    return DatasetHead(rel, tuple(rows), None if rows else "the file has no rows")
-
-
-_HEADS = {".jsonl": _jsonl_head, ".json": _json_head, ".csv": _csv_head}
-_RUNTIME_ONLY = (".parquet", ".arrow")
-
-
 def _dataset(reader: _Reader, value: str, key: tuple[str | int, ...]) -> DatasetHead | None:
     full, rel = reader.full(value), reader.rel(value)
     if _stat_is(full, "dir"):
@@ -343,19 +240,17 @@ def _dataset(reader: _Reader, value: str, key: tuple[str | int, ...]) -> Dataset
         return DatasetHead(rel, checked=False)
     reader.hash_file(full, rel)
     suffix = full.suffix.lower()
-    if suffix in _RUNTIME_ONLY:
+    if suffix in RUNTIME_ONLY:
         return DatasetHead(rel, checked=False)
-    if suffix not in _HEADS:
+    if suffix not in HEAD_READERS:
         return DatasetHead(rel, error=f"'{full.suffix or full.name}' files cannot be read: use .jsonl, .json, "
                            ".csv or .parquet")
     try:
-        return _HEADS[suffix](full, rel)
+        return HEAD_READERS[suffix](full, rel)
     except OSError as exc:
         return DatasetHead(rel, error=f"cannot read the file: {exc.strerror or exc}")
     except UnicodeDecodeError:
         return DatasetHead(rel, error="the file is not UTF-8 text")
-    except (RecursionError, ValueError):
-        return DatasetHead(rel, error="the file nests values too deeply to read")
 
 
 def read_inputs(pipeline: Pipeline, root: Path) -> Inputs:

@@ -175,6 +175,15 @@ def test_jsonl_rows_must_be_objects_and_are_capped(tmp_path):
     assert heads["prep", 3] == DatasetHead("latin1.jsonl", ({"a": 1},), "line 2 is not UTF-8 text", 2)
 
 
+def test_json_values_python_cannot_hold_are_row_errors(tmp_path):
+    write(tmp_path, "big.jsonl", '{"a": 1}\n{"n": ' + "1" * 5000 + "}\n")
+    write(tmp_path, "deep.json", "[" + "[" * 100_000)
+    heads = read_inputs(pipeline(datasets=[("big.jsonl", "text"), ("deep.json", "text")]), tmp_path).datasets
+    assert heads["prep", 0] == DatasetHead("big.jsonl", ({"a": 1},), "line 2 is not valid JSON: Exceeds the limit "
+                                           "(4300 digits) for integer string conversion: value has 5000 digits", 2)
+    assert heads["prep", 1] == DatasetHead("deep.json", (), "item 1 is not valid JSON: values are nested too deeply", 1)
+
+
 def test_json_list_head(tmp_path):
     write(tmp_path, "ok.json", json.dumps([{"i": i} for i in range(HEAD_ROWS + 1)]))
     write(tmp_path, "obj.json", '{"data": []}')
@@ -193,12 +202,14 @@ def test_csv_head(tmp_path):
     write(tmp_path, "ok.csv", 'text,label\nhello,1\n"a, b",2\n')
     write(tmp_path, "short.csv", "text,label\nhello,1\nbye\n")
     write(tmp_path, "long.csv", "text\nhello,1\n")
-    heads = read_inputs(pipeline(datasets=[("ok.csv", "text"), ("short.csv", "text"), ("long.csv", "text")]),
-                        tmp_path).datasets
+    write(tmp_path, "latin1.csv", b"text\nok\ncaf\xe9\n" + b"more\n" * 300)
+    heads = read_inputs(pipeline(datasets=[("ok.csv", "text"), ("short.csv", "text"), ("long.csv", "text"),
+                                           ("latin1.csv", "text")]), tmp_path).datasets
     assert heads["prep", 0] == DatasetHead("ok.csv", ({"text": "hello", "label": "1"}, {"text": "a, b", "label": "2"}))
     assert heads["prep", 1] == DatasetHead("short.csv", ({"text": "hello", "label": "1"},),
                                            "row 2 has fewer fields than the header", 2)
     assert heads["prep", 2] == DatasetHead("long.csv", (), "row 1 has more fields than the header", 1)
+    assert heads["prep", 3] == DatasetHead("latin1.csv", ({"text": "ok"},), "row 2 is not UTF-8 text", 2)
 
 
 def test_parquet_and_folders_are_hashed_but_not_checked(tmp_path):
