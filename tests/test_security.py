@@ -1,0 +1,239 @@
+"""Hostile strings in every user-controlled field that reaches bash or sbatch: the generated scripts parse, run
+without executing any of it, and hand each string to the launched program verbatim as one argument."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ftplan.catalog import get_gpu, get_model
+from ftplan.context import Context, Inputs
+from ftplan.lineage import trace
+from ftplan.plan import build_plan
+from ftplan.render import render
+from ftplan.render.serialize import sha256_text
+from ftplan.schemas import Pipeline
+from ftplan.write import write_plan
+
+HOSTILE = "x $(touch pwned) `touch pwned`; touch pwned && 'sq' \"dq\" \\bs\nnl|touch pwned $HOME *"
+ENV = {"EVIL_A": HOSTILE, "EVIL_B": "$(touch pwned)", "EVIL_C": "a'b\"c\\d\re`touch pwned`"}
+MODULES = [HOSTILE, "cuda/12.4; touch pwned"]
+VENV = "venvs/" + HOSTILE
+PLAN_DIR = "plans/p " + HOSTILE
+OUTPUT_DIR = "out $(touch pwned) `touch pwned`; touch pwned 'sq' \"dq\" \\bs && touch pwned"
+PIPELINE_FILE = "p $(touch pwned) `x`;\n'q'.yaml"
+
+FAKE = """#!/bin/bash
+# Records its name, arguments and the EVIL_* variables, NUL-separated, then succeeds.
+printf '%s\\0' "$#" "$(basename "$0")" "$@" "${EVIL_A-}" "${EVIL_B-}" "${EVIL_C-}" >> "$FTLOG"
+"""
+FAKE_SBATCH = FAKE + 'echo "$(( $(tr -cd "\\\\0" < "$FTLOG" | wc -c) ))"\n'
+FAKE_SRUN = """#!/bin/bash
+# Drops srun's options and runs the task the way one node would: SLURM_NODEID is set for the task only.
+printf '%s\\0' "$#" srun "$@" "" "" "" >> "$FTLOG"
+while [ "${1#-}" != "$1" ]; do shift; done
+SLURM_NODEID=0 exec "$@"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+printf '%s\\0' "$#" scontrol "$@" "" "" "" >> "$FTLOG"
+if [ "$1 $2" = "show hostnames" ]; then echo node-a; echo node-b; fi
+"""
+
+
+def pipeline_data() -> dict:
+    return {
+        "name": "evil",
+        "model": {"base": HOSTILE, "tokenizer": HOSTILE},
+        "output_dir": OUTPUT_DIR,
+        "hardware": {"gpu": "h100", "gpus_per_node": 2, "env": ENV, "modules": MODULES, "venv": VENV,
+                     "setup": ['echo "setup ran" >> "$FTLOG.setup"'], "slurm": {}},
+        "stages": [
+            {"id": "data", "kind": "data", "max_seq_len": 512,
+             "datasets": [{"path": HOSTILE, "format": "messages"}, {"path": HOSTILE + ".p", "format": "preference"}]},
+            {"id": "sft", "kind": "sft", "data": "data", "adapter": {"type": "lora"}, "learning_rate": 1e-4},
+            {"id": "dpo", "kind": "dpo", "input": "sft", "data": "data", "adapter": "continue",
+             "learning_rate": 1e-6, "distributed": "zero2"},
+            {"id": "merge", "kind": "merge", "input": "dpo"},
+            {"id": "gguf", "kind": "gguf", "input": "merge", "quant": ["q8_0"]},
+        ],
+    }
+
+
+def read_calls(log: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(program, argv, [EVIL_A, EVIL_B, EVIL_C]) per recorded call."""
+    if not log.exists():
+        return []
+    fields = log.read_bytes().decode().split("\0")[:-1]
+    calls, i = [], 0
+    while i < len(fields):
+        n = int(fields[i])
+        calls.append((fields[i + 1], fields[i + 2:i + 2 + n], fields[i + 2 + n:i + 5 + n]))
+        i += 5 + n
+    return calls
+
+
+def pwned(root: Path) -> list[str]:
+    return [os.path.join(d, n) for d, _, names in os.walk(root) for n in names if "pwned" in n]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A compiled hostile plan on disk, fake programs on PATH, and the environment to run its scripts."""
+    root = tmp_path / "project"
+    root.mkdir()
+    p = Pipeline.model_validate(pipeline_data())
+    links, diags = trace(p)
+    assert not diags
+    ctx = Context(p, str(root / PIPELINE_FILE), "0" * 64, Inputs(), get_gpu("h100"), None, "", links)
+    plan = build_plan(ctx, {}, [], plan_dir_from_root=PLAN_DIR, ftplan_version="0.1.0")
+    files = render(plan)
+    write_plan(files, root / PLAN_DIR)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {"accelerate": FAKE, "python": FAKE, "module": FAKE, "sbatch": FAKE_SBATCH,
+                       "srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    activate = root / VENV / "bin" / "activate"
+    activate.parent.mkdir(parents=True)
+    activate.write_text('echo activated >> "$FTLOG.venv"\n')
+    (tmp_path / "home").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path / "home"), "FTLOG": str(tmp_path / "log"),
+           "LANG": "C.UTF-8"}
+    return {"root": root, "plan": plan, "files": files, "env": env, "log": tmp_path / "log", "tmp": tmp_path}
+
+
+def script_paths(project):
+    base = project["root"] / PLAN_DIR
+    return [base / name for name in project["files"] if name.endswith((".sh", ".sbatch"))]
+
+
+def test_every_script_parses(project):
+    for path in script_paths(project):
+        r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, (path.name, r.stderr)
+
+
+def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project):
+    root, env, log = project["root"], project["env"], project["log"]
+    shas = {s.id: sha256_text(project["files"][f"{s.dir}/args.json"]) for s in project["plan"].stages}
+    done = root / OUTPUT_DIR / "sft"
+    done.mkdir(parents=True)
+    (done / "_COMPLETE").write_text(shas["sft"] + "\n")  # finished with these arguments: skipped
+    stale = root / OUTPUT_DIR / "data"
+    stale.mkdir(parents=True)
+    (stale / "_COMPLETE").write_text("0" * 64 + "\n")  # finished with other arguments: runs again
+
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "run.sh")], cwd=project["tmp"] / "elsewhere", env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert pwned(project["tmp"]) == []
+    assert Path(str(log) + ".venv").read_text() == "activated\n"
+    assert Path(str(log) + ".setup").read_text() == "setup ran\n"
+
+    calls = read_calls(log)
+    assert [(prog, argv) for prog, argv, _ in calls[:2]] == [("module", ["load", MODULES[0]]),
+                                                            ("module", ["load", MODULES[1]])]
+    launches = [(prog, argv) for prog, argv, _ in calls[2:]]
+    stage = f"{PLAN_DIR}/stages"
+    assert launches == [
+        ("python", ["-m", "ftplan_runtime", f"{stage}/01-data/args.json"]),
+        ("accelerate", ["launch", "--config_file", f"{stage}/03-dpo/accelerate.yaml", "-m", "ftplan_runtime",
+                        f"{stage}/03-dpo/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stage}/04-merge/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stage}/05-gguf/args.json"]),
+    ]
+    for _, _, env_values in calls:
+        assert env_values == [ENV["EVIL_A"], ENV["EVIL_B"], ENV["EVIL_C"]]
+    # The paths the launcher receives exist relative to the root run.sh moved to, and hold the hostile values.
+    args = json.loads((root / f"{stage}/01-data/args.json").read_text())
+    assert args["stage"]["datasets"][0]["path"] == HOSTILE and args["output_dir"] == f"{OUTPUT_DIR}/data"
+    acc = (root / f"{stage}/03-dpo/accelerate.yaml").read_text()
+    assert (root / PLAN_DIR / "stages/03-dpo/deepspeed.json").is_file() and "deepspeed_config_file" in acc
+
+
+def test_submit_sh_chains_hostile_paths_verbatim(project):
+    root, env, log = project["root"], project["env"], project["log"]
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), "--extra=1"],
+                       cwd=project["tmp"] / "elsewhere", env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert pwned(project["tmp"]) == []
+    assert (root / "logs").is_dir()
+    sbatch = [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
+    assert len(sbatch) == 5
+    assert sbatch[0] == ["--parsable", f"--chdir={root}", "--extra=1", f"{PLAN_DIR}/slurm/01-data.sbatch"]
+    for i, argv in enumerate(sbatch[1:], start=1):
+        assert argv[2] == "--dependency=afterok:" + r.stdout.splitlines()[i - 1].split("job ")[1]
+        assert argv[3:] == ["--kill-on-invalid-dep=yes", "--extra=1", f"{PLAN_DIR}/slurm/"
+                            + ["02-sft", "03-dpo", "04-merge", "05-gguf"][i - 1] + ".sbatch"]
+
+
+def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
+    root, env, log = project["root"], project["env"], project["log"]
+    job_env = {**env, "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42",
+               "SLURM_CPUS_ON_NODE": "4"}
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/02-sft.sbatch")], cwd=root, env=job_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert pwned(project["tmp"]) == []
+    calls = [(prog, argv) for prog, argv, _ in read_calls(log)]
+    assert ("scontrol", ["show", "hostnames", "node-[a-b]"]) in calls
+    srun = next(argv for prog, argv in calls if prog == "srun")
+    assert srun[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=4"]
+    acc = next(argv for prog, argv in calls if prog == "accelerate")
+    assert acc == ["launch", "--config_file", f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", "--num_machines", "2",
+                   "--machine_rank", "0", "--main_process_ip", "node-a", "--main_process_port", "29500",
+                   "-m", "ftplan_runtime", f"{PLAN_DIR}/stages/02-sft/args.json"]
+
+
+def test_sbatch_requeues_on_the_requeue_exit_code(project):
+    root, env, log = project["root"], project["env"], project["log"]
+    (project["tmp"] / "bin" / "python").write_text(FAKE + "exit 75\n")
+    job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
+               "SLURM_CPUS_ON_NODE": "2"}
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/01-data.sbatch")], cwd=root, env=job_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ("scontrol", ["requeue", "42"]) in [(prog, argv) for prog, argv, _ in read_calls(log)]
+
+
+def test_text_outputs_keep_hostile_strings_on_one_line(project):
+    files = project["files"]
+    md = files["plan.md"]
+    header = next(line for line in md.splitlines() if line.startswith("evil · "))
+    assert "\\n" in header and "touch pwned" in header
+    for name in ("run.sh", "slurm/submit.sh", "slurm/02-sft.sbatch"):
+        for line in files[name].splitlines():
+            if line.startswith("# generated by"):
+                assert line.endswith("; do not edit.") and "\\n'q'.yaml" in line
+
+
+@pytest.mark.parametrize("field", ["partition", "account", "qos", "time", "constraint", "reservation", "mem",
+                                   "logs_dir"])
+@pytest.mark.parametrize("value", ["$(touch pwned)", "`touch pwned`", "a;b", "a b", "a\nb", "'q'", '"q"', "a\\b",
+                                   "${HOME}", ""])
+def test_schema_rejects_hostile_slurm_values(field, value):
+    data = pipeline_data()
+    data["hardware"]["slurm"] = {field: value}
+    with pytest.raises(ValidationError):
+        Pipeline.model_validate(data)
+
+
+def test_schema_rejects_hostile_names_and_lines():
+    for patch in ({"name": "a $(x)"}, {"name": "a;b"},
+                  {"hardware": {**pipeline_data()["hardware"], "env": {"A;B": "1"}}},
+                  {"hardware": {**pipeline_data()["hardware"], "setup": ["echo a\nrm -rf /"]}},
+                  {"hardware": {**pipeline_data()["hardware"], "slurm": {"extra": {"output": "x"}}}},
+                  {"hardware": {**pipeline_data()["hardware"], "slurm": {"extra": {"comment": "a b"}}}}):
+        with pytest.raises(ValidationError):
+            Pipeline.model_validate({**pipeline_data(), **patch})
+    bad_id = pipeline_data()
+    bad_id["stages"][0]["id"] = "data$(x)"
+    with pytest.raises(ValidationError):
+        Pipeline.model_validate(bad_id)
