@@ -21,6 +21,8 @@ untouched. Re-applying is a no-op that reports the same counts.
 `lm_head`'s weight to `fused_linear_cross_entropy`, so the (tokens × vocab) logits never exist. It matches
 HF's `ForCausalLMLoss`: labels are shifted by padding them with ignore_index and dropping the first column (the
 last position predicts nothing), and `num_items_in_batch` turns the mean into sum / num_items_in_batch.
+It reads `lm_head.weight` directly, so it does not work where that weight is sharded outside the module's own
+forward (DeepSpeed ZeRO-3); a LoRA adapter on lm_head itself is refused.
 """
 
 from __future__ import annotations
