@@ -73,31 +73,45 @@ def _pos(mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
+_SYNTAX_HINTS = (
+    ("'\\t'", "indent with spaces; YAML does not allow tabs for indentation"),
+    ("mapping values are not allowed", "check the indentation of this line, or quote a value that contains ': '"),
+    ("expected <block end>", "check the indentation: this line must line up with the keys or list items above it"),
+    ("while scanning a simple key", "write 'key: value', with a space after the ':'"),
+    ("while scanning a quoted scalar", "close the quote opened at {context}"),
+    ("while parsing a flow", "close the bracket opened at {context}, or quote a value with ':' or ','"),
+    ("single document", "a pipeline file holds one document: remove the second '---'"),
+    ("deeper than", "a pipeline needs only a few levels of nesting"),
+    ("found undefined alias", "define the anchor ('&name') before the alias ('*name') that uses it"),
+)
+"""(text in the parser's message, what to do) for the syntax errors people make most."""
+
+
 def _syntax_error(exc: yaml.YAMLError, text: str, filename: str) -> Diagnostic:
-    """FT001 for a parser error, at the parser's position."""
+    """FT001 for a parser error, at the parser's position (at the start of what is unfinished when the
+    parser only noticed at the end of the file or of the next line)."""
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         line, col = _pos(exc.problem_mark)
+        context = "{}:{}".format(*_pos(exc.context_mark)) if exc.context_mark is not None else "?"
         problem = exc.problem or "invalid YAML"
         if exc.context and problem.startswith("but "):
             problem = f"{exc.context}, {problem}"
         elif exc.context and exc.context_mark is not None:
             cl, cc = _pos(exc.context_mark)
-            problem += f" ({exc.context} at {cl}:{cc})"
+            unfinished = "end of stream" in problem or "<stream end>" in problem or "simple key" in exc.context
+            if unfinished and (cl, cc) < (line, col):
+                problem += f" ({exc.context}; noticed at {line}:{col})"
+                line, col = cl, cc
+            else:
+                problem += f" ({exc.context} at {cl}:{cc})"
     elif isinstance(exc, yaml.reader.ReaderError):
+        context = "?"
         before = text[: exc.position]
         line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
         problem = f"character {exc.character:#x} is not allowed in YAML"
     else:  # pragma: no cover - every PyYAML error is one of the above
-        line, col, problem = 1, 1, str(exc)
-    hint = None
-    if "'\\t'" in problem:
-        hint = "indent with spaces; YAML does not allow tabs for indentation"
-    elif "mapping values are not allowed" in problem:
-        hint = "check the indentation of this line, or quote a value that contains ': '"
-    elif "single document" in problem:
-        hint = "a pipeline file holds one document: remove the second '---'"
-    elif "deeper than" in problem:
-        hint = "a pipeline needs only a few levels of nesting"
+        line, col, problem, context = 1, 1, str(exc), "?"
+    hint = next((h.replace("{context}", context) for needle, h in _SYNTAX_HINTS if needle in problem), None)
     return error("FT001", (), f"invalid YAML: {problem}", hint).located(Span(filename, line, col))
 
 

@@ -77,6 +77,27 @@ def test_bad_indentation_is_a_syntax_error():
         "(while parsing a block mapping at 1:1)"]
 
 
+@pytest.mark.parametrize("text, where, message, hint", [
+    ("model:\n  base: x\n  tokenizer:y\nhardware: {}\n", "3:3",
+     "could not find expected ':' (while scanning a simple key; noticed at 4:1)",
+     "write 'key: value', with a space after the ':'"),
+    ("name: 'demo\nmodel: {}\n", "1:7", "found unexpected end of stream (while scanning a quoted scalar; "
+     "noticed at 3:1)", "close the quote opened at 1:7"),
+    ("quant: [q8_0, q4\n", "1:8", "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence; "
+     "noticed at 2:1)", "close the bracket opened at 1:8, or quote a value with ':' or ','"),
+    ("stages:\n  - id: a\n    kind: data\n   - id: b\n", "4:4", "expected <block end>, but found "
+     "'<block sequence start>' (while parsing a block collection at 2:3)",
+     "check the indentation: this line must line up with the keys or list items above it"),
+    ("a: *x\n", "1:4", "found undefined alias 'x'",
+     "define the anchor ('&name') before the alias ('*name') that uses it"),
+])
+def test_common_syntax_errors_point_at_the_cause_with_a_hint(text, where, message, hint):
+    with pytest.raises(FtplanError) as info:
+        load_yaml(text, "p.yaml")
+    (d,) = info.value.diagnostics
+    assert (f"{d.span.line}:{d.span.col}", d.message, d.hint) == (where, f"invalid YAML: {message}", hint)
+
+
 def test_tab_indentation_gets_a_hint():
     with pytest.raises(FtplanError) as info:
         load_yaml("model:\n\tbase: x\n", "p.yaml")
