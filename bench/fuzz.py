@@ -128,7 +128,8 @@ def pick(choose: Chooser, items: Sequence[Any]) -> Any:
 
 GARBAGE = list(":{}[]-#&*!|>'\"%@`,?\t\n \\") + ["\x00", "\x85", "\u2028", "\ufeff", "é", "🙂", "\r", "---", "..."]
 SCALARS = ["1e999", "-0", "99999999999999999999999999999", "0x", "0o9", "1_000", ".nan", "-.inf", "yes", "no", "on",
-           "~", "null", "[]", "{}", "''", '""', "2024-01-01", "12:30:00", "!!binary aGVsbG8=", "!!python/name:os.system",
+           "~", "null", "[]", "{}", "''", '""', "2024-01-01", "12:30:00", "!!binary aGVsbG8=",
+           "!!python/name:os.system",
            "&a x", "*a", "*undefined", "|\n  block", ">-\n  folded", "[1, [2, [3]]]", "ß𝔘ñ 🙂", "x" * 5000,
            "[" * 80 + "]" * 80, "{a: {b: {c: {d: 1}}}}", ".", "./", "data", "../missing.jsonl", "\"\\u0000\"",
            "0" * 5000, "-" * 3, "'unterminated", "{unclosed: 1", "- item", "true", "1.0e-4", "2", "-1e-4"]
@@ -222,7 +223,8 @@ def append_snippet(text: str, c: Chooser) -> str:
         f"bomb{i}: &b{i} [" + ", ".join([f"*b{i - 1}"] * 10) + "]\n" for i in range(1, 7))
     return text + pick(c, [bomb, "deep: " + "[" * 200 + "]" * 200 + "\n", "---\nname: second\n",
                            "loop: &l [*l]\n", "'unclosed\n", "? [complex, key]\n: 1\n", "stages: []\n",
-                           "x: !!set {a, b}\n", "y: !!omap [a: 1]\n", "<<: *batch\n", "z: *nope\n", "<<: [*batch, 3]\n"])
+                           "x: !!set {a, b}\n", "y: !!omap [a: 1]\n", "<<: *batch\n", "z: *nope\n",
+                           "<<: [*batch, 3]\n"])
 
 
 TEXT_MUTATIONS: list[Callable[[str, Chooser], str]] = [

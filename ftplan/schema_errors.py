@@ -99,8 +99,8 @@ class _Converter:
         elif kind == "literal_error":
             allowed = list(w.leaf_literals) or [ctx.get("expected", "")]
             hint, _ = suggest(value, [a for a in allowed if isinstance(a, str)])
-            self.emit("FT004", path, f"must be {choices_text(allowed)} (got {got})", hint or alternatives_hint(w, value),
-                      path)
+            self.emit("FT004", path, f"must be {choices_text(allowed)} (got {got})",
+                      hint or alternatives_hint(w, value), path)
         elif kind in _BOUNDS:
             name, words = _BOUNDS[kind]
             self.emit("FT004", path, f"must be {words.format(show_number(ctx.get(name)))} (got {got})", None, path)

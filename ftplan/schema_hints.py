@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from .diagnostics import KeyPath
 from .schemas import Pipeline
-from .sourcemap import Where, _classify, quote
+from .sourcemap import Where, classify_type, quote
 from .suggest import close_matches
 
 __all__ = [
@@ -130,7 +130,7 @@ def tag_noun(path: KeyPath, disc: str) -> str:
 
 def describe_member(member: Any) -> str:
     """A union member in words: ``one of 'auto', 'none'``, ``a mapping``, ``a list``, ``a number``."""
-    kind, info = _classify(member)
+    kind, info = classify_type(member)
     if kind == "literal":
         return choices_text(list(info))
     if kind in ("model", "tagged", "dict"):
@@ -144,7 +144,7 @@ def alternatives_hint(w: Where, value: Any) -> str | None:
     """For a text value rejected by the literal branch of a union that also takes a list or mapping."""
     for prefix, _, members in w.unions:
         if prefix == w.path:
-            others = [describe_member(m) for m in members if _classify(m)[0] != "literal"]
+            others = [describe_member(m) for m in members if classify_type(m)[0] != "literal"]
             if "a list" in others and isinstance(value, str) and len(value) <= 40 and value.isprintable():
                 return f"or write a list: [{value}]"
             if others:
@@ -169,7 +169,7 @@ def _key_homes() -> dict[str, list[tuple[str, type[BaseModel]]]]:
     homes: dict[str, list[tuple[str, type[BaseModel]]]] = {}
 
     def visit(tp: Any, disc: str | None, where: str, seen: frozenset) -> None:
-        kind, info = _classify(tp, disc)
+        kind, info = classify_type(tp, disc)
         if kind == "model" and info not in seen:
             for name, f in info.model_fields.items():
                 homes.setdefault(name, []).append((where, info))

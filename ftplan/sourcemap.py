@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from .diagnostics import KeyPath, Span
 
-__all__ = ["SourceMap", "Where", "category", "display_path", "member_category", "quote", "walk"]
+__all__ = ["SourceMap", "Where", "category", "classify_type", "display_path", "member_category", "quote", "walk"]
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -130,7 +130,7 @@ def display_path(path: KeyPath, data: Any = None) -> str:
 # --- pydantic ``loc`` -> key path -------------------------------------------------------------------------
 
 
-def _classify(tp: Any, disc: str | None = None) -> tuple[str, Any]:
+def classify_type(tp: Any, disc: str | None = None) -> tuple[str, Any]:
     """What a type annotation is, as far as walking a ``loc`` goes: model, list, dict, tagged union, plain
     union, literal or scalar (``X | None`` is just ``X``: pydantic adds no ``loc`` step for it)."""
     origin = get_origin(tp)
@@ -139,11 +139,11 @@ def _classify(tp: Any, disc: str | None = None) -> tuple[str, Any]:
         for m in meta:
             if isinstance(m, FieldInfo) and isinstance(m.discriminator, str):
                 disc = m.discriminator
-        return _classify(inner, disc)
+        return classify_type(inner, disc)
     if origin in (Union, UnionType):
         members = tuple(a for a in get_args(tp) if a is not type(None))
         if len(members) == 1:
-            return _classify(members[0], disc)
+            return classify_type(members[0], disc)
         if disc:
             return "tagged", (disc, _tag_map(members, disc))
         return "union", members
@@ -163,9 +163,9 @@ def _classify(tp: Any, disc: str | None = None) -> tuple[str, Any]:
 def _tag_map(members: tuple, disc: str) -> dict[str, type[BaseModel]]:
     tags: dict[str, type[BaseModel]] = {}
     for member in members:
-        kind, model = _classify(member)
+        kind, model = classify_type(member)
         if kind == "model" and disc in model.model_fields:
-            k, values = _classify(model.model_fields[disc].annotation)
+            k, values = classify_type(model.model_fields[disc].annotation)
             for value in values if k == "literal" else ():
                 tags.setdefault(str(value), model)
     return tags
@@ -178,7 +178,7 @@ def _match_branch(label: Any, members: tuple) -> Any:
         return None
     scalars = []
     for member in members:
-        kind, info = _classify(member)
+        kind, info = classify_type(member)
         if (kind == "model" and label == info.__name__ or kind == "literal" and label.startswith("literal[")
                 or kind == "tagged" and label.startswith("tagged-union[")
                 or kind == "list" and label.startswith(("list[", "tuple[", "set[", "frozenset["))
@@ -198,7 +198,7 @@ def category(value: Any) -> str:
 
 def member_category(member: Any) -> str:
     """The kind of value a union member takes: ``mapping``, ``list`` or ``scalar``."""
-    kind = _classify(member)[0]
+    kind = classify_type(member)[0]
     return {"model": "mapping", "tagged": "mapping", "dict": "mapping", "list": "list"}.get(kind, "scalar")
 
 
@@ -258,7 +258,7 @@ def walk(loc: tuple, root: type[BaseModel]) -> Where:
         if seg == "[key]":
             where.is_key, i = True, i + 1
             continue
-        kind, info = _classify(tp, disc) if tp is not None else ("scalar", None)
+        kind, info = classify_type(tp, disc) if tp is not None else ("scalar", None)
         disc = None
         if kind == "tagged" and isinstance(seg, str) and seg in info[1]:
             pending, tp, i = info, info[1][seg], i + 1
@@ -285,5 +285,5 @@ def walk(loc: tuple, root: type[BaseModel]) -> Where:
         path.append(seg)
         i += 1
     where.path = tuple(path)
-    where.leaf = _classify(tp, disc) if tp is not None else ("scalar", None)
+    where.leaf = classify_type(tp, disc) if tp is not None else ("scalar", None)
     return where

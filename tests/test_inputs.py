@@ -108,7 +108,8 @@ def test_model_config_errors(model_dir, config, error):
 def test_model_base_that_is_a_file(tmp_path):
     write(tmp_path, "model.gguf", b"GGUF")
     inputs = read_inputs(pipeline("model.gguf"), tmp_path)
-    assert inputs.model_config_error == "'model.gguf' is a file; model.base must be a folder with config.json or a hub id"
+    assert inputs.model_config_error == \
+        "'model.gguf' is a file; model.base must be a folder with config.json or a hub id"
 
 
 def test_missing_local_model_and_tokenizer_are_recorded(tmp_path):
@@ -120,7 +121,8 @@ def test_missing_local_model_and_tokenizer_are_recorded(tmp_path):
 # --- tokenizer and chat template --------------------------------------------------------------------------
 
 def test_separate_tokenizer_folder_with_unigram_vocab_and_jinja_template(model_dir):
-    write(model_dir, "tok/tokenizer.json", json.dumps({"model": {"type": "Unigram", "vocab": [["<unk>", 0], ["▁a", -1]]}}))
+    unigram = {"model": {"type": "Unigram", "vocab": [["<unk>", 0], ["▁a", -1]]}}
+    write(model_dir, "tok/tokenizer.json", json.dumps(unigram))
     write(model_dir, "tok/tokenizer_config.json", json.dumps({
         "eos_token": "</s>", "added_tokens_decoder": {"2": {"content": "</s>", "special": True}}}))
     write(model_dir, "tok/chat_template.jinja", "{{ messages }}")

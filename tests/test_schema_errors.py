@@ -166,7 +166,8 @@ def test_range_violations(old, new, expected):
 
 
 def test_bad_enum_value_with_did_you_mean():
-    assert run(edit("    adapter: continue", "    adapter: continue\n    precision: bf61\n    optimizer: adamw8bit")) == [
+    added = "    adapter: continue\n    precision: bf61\n    optimizer: adamw8bit"
+    assert run(edit("    adapter: continue", added)) == [
         ("26:16", "FT004", "stages[dpo].precision: must be one of 'bf16', 'fp16', 'fp32' (got 'bf61')",
          "did you mean 'bf16'?"),
         ("27:16", "FT004", "stages[dpo].optimizer: must be one of 'adamw', 'adamw_8bit', 'paged_adamw_8bit' "
@@ -228,7 +229,8 @@ def test_dict_key_errors_point_at_the_key():
 
 def test_missing_required_key_points_at_the_parent_mapping():
     assert run(edit("    learning_rate: 5.0e-6\n", "")) == [
-        ("20:5", "FT005", "stages[dpo]: missing required key 'learning_rate'", "add 'learning_rate:' (peak learning rate)")]
+        ("20:5", "FT005", "stages[dpo]: missing required key 'learning_rate'",
+         "add 'learning_rate:' (peak learning rate)")]
     assert run(edit("model:\n  base: meta-llama/Llama-3.1-8B\n", "model:\n  revision: main\n")) == [
         ("2:1", "FT005", "model: missing required key 'base'",
          "add 'base:' (hub id ('meta-llama/Llama-3.1-8B-Instruct') or local folder with 'config.json' "
