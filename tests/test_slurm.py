@@ -1,0 +1,260 @@
+"""The Slurm chain: #SBATCH lines and bodies checked structurally always; with Slurm installed, every sbatch file
+goes through ``sbatch --test-only`` and whole chains run on a single-node test cluster (tests/slurm_cluster.sh)
+with stub launchers: order and afterok, a failure cancelling the rest, and exit code 75 requeueing a stage."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ftplan.catalog import get_gpu, get_model
+from ftplan.context import Context, Inputs
+from ftplan.estimate.types import StageEstimate
+from ftplan.lineage import trace
+from ftplan.plan import build_plan
+from ftplan.render import render
+from ftplan.schemas import Pipeline
+from ftplan.schemas.runtime_args import REQUEUE_EXIT_CODE
+from ftplan.write import write_plan
+
+HERE = Path(__file__).resolve().parent
+PLAN_DIR = "plans/chain"
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+STAGES = [
+    {"id": "data", "kind": "data", "max_seq_len": 256,
+     "datasets": [{"path": "d.jsonl", "format": "messages"}, {"path": "p.jsonl", "format": "preference"}]},
+    {"id": "sft", "kind": "sft", "data": "data", "adapter": {"type": "lora"}, "learning_rate": 1e-4},
+    {"id": "dpo", "kind": "dpo", "input": "sft", "data": "data", "adapter": "continue", "learning_rate": 1e-6},
+    {"id": "merge", "kind": "merge", "input": "dpo"},
+    {"id": "gguf", "kind": "gguf", "input": "merge", "quant": ["q8_0"]},
+]
+
+
+def compile_plan(root: Path, *, stages=STAGES, slurm=None, gpus=2, nodes=1, estimates=None) -> dict[str, str]:
+    data = {"name": "chain", "model": {"base": "meta-llama/Llama-3.1-8B-Instruct"},
+            "hardware": {"gpu": "h100", "gpus_per_node": gpus, "nodes": nodes,
+                         "slurm": {"time": "10", "exclusive": True} if slurm is None else slurm},
+            "stages": stages}
+    p = Pipeline.model_validate(data)
+    links, diags = trace(p)
+    assert not diags
+    ctx = Context(p, "chain.yaml", "0" * 64, Inputs(), get_gpu("h100"), get_model(p.model.base), "catalog", links)
+    files = render(build_plan(ctx, estimates or {}, [], plan_dir_from_root=PLAN_DIR, ftplan_version="0.1.0"))
+    if root is not None:
+        write_plan(files, root / PLAN_DIR)
+    return files
+
+
+def sbatch_lines(text: str) -> list[str]:
+    """The #SBATCH lines, checked to come before the first command."""
+    lines = text.splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert all(lines.index(d) < first_command for d in directives)
+    return directives
+
+
+# --- structure (always) ----------------------------------------------------------------------------------------
+
+def test_sbatch_directives_are_literal_and_complete():
+    slurm = {"partition": "gpu", "account": "proj-1", "qos": "high", "time": "1-00:00:00", "constraint": "h100&ib",
+             "reservation": "res", "cpus_per_task": 48, "mem": "480G", "signal_lead_s": 600,
+             "extra": {"mail-type": "END,FAIL", "comment": "ftplan"}}
+    fits = {"merge": StageEstimate("merge", 17 * 2**30, 80 * 2**30, "fits")}
+    files = compile_plan(None, slurm=slurm, gpus=8, nodes=2, estimates=fits)
+    for name, text in files.items():
+        if not name.endswith(".sbatch"):
+            continue
+        directives = sbatch_lines(text)
+        assert not any("$" in d or "`" in d or "'" in d or '"' in d for d in directives), name
+        assert text.startswith("#!/usr/bin/env bash\n# ---------- SBATCH ---------- #\n")
+        stage = name.split("-", 1)[1][: -len(".sbatch")]
+        gpu_stage = stage in ("sft", "dpo", "merge")
+        expected = [f"#SBATCH --job-name=chain-{stage}",
+                    f"#SBATCH --nodes={2 if stage in ('sft', 'dpo') else 1}",
+                    "#SBATCH --ntasks-per-node=1",
+                    *([f"#SBATCH --gpus-per-node={1 if stage == 'merge' else 8}"] if gpu_stage else []),
+                    "#SBATCH --cpus-per-task=48", "#SBATCH --time=1-00:00:00", "#SBATCH --partition=gpu",
+                    "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --constraint=h100&ib",
+                    "#SBATCH --reservation=res", "#SBATCH --mem=480G", "#SBATCH --comment=ftplan",
+                    "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive", "#SBATCH --output=logs/%x-%j.out",
+                    "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=USR1@600"]
+        assert directives == expected, name
+        assert "localhost" not in text and "127.0.0.1" not in text
+
+
+def test_no_requeue_lines_when_requeue_is_off():
+    files = compile_plan(None, slurm={"requeue": False})
+    text = files["slurm/02-sft.sbatch"]
+    assert "--requeue" not in text and "--signal" not in text and "scontrol requeue" not in text
+    assert f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]; then' in text and "resubmit to continue" in text
+
+
+def test_srun_expands_the_node_rank_inside_each_nodes_shell():
+    text = compile_plan(None, gpus=8, nodes=2)["slurm/02-sft.sbatch"]
+    command = re.search(r"^srun .*?(?<!\\)$", text.replace("\\\n", " "), re.M).group(0)
+    words = shlex.split(command)  # what the batch shell passes to srun, after its own quote removal
+    assert words[:4] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=$SLURM_CPUS_ON_NODE"]
+    inner = words[words.index("-c") + 1]
+    for literal in ('--machine_rank "$SLURM_NODEID"', '--num_machines "$SLURM_NNODES"',
+                    '--main_process_ip "$HEAD_NODE"', "--main_process_port 29500", 'trap "" USR1; exec accelerate'):
+        assert literal in inner  # still unexpanded: the srun'd shell on each node expands them
+    assert words[-2:] == [f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", f"{PLAN_DIR}/stages/02-sft/args.json"]
+    assert 'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST")' in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+
+
+def test_submit_sh_chains_with_afterok():
+    text = compile_plan(None)["slurm/submit.sh"]
+    assert 'sbatch --parsable --chdir="$ROOT" --dependency="afterok:$prev" --kill-on-invalid-dep=yes' in text
+    assert 'ROOT=$(cd "$(dirname "$0")"/../../.. && pwd)' in text
+    order = [text.index(f"submit {PLAN_DIR}/slurm/{n}.sbatch") for n in
+             ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf")]
+    assert order == sorted(order)
+
+
+def test_every_slurm_script_parses():
+    for name, text in compile_plan(None).items():
+        if name.startswith("slurm/"):
+            r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+            assert r.returncode == 0, (name, r.stderr)
+
+
+# --- a real single-node cluster ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """SLURM_CONF of a running test cluster: the one in the environment, or one started here and stopped after."""
+    missing = [t for t in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol") if not shutil.which(t)
+               and not Path("/usr/sbin", t).exists()]
+    if missing:
+        pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}); "
+                    "apt-get install slurm-wlm munge to run these tests")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0:
+        yield conf
+        return
+    if os.geteuid() != 0:
+        pytest.skip("starting a test Slurm cluster needs root (munged, slurmd, fake GPU devices)")
+    state = tmp_path_factory.mktemp("slurm")
+    script = HERE / "slurm_cluster.sh"
+    r = subprocess.run(["bash", str(script), str(state), "up"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield str(state / "slurm.conf")
+    finally:
+        subprocess.run(["bash", str(script), str(state), "down"], capture_output=True, timeout=60)
+
+
+STUB = """#!/bin/bash
+# Stands in for accelerate/python: logs the stage and its arguments, then fails, asks for a requeue or succeeds.
+args=${@: -1}
+stage=$(basename "$(dirname "$args")")
+echo "$(basename "$0") $stage job=${SLURM_JOB_ID:-} restart=${SLURM_RESTART_COUNT:-0} node=${SLURM_NODEID:-} $*" >> "$FTLOG"
+[ "$stage" = "${FTFAIL:-}" ] && exit 1
+if [ "$stage" = "${FTREQUEUE:-}" ] && [ ! -e "$FTLOG.requeued" ]; then touch "$FTLOG.requeued"; exit 75; fi
+sleep "${FTSLEEP:-0}"
+exit 0
+"""
+
+
+@pytest.fixture
+def chain(cluster, tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("accelerate", "python"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "SLURM_CONF": cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "FTLOG": str(tmp_path / "stages.log")}
+    return root, env, tmp_path / "stages.log"
+
+
+def submit(root: Path, env: dict, *args: str) -> dict[str, str]:
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), *args], env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    jobs = dict(line.split(": job ") for line in r.stdout.splitlines() if ": job " in line)
+    assert jobs, r.stdout
+    return jobs
+
+
+def job(env: dict, job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+
+
+def wait_all(env: dict, ids, timeout=120) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = {i: job(env, i) for i in ids}
+        if all(v.get("JobState") in DONE for v in info.values()):
+            return info
+        assert time.monotonic() < deadline, {i: v.get("JobState") for i, v in info.items()}
+        time.sleep(0.5)
+
+
+def logged_stages(log: Path) -> list[str]:
+    return [line.split()[1] for line in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_every_sbatch_file_passes_test_only(cluster, tmp_path):
+    compile_plan(tmp_path)
+    for path in sorted((tmp_path / PLAN_DIR / "slurm").glob("*.sbatch")):
+        r = subprocess.run(["sbatch", "--test-only", f"--chdir={tmp_path}", str(path)], capture_output=True,
+                           text=True, env={**os.environ, "SLURM_CONF": cluster})
+        assert r.returncode == 0 and "to start at" in r.stderr, (path.name, r.stderr)
+
+
+@pytest.mark.slow
+def test_chain_runs_in_order_with_wait(chain):
+    root, env, log = chain
+    compile_plan(root)
+    jobs = submit(root, env, "--wait")
+    assert list(jobs) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
+    assert logged_stages(log) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
+    assert all(v["JobState"] == "COMPLETED" for v in wait_all(env, jobs.values()).values())
+    sft = next(line for line in log.read_text().splitlines() if " 02-sft " in line)
+    head = socket.gethostname().split(".")[0]
+    assert "--machine_rank 0 " in sft and f"--main_process_ip {head} " in sft and "--num_machines 1 " in sft
+    assert f"--config_file {PLAN_DIR}/stages/02-sft/accelerate.yaml" in sft and "node=0" in sft
+    assert (root / "logs").is_dir() and len(list((root / "logs").glob("chain-*.out"))) == 5
+
+
+@pytest.mark.slow
+def test_a_failed_stage_cancels_the_rest_of_the_afterok_chain(chain):
+    root, env, log = chain
+    compile_plan(root, stages=STAGES[:4])
+    jobs = submit(root, {**env, "FTFAIL": "02-sft", "FTSLEEP": "2"})
+    ids = list(jobs.values())
+    assert job(env, ids[1])["Dependency"] == f"afterok:{ids[0]}(unfulfilled)"
+    assert job(env, ids[2])["Dependency"] == f"afterok:{ids[1]}(unfulfilled)"
+    info = wait_all(env, ids)
+    assert [info[i]["JobState"] for i in ids] == ["COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
+    assert info[ids[2]]["Reason"] == info[ids[3]]["Reason"] == "DependencyNeverSatisfied"
+    assert logged_stages(log) == ["01-data", "02-sft"]
+
+
+@pytest.mark.slow
+def test_the_requeue_exit_code_requeues_the_stage(chain):
+    root, env, log = chain
+    compile_plan(root, stages=STAGES[:3])
+    jobs = submit(root, {**env, "FTREQUEUE": "02-sft"}, "--wait")
+    info = wait_all(env, jobs.values())
+    assert all(v["JobState"] == "COMPLETED" for v in info.values())
+    assert info[jobs["02-sft"]]["Restarts"] == "1"
+    lines = log.read_text().splitlines()
+    assert logged_stages(log) == ["01-data", "02-sft", "02-sft", "03-dpo"]
+    assert "restart=0" in lines[1] and "restart=1" in lines[2]
