@@ -1,0 +1,197 @@
+"""The entry point `python -m ftplan_runtime args.json`: argument errors, exit codes, markers, and a whole
+data -> sft -> dpo -> merge chain driven through the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftplan.schemas.runtime_args import COMPLETE_MARKER, RuntimeArgs
+
+REPO = Path(__file__).resolve().parents[2]
+CPU_PROMISE = {"device": "cpu", "world_size": 1, "num_machines": 1, "distributed_type": "NO", "precision": "fp32",
+               "attention": "sdpa", "kernels": "none"}
+
+
+def _main(argv):
+    from ftplan_runtime.__main__ import main
+
+    return main(argv)
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("ftplan_runtime: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _sft_args(root: Path, **over) -> dict:
+    stage = {"id": "sft", "kind": "sft", "data": "prep", "learning_rate": 1e-3, "precision": "fp32",
+             "max_steps": 2, "report_to": [], "adapter": {"type": "lora"}}
+    doc = {"pipeline": "t", "stage": stage, "model": {"base": "base"},
+           "source": {"weights": "base", "tokenizer": "base"}, "data_dir": "out/prep", "output_dir": "out/sft",
+           "promise": CPU_PROMISE}
+    doc.update(over)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- argument errors
+
+
+def test_usage_without_an_args_file(capsys):
+    """No argument: usage on stderr, exit code 2."""
+    assert _main([]) == 2
+    assert "usage: python -m ftplan_runtime" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "cannot read the arguments file"),
+    ("{not json", "Invalid JSON"),
+    (json.dumps({"format": 1}), "pipeline: Field required"),
+    ("FORMAT2", "format: Input should be 1"),
+    ("BADRATE", "learning_rate: Input should be greater than 0"),
+])
+def test_bad_args_file_is_one_line_and_exit_2(tmp_path, capsys, content, needle):
+    """Unreadable, malformed or schema-invalid args files: one line naming the problem, exit code 2."""
+    path = tmp_path / "args.json"
+    if content == "FORMAT2":
+        content = json.dumps(_sft_args(tmp_path, format=2))
+    elif content == "BADRATE":
+        doc = _sft_args(tmp_path)
+        doc["stage"]["learning_rate"] = -1
+        content = json.dumps(doc)
+    if content is not None:
+        path.write_text(content)
+    assert _main([str(path)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert needle in line and str(path) in line
+
+
+def test_bad_args_from_the_command_line_has_no_traceback(tmp_path):
+    """Through `python -m`: exit 2, one line, and no training stack imported for it (fast)."""
+    path = tmp_path / "args.json"
+    path.write_text("[]")
+    proc = subprocess.run([sys.executable, "-m", "ftplan_runtime", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "not a valid ftplan arguments file" in _one_line_error(proc.stderr)
+
+
+def test_stage_failure_is_exit_1_and_clears_a_stale_marker(tmp_path, capsys, monkeypatch):
+    """A stage error (data folder missing) is one line with exit 1; an old completion marker is removed."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out" / "sft"
+    out.mkdir(parents=True)
+    (out / COMPLETE_MARKER).write_text("stale\n")
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(_sft_args(tmp_path)))
+    assert _main([str(path)]) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert "stage 'sft'" in line and "run the data stage 'prep' first" in line
+    assert not (out / COMPLETE_MARKER).exists()
+
+
+def test_preflight_failure_is_exit_3(tmp_path, capsys, monkeypatch):
+    """A plan made for GPUs, run where there are none: exit 3 with promised vs actual."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    promise = dict(CPU_PROMISE, device="cuda", precision="bf16", gpu_name="h100-sxm-80gb", gpu_memory_mib=81559)
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(_sft_args(tmp_path, promise=promise)))
+    assert _main([str(path)]) == 3
+    line = _one_line_error(capsys.readouterr().err)
+    assert "promised device = cuda" in line and "ftplan compile" in line
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def _tiny_base(tmp_path_factory) -> Path:
+    from ftplan_runtime.tiny import build_tiny_model
+
+    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
+    if not (base / "model.safetensors").is_file():
+        build_tiny_model(base)
+    return base
+
+
+def _write(root: Path, name: str, args: RuntimeArgs) -> Path:
+    path = root / "stages" / name / "args.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(args.model_dump_json(indent=2))
+    return path
+
+
+def _stage(root: Path, name: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-m", "ftplan_runtime", f"stages/{name}/args.json"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
+    """Four stages, each `python -m ftplan_runtime stages/NN-id/args.json` from the project root; every stage
+    leaves metrics.json and a completion marker with its args file's sha256; the merged model equals the base
+    with the DPO adapter (which continued the SFT adapter)."""
+    torch = pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(_tiny_base(tmp_path_factory), root / "base")
+    shutil.copytree(REPO / "examples" / "data", root / "data")
+    model = {"base": "base"}
+
+    def args(stage, out, source=None, data_dir=None):
+        return RuntimeArgs.model_validate({"pipeline": "e2e", "stage": stage, "model": model, "source": source,
+                                           "data_dir": data_dir, "output_dir": out, "promise": CPU_PROMISE})
+
+    train = {"precision": "fp32", "micro_batch": 2, "logging_steps": 1, "report_to": [],
+             "gradient_checkpointing": False}
+    sft_ref = {"stage": "sft", "path": "outputs/sft/adapter", "type": "lora"}
+    dpo_ref = {"stage": "dpo", "path": "outputs/dpo/adapter", "type": "lora"}
+    plan = [
+        ("01-prep", args({"id": "prep", "kind": "data", "max_seq_len": 256, "val_fraction": 0.1, "datasets": [
+            {"path": "data/support-chat.jsonl", "format": "sharegpt", "max_rows": 40},
+            {"path": "data/support-prefs.jsonl", "format": "preference", "max_rows": 24}]}, "outputs/prep")),
+        ("02-sft", args({"id": "sft", "kind": "sft", "data": "prep", "learning_rate": 2e-3, "max_steps": 6,
+                         "eval_steps": 3, "save_steps": 3, "adapter": {"type": "lora", "r": 8}, **train},
+                        "outputs/sft", {"weights": "base", "tokenizer": "base"}, "outputs/prep")),
+        ("03-dpo", args({"id": "dpo", "kind": "dpo", "input": "sft", "data": "prep", "learning_rate": 5e-3,
+                         "max_steps": 3, "adapter": "continue", "reference": "precomputed", **train},
+                        "outputs/dpo", {"weights": "base", "tokenizer": "base", "continue_adapter": sft_ref},
+                        "outputs/prep")),
+        ("04-merge", args({"id": "merge", "kind": "merge", "input": "dpo", "dtype": "fp32"}, "outputs/merge",
+                          {"weights": "base", "tokenizer": "base", "merge": [dpo_ref]})),
+    ]
+    for name, stage_args in plan:
+        path = _write(root, name, stage_args)
+        proc = _stage(root, name)
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
+        out = root / stage_args.output_dir
+        assert (out / COMPLETE_MARKER).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["stage"] == stage_args.stage.id and metrics["kind"] == stage_args.stage.kind
+    sft = json.loads((root / "outputs/sft/metrics.json").read_text())
+    assert sft["steps"] == 6 and sft["eval_loss"] is not None and sft["tokens_trained"] > 0
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(root / "outputs/merge/model"), dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(root / "base"), dtype=torch.float32)
+    chain = PeftModel.from_pretrained(base, str(root / "outputs/dpo/adapter")).eval()
+    ids = torch.tensor([[1, 3, 50, 60, 70, 4, 80]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, chain(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+    again = _stage(root, "01-prep")  # the data stage keeps its up-to-date output
+    assert again.returncode == 0 and "up to date" in again.stderr
