@@ -15,6 +15,7 @@ Rendering (``ftplan.render``) turns a ``Plan`` into file texts; nothing here tou
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
@@ -25,9 +26,9 @@ from .diagnostics import Diagnostic, Severity, sort_key
 from .estimate.types import StageEstimate
 from .render.accelerate import accelerate_config
 from .render.args import merge_on_gpu, resolve_distributed, runtime_args, stage_output_dir
+from .render.describe import describe_stage
 from .render.deepspeed import deepspeed_config, zero_stage
-from .schemas import (DataStage, DpoStage, FullFinetune, GgufStage, HardwareSpec, MergeStage, Pipeline,
-                      SftStage, SlurmSpec)
+from .schemas import DataStage, DpoStage, HardwareSpec, MergeStage, Pipeline, SftStage, SlurmSpec
 from .schemas.runtime_args import RuntimeArgs
 from .versions import PINNED_VERSIONS
 
@@ -178,14 +179,26 @@ class Plan:
         return posixpath.normpath(posixpath.join(self.plan_dir, *parts))
 
 
-def root_from(plan_dir_from_root: str) -> str:
-    """``../..`` for ``plans/x``: the way back from a plan folder inside the project to the project root."""
+def root_from(plan_dir_from_root: str, project_root: str | None = None) -> str:
+    """The way back from the plan folder to the project root, e.g. ``../..`` for ``plans/x``.
+
+    A plan folder outside the project (``../plans/x``) needs the project root's own path (absolute, POSIX) to
+    name the folders climbed out of: ``../../examples`` for the project ``/work/examples``."""
     norm = posixpath.normpath(plan_dir_from_root)
+    if posixpath.isabs(norm):
+        raise ValueError(f"the plan folder {plan_dir_from_root!r} must be given relative to the project folder")
     parts = [] if norm == "." else norm.split("/")
-    if posixpath.isabs(norm) or ".." in parts:
-        raise ValueError(f"the plan folder {plan_dir_from_root!r} is not inside the project folder; pass "
-                         "root_from_plan_dir explicitly")
-    return "/".join([".."] * len(parts)) or "."
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ups == 0:
+        return "/".join([".."] * len(parts)) or "."
+    root_parts = [p for p in (project_root or "").split("/") if p]
+    if not project_root or not posixpath.isabs(project_root) or len(root_parts) < ups:
+        raise ValueError(f"the plan folder {plan_dir_from_root!r} lies outside the project folder; the project "
+                         "folder's absolute path is needed to find the way back")
+    down = root_parts[len(root_parts) - ups:]
+    return "/".join([".."] * (len(parts) - ups) + down) or "."
 
 
 def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: Iterable[Diagnostic], *,
@@ -193,8 +206,9 @@ def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: I
     """Resolve a checked pipeline (no error diagnostics) into a ``Plan``.
 
     ``plan_dir_from_root`` is the output folder relative to the project root (the pipeline file's folder) as a
-    POSIX path; ``root_from_plan_dir`` the way back, derived from it unless given (needed only when the plan
-    folder lies outside the project). Error diagnostics are not accepted: compile only a checked pipeline."""
+    POSIX path; ``root_from_plan_dir`` the way back, derived from it unless given (for a plan folder outside
+    the project, from the names of the project folder's last parents). Error diagnostics are not accepted:
+    compile only a checked pipeline."""
     diags = tuple(sorted(diagnostics, key=sort_key))
     if any(d.severity is Severity.ERROR for d in diags):
         raise ValueError("build_plan needs a pipeline without errors; run the checks first")
@@ -212,9 +226,15 @@ def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: I
             inputs=tuple(sorted(ctx.inputs.files, key=lambda f: f.path)),
             versions=tuple(sorted(PINNED_VERSIONS.items())), ftplan_version=ftplan_version),
         target=_target(ctx), stages=tuple(stages), plan_dir=plan_dir,
-        root_from_plan_dir=root_from_plan_dir if root_from_plan_dir is not None else root_from(plan_dir),
+        root_from_plan_dir=root_from_plan_dir if root_from_plan_dir is not None else root_from(
+            plan_dir, _project_root(ctx.pipeline_path)),
         hardware=pipeline.hardware, slurm=pipeline.hardware.slurm, diagnostics=diags,
     )
+
+
+def _project_root(pipeline_path: str) -> str:
+    """The absolute POSIX path of the pipeline file's folder (only its last names are ever used)."""
+    return posixpath.dirname(os.path.abspath(pipeline_path).replace(os.sep, "/"))
 
 
 def _target(ctx: Context) -> Target:
@@ -264,7 +284,7 @@ def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None,
     return PlanStage(
         index=index, id=stage.id, kind=stage.kind, dir=stage_dir, output_dir=stage_output_dir(pipeline, stage.id),
         launcher=launcher, accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate,
-        resources=resources, depends_on=previous, method=_method(stage, link, args, strategy), strategy=strategy,
+        resources=resources, depends_on=previous, method=describe_stage(stage, link, args, strategy), strategy=strategy,
         batch=batch,
     )
 
@@ -277,40 +297,3 @@ def _batch(pipeline: Pipeline, stage: SftStage | DpoStage, world: int, estimate:
     if tokens is None and seq is not None:
         tokens = effective * seq * (2 if isinstance(stage, DpoStage) else 1)
     return BatchMath(stage.micro_batch, stage.grad_accum, world, effective, seq, tokens)
-
-
-_ADAPTER_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
-
-
-def adapter_text(adapter) -> str:
-    """``QLoRA r16 α32`` or ``full fine-tune``."""
-    if isinstance(adapter, FullFinetune):
-        return "full fine-tune"
-    return f"{_ADAPTER_NAMES[adapter.type]} r{adapter.r} α{adapter.alpha:g}"
-
-
-def _method(stage, link, args: RuntimeArgs, strategy: str | None) -> str:
-    """The one-line description of what a stage does."""
-    if isinstance(stage, DataStage):
-        formats = list(dict.fromkeys(d.format for d in stage.datasets))
-        return " + ".join(formats) + (", packed" if stage.packing else "") + f", ≤{stage.max_seq_len} tokens"
-    if isinstance(stage, MergeStage):
-        chain = [a.stage for a in args.source.merge] if args.source else []
-        return f"merge {' + '.join(chain) or '—'} → {stage.dtype}"
-    if isinstance(stage, GgufStage):
-        return "GGUF " + ", ".join(stage.quant)
-    extras = []
-    if stage.kernels == "ftplan":
-        extras.append("kernels")
-    if strategy not in (None, "none"):
-        spec = stage.distributed_spec()
-        offload = "+offload" if spec.offload_optimizer or spec.offload_params else ""
-        extras.append(f"{strategy}{offload}")
-    suffix = "".join(f" · {e}" for e in extras)
-    if isinstance(stage, SftStage):
-        return adapter_text(stage.adapter) + suffix
-    head = f"DPO β{stage.beta:g} {stage.loss_type}"
-    if link.continues_adapter:
-        return f"{head}, continues {stage.input}{suffix}"
-    on = f" on merged {stage.input}" if link.merges_input else f" on {stage.input}"
-    return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"

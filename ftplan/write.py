@@ -16,6 +16,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .render import EXECUTABLE_SUFFIXES
 
@@ -55,6 +56,18 @@ class PlanDiff:
             symbol = next(iter(kinds)) if len(kinds) == 1 else "~"
             out.append((symbol, name, tuple(sorted(p for ps in kinds.values() for p in ps))))
         return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The diff as JSON data (``compile --json``)."""
+        return {"added": list(self.added), "changed": list(self.changed), "removed": list(self.removed),
+                "clean": self.clean,
+                "stages": [{"symbol": sym, "stage": name, "files": list(files)} for sym, name, files in self.stages()]}
+
+    def summary(self, out_dir: Path | str) -> str:
+        """Text for the terminal: the per-stage lines and the count line, or that the folder is up to date."""
+        if self.clean:
+            return f"{out_dir}: up to date"
+        return "\n".join([f"{out_dir}:", *("  " + line for line in self.lines()[:-1]), self.lines()[-1]])
 
     def lines(self) -> list[str]:
         """Human summary: one line per touched group, then ``Plan: N to add, N to change, N to remove.``"""

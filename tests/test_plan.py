@@ -239,13 +239,28 @@ def test_plan_provenance_and_root():
 def test_root_from_plan_dir():
     assert root_from("plans/x") == "../.." and root_from("out") == ".." and root_from(".") == "."
     assert root_from("./a/b/../c") == "../.."
-    with pytest.raises(ValueError, match="not inside the project"):
+    assert root_from("../plans/x", "/work/examples") == "../../examples"
+    assert root_from("../../out", "/home/u/proj/sub") == "../proj/sub"
+    assert root_from("..", "/home/u/proj") == "proj"
+    with pytest.raises(ValueError, match="outside the project"):
         root_from("../elsewhere")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="outside the project"):
+        root_from("../../../x", "/a/b")
+    with pytest.raises(ValueError, match="relative to the project"):
         root_from("/abs/plan")
+
+
+def test_plan_outside_the_project_finds_its_way_back():
     p = build_plan(ctx_for(pipeline(sft())), {}, [], plan_dir_from_root="../out", ftplan_version="1",
                    root_from_plan_dir="../proj")
     assert p.root_from_plan_dir == "../proj"
+    ctx = ctx_for(pipeline(sft()))
+    ctx = Context(ctx.pipeline, "/srv/work/examples/bot.yaml", ctx.pipeline_sha256, ctx.inputs, ctx.gpu, ctx.shape,
+                  ctx.shape_source, ctx.links)
+    p = build_plan(ctx, {}, [], plan_dir_from_root="../plans/bot", ftplan_version="1")
+    assert p.root_from_plan_dir == "../../examples" and p.plan_dir == "../plans/bot"
+    assert stage(p, "sft").accelerate is not None
+    assert p.path("stages", "02-sft", "args.json") == "../plans/bot/stages/02-sft/args.json"
 
 
 def test_build_plan_refuses_error_diagnostics():

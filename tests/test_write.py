@@ -171,3 +171,10 @@ def test_plan_diff_groups_mixed_changes_as_update():
     d = PlanDiff(added=("stages/02-sft/deepspeed.json",), changed=("stages/02-sft/args.json",), removed=())
     assert d.stages() == [("~", "02-sft", ("stages/02-sft/args.json", "stages/02-sft/deepspeed.json"))]
     assert PlanDiff((), (), ()).clean and PlanDiff((), (), ()).lines() == ["Plan: 0 to add, 0 to change, 0 to remove."]
+    assert PlanDiff((), (), ()).summary("plans/x") == "plans/x: up to date"
+    assert d.summary("plans/x") == ("plans/x:\n  ~ 02-sft: stages/02-sft/args.json, stages/02-sft/deepspeed.json\n"
+                                    "Plan: 1 to add, 1 to change, 0 to remove.")
+    assert d.as_json() == {"added": ["stages/02-sft/deepspeed.json"], "changed": ["stages/02-sft/args.json"],
+                           "removed": [], "clean": False,
+                           "stages": [{"symbol": "~", "stage": "02-sft",
+                                       "files": ["stages/02-sft/args.json", "stages/02-sft/deepspeed.json"]}]}
