@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import pytest
+import yaml
 
 from ftplan.catalog import get_gpu, get_model
 from ftplan.context import Context, Inputs
@@ -127,3 +128,13 @@ def test_accelerate_loads_the_cpu_yaml(tmp_path):
     path.write_text(files["stages/02-train/accelerate.yaml"])
     cfg = config_args.load_config_from_file(str(path))
     assert cfg.use_cpu is True and cfg.distributed_type.value == "NO" and cfg.mixed_precision == "no"
+
+
+def test_fsdp2_keys_are_accelerate_launch_options():
+    launch = pytest.importorskip("accelerate.commands.launch")
+    options = {a.dest for a in launch.launch_command_parser()._actions}
+    _, files = compiled({"strategy": "fsdp2", "offload_optimizer": True}, gpus=8)
+    fsdp = yaml.safe_load(files["stages/02-train/accelerate.yaml"])["fsdp_config"]
+    assert set(fsdp) <= options  # accelerate copies fsdp_config.<key> onto the launch option of that name
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] in ("FULL_STATE_DICT", "SHARDED_STATE_DICT")

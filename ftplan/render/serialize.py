@@ -17,7 +17,8 @@ def to_json(data: Any) -> str:
 class _Dumper(yaml.SafeDumper):
     """SafeDumper that never emits aliases (``&id001``), so every value reads where it is used."""
 
-    def ignore_aliases(self, data: Any) -> bool:  # noqa: D102 - yaml hook
+    def ignore_aliases(self, data: Any) -> bool:
+        """Always true: repeated values are written out again."""
         return True
 
 
