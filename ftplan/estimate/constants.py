@@ -1,0 +1,101 @@
+"""Every constant of the estimator, with where it comes from.
+
+"Measured" values were read on one H200 (torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.0, bitsandbytes
+0.50.2), with the loop of ``shared/tools/baseline_lora.py`` on a 4-layer Llama-3.1-8B-shaped model and the
+full 32-layer points of ``baselines.md``. "Derived" values come from reading the library code; "assumed" ones are
+neither and say so.
+"""
+
+from __future__ import annotations
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+# --- Fixed, per GPU ---------------------------------------------------------------------------------------------
+
+CUDA_CONTEXT_MIB: dict[str, int] = {
+    "hopper": 621,     # measured: nvidia-smi memory.used before vs after the first CUDA op, H200, torch 2.11/cu130
+    "blackwell": 650,  # assumed: Hopper's figure plus a margin (larger kernel images), not measured
+    "ada": 430,        # reported 426 MiB, RTX 6000 Ada, torch 2.10/cu130, lazy loading (unsloth-zoo#1053)
+    "ampere": 450,     # assumed: between the reported 287 MB (lazy) and 667 MB (eager loading), pytorch#86509
+    "turing": 400,     # assumed, as Ampere less the larger kernel set
+    "cdna3": 800,      # assumed: ROCm contexts are larger; not measured
+}
+"""CUDA context + kernel images created by the first CUDA call (lazy loading), by GPU architecture."""
+
+CUBLAS_WORKSPACE_MIB: dict[str, int] = {"hopper": 32, "blackwell": 32}
+"""cuBLAS workspace per handle: 32 MiB on Hopper and newer, 8 MiB elsewhere (pytorch#89027, #120925)."""
+CUBLAS_WORKSPACE_DEFAULT_MIB = 8
+CUBLAS_HANDLES = 2
+"""Handles with a workspace: the forward stream's and the autograd engine's backward thread."""
+
+CUDA_LIBRARY_KERNELS_MIB = 176
+"""Kernel images of cuBLAS/cuBLASLt, bitsandbytes and Triton loaded lazily during the first step.
+
+Calibrated: device-used minus peak reserved was 0.234 GiB (240 MiB) on all eight probe runs (LoRA, QLoRA, full,
+sdpa and eager, with and without autocast) and 0.22-0.24 GiB on the three baselines.md points; 240 MiB minus the
+two 32 MiB cuBLAS workspaces leaves 176 MiB."""
+
+FRAGMENTATION_FACTOR = 1.45
+"""Reserved minus allocated, in units of the largest transient block (the fp32 logits on the HF loss path).
+
+Calibrated: 1.46x (LoRA s2048 b2), 1.10x (QLoRA s2048 b2), 1.95x (QLoRA s8192 b1) on the baselines.md points and
+1.38-1.51x on six CE-dominated probe runs. The caching allocator never returns segments, and the loss path mixes
+bf16 and fp32 blocks of one (tokens x vocab) shape, so a second and a half of that block stays stranded. On a card
+that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this term is
+reclaimable: it makes the verdict conservative."""
+
+NCCL_COMMUNICATOR_MIB = 1536
+"""Buffers of one NCCL communicator on a multi-GPU node: ~1.6 GB reported for one communicator (nccl#864, maintainer
+reply nccl#986); NCCL_BUFFSIZE 4 MiB per channel and peer. Assumed, not measured here."""
+
+NCCL_NVLS_MIB = 2304
+"""NVLink SHARP (NVLS) buffers per rank on H100/H200 with more than two GPUs: nvlsTotalSize 2.25 GiB on 8xH200
+(vllm#9699). Counted unless ``NCCL_NVLS_ENABLE=0`` is set in ``hardware.env``."""
+
+# --- Weights and optimizer ---------------------------------------------------------------------------------------
+
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+"""bitsandbytes NF4 with double quantization: 4-bit codes, an 8-bit absmax per 64-block and an fp32 absmax per
+256 such blocks = 4.127 bits (QLoRA paper, section 3)."""
+
+ADAM_8BIT_BYTES_PER_PARAM = 2 + 2 * 4 / 256
+"""bitsandbytes 8-bit Adam: two 1-byte states plus an fp32 absmax per 256-block for each (tensors under 4096
+elements stay 32-bit; ignored)."""
+
+DEEPSPEED_OVERLAP_FACTOR = 4.5
+"""With ``overlap_comm`` DeepSpeed keeps about 4.5x the bucket sizes in flight (HF DeepSpeed docs: 5e8 buckets ->
+9 GB)."""
+
+ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
+"""``stage3_max_live_parameters`` as ftplan's DeepSpeed JSON writes it (DeepSpeed's default)."""
+
+# --- Loss paths --------------------------------------------------------------------------------------------------
+
+TRL_TOKEN_CHUNK = 4096
+TRL_VOCAB_CHUNK = 32768
+"""TRL 1.16 fused LM head (``trl/kernels/chunked_logprob.py``): (4096 tokens x 32768 vocab) tiles in the compute
+dtype; 8 fp32 statistics per token; fp32 grad of the hidden states (and of the head if it trains) in backward."""
+
+FUSED_CE_MIN_CHUNK_BYTES = 1 << 28
+"""``kernels: ftplan`` fused linear cross-entropy: chunk rows = min(N, max(N*H // V, 256 MiB / (V*elt))), a multiple
+of 64 (``runtime/kernels/cross_entropy.py``; measured 0.31 GiB above the inputs at N=8192, Llama-3 vocab)."""
+
+# --- Throughput --------------------------------------------------------------------------------------------------
+
+HF_UTILISATION = 0.30
+"""Fraction of the datasheet bf16 peak that plain HF+PEFT reaches, counting recomputation FLOPs (HFU).
+
+Calibrated: LoRA bf16 Llama-3.1-8B s2048 b2 with gradient checkpointing, 6,283 tok/s on H200 (baselines.md) x
+47.4 GFLOP/token (6*N_mm + 6*N_lora + 8*L*s*d) = 298 TFLOP/s = 30 % of 989 (20 % MFU without recomputation)."""
+
+FTPLAN_KERNELS_SPEEDUP = 1.14
+"""``kernels: ftplan`` vs plain HF: assumed equal to Liger's measured gain on the same loop (7,172 vs 6,283 tok/s,
+baselines.md); the ftplan set itself is not yet measured end to end."""
+
+DEQUANT_BYTES_PER_PARAM = 0.516 + 2 + 2
+"""HBM traffic of one NF4 dequantisation per quantized weight and pass: read the codes, write and re-read the bf16
+copy (kernel-anchors.md section 3: ~31 GB per pass for 8B)."""
+
+DEQUANT_BANDWIDTH_EFFICIENCY = 0.5
+"""Assumed fraction of datasheet bandwidth the dequantisation kernels reach."""

@@ -1,0 +1,51 @@
+"""Per-GPU memory outside the model's tensors: CUDA context, libraries, cuBLAS workspaces, NCCL buffers, and the
+caching allocator's fragmentation (reserved minus allocated)."""
+
+from __future__ import annotations
+
+from ..catalog.gpus import GpuSpec
+from .constants import (CUBLAS_HANDLES, CUBLAS_WORKSPACE_DEFAULT_MIB, CUBLAS_WORKSPACE_MIB, CUDA_CONTEXT_MIB,
+                        CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTOR, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB)
+from .fmt import gib
+from .types import Term
+
+CONTEXT_TERM = "CUDA context"
+"""Name of the context term (baselines measure device memory after the context exists, so they exclude it)."""
+
+
+def arch_of(gpu: GpuSpec | None) -> str:
+    """Architecture key for the constant tables (Hopper when the GPU is unknown)."""
+    return gpu.arch if gpu is not None and gpu.arch in CUDA_CONTEXT_MIB else "hopper"
+
+
+def context(gpu: GpuSpec | None) -> Term:
+    """The CUDA context created by the first CUDA call."""
+    arch = arch_of(gpu)
+    mib = CUDA_CONTEXT_MIB[arch]
+    how = "measured on H200, torch 2.11/cu130" if arch == "hopper" else "reported/assumed for " + arch
+    return Term(CONTEXT_TERM, mib * MIB, f"{mib} MiB ({how})")
+
+
+def libraries(gpu: GpuSpec | None) -> Term:
+    """cuBLAS workspaces plus the library kernel images loaded lazily during the first step."""
+    ws = CUBLAS_WORKSPACE_MIB.get(arch_of(gpu), CUBLAS_WORKSPACE_DEFAULT_MIB)
+    total = CUBLAS_HANDLES * ws + CUDA_LIBRARY_KERNELS_MIB
+    return Term("CUDA libraries + cuBLAS workspaces", total * MIB,
+                f"{CUBLAS_HANDLES} x {ws} MiB workspaces + {CUDA_LIBRARY_KERNELS_MIB} MiB kernels (calibrated)")
+
+
+def nccl(world: int, gpu: GpuSpec | None, nvls: bool) -> list[Term]:
+    """NCCL communicator buffers when more than one GPU trains."""
+    if world <= 1:
+        return []
+    out = [Term("NCCL buffers", NCCL_COMMUNICATOR_MIB * MIB, f"one communicator, ~{NCCL_COMMUNICATOR_MIB} MiB")]
+    if nvls:
+        out.append(Term("NCCL NVLS buffers", NCCL_NVLS_MIB * MIB,
+                        "NVLink SHARP on >2 Hopper GPUs; set NCCL_NVLS_ENABLE=0 in hardware.env to drop it"))
+    return out
+
+
+def fragmentation(largest_block: int) -> Term:
+    """Reserved-but-unused memory of the caching allocator, from the largest transient block."""
+    return Term("allocator fragmentation", int(FRAGMENTATION_FACTOR * largest_block),
+                f"{FRAGMENTATION_FACTOR} x the largest transient block ({gib(largest_block)}), calibrated")

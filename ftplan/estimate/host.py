@@ -1,0 +1,37 @@
+"""Host-memory estimates of the stages that run on the CPU: LoRA merge and GGUF export."""
+
+from __future__ import annotations
+
+from ..catalog.architecture import largest_layer_params, param_counts
+from ..catalog.models import ModelShape
+from ..schemas import GgufStage, MergeStage
+from .fmt import params
+from .types import StageEstimate, Term
+
+MERGE_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+GGUF_BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_k_m": 4.85 / 8}
+"""Output size per parameter: q8_0 blocks of 32 int8 + an fp16 scale; q4_k_m ~4.85 bits (mostly Q4_K at 4.5 bits
+with some Q6_K tensors, llama.cpp ``quantize`` tables)."""
+
+
+def merge(shape: ModelShape, stage: MergeStage) -> StageEstimate:
+    """Weights loaded at the merge dtype, plus one layer's worth of merge arithmetic."""
+    b = MERGE_DTYPE_BYTES[stage.dtype]
+    total = param_counts(shape).total
+    big = largest_layer_params(shape)
+    terms = (Term(f"weights ({stage.dtype})", total * b, f"{params(total)} params x {b} B"),
+             Term("one layer in flight", big * b, f"largest tensor {params(big)} x {b} B (W + scale * B @ A)"))
+    return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=sum(t.bytes for t in terms),
+                         notes=("runs on the CPU: host memory",))
+
+
+def gguf(shape: ModelShape, stage: GgufStage) -> StageEstimate:
+    """The largest output file held while it is written (q4_k_m is quantized from an f16 export)."""
+    total = param_counts(shape).total
+    outputs = set(stage.quant) | ({"f16"} if "q4_k_m" in stage.quant else set())
+    name = max(outputs, key=lambda q: GGUF_BYTES_PER_PARAM[q])
+    per = GGUF_BYTES_PER_PARAM[name]
+    terms = (Term(f"largest output ({name})", int(total * per), f"{params(total)} params x {per:.3g} B"),)
+    return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=terms[0].bytes,
+                         notes=("runs on the CPU: host memory",))

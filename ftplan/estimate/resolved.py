@@ -1,0 +1,178 @@
+"""A training stage reduced to what memory depends on: method, dtypes, sharding, batch, loop.
+
+``resolve(...)`` turns a ``SftStage``/``DpoStage`` plus the model shape into a ``Resolved`` record; every estimator
+module reads only that record. The dtype rules follow what the runtime does (``runtime/model_loading.py``):
+weights load at the stage precision (fp16 full fine-tunes at fp32, as AMP masters), QLoRA runs
+``prepare_model_for_kbit_training`` (embeddings, lm_head and norms upcast to fp32, hence an fp32 residual stream),
+and LoRA adapters are fp32 (PEFT ``autocast_adapter_dtype``) except under ZeRO-3 without QLoRA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..catalog.models import ModelShape
+from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
+
+Method = Literal["full", "lora", "qlora", "dora"]
+Strategy = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp2"]
+LossPath = Literal["hf", "trl_chunked", "fused"]
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How the training step is driven: the software-stack choices that change memory, not the pipeline's."""
+
+    autocast: bool
+    """Mixed precision through ``torch.autocast`` (the HF Trainer with bf16/fp16)."""
+    chunked_lm_head: bool
+    """``kernels: none`` computes the loss with TRL's fused LM head (TRL >= 1.16 SFT/DPO trainers) instead of
+    full logits + ``ForCausalLMLoss``."""
+    holds_outputs: bool
+    """The step keeps the model output (logits) alive through backward and into the next forward."""
+    padded: bool
+    """Batches carry an attention mask (padded rows), so SDPA materialises a 4D mask and repeats K/V."""
+    name: str = ""
+
+
+BASELINE_LOOP = Loop(autocast=False, chunked_lm_head=False, holds_outputs=True, padded=False,
+                     name="plain HF+PEFT step (baselines.md)")
+"""The loop of ``shared/tools/baseline_lora.py``: no autocast, ``out = model(ids, labels=ids)`` kept while
+``out.loss.backward()`` runs, unpadded random ids. The measured points in baselines.md use it."""
+
+
+def runtime_loop(stage: SftStage | DpoStage, *, packed: bool, precision_autocast: bool = True) -> Loop:
+    """The loop the compiled plan runs: TRL trainers (HF Trainer with autocast for bf16/fp16)."""
+    autocast = precision_autocast and stage.precision in ("bf16", "fp16")
+    padded = isinstance(stage, DpoStage) or (stage.micro_batch > 1 and not packed)
+    return Loop(autocast=autocast, chunked_lm_head=True, holds_outputs=False, padded=padded,
+                name="ftplan runtime (TRL trainer)")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Everything the memory terms need about one training stage on one GPU."""
+
+    shape: ModelShape
+    method: Method
+    lora: LoraAdapter | None
+    precision: Literal["bf16", "fp16", "fp32"]
+    loop: Loop
+    seq: int
+    micro_batch: int
+    grad_accum: int
+    sequences: int
+    """Sequences per micro-step per GPU (DPO: chosen + rejected = 2 x micro_batch)."""
+    gc: bool
+    attention: str
+    kernels: Literal["ftplan", "none"]
+    optimizer: str
+    strategy: Strategy
+    offload_optimizer: bool
+    offload_params: bool
+    world: int
+    nodes: int
+    dpo: bool
+    reference: Literal["none", "adapter", "adapter_copy", "model_copy"]
+    """DPO reference during training: none (SFT or precomputed), the adapter-disabled policy, a frozen copy of
+    the continued adapter (TRL's ``ref`` adapter), or a frozen copy of the full weights."""
+    nvls: bool = False
+    """NCCL NVLS buffers are allocated (NVLink Hopper node, >2 GPUs, not disabled)."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro-step per GPU."""
+        return self.sequences * self.seq
+
+    @property
+    def quantized(self) -> bool:
+        """Decoder linears are NF4."""
+        return self.method == "qlora"
+
+    @property
+    def full(self) -> bool:
+        """Every weight trains."""
+        return self.method == "full"
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of a 16/32-bit base weight as loaded (fp16 full fine-tunes keep fp32 masters as the weights)."""
+        if self.precision == "fp32" or (self.precision == "fp16" and self.full):
+            return 4
+        return 2
+
+    @property
+    def stream_bytes(self) -> int:
+        """Residual stream / norm / elementwise dtype: fp32 after ``prepare_model_for_kbit_training`` or with
+        fp32 weights, else 16-bit."""
+        return 4 if (self.quantized or self.param_bytes == 4) else 2
+
+    @property
+    def linear_out_bytes(self) -> int:
+        """Dtype of linear outputs: bitsandbytes casts back to the input dtype; autocast gives 16-bit."""
+        if self.quantized:
+            return self.stream_bytes
+        return 2 if self.loop.autocast else self.stream_bytes
+
+    @property
+    def attn_bytes(self) -> int:
+        """Dtype of q, k, v inside attention (autocast casts them to 16-bit)."""
+        return 2 if self.loop.autocast else self.stream_bytes
+
+    @property
+    def adapter_bytes(self) -> int:
+        """LoRA weight dtype: fp32 (PEFT ``autocast_adapter_dtype``) except ZeRO-3 without QLoRA (base dtype)."""
+        return 2 if (self.strategy == "zero3" and not self.quantized) else 4
+
+    @property
+    def lm_head_bytes(self) -> int:
+        """Dtype of the lm_head weight (fp32 after ``prepare_model_for_kbit_training``)."""
+        return 4 if self.quantized else self.param_bytes
+
+    @property
+    def logits_bytes(self) -> int:
+        """Dtype of the logits the head produces."""
+        return 2 if self.loop.autocast else self.lm_head_bytes
+
+    @property
+    def math_attention(self) -> bool:
+        """SDPA falls back to the math kernel (fp32 q/k/v with GQA and no mask: neither flash nor
+        memory-efficient accepts it) and materialises the (heads x s x s) scores."""
+        gqa = self.shape.num_kv_heads < self.shape.num_heads
+        return self.attention == "sdpa" and self.attn_bytes == 4 and gqa and not self.loop.padded
+
+    @property
+    def loss_path(self) -> LossPath:
+        """How the logits and loss are computed."""
+        if self.kernels == "ftplan":
+            return "fused"
+        return "trl_chunked" if self.loop.chunked_lm_head else "hf"
+
+    @property
+    def half(self) -> str:
+        """Name of the 16-bit dtype of this stage (fp16 or bf16)."""
+        return "fp16" if self.precision == "fp16" else "bf16"
+
+    @property
+    def sharded_weights(self) -> bool:
+        """Weights are partitioned across GPUs (ZeRO-3, FSDP2)."""
+        return self.strategy in ("zero3", "fsdp2")
+
+
+def resolve_strategy(name: str, world: int) -> Strategy:
+    """``auto``: none on one GPU, ddp on more."""
+    if name == "auto":
+        return "none" if world == 1 else "ddp"
+    return name  # type: ignore[return-value]
+
+
+def method_of(adapter: LoraAdapter | FullFinetune | None, quantized_base: bool) -> Method:
+    """The training method: full, lora, qlora or dora (a continued adapter on a 4-bit base is qlora)."""
+    if isinstance(adapter, FullFinetune):
+        return "full"
+    if adapter is None:
+        return "qlora" if quantized_base else "lora"
+    if adapter.type == "qlora" or quantized_base:
+        return "qlora"
+    return adapter.type

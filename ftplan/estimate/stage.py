@@ -1,0 +1,182 @@
+"""One training stage's peak memory per GPU: fixed terms + states + the largest phase + fragmentation.
+
+Phases (what is alive on top of the states):
+
+- loss forward / loss backward: the activation checkpoints (or every layer's activations) and the loss path at its
+  forward and backward peaks; accumulated gradients when ``grad_accum`` > 1;
+- backward through a layer: the checkpoints, one recomputed layer (its activations, the gradients in flight,
+  attention score blocks), the gradients produced so far, and the outputs the caller still holds;
+- DPO reference forward: the policy's saved activations and loss state plus a no-grad forward through the reference;
+- optimizer step: every gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..catalog.gpus import GpuSpec
+from ..catalog.models import ModelShape
+from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
+from . import activations, fixed, logits, states, throughput
+from .constants import MIB
+from .fmt import gib, num
+from .resolved import Loop, Resolved, method_of, resolve_strategy, runtime_loop
+from .types import StageEstimate, Term
+
+TIGHT_FRACTION = 0.9
+"""Above this fraction of the card the verdict is ``tight``."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A moment of the step and the transient terms alive then."""
+
+    name: str
+    terms: tuple[Term, ...]
+
+    @property
+    def bytes(self) -> int:
+        """Sum of the phase's terms."""
+        return sum(t.bytes for t in self.terms)
+
+
+def resolve(shape: ModelShape, stage: SftStage | DpoStage, *, seq_len: int, world_size: int = 1, nodes: int = 1,
+            quantized_base: bool = False, adapter: LoraAdapter | FullFinetune | None = None,
+            loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
+    """Reduce a stage to the quantities memory depends on (see ``resolved.py``)."""
+    dpo = isinstance(stage, DpoStage)
+    spec = adapter if adapter is not None else (None if stage.adapter == "continue" else stage.adapter)
+    method = method_of(spec, quantized_base)
+    lora = spec if isinstance(spec, LoraAdapter) else (
+        LoraAdapter(type=method) if method != "full" else None)  # continued adapter of unknown shape: defaults
+    dist = stage.distributed_spec()
+    reference = "none"
+    if dpo and stage.reference == "live":
+        reference = "model_copy" if method == "full" else ("adapter_copy" if stage.adapter == "continue" else "adapter")
+    return Resolved(
+        shape=shape, method=method, lora=lora, precision=stage.precision,
+        loop=loop if loop is not None else runtime_loop(stage, packed=packed),
+        seq=seq_len, micro_batch=stage.micro_batch, grad_accum=stage.grad_accum,
+        sequences=stage.micro_batch * (2 if dpo else 1), gc=stage.gradient_checkpointing,
+        attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
+        strategy=resolve_strategy(dist.strategy, world_size), offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params, world=world_size, nodes=nodes, dpo=dpo, reference=reference, nvls=nvls)
+
+
+def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: SftStage | DpoStage, *, seq_len: int,
+                      world_size: int = 1, nodes: int = 1, quantized_base: bool = False, device: str = "cuda",
+                      adapter: LoraAdapter | FullFinetune | None = None, loop: Loop | None = None,
+                      packed: bool = False, nvls: bool = False) -> StageEstimate:
+    """Peak memory per GPU (or host memory on ``device: cpu``), tokens per step and a rough step time.
+
+    ``adapter`` overrides the stage's own (the spec of a continued adapter); ``loop`` the way the step is driven
+    (default: the runtime's TRL trainer; ``BASELINE_LOOP`` for the plain loop of baselines.md); ``packed``: the data
+    stage packs examples (padding-free batches); ``nvls``: NCCL allocates NVLink SHARP buffers."""
+    r = resolve(shape, stage, seq_len=seq_len, world_size=world_size, nodes=nodes, quantized_base=quantized_base,
+                adapter=adapter, loop=loop, packed=packed, nvls=nvls)
+    return estimate_resolved(r, gpu, device=device, stage_id=stage.id)
+
+
+def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda", stage_id: str = "") -> StageEstimate:
+    """The estimate of an already resolved setup (used to re-estimate suggested changes)."""
+    st = states.compute(r)
+    acts = activations.compute(r)
+    loss = logits.compute(r)
+    phases = _phases(r, st, acts, loss)
+    peak_phase = max(phases, key=lambda p: p.bytes)
+    tokens = r.micro_batch * r.seq * r.grad_accum * r.world * (2 if r.dpo else 1)
+    cpu = device == "cpu"
+    base: list[Term] = [] if cpu else [fixed.context(gpu), fixed.libraries(gpu), *fixed.nccl(r.world, gpu, r.nvls)]
+    body = list(st.terms) + list(peak_phase.terms)
+    if not cpu:
+        largest = max(loss.largest_block, r.tokens * r.shape.intermediate_size * r.linear_out_bytes)
+        body.append(fixed.fragmentation(largest))
+    terms = _merge(base + body)
+    total = sum(t.bytes for t in terms)
+    per_node = max(1, r.world // max(1, r.nodes))
+    notes = [f"peak during: {peak_phase.name}", f"modelled step: {r.loop.name}"]
+    if st.host:
+        notes.append(f"offloaded to CPU memory: {gib(st.host)} per GPU, {gib(st.host * per_node)} per node")
+    if r.optimizer == "paged_adamw_8bit":
+        notes.append("paged optimizer states can be evicted to CPU under pressure (same bytes when resident)")
+    if cpu:
+        return StageEstimate(stage_id, 0, None, "n/a", terms, tokens_per_step=tokens, step_time_s=None,
+                             host_bytes=total + st.host, notes=tuple(notes))
+    capacity = gpu.memory_mib * MIB if gpu is not None else None
+    return StageEstimate(stage_id, total, capacity, verdict(total, capacity), terms, tokens_per_step=tokens,
+                         step_time_s=throughput.step_time(r, gpu, st.trainable),
+                         host_bytes=(st.host * per_node) or None, notes=tuple(notes))
+
+
+def verdict(peak: int, capacity: int | None) -> str:
+    """fits / tight (> 90 % of the card) / oom (> the card); n/a without a known card."""
+    if capacity is None:
+        return "n/a"
+    if peak > capacity:
+        return "oom"
+    return "tight" if peak > TIGHT_FRACTION * capacity else "fits"
+
+
+def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, loss: logits.Loss) -> list[Phase]:
+    shape, n = r.shape, r.tokens
+    layers = shape.num_layers
+    if r.gc:
+        held_all = Term("activation checkpoints", layers * acts.ckpt_tok * n,
+                        f"{layers} layers x {num(n)} tokens x {acts.ckpt_tok // shape.hidden_size} B x {num(shape.hidden_size)}")
+        held_one = replace(held_all, bytes=acts.ckpt_tok * n, detail="the last layer input")
+        layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved
+        layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak
+        layer_what = "recomputed layer"
+    else:
+        per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved
+        held_all = Term("activations (no checkpointing)", layers * per_layer,
+                        f"{layers} layers x {gib(per_layer)}")
+        held_one = held_all
+        layer_a = acts.inflight_mlp_tok * n
+        layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
+        layer_what = "layer backward"
+    common = [Term("attention mask", acts.mask, f"{r.sequences} x {num(r.seq)}^2")] if acts.mask else []
+    accum = [st.grads] if (r.grad_accum > 1 and st.grads.bytes) else []
+    held = [loss.held] if loss.held else []
+
+    if layer_b > layer_a and acts.scores_peak:
+        scores = acts.scores_peak if r.gc else acts.scores_peak - acts.scores_saved
+        layer = [Term(f"{layer_what} (attention half)", layer_b - scores,
+                      f"{num(n)} tokens x {acts.attn_tok + acts.inflight_attn_tok:,} B"),
+                 Term("attention scores", scores, acts.scores_detail)]
+    else:
+        layer = [Term(layer_what, max(layer_a, layer_b),
+                      f"{num(n)} tokens x {acts.layer_tok():,} B saved + gradients in flight")]
+    if acts.weight_transient:
+        layer.append(Term("dequantized / DoRA weight copy", acts.weight_transient, "largest linear, per call"))
+
+    grads_early = replace(st.grads, bytes=st.grads_early, detail="lm_head / final norm gradients") if st.grads_early else None
+    phases = [
+        Phase("loss forward", tuple([held_all, *common, *accum, *loss.forward])),
+        Phase("loss backward", tuple([held_all, *common, *accum, *loss.backward])),
+        Phase("backward through the first layer",
+              tuple([held_all, *common, *held, *(accum or ([grads_early] if grads_early else [])), *layer])),
+        Phase("backward through the last layer", tuple([held_one, *common, *held, st.grads, *layer])),
+        Phase("optimizer step", tuple([*held, st.grads])),
+    ]
+    if r.dpo and r.reference != "none":
+        e = r.linear_out_bytes
+        ref_layer = Term("reference forward layer", (2 * shape.intermediate_size * e + 2 * shape.hidden_size * r.stream_bytes) * n
+                         + (acts.scores_peak * 3 // 4), "no-grad layer working set")
+        phases.append(Phase("DPO reference forward",
+                            tuple([held_all, *common, *accum, *loss.saved, ref_layer, *loss.reference])))
+    return [Phase(p.name, tuple(t for t in p.terms if t.bytes)) for p in phases]
+
+
+def _merge(terms: list[Term]) -> tuple[Term, ...]:
+    """Drop empty terms and order by size, largest first (names stay unique: equal names are summed)."""
+    merged: dict[str, Term] = {}
+    for t in terms:
+        if t.bytes <= 0:
+            continue
+        if t.name in merged:
+            old = merged[t.name]
+            merged[t.name] = Term(t.name, old.bytes + t.bytes, old.detail)
+        else:
+            merged[t.name] = t
+    return tuple(sorted(merged.values(), key=lambda t: (-t.bytes, t.name)))

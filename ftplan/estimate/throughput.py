@@ -1,0 +1,52 @@
+"""Rough step time from FLOPs per token (kernel-anchors.md section 3) and an assumed utilisation.
+
+    F_tok = 6 N_mm (full) or 4 N_mm + 6 N_lora (adapters)      N_mm: weights multiplied per token, lm_head included
+          + 6 L s d                                            causal attention, forward + backward (d = heads x head_dim)
+          + 2 N_mm + 2 L s d                                   recomputation, with gradient checkpointing
+          + 2 N_mm + 2 L s d                                   DPO reference forward (``reference: live``)
+
+    step_time = tokens per GPU per step x F_tok / (peak bf16 FLOP/s x utilisation) + QLoRA dequantisation
+
+The utilisation (0.30 of the datasheet peak counting recomputation, ~20 % MFU) is calibrated on one point, plain
+HF+PEFT LoRA bf16 on H200 (baselines.md); ``kernels: ftplan`` is assumed to gain what Liger gained there. QLoRA
+adds the HBM traffic of dequantising every NF4 weight once per pass (forward, recomputation, backward). This is a
+planning figure, not a benchmark: expect +-30 %.
+"""
+
+from __future__ import annotations
+
+from ..catalog.architecture import matmul_params
+from ..catalog.gpus import GpuSpec
+from .constants import (DEQUANT_BANDWIDTH_EFFICIENCY, DEQUANT_BYTES_PER_PARAM, FTPLAN_KERNELS_SPEEDUP,
+                        HF_UTILISATION)
+from .resolved import Resolved
+
+
+def flops_per_token(r: Resolved, trainable: int) -> float:
+    """Training FLOPs per token, recomputation and the DPO reference forward included."""
+    s = r.shape
+    n_mm = matmul_params(s)
+    attn = 2 * s.num_layers * r.seq * s.num_heads * s.head_dim  # causal forward
+    f = (6 * n_mm if r.full else 4 * n_mm + 6 * trainable) + 3 * attn
+    if r.gc:
+        f += 2 * n_mm + attn
+    if r.dpo and r.reference != "none":
+        f += 2 * n_mm + attn
+    return float(f)
+
+
+def step_time(r: Resolved, gpu: GpuSpec | None, trainable: int) -> float | None:
+    """Seconds per optimizer step on one GPU of the job (all GPUs run in parallel), or None without a GPU."""
+    if gpu is None:
+        return None
+    tokens = r.tokens * r.grad_accum
+    util = HF_UTILISATION * (FTPLAN_KERNELS_SPEEDUP if r.kernels == "ftplan" else 1.0)
+    t = tokens * flops_per_token(r, trainable) / (gpu.peak_bf16_tflops * 1e12 * util)
+    if r.quantized:
+        from ..catalog.architecture import param_counts
+
+        pc = param_counts(r.shape)
+        passes = (3 if r.gc else 2) + (1 if r.dpo and r.reference != "none" else 0)
+        traffic = r.shape.num_layers * pc.per_layer_linear * DEQUANT_BYTES_PER_PARAM * passes
+        t += r.grad_accum * traffic / (gpu.memory_bandwidth_gbs * 1e9 * DEQUANT_BANDWIDTH_EFFICIENCY)
+    return round(t, 3)
