@@ -22,7 +22,8 @@ from ftplan.schemas.runtime_args import RuntimeArgs
 
 from .model_loading import load_reference
 from .preflight import StageError
-from .train_common import TokenCountingMixin, TrainerSpec, run_training
+from .metrics import TokenCountingMixin
+from .train_common import TrainerSpec, run_training
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 """Columns of the data stage's tokenized preference splits."""

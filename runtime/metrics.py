@@ -3,7 +3,8 @@
 ``StageRecorder`` measures wall time and memory for a stage: torch's peak allocated/reserved bytes, and the
 device-level peak (total memory minus the lowest free memory seen through ``torch.cuda.mem_get_info``, sampled
 at every optimizer step by ``MemorySampler``), set against the plan's ``estimate_peak_gib``. Training stages add
-steps, token counts, throughput and a loss summary from the trainer's log history.
+steps, token counts (``TokenCountingMixin`` on the trainers: non-pad input tokens and loss-bearing tokens per
+micro-batch, summed over processes at the end), throughput and a loss summary from the trainer's log history.
 """
 
 from __future__ import annotations
@@ -117,6 +118,47 @@ def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
         "eval_loss": evals[-1] if evals else None,
         "eval_loss_min": min(evals) if evals else None,
     }
+
+
+class TokenCountingMixin:
+    """Counts, per process, the non-pad input tokens and the trained (loss-bearing) tokens of each micro-batch."""
+
+    tokens_seen = 0
+    tokens_trained = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Count the micro-batch's tokens, then run the normal training step."""
+        seen, trained = count_tokens(inputs)
+        self.tokens_seen += seen
+        self.tokens_trained += trained
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def count_tokens(inputs: dict) -> tuple[int, int]:
+    """(non-pad tokens, loss tokens) of a collated SFT or DPO batch."""
+    if "attention_mask" in inputs:
+        seen = int(inputs["attention_mask"].sum())
+    elif "position_ids" in inputs:
+        seen = int(inputs["position_ids"].numel())
+    else:
+        seen = int(inputs["input_ids"].numel())
+    if "completion_mask" in inputs:  # DPO: chosen and rejected completions
+        trained = int(inputs["completion_mask"].sum())
+    elif "labels" in inputs:
+        trained = int((inputs["labels"][..., 1:] != -100).sum())
+    else:
+        trained = seen
+    return seen, trained
+
+
+def reduce_tokens(trainer) -> tuple[int, int]:
+    """(non-pad, trained) token totals of a ``TokenCountingMixin`` trainer, summed over every process."""
+    import torch
+
+    acc = trainer.accelerator
+    t = torch.tensor([trainer.tokens_seen, trainer.tokens_trained], device=acc.device, dtype=torch.int64)
+    t = acc.reduce(t, reduction="sum")
+    return int(t[0]), int(t[1])
 
 
 def write_complete_marker(out_dir: str | Path, sha256: str) -> Path:

@@ -9,11 +9,15 @@ Order for a training stage:
    the merge runs at 16-bit (the stage's compute dtype), is saved to ``<out>/merged_input`` and reloaded in NF4;
 4. QLoRA: NF4 + double quantization + compute dtype (bitsandbytes), then ``prepare_model_for_kbit_training``;
 5. the trained part: ``continue_adapter`` reloaded trainable, or a new ``LoraConfig``, or nothing (full).
+
+Saving helpers live here too: the tokenizer next to the weights (byte-identical copy when unchanged) and the
+check that saved safetensors hold real tensors (not ZeRO-3 placeholders).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +262,26 @@ def load_reference(args: RuntimeArgs, tokenizer):
     fit_embeddings(model, tokenizer)
     model.requires_grad_(False)
     return model.eval()
+
+
+def check_saved_weights(folder: Path) -> None:
+    """Fail when a saved adapter/model holds no real tensors (ZeRO-3 placeholders: trl#4416)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise StageError(f"no .safetensors weights were written to '{folder}'")
+    keys, empty = 0, []
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                keys += 1
+                if math.prod(st.get_slice(key).get_shape()) == 0:
+                    empty.append(key)
+    if empty or keys == 0:
+        raise StageError(f"the weights saved to '{folder}' are placeholders ({len(empty)} empty tensors of "
+                         f"{keys}), not trained values; with DeepSpeed ZeRO-3 set "
+                         "`stage3_gather_16bit_weights_on_model_save: true` (recompile the plan)")
 
 
 def _first_line(e: BaseException) -> str:

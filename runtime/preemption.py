@@ -8,7 +8,8 @@
 A signal only sets a flag; the callback turns it into "save a checkpoint at this step boundary and stop". With
 several processes the flag is OR-ed across ranks at every step, so all ranks stop at the same step even when
 only one of them got the signal. A checkpoint counts as complete once its ``trainer_state.json`` (written last
-by the Trainer) parses; incomplete ones (a process killed mid-save) are removed before resuming.
+by the Trainer) parses; incomplete ones (a process killed mid-save) are removed before resuming. A checkpoint
+taken at the last step (the process died before the final save) is published as the result, not trained on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import TrainerCallback
 from .preflight import Requeue, StageError
 
 __all__ = ["ARGS_STAMP", "SIGNALS", "Preemption", "PreemptionCallback", "Requeue", "checkpoint_complete",
-           "guard_checkpoints", "latest_checkpoint"]
+           "checkpoint_state", "finished_checkpoint", "guard_checkpoints", "latest_checkpoint", "publish_checkpoint"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 """Signals that request a checkpoint and a requeue (Slurm preemption, ``--signal=USR1@...`` time limits)."""
@@ -135,3 +136,33 @@ def guard_checkpoints(ckpt_dir: str | Path, sha256: str, *, write: bool) -> None
     if write:
         root.mkdir(parents=True, exist_ok=True)
         stamp.write_text(sha256 + "\n")
+
+
+# Top-level files of a Trainer checkpoint that make up the trained weights (the rest is optimizer/RNG state).
+_WEIGHT_FILES = ("adapter_config.json", "config.json", "generation_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+def checkpoint_state(path: str | Path) -> dict:
+    """The ``trainer_state.json`` of a checkpoint."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
+def finished_checkpoint(path: str | Path | None) -> bool:
+    """Whether a checkpoint was written at the run's last step (nothing is left to train).
+
+    Resuming such a checkpoint with ``Trainer.train`` would run one step past ``max_steps`` when the run ends
+    mid-epoch, so the runtime publishes its weights instead."""
+    if path is None:
+        return False
+    state = checkpoint_state(path)
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def publish_checkpoint(path: str | Path, dest: str | Path) -> None:
+    """Copy a checkpoint's weight files (adapter or full model, not optimizer state) into ``dest``."""
+    src, dest = Path(path), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and (f.name in _WEIGHT_FILES or f.name.endswith(_WEIGHT_SUFFIXES)):
+            shutil.copyfile(f, dest / f.name)

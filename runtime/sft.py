@@ -15,7 +15,8 @@ from trl import SFTConfig, SFTTrainer
 from ftplan.schemas.runtime_args import RuntimeArgs
 
 from .preflight import StageError
-from .train_common import TokenCountingMixin, TrainerSpec, run_training
+from .metrics import TokenCountingMixin
+from .train_common import TrainerSpec, run_training
 
 
 class FtplanSFTTrainer(TokenCountingMixin, SFTTrainer):

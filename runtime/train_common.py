@@ -11,19 +11,21 @@ fields, trainer construction) — see ``sft.py`` and ``dpo.py``.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ftplan.schemas.adapters import LoraAdapter
 from ftplan.schemas.runtime_args import RuntimeArgs
 from transformers import TrainerCallback
 
-from .metrics import StageRecorder, loss_summary
-from .model_loading import LoadedModel, load_for_training, save_tokenizer
-from .preemption import Preemption, PreemptionCallback, Requeue, guard_checkpoints, latest_checkpoint
+from .metrics import StageRecorder, TokenCountingMixin, loss_summary, reduce_tokens
+from .model_loading import (LoadedModel, check_saved_weights, load_for_training, load_tokenizer,
+                            save_tokenizer)
+from .preemption import (Preemption, PreemptionCallback, Requeue, checkpoint_state, finished_checkpoint,
+                         guard_checkpoints, latest_checkpoint, publish_checkpoint)
 from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
                         check_device, check_distributed, prepare_kernel_import, zero_stage)
 from .progress import ProgressLogger, interactive
@@ -149,39 +151,11 @@ def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
     return kwargs
 
 
-class TokenCountingMixin:
-    """Counts, per process, the non-pad input tokens and the trained (loss-bearing) tokens of each micro-batch."""
-
-    tokens_seen = 0
-    tokens_trained = 0
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """Count the micro-batch's tokens, then run the normal training step."""
-        seen, trained = count_tokens(inputs)
-        self.tokens_seen += seen
-        self.tokens_trained += trained
-        return super().training_step(model, inputs, num_items_in_batch)
-
-
-def count_tokens(inputs: dict) -> tuple[int, int]:
-    """(non-pad tokens, loss tokens) of a collated SFT or DPO batch."""
-    if "attention_mask" in inputs:
-        seen = int(inputs["attention_mask"].sum())
-    elif "position_ids" in inputs:
-        seen = int(inputs["position_ids"].numel())
-    else:
-        seen = int(inputs["input_ids"].numel())
-    if "completion_mask" in inputs:  # DPO: chosen and rejected completions
-        trained = int(inputs["completion_mask"].sum())
-    elif "labels" in inputs:
-        trained = int((inputs["labels"][..., 1:] != -100).sum())
-    else:
-        trained = seen
-    return seen, trained
-
-
 def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepared:
-    """Everything up to ``trainer.train()``: preflight, data, config, model, trainer, resume point."""
+    """Everything up to ``trainer.train()``: preflight, data, config, resume point, model, trainer.
+
+    When the newest checkpoint is already at the last step, nothing is loaded: ``trainer`` and ``loaded`` are
+    None and ``run_training`` publishes that checkpoint."""
     promise = args.promise
     recorder = StageRecorder(args)
     check_device(promise)
@@ -196,6 +170,11 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
     state = config.distributed_state
     ckpt_dir = Path(args.output_dir) / CHECKPOINTS_DIR
     guard_checkpoints(ckpt_dir, sha256, write=state.is_main_process)
+    state.wait_for_everyone()
+    resume = latest_checkpoint(ckpt_dir, remove_incomplete=state.is_main_process)
+    state.wait_for_everyone()
+    if finished_checkpoint(resume):
+        return Prepared(None, None, config, None, resume, recorder)
 
     device_map = {"": state.local_process_index} if promise.device == "cuda" else {"": "cpu"}
     loaded = load_for_training(args, zero_stage=zero_stage(config), device_map=device_map,
@@ -210,8 +189,6 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(ProgressLogger(args.stage.id))
     trainer.add_callback(_MemorySampler(recorder))
-    resume = latest_checkpoint(ckpt_dir, remove_incomplete=state.is_main_process)
-    state.wait_for_everyone()
     return Prepared(trainer, loaded, config, kernel_report, resume, recorder)
 
 
@@ -219,6 +196,8 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
     """Run a training stage to completion (or to a checkpoint + ``Requeue`` on a signal); write metrics."""
     with Preemption() as preemption:
         prep = prepare_training(args, sha256, spec)
+        if prep.trainer is None:
+            return _publish_finished(args, prep)
         trainer = prep.trainer
         stopper = PreemptionCallback(preemption)
         trainer.add_callback(stopper)
@@ -229,12 +208,11 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
             raise Requeue(f"stage '{args.stage.id}' stopped at step {trainer.state.global_step} on a signal; "
                           "checkpoint saved, run it again to resume")
     saved = save_result(trainer, prep.loaded, args)
-    seen, trained = _reduce_tokens(trainer)
-    resumed_step = int(Path(prep.resume_from).name.split("-")[-1]) if prep.resume_from else 0
+    seen, trained = reduce_tokens(trainer)
     extra = {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
-        "resumed_from_step": resumed_step,
+        "resumed_from_step": _step_of(prep.resume_from),
         "epochs": trainer.state.epoch,
         "tokens_seen": seen,
         "tokens_trained": trained,
@@ -252,6 +230,35 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
     return extra
 
 
+def _step_of(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+def _publish_finished(args: RuntimeArgs, prep: Prepared) -> dict[str, Any]:
+    """The newest checkpoint is at the last step: its weights are the result (no training, no model load)."""
+    state = prep.config.distributed_state
+    stage = args.stage
+    full = not (stage.adapter == "continue" or isinstance(stage.adapter, LoraAdapter))
+    dest = Path(args.output_dir) / (MODEL_DIR if full else ADAPTER_DIR)
+    ckpt = checkpoint_state(prep.resume_from)
+    if state.is_main_process:
+        publish_checkpoint(prep.resume_from, dest)
+        check_saved_weights(dest)
+        tok, changed = load_tokenizer(args.source, args.model)
+        save_tokenizer(tok, args.source.tokenizer, dest, changed=changed)
+    state.wait_for_everyone()
+    extra = {
+        "steps": ckpt.get("global_step"), "max_steps": ckpt.get("max_steps"),
+        "resumed_from_step": _step_of(prep.resume_from), "epochs": ckpt.get("epoch"),
+        "tokens_seen": 0, "tokens_trained": 0, "train_time_s": 0.0, "tokens_per_s": None,
+        "world_size": state.num_processes, "zero_stage": zero_stage(prep.config), "result": str(dest),
+        **loss_summary(ckpt.get("log_history", [])),
+    }
+    if state.is_main_process:
+        prep.recorder.write(args.output_dir, extra)
+    return extra
+
+
 class _MemorySampler(TrainerCallback):
     """Samples device memory at each step end (for the device-level peak in metrics.json)."""
 
@@ -263,15 +270,6 @@ class _MemorySampler(TrainerCallback):
         self.recorder.sample()
 
 
-def _reduce_tokens(trainer) -> tuple[int, int]:
-    import torch
-
-    acc = trainer.accelerator
-    t = torch.tensor([trainer.tokens_seen, trainer.tokens_trained], device=acc.device, dtype=torch.int64)
-    t = acc.reduce(t, reduction="sum")
-    return int(t[0]), int(t[1])
-
-
 def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
     """Save the final adapter (``<out>/adapter``) or full weights (``<out>/model``) plus tokenizer; returns the
     folder. Under ZeRO-3 the parameters are gathered first, and the written tensors are checked to be real."""
@@ -279,7 +277,8 @@ def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
     acc = trainer.accelerator
     if loaded.peft:
         dest = out / ADAPTER_DIR
-        state_dict = acc.get_state_dict(trainer.model)
+        # the DeepSpeed engine (not the bare module) gathers ZeRO-3 shards
+        state_dict = acc.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
         if acc.is_main_process:
             model = acc.unwrap_model(trainer.model)
             model.save_pretrained(str(dest), state_dict=state_dict, selected_adapters=["default"],
@@ -294,27 +293,6 @@ def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
         _drop_training_args(dest)
     acc.wait_for_everyone()
     return str(dest)
-
-
-def check_saved_weights(folder: Path) -> None:
-    """Fail when a saved adapter/model holds no real tensors (ZeRO-3 placeholders: trl#4416)."""
-    from safetensors import safe_open
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise StageError(f"no .safetensors weights were written to '{folder}'")
-    keys, empty = 0, []
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                keys += 1
-                if math.prod(st.get_slice(key).get_shape()) == 0:
-                    empty.append(key)
-    if empty or keys == 0:
-        raise StageError(f"the weights saved to '{folder}' are placeholders ({len(empty)} empty tensors of "
-                         f"{keys}), not "
-                         "trained values; with DeepSpeed ZeRO-3 set `stage3_gather_16bit_weights_on_model_save: "
-                         "true` (recompile the plan)")
 
 
 def _drop_training_args(folder: Path) -> None:

@@ -186,3 +186,27 @@ def test_checkpoints_from_other_arguments_are_not_resumed(tmp_path):
     guard_checkpoints(tmp_path, "a" * 64, write=True)
     with pytest.raises(StageError, match="different stage arguments"):
         guard_checkpoints(tmp_path, "b" * 64, write=True)
+
+
+def test_a_checkpoint_at_the_last_step_is_published_not_trained_past(project):
+    """Killed after the last checkpoint but before the final save: the rerun publishes that checkpoint's
+    weights (Trainer.train would run one step past max_steps when resuming it mid-epoch)."""
+    import shutil
+
+    from ftplan_runtime.sft import run_sft
+
+    args = RuntimeArgs.model_validate_json(_write_args(project, "out-last", max_steps=4).read_text())
+    args = args.model_copy(update={"data_dir": str(project["root"] / "data"),
+                                   "output_dir": str(project["root"] / "out-last")})
+    first = run_sft(args, "c" * 64)
+    out = Path(args.output_dir)
+    want = _adapter(out)
+    shutil.rmtree(out / "adapter")
+    (out / "metrics.json").unlink()
+    again = run_sft(args, "c" * 64)
+    assert again["steps"] == first["steps"] == 4 and again["resumed_from_step"] == 4
+    assert again["loss_last"] == first["loss_last"] and again["tokens_trained"] == 0
+    got = _adapter(out)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert (out / "adapter" / "tokenizer.json").is_file() and not (out / "adapter" / "optimizer.pt").exists()

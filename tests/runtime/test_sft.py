@@ -221,7 +221,7 @@ def test_placeholder_weights_are_rejected(tmp_path):
     from safetensors.torch import save_file
 
     from ftplan_runtime.preflight import StageError
-    from ftplan_runtime.train_common import check_saved_weights
+    from ftplan_runtime.model_loading import check_saved_weights
 
     save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.zeros(0)},
               str(tmp_path / "adapter_model.safetensors"))
