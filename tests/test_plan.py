@@ -91,7 +91,7 @@ def test_zero3_stage_gets_deepspeed_file_and_no_mixed_precision_in_yaml():
     acc, ds = s.accelerate, s.deepspeed
     assert acc["distributed_type"] == "DEEPSPEED" and "mixed_precision" not in acc
     assert acc["deepspeed_config"] == {"deepspeed_config_file": "plans/bot/stages/02-sft/deepspeed.json",
-                                       "zero3_init_flag": True}
+                                       "deepspeed_multinode_launcher": "standard", "zero3_init_flag": True}
     assert ds["train_batch_size"] == 2 * 4 * 4 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 4 and ds["zero_optimization"]["stage"] == 3
     h = 4096  # Llama 3.1 8B hidden size

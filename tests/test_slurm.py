@@ -87,7 +87,7 @@ def test_sbatch_directives_are_literal_and_complete():
                     "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --constraint=h100&ib",
                     "#SBATCH --reservation=res", "#SBATCH --mem=480G", "#SBATCH --comment=ftplan",
                     "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive", "#SBATCH --output=logs/%x-%j.out",
-                    "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=USR1@600"]
+                    "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@600"]
         assert directives == expected, name
         assert "localhost" not in text and "127.0.0.1" not in text
 
@@ -96,6 +96,7 @@ def test_no_requeue_lines_when_requeue_is_off():
     files = compile_plan(None, slurm={"requeue": False})
     text = files["slurm/02-sft.sbatch"]
     assert "--requeue" not in text and "--signal" not in text and "scontrol requeue" not in text
+    assert "scancel" not in text and "trap on_usr1" not in text
     assert f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]; then' in text and "resubmit to continue" in text
 
 
@@ -108,9 +109,10 @@ def test_srun_expands_the_node_rank_inside_each_nodes_shell():
     for literal in ('--machine_rank "$SLURM_NODEID"', '--num_machines "$SLURM_NNODES"',
                     '--main_process_ip "$HEAD_NODE"', "--main_process_port 29500", 'trap "" USR1; exec accelerate'):
         assert literal in inner  # still unexpanded: the srun'd shell on each node expands them
-    assert words[-2:] == [f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", f"{PLAN_DIR}/stages/02-sft/args.json"]
+    assert words[-3:] == [f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", f"{PLAN_DIR}/stages/02-sft/args.json", "&"]
     assert 'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST")' in text
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'scancel --signal=USR1 "$SLURM_JOB_ID"' in text
+    assert "trap on_usr1 USR1\nsrun " in text
 
 
 def test_submit_sh_chains_with_afterok():
@@ -258,3 +260,46 @@ def test_the_requeue_exit_code_requeues_the_stage(chain):
     lines = log.read_text().splitlines()
     assert logged_stages(log) == ["01-data", "02-sft", "02-sft", "03-dpo"]
     assert "restart=0" in lines[1] and "restart=1" in lines[2]
+
+
+TRAINER_STUB = """#!{python}
+# Stands in for accelerate launch: on its first run of stage FTWAIT it waits for the time-limit signal, then
+# exits 1, which is what accelerate's launcher reports when the trainer stops with the requeue exit code.
+import os, signal, sys, time
+log, stage = os.environ["FTLOG"], os.path.basename(os.path.dirname(sys.argv[-1]))
+with open(log, "a") as f:
+    f.write(f"accelerate {{stage}} restart={{os.environ.get('SLURM_RESTART_COUNT', '0')}}\\n")
+if stage == os.environ.get("FTWAIT") and not os.path.exists(log + ".signalled"):
+    def stop(signum, frame):
+        open(log + ".signalled", "w").close()
+        sys.exit(1)
+    signal.signal(signal.SIGUSR1, stop)  # works although the launcher shell ignores USR1, as the runtime's does
+    open(log + ".waiting", "w").close()
+    time.sleep(90)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_the_time_limit_signal_checkpoints_and_requeues_a_training_stage(chain):
+    root, env, log = chain
+    stub = Path(env["PATH"].split(":")[0]) / "accelerate"
+    stub.write_text(TRAINER_STUB.format(python=shutil.which("python3") or "/usr/bin/python3"))
+    compile_plan(root, stages=STAGES[:3])
+    jobs = submit(root, {**env, "FTWAIT": "02-sft"})
+    deadline = time.monotonic() + 60
+    while not Path(str(log) + ".waiting").exists():
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no stage started"
+        time.sleep(0.3)
+    # what Slurm does signal_lead_s before the time limit (--signal=B:USR1@...): signal the batch script
+    r = subprocess.run(["scancel", "--batch", "--signal=USR1", jobs["02-sft"]], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    info = wait_all(env, jobs.values())
+    assert [info[j]["JobState"] for j in jobs.values()] == ["COMPLETED"] * 3
+    assert info[jobs["02-sft"]]["Restarts"] == "1"
+    assert Path(str(log) + ".signalled").exists()
+    assert log.read_text().splitlines()[1:] == ["accelerate 02-sft restart=0", "accelerate 02-sft restart=1",
+                                                "accelerate 03-dpo restart=0"]
+    out = (root / "logs" / f"chain-sft-{jobs['02-sft']}.out").read_text()
+    assert "asking stage 02-sft to save a checkpoint" in out and "requeueing job" in out

@@ -8,7 +8,9 @@ for a run on one machine.
 Two accelerate rules shape the file:
 
 * with a DeepSpeed config file, accelerate refuses ``mixed_precision`` (and the other DeepSpeed fields) in the
-  YAML — the precision lives in the DeepSpeed JSON's ``bf16``/``fp16`` blocks — so it is left out;
+  YAML — the precision lives in the DeepSpeed JSON's ``bf16``/``fp16`` blocks — so it is left out; and on
+  several nodes accelerate would start DeepSpeed through pdsh (ssh) unless ``deepspeed_multinode_launcher`` is
+  ``standard`` (one launcher per node, as the sbatch scripts start them);
 * FSDP2 wraps each decoder layer (``TRANSFORMER_BASED_WRAP`` by the family's layer class) and saves a full state
   dict, so the saved model loads without FSDP. ``fsdp_activation_checkpointing`` is always off: the runtime
   recomputes layers through the trainer's ``gradient_checkpointing`` (the stage's setting), and transformers
@@ -77,7 +79,10 @@ def accelerate_config(*, spec: DistributedSpec, precision: str, device: str, wor
     if dtype == "DEEPSPEED":
         if deepspeed_file is None:
             raise ValueError("a DeepSpeed stage needs its deepspeed.json path")
-        config["deepspeed_config"] = {"deepspeed_config_file": deepspeed_file, "zero3_init_flag": zero3_init}
+        # "standard": one torch launcher per node, started by srun; accelerate's default (pdsh) would ssh into
+        # the other nodes itself.
+        config["deepspeed_config"] = {"deepspeed_config_file": deepspeed_file,
+                                      "deepspeed_multinode_launcher": "standard", "zero3_init_flag": zero3_init}
     else:
         config["mixed_precision"] = _MIXED_PRECISION[precision]
     if dtype == "FSDP":
