@@ -18,7 +18,7 @@ from ftplan.estimate.types import StageEstimate, Term
 from ftplan.lineage import trace
 from ftplan.plan import build_plan
 from ftplan.render import render
-from ftplan.render.plan_md import bar
+from ftplan.render.plan_md import bar, params_text
 from ftplan.render.serialize import sha256_text
 from ftplan.render.shell import comment, shq
 from ftplan.schemas import Pipeline
@@ -187,6 +187,11 @@ def test_plan_json_contents(files):
     assert sft["estimate"]["verdict"] == "fits" and sft["estimate"]["terms"][0]["name"] == "weights"
     assert sft["args_sha256"] == sha256_text(files["stages/02-sft/args.json"])
     assert sft["accelerate"]["distributed_type"] == "NO" and sft["slurm_job"] == "slurm/02-sft.sbatch"
+
+
+def test_params_text():
+    assert [params_text(n) for n in (8_030_261_248, 136_768_000, 139_584, 512, None)] == \
+        ["8.03 B", "136.8 M", "139.6 K", "512 params", "size unknown"]
 
 
 def test_bar():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ftplan.catalog import get_gpu, get_model
+from ftplan.catalog import get_gpu
 from ftplan.context import Context, Inputs
 from ftplan.lineage import trace
 from ftplan.plan import build_plan

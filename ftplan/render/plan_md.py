@@ -43,14 +43,13 @@ def bar(used: int, capacity: int) -> str:
 
 
 def params_text(n: int | None) -> str:
-    """``8.03 B``, ``136.8 M`` or ``136,768`` parameters."""
+    """``8.03 B``, ``136.8 M`` or ``139.6 K`` parameters."""
     if n is None:
         return "size unknown"
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f} M"
-    return f"{n:,}"
+    for scale, suffix, digits in ((1e9, "B", 2), (1e6, "M", 1), (1e3, "K", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {suffix}"
+    return f"{n} params"
 
 
 def header_line(plan: "Plan") -> str:
