@@ -222,3 +222,22 @@ def test_dpo_stage_runs_end_to_end_and_saves_only_the_trained_adapter(project):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["kind"] == "dpo" and saved["steps"] == 2 == metrics["steps"]
     assert saved["tokens_trained"] > 0 and saved["loss_first"] is not None
+
+
+def test_merge_input_with_new_qlora_adapter_merges_at_16bit_then_quantizes(project):
+    """QLoRA after `merge_input`: the SFT adapter is merged into full-precision weights, saved to a stage-local
+    folder and reloaded in NF4 (never merged into 4-bit); the folder is removed; the reference (adapter off) is
+    the quantized merged SFT model."""
+    pytest.importorskip("bitsandbytes")
+    qlora = {"type": "qlora", "r": 4, "alpha": 8}
+    args = _dpo_args(project, "out-qmerge", adapter=qlora, merge_input=True, max_steps=1)
+    prep = _prepare(args)
+    trainer = prep.trainer
+    q = trainer.model.get_base_model().model.layers[0].mlp.down_proj.base_layer
+    assert type(q).__name__ == "Linear4bit"
+    assert not (Path(args.output_dir) / "merged_input").exists()
+    rows = _rows(project)
+    ref = _trainer_ref_logps(trainer, rows)
+    merged = _independent_logps(_sft_model(project, merged=True), rows)
+    base = _independent_logps(_base_model(project), rows)
+    assert (ref - merged).abs().mean() < 0.5 * (ref - base).abs().mean()

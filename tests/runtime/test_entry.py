@@ -139,29 +139,25 @@ def _stage(root: Path, name: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
-def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
-    """Four stages, each `python -m ftplan_runtime stages/NN-id/args.json` from the project root; every stage
-    leaves metrics.json and a completion marker with its args file's sha256; the merged model equals the base
-    with the DPO adapter (which continued the SFT adapter)."""
-    torch = pytest.importorskip("torch")
-    root = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(_tiny_base(tmp_path_factory), root / "base")
-    shutil.copytree(REPO / "examples" / "data", root / "data")
+def _run_chain(root: Path, promise: dict, train: dict) -> None:
+    """data -> sft -> dpo -> merge, each through `python -m ftplan_runtime stages/NN-id/args.json` in `root`;
+    checks every stage's marker and metrics, and that the merged model equals base + the DPO adapter."""
+    import torch
+
     model = {"base": "base"}
 
-    def args(stage, out, source=None, data_dir=None):
+    def args(stage, out, source=None, data_dir=None, stage_promise=None):
         return RuntimeArgs.model_validate({"pipeline": "e2e", "stage": stage, "model": model, "source": source,
-                                           "data_dir": data_dir, "output_dir": out, "promise": CPU_PROMISE})
+                                           "data_dir": data_dir, "output_dir": out,
+                                           "promise": stage_promise or promise, "estimate_peak_gib": 1.0})
 
-    train = {"precision": "fp32", "micro_batch": 2, "logging_steps": 1, "report_to": [],
-             "gradient_checkpointing": False}
     sft_ref = {"stage": "sft", "path": "outputs/sft/adapter", "type": "lora"}
     dpo_ref = {"stage": "dpo", "path": "outputs/dpo/adapter", "type": "lora"}
     plan = [
         ("01-prep", args({"id": "prep", "kind": "data", "max_seq_len": 256, "val_fraction": 0.1, "datasets": [
             {"path": "data/support-chat.jsonl", "format": "sharegpt", "max_rows": 40},
-            {"path": "data/support-prefs.jsonl", "format": "preference", "max_rows": 24}]}, "outputs/prep")),
+            {"path": "data/support-prefs.jsonl", "format": "preference", "max_rows": 24}]}, "outputs/prep",
+            stage_promise=CPU_PROMISE)),
         ("02-sft", args({"id": "sft", "kind": "sft", "data": "prep", "learning_rate": 2e-3, "max_steps": 6,
                          "eval_steps": 3, "save_steps": 3, "adapter": {"type": "lora", "r": 8}, **train},
                         "outputs/sft", {"weights": "base", "tokenizer": "base"}, "outputs/prep")),
@@ -170,7 +166,8 @@ def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
                         "outputs/dpo", {"weights": "base", "tokenizer": "base", "continue_adapter": sft_ref},
                         "outputs/prep")),
         ("04-merge", args({"id": "merge", "kind": "merge", "input": "dpo", "dtype": "fp32"}, "outputs/merge",
-                          {"weights": "base", "tokenizer": "base", "merge": [dpo_ref]})),
+                          {"weights": "base", "tokenizer": "base", "merge": [dpo_ref]},
+                          stage_promise=dict(promise, precision="fp32", attention="eager", kernels="none"))),
     ]
     for name, stage_args in plan:
         path = _write(root, name, stage_args)
@@ -193,5 +190,51 @@ def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, chain(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
+
+def _chain_project(tmp_path_factory, name: str) -> Path:
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(_tiny_base(tmp_path_factory), root / "base")
+    shutil.copytree(REPO / "examples" / "data", root / "data")
+    return root
+
+
+@pytest.mark.slow
+def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
+    """Four stages on CPU (fp32), each `python -m ftplan_runtime stages/NN-id/args.json` from the project root;
+    every stage leaves metrics.json and a completion marker with its args file's sha256; the merged model
+    equals the base with the DPO adapter (which continued the SFT adapter)."""
+    pytest.importorskip("torch")
+    root = _chain_project(tmp_path_factory, "e2e")
+    _run_chain(root, CPU_PROMISE, {"precision": "fp32", "micro_batch": 2, "logging_steps": 1, "report_to": [],
+                                   "gradient_checkpointing": False})
     again = _stage(root, "01-prep")  # the data stage keeps its up-to-date output
     assert again.returncode == 0 and "up to date" in again.stderr
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_chain_with_ftplan_kernels(tmp_path_factory):
+    """The same chain on a CUDA GPU: bf16, fused AdamW, compiled ftplan kernels, the GPU's real memory as the
+    promise; metrics report torch and device peak memory against the estimate."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("needs a bf16 GPU")
+    props = torch.cuda.get_device_properties(0)
+    promise = dict(CPU_PROMISE, device="cuda", precision="bf16", kernels="ftplan", gpu_name=props.name,
+                   gpu_memory_mib=props.total_memory // 2**20)
+    root = _chain_project(tmp_path_factory, "e2e-gpu")
+    _run_chain(root, promise, {"precision": "bf16", "kernels": "ftplan", "micro_batch": 2, "logging_steps": 1,
+                               "report_to": [], "gradient_checkpointing": True})
+    sft = json.loads((root / "outputs/sft/metrics.json").read_text())
+    assert sft["kernels"] == {"rms_norm": 5, "swiglu": 2, "rope": 2}
+    assert sft["gpu_name"] and sft["torch_peak_allocated_gib"] > 0 and sft["device_used_peak_gib"] > 0
+    assert sft["peak_vs_estimate"] == pytest.approx(sft["device_used_peak_gib"] / 1.0)
+
+    bad = json.loads((root / "stages/02-sft/args.json").read_text())
+    bad["promise"]["gpu_memory_mib"] = int(props.total_memory // 2**20 * 1.5)
+    bad["output_dir"] = "outputs/sft-bad"
+    (root / "stages/09-bad").mkdir()
+    (root / "stages/09-bad/args.json").write_text(json.dumps(bad))
+    proc = _stage(root, "09-bad")
+    assert proc.returncode == 3 and "promised GPU memory" in _one_line_error(proc.stderr)

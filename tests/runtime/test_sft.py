@@ -229,3 +229,19 @@ def test_placeholder_weights_are_rejected(tmp_path):
         check_saved_weights(tmp_path)
     save_file({"w": torch.ones(2, 2)}, str(tmp_path / "adapter_model.safetensors"))
     check_saved_weights(tmp_path)
+
+
+def test_qlora_trains_on_a_4bit_nf4_base(project):
+    """`type: qlora`: NF4 + double quantization base (bitsandbytes; runs on CPU too), trainable LoRA on top."""
+    pytest.importorskip("bitsandbytes")
+    from ftplan_runtime.sft import SFT_SPEC
+    from ftplan_runtime.train_common import prepare_training
+
+    args = _args(project, "out-qlora", adapter={"type": "qlora", "r": 4}, max_steps=2)
+    prep = prepare_training(args, "0" * 64, SFT_SPEC)
+    base = prep.trainer.model.get_base_model()
+    q = base.model.layers[0].self_attn.q_proj.base_layer
+    assert type(q).__name__ == "Linear4bit" and q.weight.quant_type == "nf4"
+    assert base.config.quantization_config.bnb_4bit_use_double_quant
+    prep.trainer.train()
+    assert prep.loaded.quantized
