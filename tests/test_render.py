@@ -18,7 +18,7 @@ from ftplan.estimate.types import StageEstimate, Term
 from ftplan.lineage import trace
 from ftplan.plan import build_plan
 from ftplan.render import render
-from ftplan.render.plan_md import bar, params_text
+from ftplan.render.plan_md import bar, params_text, size_text
 from ftplan.render.serialize import sha256_text
 from ftplan.render.shell import comment, shq
 from ftplan.schemas import Pipeline
@@ -166,7 +166,7 @@ def test_plan_md_has_header_table_bars_terms_and_how_to_run(tmp_path):
             "`██████░░░░ 14.2 / 24.0 GiB` | fits |") in md
     assert "| 03 | dpo | dpo | DPO β0.1 sigmoid, continues sft |" in md and "| tight |" in md
     assert "host RAM 16.1 GiB" in md
-    assert "| activations | 5.10 |" not in md and "| activations | 6.10 | checkpointed |" in md
+    assert "| activations | 6.1 GiB | checkpointed |" in md
     assert md.index("| activations |") < md.index("| weights |") < md.index("| logits |")
     assert "warning FT301 `stages[dpo].learning_rate` (line 20:5): learning rate is \\| low — raise it" in md
     assert "info FT900 `hardware`" in md
@@ -187,6 +187,11 @@ def test_plan_json_contents(files):
     assert sft["estimate"]["verdict"] == "fits" and sft["estimate"]["terms"][0]["name"] == "weights"
     assert sft["args_sha256"] == sha256_text(files["stages/02-sft/args.json"])
     assert sft["accelerate"]["distributed_type"] == "NO" and sft["slurm_job"] == "slurm/02-sft.sbatch"
+
+
+def test_size_text():
+    assert [size_text(n) for n in (int(16.1 * GIB), 12 * 2**20 + 2**19, 4096, 12)] == \
+        ["16.1 GiB", "12.5 MiB", "4.0 KiB", "12 B"]
 
 
 def test_params_text():

@@ -34,6 +34,14 @@ def code(text: object) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
+def size_text(n: int) -> str:
+    """``16.1 GiB``, ``12.5 MiB`` or ``4.0 KiB``: bytes in the largest unit that keeps a leading digit."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 2**shift:
+            return f"{n / 2**shift:.1f} {unit}"
+    return f"{n} B"
+
+
 def bar(used: int, capacity: int) -> str:
     """``███████░░░ 14.2 / 24.0 GiB``: the share of the card a peak takes (full when it does not fit)."""
     filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
@@ -71,7 +79,7 @@ def _memory_cell(s: "PlanStage") -> str:
     if s.resources.device == "cuda" and est.capacity_bytes and est.peak_bytes > 0:
         return f"`{bar(est.peak_bytes, est.capacity_bytes)}`"
     if est.host_bytes:
-        return f"host RAM {est.host_bytes / 2**30:.1f} GiB"
+        return f"host RAM {size_text(est.host_bytes)}"
     return "—"
 
 
@@ -131,13 +139,13 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
             out.append(f"- peak VRAM per GPU: {est.peak_bytes / 2**30:.1f} / {est.capacity_bytes / 2**30:.1f} GiB "
                        f"({est.verdict}){step}")
         if est.host_bytes:
-            out.append(f"- host memory: {est.host_bytes / 2**30:.1f} GiB")
+            out.append(f"- host memory: {size_text(est.host_bytes)}")
         for note in est.notes:
             out.append(f"- note: {md(note)}")
         if est.terms:
-            out += ["", "| largest terms | GiB | how |", "|---|---:|---|"]
+            out += ["", "| largest terms | size | how |", "|---|---:|---|"]
             for t in sorted(est.terms, key=lambda t: -t.bytes)[:TOP_TERMS]:
-                out.append(f"| {md(t.name)} | {t.bytes / 2**30:.2f} | {md(t.detail)} |")
+                out.append(f"| {md(t.name)} | {size_text(t.bytes)} | {md(t.detail)} |")
         if est.suggestions:
             out += ["", "Changes that would fit:", ""]
             out += [f"- {md(x.change)}: {x.peak_bytes / 2**30:.1f} GiB" for x in est.suggestions]
