@@ -56,6 +56,15 @@ def _fail(what: str, promised: object, actual: object, fix: str = FIX_PLAN) -> N
                          f"fix: {fix}")
 
 
+def check_consistent(stage, promise: Promise) -> None:
+    """A training stage and its promise must agree on precision, attention and kernels (one compiler run)."""
+    for field in ("precision", "attention", "kernels"):
+        if getattr(stage, field) != getattr(promise, field):
+            raise StageError(f"the args file says `{field}: {getattr(stage, field)}` for the stage but promises "
+                             f"{getattr(promise, field)}; it was edited by hand or mixed from two plans: "
+                             "recompile it with `ftplan compile`")
+
+
 def check_device(promise: Promise) -> None:
     """Device type, precision support and visible GPU memory (every stage, before loading anything)."""
     import torch

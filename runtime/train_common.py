@@ -27,7 +27,7 @@ from .model_loading import (LoadedModel, check_saved_weights, load_for_training,
 from .preemption import (Preemption, PreemptionCallback, Requeue, checkpoint_state, finished_checkpoint,
                          guard_checkpoints, latest_checkpoint, publish_checkpoint)
 from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
-                        check_device, check_distributed, prepare_kernel_import, zero_stage)
+                        check_consistent, check_device, check_distributed, prepare_kernel_import, zero_stage)
 from .progress import ProgressLogger, interactive
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -158,6 +158,7 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
     None and ``run_training`` publishes that checkpoint."""
     promise = args.promise
     recorder = StageRecorder(args)
+    check_consistent(args.stage, promise)
     check_device(promise)
     check_trackers(args.stage.report_to)
     check_attention_available(promise)

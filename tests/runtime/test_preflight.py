@@ -164,3 +164,18 @@ def test_gpu_memory_and_bf16_promises_on_a_real_gpu():
     else:
         with pytest.raises(_err(), match="does not support bf16"):
             check_device(_promise(device="cuda", precision="bf16"))
+
+
+def test_stage_and_promise_must_agree():
+    """A hand-edited args file whose stage and promise disagree is refused (recompile)."""
+    from ftplan.schemas.stages import SftStage
+
+    from ftplan_runtime.preflight import StageError, check_consistent
+
+    stage = SftStage.model_validate({"id": "sft", "kind": "sft", "data": "prep", "learning_rate": 1e-4,
+                                     "precision": "fp32", "adapter": {"type": "lora"}})
+    check_consistent(stage, _promise())
+    with pytest.raises(StageError, match="`precision: fp32` for the stage but promises bf16"):
+        check_consistent(stage, _promise(precision="bf16"))
+    with pytest.raises(StageError, match="attention"):
+        check_consistent(stage, _promise(attention="eager"))
