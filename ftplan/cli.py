@@ -28,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="type-check a pipeline, run the pre-launch rules, estimate VRAM")
     check.add_argument("pipeline", help="pipeline YAML file")
     check.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
+    check.add_argument("-v", "--verbose", action="store_true", help="also print informational notes")
 
     comp = sub.add_parser("compile", help="write the reviewable launch plan of a pipeline")
     comp.add_argument("pipeline", help="pipeline YAML file")
     comp.add_argument("-o", "--out", required=True, help="plan folder to write (replaced atomically)")
     comp.add_argument("--check", action="store_true", help="write nothing; exit 3 if the folder would change")
     comp.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
+    comp.add_argument("-v", "--verbose", action="store_true", help="also print informational notes")
 
     sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     gpus = sub.add_parser("gpus", help="list the GPU catalog")
@@ -46,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, out: Console | None = None, err: Console | None = None) -> int:
     """Run one ftplan command; returns the exit code (testable: no ``sys.exit`` here)."""
-    out = out or Console(highlight=False, soft_wrap=True)
-    err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+    out = out or _console(stderr=False)
+    err = err or _console(stderr=True)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse prints usage itself
@@ -55,6 +57,14 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
     handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
                "codes": _codes}[args.command]
     return handler(args, out, err)
+
+
+def _console(*, stderr: bool) -> Console:
+    """A console that wraps long diagnostics but never squeezes the stage table below 120 columns."""
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal or console.width < 120:
+        console = Console(stderr=stderr, highlight=False, soft_wrap=True, width=max(console.width, 120))
+    return console
 
 
 def entrypoint() -> None:
@@ -73,14 +83,14 @@ def _check(args, out: Console, err: Console) -> int:
     if args.json:
         out.print_json(json.dumps(check_json(result)))
     else:
-        print_check(result, out, err)
+        print_check(result, out, err, verbose=args.verbose)
     return EXIT_OK if result.ok else EXIT_INVALID
 
 
 def _compile(args, out: Console, err: Console) -> int:
     from .api import check_file, plan_dir_from_root, plan_files
     from .console import check_json, print_check
-    from .write import diff_plan, write_plan
+    from .write import WriteError, diff_plan, write_plan
 
     if not Path(args.pipeline).is_file():
         err.print(f"error: no such pipeline file: {args.pipeline}")
@@ -91,23 +101,27 @@ def _compile(args, out: Console, err: Console) -> int:
         if args.json:
             out.print_json(json.dumps(report))
         else:
-            print_check(result, out, err)
+            print_check(result, out, err, verbose=args.verbose)
         return EXIT_INVALID
     out_dir = Path(args.out)
-    files = plan_files(result, plan_dir_from_root(args.pipeline, out_dir))
-    diff = diff_plan(files, out_dir)
-    report["changes"] = diff.as_json()
-    if args.check:
-        if args.json:
-            out.print_json(json.dumps(report))
-        else:
-            out.print(diff.summary(out_dir))
-        return EXIT_DRIFT if diff.changed else EXIT_OK
-    write_plan(files, out_dir)
+    try:
+        files = plan_files(result, plan_dir_from_root(args.pipeline, out_dir))
+        diff = diff_plan(files, out_dir)
+        report["changes"] = diff.as_json()
+        if args.check:
+            if args.json:
+                out.print_json(json.dumps(report))
+            else:
+                out.print(diff.summary(out_dir))
+            return EXIT_OK if diff.clean else EXIT_DRIFT
+        write_plan(files, out_dir)
+    except (ValueError, WriteError) as exc:
+        err.print(f"error: cannot write the plan to {args.out}: {exc}")
+        return EXIT_USAGE
     if args.json:
         out.print_json(json.dumps(report))
     else:
-        print_check(result, out, err)
+        print_check(result, out, err, verbose=args.verbose)
         out.print(diff.summary(out_dir))
     return EXIT_OK
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .api import CheckResult
-from .describe import bar, effective_batch, gib, headline, method
+from .describe import bar, effective_batch, gib, headline, method, size
 from .diagnostics import Diagnostic, Severity
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -27,19 +27,24 @@ def diagnostic_lines(d: Diagnostic, result: CheckResult) -> list[str]:
     return [head, *(f"  {n}" for n in d.notes), *([f"  hint: {d.hint}"] if d.hint else [])]
 
 
-def print_diagnostics(result: CheckResult, console: Console) -> None:
-    """Print every diagnostic, colour-coded by severity."""
+def print_diagnostics(result: CheckResult, console: Console, *, verbose: bool = False) -> None:
+    """Print the diagnostics, colour-coded by severity (informational notes only when ``verbose``)."""
     for d in result.diagnostics:
+        if d.severity is Severity.INFO and not verbose:
+            continue
         lines = diagnostic_lines(d, result)
         console.print(Text(lines[0], style=_STYLE[d.severity]))
         for line in lines[1:]:
             console.print(Text(line))
 
 
-def summary_line(result: CheckResult) -> str:
-    """``N errors, M warnings.``"""
-    e, w = result.count(Severity.ERROR), result.count(Severity.WARNING)
-    return f"{e} error{'s' if e != 1 else ''}, {w} warning{'s' if w != 1 else ''}."
+def summary_line(result: CheckResult, *, verbose: bool = False) -> str:
+    """``N errors, M warnings.`` plus how many notes ``-v`` would show."""
+    e, w, i = (result.count(s) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO))
+    line = f"{e} error{'s' if e != 1 else ''}, {w} warning{'s' if w != 1 else ''}"
+    if i and not verbose:
+        line += f", {i} note{'s' if i != 1 else ''} (-v shows them)"
+    return line + "."
 
 
 def stage_table(result: CheckResult) -> Table | None:
@@ -49,7 +54,7 @@ def stage_table(result: CheckResult) -> Table | None:
         return None
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"):
-        table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left")
+        table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left", no_wrap=True)
     world = ctx.pipeline.hardware.world_size
     for stage in ctx.pipeline.stages:
         est = result.estimates.get(stage.id)
@@ -61,17 +66,17 @@ def stage_table(result: CheckResult) -> Table | None:
     return table
 
 
-def print_check(result: CheckResult, out: Console, err: Console) -> None:
+def print_check(result: CheckResult, out: Console, err: Console, *, verbose: bool = False) -> None:
     """The human view of ``ftplan check``: headline and stage table on stdout, diagnostics on stderr."""
     if result.ctx is not None:
         out.print(Text(headline(result.ctx), style="bold"))
         out.print()
         out.print(stage_table(result))
         out.print()
-    print_diagnostics(result, err)
-    if result.diagnostics:
+    print_diagnostics(result, err, verbose=verbose)
+    if any(verbose or d.severity is not Severity.INFO for d in result.diagnostics):
         err.print()
-    err.print(summary_line(result))
+    err.print(summary_line(result, verbose=verbose))
 
 
 def check_json(result: CheckResult) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def _memory_cell(est) -> tuple[str, str]:
         used, cap = gib(est.peak_bytes), gib(est.capacity_bytes)
         return f"{bar(used, cap)} {used:5.1f} / {cap:.1f} GiB", est.verdict
     if est.host_bytes:
-        return f"host RAM {gib(est.host_bytes):.1f} GiB", "ok" if est.verdict == "n/a" else est.verdict
+        return f"host RAM {size(est.host_bytes)}", "ok" if est.verdict == "n/a" else est.verdict
     return "—", "ok" if est.verdict == "n/a" else est.verdict
 
 

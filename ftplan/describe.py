@@ -13,6 +13,14 @@ def gib(n_bytes: float) -> float:
     return n_bytes / 2**30
 
 
+def size(n_bytes: float) -> str:
+    """Bytes in the largest unit that keeps the number at least 1: ``12.4 GiB``, ``512 MiB``, ``96 KiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
 def method(stage) -> str:
     """What a stage does, e.g. ``QLoRA r16 α32, kernels`` or ``DPO β0.1 sigmoid, continues sft``."""
     if isinstance(stage, DataStage):

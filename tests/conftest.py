@@ -100,3 +100,9 @@ def write_pipeline(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def pytest_addoption(parser):
+    """``--update-golden`` rewrites tests/golden/ from the current compiler output (review the diff)."""
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden compiled plans instead of comparing against them")
