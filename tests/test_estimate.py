@@ -367,8 +367,11 @@ def test_step_time_scales_with_tokens_and_is_slower_for_qlora():
     a = est(sft("lora", micro_batch=2, grad_accum=1), gpu=H200)
     b = est(sft("lora", micro_batch=2, grad_accum=4), gpu=H200)
     assert b.step_time_s == pytest.approx(4 * a.step_time_s, rel=0.01)
-    # calibration point: 6,283 tok/s plain HF+PEFT LoRA on H200 at s2048 b2
-    assert 4096 / a.step_time_s == pytest.approx(6283, rel=0.05)
+    # calibration points on H200 at s2048 b2: 7,669 tok/s HF+PEFT LoRA under autocast (the runtime's mode),
+    # 6,283 tok/s with the plain fp32-adapter loop of baselines.md
+    assert 4096 / a.step_time_s == pytest.approx(7669, rel=0.05)
+    plain = est(sft("lora", micro_batch=2), gpu=H200, loop=BASELINE_LOOP)
+    assert 4096 / plain.step_time_s == pytest.approx(6283, rel=0.05)
     assert est(sft("qlora", micro_batch=2), gpu=H200).step_time_s > a.step_time_s
 
 

@@ -5,7 +5,11 @@
    baselines.md's "device used" is free memory before the model load minus free memory at the end, taken after
    ``torch.cuda.mem_get_info()`` had created the CUDA context, so it excludes the context: the comparison is the
    estimate's peak minus its ``CUDA context`` term. Requirement: within +-10 %; the model lands within +-5 %.
-2. Probe runs of the same loop on a 4-layer model of the same shape (one H200, torch 2.11.0+cu130, transformers
+2. Full-size runs of the loop the runtime uses (autocast; the output dropped before backward, as the HF Trainer
+   does), with and without ``kernels: ftplan`` (``runtime/kernels``: fused RMSNorm, SwiGLU, RoPE and linear
+   cross-entropy): ``loss = model(ids, labels=ids).loss`` (or ``causal_lm_loss``) inside ``torch.autocast(bf16)``,
+   then ``loss.backward()``, fused AdamW, 2 warm-up + 3 timed steps; same card and software as 3.
+3. Probe runs of the baselines.md loop on a 4-layer model of the same shape (one H200, torch 2.11.0+cu130, transformers
    5.17.0, peft 0.21.0, bitsandbytes 0.50.2; ``torch.cuda.max_memory_allocated`` over three steps), with and
    without autocast, full fine-tune, eager attention and no checkpointing. They check the tensor terms alone
    (peak minus context, libraries and fragmentation), which these rules reproduce to within ~1 %.
@@ -100,3 +104,29 @@ def test_probe_tensor_peaks(adapter, seq, micro_batch, autocast, attention, gc, 
     predicted = (est.peak_bytes - outside) / GIB
     error = 100 * (predicted - measured) / measured
     assert abs(error) <= 3, f"allocated {predicted:.2f} vs measured {measured:.2f} GiB ({error:+.1f} %)"
+
+
+# Full 32 layers, autocast, output dropped before backward (H200): (adapter, seq, micro_batch, kernels,
+# measured max allocated GiB, measured device-used GiB, measured tok/s)
+RUNTIME_LIKE = [
+    ("lora", 2048, 2, "ftplan", 17.572, 18.285, 9017),
+    ("qlora", 2048, 2, "ftplan", 11.436, 12.527, 7182),
+    ("qlora", 8192, 1, "ftplan", 14.724, 16.355, 6863),
+    ("lora", 2048, 2, "none", 22.424, 24.484, 7669),
+]
+
+
+@pytest.mark.parametrize(("adapter", "seq", "micro_batch", "kernels", "alloc", "device", "tok_s"), RUNTIME_LIKE,
+                         ids=[f"{p[0]}-s{p[1]}-b{p[2]}-{p[3]}" for p in RUNTIME_LIKE])
+def test_runtime_like_loop_full_size(adapter, seq, micro_batch, kernels, alloc, device, tok_s):
+    # HF's own loss (not TRL's chunked head) under autocast, as the probe ran it
+    loop = Loop(autocast=True, chunked_lm_head=False, holds_outputs=False, padded=False, name="probe")
+    est = estimate_training(LLAMA_8B, H200, _stage(adapter, micro_batch, kernels=kernels), seq_len=seq, loop=loop)
+    outside = sum(_term(est, n) for n in ("CUDA context", "CUDA libraries + cuBLAS workspaces",
+                                          "allocator fragmentation"))
+    tensors = (est.peak_bytes - outside) / GIB
+    used = (est.peak_bytes - _term(est, "CUDA context")) / GIB
+    rate = micro_batch * seq / est.step_time_s
+    assert abs(tensors - alloc) / alloc <= 0.03, f"allocated {tensors:.2f} vs {alloc:.2f} GiB"
+    assert abs(used - device) / device <= 0.05, f"device-used {used:.2f} vs {device:.2f} GiB"
+    assert abs(rate - tok_s) / tok_s <= 0.10, f"{rate:.0f} vs {tok_s} tok/s"

@@ -36,14 +36,22 @@ Calibrated: device-used minus peak reserved was 0.234 GiB (240 MiB) on all eight
 sdpa and eager, with and without autocast) and 0.22-0.24 GiB on the three baselines.md points; 240 MiB minus the
 two 32 MiB cuBLAS workspaces leaves 176 MiB."""
 
-FRAGMENTATION_FACTOR = 1.45
-"""Reserved minus allocated, in units of the largest transient block (the fp32 logits on the HF loss path).
+FRAGMENTATION_FACTORS: dict[str, float] = {
+    "hf_held": 1.45,
+    "hf": 0.94,
+    "chunked": 2.9,
+}
+"""Reserved minus allocated, in units of the largest transient block, by loss path.
 
-Calibrated: 1.46x (LoRA s2048 b2), 1.10x (QLoRA s2048 b2), 1.95x (QLoRA s8192 b1) on the baselines.md points and
-1.38-1.51x on six CE-dominated probe runs. The caching allocator never returns segments, and the loss path mixes
-bf16 and fp32 blocks of one (tokens x vocab) shape, so a second and a half of that block stays stranded. On a card
-that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this term is
-reclaimable: it makes the verdict conservative."""
+The caching allocator never returns segments, so blocks of mixed sizes strand free space; the pattern is set by
+the biggest transient tensors. Calibrated on H200 (torch 2.11):
+- ``hf_held`` (full logits, the caller keeps the output; block = the fp32 logits): 1.46x, 1.10x, 1.95x on the three
+  baselines.md points and 1.38-1.51x on six CE-dominated 4-layer probe runs;
+- ``hf`` (full logits, output dropped before backward, as the HF Trainer does): 0.94x (LoRA s2048 b2, full size);
+- ``chunked`` (fused / chunked loss; block = the larger of the loss chunk and one (tokens x intermediate)
+  activation): 1.96x, 3.5x, 3.2x on LoRA s2048 b2, QLoRA s2048 b2 and QLoRA s8192 b1 with ``kernels: ftplan``.
+On a card that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this
+term is reclaimable: it makes the verdict conservative."""
 
 NCCL_COMMUNICATOR_MIB = 1536
 """Buffers of one NCCL communicator on a multi-GPU node: ~1.6 GB reported for one communicator (nccl#864, maintainer
@@ -83,19 +91,21 @@ of 64 (``runtime/kernels/cross_entropy.py``; measured 0.31 GiB above the inputs 
 
 # --- Throughput --------------------------------------------------------------------------------------------------
 
-HF_UTILISATION = 0.30
+HF_UTILISATION = {"autocast": 0.368, "plain": 0.30}
 """Fraction of the datasheet bf16 peak that plain HF+PEFT reaches, counting recomputation FLOPs (HFU).
 
-Calibrated: LoRA bf16 Llama-3.1-8B s2048 b2 with gradient checkpointing, 6,283 tok/s on H200 (baselines.md) x
-47.4 GFLOP/token (6*N_mm + 6*N_lora + 8*L*s*d) = 298 TFLOP/s = 30 % of 989 (20 % MFU without recomputation)."""
+Calibrated on LoRA bf16 Llama-3.1-8B s2048 b2 with gradient checkpointing on H200, 47.4 GFLOP/token
+(6*N_mm + 6*N_lora + 8*L*s*d): under autocast (as the HF Trainer runs it) 7,669 tok/s = 364 TFLOP/s = 36.8 % of
+989 (probe run); the plain loop of baselines.md (adapters in fp32, no autocast) 6,283 tok/s = 30 % (20 % MFU)."""
 
-FTPLAN_KERNELS_SPEEDUP = 1.14
-"""``kernels: ftplan`` vs plain HF: assumed equal to Liger's measured gain on the same loop (7,172 vs 6,283 tok/s,
-baselines.md); the ftplan set itself is not yet measured end to end."""
+FTPLAN_KERNELS_SPEEDUP = 1.176
+"""``kernels: ftplan`` vs plain HF under autocast: 9,017 vs 7,669 tok/s (LoRA s2048 b2, H200, probe run)."""
 
 DEQUANT_BYTES_PER_PARAM = 0.516 + 2 + 2
 """HBM traffic of one NF4 dequantisation per quantized weight and pass: read the codes, write and re-read the bf16
 copy (kernel-anchors.md section 3: ~31 GB per pass for 8B)."""
 
-DEQUANT_BANDWIDTH_EFFICIENCY = 0.5
-"""Assumed fraction of datasheet bandwidth the dequantisation kernels reach."""
+DEQUANT_BANDWIDTH_EFFICIENCY = 0.17
+"""Effective fraction of datasheet bandwidth for the QLoRA overhead (dequantisation plus the fp32-stream casts
+around each ``Linear4bit``). Calibrated: QLoRA vs LoRA, both ``kernels: ftplan`` under autocast, s2048 b2 on H200:
+7,182 vs 9,017 tok/s = 0.116 s per micro-step for three passes over 6.98B NF4 weights."""

@@ -49,7 +49,8 @@ def candidates(r: Resolved, gpus_per_node: int) -> list[Candidate]:
     mb = r.micro_batch
     for smaller in sorted((d for d in range(1, mb) if mb % d == 0), reverse=True):
         accum = r.grad_accum * (mb // smaller)
-        out.append(Candidate(f"micro_batch {mb} → {smaller} (grad_accum {r.grad_accum} → {accum})", ("micro_batch",),
+        change = f"micro_batch {mb} → {smaller} (grad_accum {r.grad_accum} → {accum})"
+        out.append(Candidate(change, ("micro_batch",),
                              replace(r, micro_batch=smaller, grad_accum=accum,
                                      sequences=smaller * (2 if r.dpo else 1))))
     if r.dpo and r.reference != "none":
@@ -67,7 +68,7 @@ def candidates(r: Resolved, gpus_per_node: int) -> list[Candidate]:
                 out.append(Candidate(f"distributed: {{strategy: {r.strategy}, offload_optimizer: true, "
                                      "offload_params: true}", ("distributed",),
                                      replace(r, offload_optimizer=True, offload_params=True)))
-    if r.method in ("lora", "dora") and r.lora is not None and r.reference != "adapter_copy":
+    if r.method in ("lora", "dora") and r.lora is not None and not r.continues:
         out.append(Candidate(f"adapter type {r.method} → qlora", ("adapter", "type"),
                              replace(r, method="qlora", lora=r.lora.model_copy(update={"type": "qlora"}))))
     n = gpus_per_node * 2

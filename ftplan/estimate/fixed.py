@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..catalog.gpus import GpuSpec
 from .constants import (CUBLAS_HANDLES, CUBLAS_WORKSPACE_DEFAULT_MIB, CUBLAS_WORKSPACE_MIB, CUDA_CONTEXT_MIB,
-                        CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTOR, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB)
+                        CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTORS, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB)
 from .fmt import gib
 from .types import Term
 
@@ -45,7 +45,9 @@ def nccl(world: int, gpu: GpuSpec | None, nvls: bool) -> list[Term]:
     return out
 
 
-def fragmentation(largest_block: int) -> Term:
-    """Reserved-but-unused memory of the caching allocator, from the largest transient block."""
-    return Term("allocator fragmentation", int(FRAGMENTATION_FACTOR * largest_block),
-                f"{FRAGMENTATION_FACTOR} x the largest transient block ({gib(largest_block)}), calibrated")
+def fragmentation(largest_block: int, pattern: str) -> Term:
+    """Reserved-but-unused memory of the caching allocator, from the largest transient block and the loss path's
+    allocation pattern (``hf_held``, ``hf`` or ``chunked``)."""
+    factor = FRAGMENTATION_FACTORS[pattern]
+    return Term("allocator fragmentation", int(factor * largest_block),
+                f"{factor} x the largest transient block ({gib(largest_block)}), calibrated")

@@ -63,7 +63,8 @@ def _hf(r: Resolved) -> Loss:
     n, v, el = r.tokens, s.vocab_size, r.logits_bytes
     nv = n * v
     what = f"{num(n)} tokens x {num(v)}"
-    held = Term("output logits held", nv * el, f"{what} x {el} B ({dtype(el, r.half)})") if r.loop.holds_outputs else None
+    held = (Term("output logits held", nv * el, f"{what} x {el} B ({dtype(el, r.half)})")
+            if r.loop.holds_outputs else None)
     extra = []
     if r.loop.autocast and r.lm_head_bytes == 4:
         extra.append(Term("lm_head cast weight (autocast)", v * s.hidden_size * 2,
@@ -74,7 +75,8 @@ def _hf(r: Resolved) -> Loss:
     forward = tuple(old + [logits, _final_norm(r, n)] + extra)
     back = Term("logits + loss", 3 * nv * 4, f"{what} x 4 B x 3 (fp32 log-softmax, its gradient, the logits gradient)")
     backward = tuple(([held] if held else []) + [back, _final_norm(r, n)] + extra)
-    ref = (Term("reference logits", nv * el + nv * 4, f"{what}: {dtype(el, r.half)} logits + fp32 log-softmax (no grad)"),)
+    ref = (Term("reference logits", nv * el + nv * 4,
+                f"{what}: {dtype(el, r.half)} logits + fp32 log-softmax (no grad)"),)
     saved = tuple(([held] if held else []) + [Term("saved log-softmax", nv * 4, f"{what} x 4 B")] + extra)
     return Loss(forward, backward, held, nv * 4, saved, ref)
 
@@ -87,7 +89,8 @@ def _trl(r: Resolved) -> Loss:
     tile = Term("loss tile", rows * cols * ec, f"{num(rows)} x {num(cols)} logits tile x {ec} B (TRL fused LM head)")
     hidden = Term("loss hidden states", n * h * r.stream_bytes, f"{num(n)} x {num(h)} x {r.stream_bytes} B (saved)")
     stats = Term("loss statistics", n * 4 * 8, f"{num(n)} tokens x 8 fp32")
-    wcast = [Term("lm_head chunk cast", cols * h * ec, f"{num(cols)} x {num(h)} x {ec} B")] if r.lm_head_bytes != ec else []
+    wcast = ([Term("lm_head chunk cast", cols * h * ec, f"{num(cols)} x {num(h)} x {ec} B")]
+             if r.lm_head_bytes != ec else [])
     forward = (tile, hidden, stats, _final_norm(r, n), *wcast)
     grads = [Term("hidden-state gradient (fp32)", n * h * 4, f"{num(n)} x {num(h)} x 4 B")]
     if lm_head_trains(r):

@@ -79,6 +79,8 @@ class Resolved:
     the continued adapter (TRL's ``ref`` adapter), or a frozen copy of the full weights."""
     nvls: bool = False
     """NCCL NVLS buffers are allocated (NVLink Hopper node, >2 GPUs, not disabled)."""
+    continues: bool = False
+    """The stage keeps training its input's adapter (``adapter: continue``): its type cannot change."""
 
     @property
     def tokens(self) -> int:

@@ -4,8 +4,9 @@ Phases (what is alive on top of the states):
 
 - loss forward / loss backward: the activation checkpoints (or every layer's activations) and the loss path at its
   forward and backward peaks; accumulated gradients when ``grad_accum`` > 1;
-- backward through a layer: the checkpoints, one recomputed layer (its activations, the gradients in flight,
-  attention score blocks), the gradients produced so far, and the outputs the caller still holds;
+- backward through the top layer (every checkpoint alive, few gradients yet) and through the bottom layer (every
+  gradient, one checkpoint): one recomputed layer (its activations, the gradients in flight, attention score
+  blocks) and the outputs the caller still holds;
 - DPO reference forward: the policy's saved activations and loss state plus a no-grad forward through the reference;
 - optimizer step: every gradient.
 """
@@ -60,7 +61,8 @@ def resolve(shape: ModelShape, stage: SftStage | DpoStage, *, seq_len: int, worl
         sequences=stage.micro_batch * (2 if dpo else 1), gc=stage.gradient_checkpointing,
         attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
         strategy=resolve_strategy(dist.strategy, world_size), offload_optimizer=dist.offload_optimizer,
-        offload_params=dist.offload_params, world=world_size, nodes=nodes, dpo=dpo, reference=reference, nvls=nvls)
+        offload_params=dist.offload_params, world=world_size, nodes=nodes, dpo=dpo, reference=reference, nvls=nvls,
+        continues=stage.adapter == "continue")
 
 
 def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: SftStage | DpoStage, *, seq_len: int,
@@ -82,21 +84,28 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     st = states.compute(r)
     acts = activations.compute(r)
     loss = logits.compute(r)
-    phases = _phases(r, st, acts, loss)
+    phases = _phases(r, st, acts, loss, cpu=device == "cpu")
     peak_phase = max(phases, key=lambda p: p.bytes)
     tokens = r.micro_batch * r.seq * r.grad_accum * r.world * (2 if r.dpo else 1)
     cpu = device == "cpu"
     base: list[Term] = [] if cpu else [fixed.context(gpu), fixed.libraries(gpu), *fixed.nccl(r.world, gpu, r.nvls)]
     body = list(st.terms) + list(peak_phase.terms)
     if not cpu:
-        largest = max(loss.largest_block, r.tokens * r.shape.intermediate_size * r.linear_out_bytes)
-        body.append(fixed.fragmentation(largest))
+        if r.loss_path == "hf":
+            pattern, largest = ("hf_held" if r.loop.holds_outputs else "hf"), loss.largest_block
+        else:
+            pattern = "chunked"
+            largest = max(loss.largest_block, r.tokens * r.shape.intermediate_size * r.linear_out_bytes)
+        body.append(fixed.fragmentation(largest, pattern))
     terms = _merge(base + body)
     total = sum(t.bytes for t in terms)
     per_node = max(1, r.world // max(1, r.nodes))
     notes = [f"peak during: {peak_phase.name}", f"modelled step: {r.loop.name}"]
     if st.host:
         notes.append(f"offloaded to CPU memory: {gib(st.host)} per GPU, {gib(st.host * per_node)} per node")
+    if r.kernels == "ftplan":
+        notes.append("kernels: ftplan terms are derived from the kernels (fused CE measured at kernel level); "
+                     "the end-to-end peak is not yet measured")
     if r.optimizer == "paged_adamw_8bit":
         notes.append("paged optimizer states can be evicted to CPU under pressure (same bytes when resident)")
     if cpu:
@@ -117,13 +126,25 @@ def verdict(peak: int, capacity: int | None) -> str:
     return "tight" if peak > TIGHT_FRACTION * capacity else "fits"
 
 
-def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, loss: logits.Loss) -> list[Phase]:
+def _step_transient(r: Resolved, st: states.States, cpu: bool) -> list[Term]:
+    """Temporaries of the optimizer step. The runtime's CUDA AdamW is fused and bitsandbytes' 8-bit step runs
+    blockwise, neither allocates per-parameter temporaries; on the CPU the runtime uses foreach AdamW, whose
+    ``sqrt(v)`` is a full copy of the second moment."""
+    if not cpu or r.optimizer != "adamw" or r.strategy != "none":
+        return []
+    tb = r.param_bytes if r.full else r.adapter_bytes
+    return [Term("optimizer step temporaries", st.trainable * tb, "foreach AdamW: sqrt(v), one state-sized copy")]
+
+
+def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, loss: logits.Loss,
+            cpu: bool = False) -> list[Phase]:
     shape, n = r.shape, r.tokens
     layers = shape.num_layers
     if r.gc:
         held_all = Term("activation checkpoints", layers * acts.ckpt_tok * n,
-                        f"{layers} layers x {num(n)} tokens x {acts.ckpt_tok // shape.hidden_size} B x {num(shape.hidden_size)}")
-        held_one = replace(held_all, bytes=acts.ckpt_tok * n, detail="the last layer input")
+                        f"{layers} layers x {num(n)} tokens x {acts.ckpt_tok // shape.hidden_size} B"
+                        f" x {num(shape.hidden_size)}")
+        held_one = replace(held_all, bytes=acts.ckpt_tok * n, detail="the bottom layer's input")
         layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved
         layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak
         layer_what = "recomputed layer"
@@ -148,21 +169,23 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         layer = [Term(layer_what, max(layer_a, layer_b),
                       f"{num(n)} tokens x {acts.layer_tok():,} B saved + gradients in flight")]
     if acts.weight_transient:
-        layer.append(Term("dequantized / DoRA weight copy", acts.weight_transient, "largest linear, per call"))
+        what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight copy (fp32)"
+        layer.append(Term(what, acts.weight_transient, "largest linear, transient per call"))
 
-    grads_early = replace(st.grads, bytes=st.grads_early, detail="lm_head / final norm gradients") if st.grads_early else None
+    grads_early = (replace(st.grads, bytes=st.grads_early, detail="lm_head / final norm gradients")
+                   if st.grads_early else None)
     phases = [
         Phase("loss forward", tuple([held_all, *common, *accum, *loss.forward])),
         Phase("loss backward", tuple([held_all, *common, *accum, *loss.backward])),
-        Phase("backward through the first layer",
+        Phase("backward through the top layer",
               tuple([held_all, *common, *held, *(accum or ([grads_early] if grads_early else [])), *layer])),
-        Phase("backward through the last layer", tuple([held_one, *common, *held, st.grads, *layer])),
-        Phase("optimizer step", tuple([*held, st.grads])),
+        Phase("backward through the bottom layer", tuple([held_one, *common, *held, st.grads, *layer])),
+        Phase("optimizer step", tuple([*held, st.grads, *_step_transient(r, st, cpu)])),
     ]
     if r.dpo and r.reference != "none":
-        e = r.linear_out_bytes
-        ref_layer = Term("reference forward layer", (2 * shape.intermediate_size * e + 2 * shape.hidden_size * r.stream_bytes) * n
-                         + (acts.scores_peak * 3 // 4), "no-grad layer working set")
+        ref_layer = Term("reference forward layer",
+                         (acts.inflight_mlp_tok + acts.inflight_attn_tok) * n + acts.scores_peak * 3 // 4,
+                         "no-grad working set of one layer")
         phases.append(Phase("DPO reference forward",
                             tuple([held_all, *common, *accum, *loss.saved, ref_layer, *loss.reference])))
     return [Phase(p.name, tuple(t for t in p.terms if t.bytes)) for p in phases]

@@ -115,7 +115,8 @@ def compute(r: Resolved) -> States:
                           f"{params(p_t)} x {per:g} B (m, v in {'8-bit' if opt_per else dtype(tb, r.half)})"))
         grads = p_t * tb
         if r.strategy == "ddp":
-            terms.append(Term("DDP gradient buckets", p_t * tb, f"{params(p_t)} x {tb} B (gradient_as_bucket_view off)"))
+            terms.append(Term("DDP gradient buckets", p_t * tb,
+                              f"{params(p_t)} x {tb} B (gradient_as_bucket_view off)"))
     elif ds:
         level = int(r.strategy[-1])
         shard_w = n if level == 3 else 1
@@ -169,7 +170,8 @@ def _sharding_buffers(r: Resolved, p_t: int) -> list[Term]:
     out: list[Term] = []
     if r.strategy in ("zero1", "zero2"):
         out.append(Term("DeepSpeed comm buckets", int(DEEPSPEED_OVERLAP_FACTOR * 2 * 2 * h2),
-                        f"reduce + allgather buckets 2 x {h2:,} elements x 2 B x {DEEPSPEED_OVERLAP_FACTOR} (overlap_comm)"))
+                        f"reduce + allgather buckets 2 x {h2:,} elements x 2 B x {DEEPSPEED_OVERLAP_FACTOR}"
+                        " (overlap_comm)"))
     elif r.strategy == "zero3":
         big = largest_layer_params(shape)
         per = 4 if r.full else 2

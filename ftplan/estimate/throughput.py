@@ -1,16 +1,18 @@
 """Rough step time from FLOPs per token (kernel-anchors.md section 3) and an assumed utilisation.
 
     F_tok = 6 N_mm (full) or 4 N_mm + 6 N_lora (adapters)      N_mm: weights multiplied per token, lm_head included
-          + 6 L s d                                            causal attention, forward + backward (d = heads x head_dim)
+          + 6 L s d                                            causal attention, fwd + bwd (d = heads x head_dim)
           + 2 N_mm + 2 L s d                                   recomputation, with gradient checkpointing
           + 2 N_mm + 2 L s d                                   DPO reference forward (``reference: live``)
 
     step_time = tokens per GPU per step x F_tok / (peak bf16 FLOP/s x utilisation) + QLoRA dequantisation
 
-The utilisation (0.30 of the datasheet peak counting recomputation, ~20 % MFU) is calibrated on one point, plain
-HF+PEFT LoRA bf16 on H200 (baselines.md); ``kernels: ftplan`` is assumed to gain what Liger gained there. QLoRA
-adds the HBM traffic of dequantising every NF4 weight once per pass (forward, recomputation, backward). This is a
-planning figure, not a benchmark: expect +-30 %.
+The utilisation (0.368 of the datasheet peak counting recomputation under autocast, 0.30 for the plain fp32-adapter
+loop of baselines.md) is calibrated on HF+PEFT LoRA bf16 on H200, and the ``kernels: ftplan`` gain (1.18x) on the
+same point. QLoRA adds the HBM traffic of dequantising every NF4 weight once per pass (forward, recomputation,
+backward), at an efficiency calibrated on QLoRA vs LoRA with ``kernels: ftplan``. QLoRA without autocast (fp32
+lm_head and attention; baselines.md's 2,834 tok/s) is not modelled. A planning figure, not a benchmark: expect
++-30 % off the calibration points (other GPUs, sequence lengths, DPO, sharded runs).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def step_time(r: Resolved, gpu: GpuSpec | None, trainable: int) -> float | None:
     if gpu is None:
         return None
     tokens = r.tokens * r.grad_accum
-    util = HF_UTILISATION * (FTPLAN_KERNELS_SPEEDUP if r.kernels == "ftplan" else 1.0)
+    util = HF_UTILISATION["autocast" if r.loop.autocast else "plain"]
+    util *= FTPLAN_KERNELS_SPEEDUP if r.kernels == "ftplan" else 1.0
     t = tokens * flops_per_token(r, trainable) / (gpu.peak_bf16_tflops * 1e12 * util)
     if r.quantized:
         from ..catalog.architecture import param_counts
