@@ -107,7 +107,9 @@ def test_preflight_failure_is_exit_3(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     promise = dict(CPU_PROMISE, device="cuda", precision="bf16", gpu_name="h100-sxm-80gb", gpu_memory_mib=81559)
     path = tmp_path / "args.json"
-    path.write_text(json.dumps(_sft_args(tmp_path, promise=promise)))
+    doc = _sft_args(tmp_path, promise=promise)
+    doc["stage"]["precision"] = "bf16"
+    path.write_text(json.dumps(doc))
     assert _main([str(path)]) == 3
     line = _one_line_error(capsys.readouterr().err)
     assert "promised device = cuda" in line and "ftplan compile" in line
