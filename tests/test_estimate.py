@@ -383,3 +383,31 @@ def test_codes_are_registered():
 def test_linear_module_table_matches_the_lora_count():
     mods = linear_modules(LLAMA_8B)
     assert sum(m.d_in + m.d_out for m in mods) == 81_920  # kernel-anchors section 3
+
+
+def test_nvls_buffers_follow_the_node_and_the_environment():
+    stage = sft("lora", distributed="zero3")
+    on = estimate(_context(_pipeline(stage, gpus_per_node=8), LLAMA_8B, H100))[0]["sft"]
+    assert term(on, "NCCL NVLS buffers") == 2304 << 20
+    p = _pipeline(stage, gpus_per_node=8)
+    off_hw = p.hardware.model_copy(update={"env": {"NCCL_NVLS_ENABLE": "0"}})
+    off = estimate(_context(p.model_copy(update={"hardware": off_hw}), LLAMA_8B, H100))[0]["sft"]
+    assert "NCCL NVLS buffers" not in names(off) and "NCCL buffers" in names(off)
+    two = estimate(_context(_pipeline(stage, gpus_per_node=2), LLAMA_8B, H100))[0]["sft"]
+    assert "NCCL NVLS buffers" not in names(two)
+
+
+def test_several_changes_when_no_single_one_fits():
+    stage = sft({"type": "lora", "r": 64, "alpha": 128}, distributed="ddp", micro_batch=4, grad_accum=2)
+    p = _pipeline(stage, gpus_per_node=8, shape="meta-llama/Llama-3.1-70B", max_seq_len=8192)
+    estimates, diags = estimate(_context(p, LLAMA_70B, H100))
+    (d,) = [d for d in diags if d.code == "FT101"]
+    assert d.hint.startswith("no single change fits; together: ")
+    (s,) = estimates["sft"].suggestions
+    assert s.change == "micro_batch 4 → 2 (grad_accum 2 → 4) + distributed ddp → zero3"
+    again = est(stage.model_copy(update={"micro_batch": 2, "grad_accum": 4, "distributed": "zero3"}),
+                shape=LLAMA_70B, seq=8192, world_size=8, nvls=True)
+    assert again.peak_bytes == s.peak_bytes <= H100.memory_mib << 20
+    # each change alone is not enough, and the milder micro_batch cut was kept
+    assert est(stage.model_copy(update={"distributed": "zero3"}), shape=LLAMA_70B, seq=8192, world_size=8,
+               nvls=True).verdict == "oom"

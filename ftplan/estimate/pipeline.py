@@ -9,7 +9,7 @@ from ..schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, S
 from . import host
 from .fit import Fit, combined, suggestions
 from .fmt import gib
-from .stage import TIGHT_FRACTION, estimate_resolved, resolve
+from .stage import estimate_resolved, resolve
 from .types import StageEstimate
 
 CODES = {
@@ -50,15 +50,15 @@ def estimate(ctx: Context) -> tuple[dict[str, StageEstimate], list[Diagnostic]]:
         spec = continued_adapter(pipeline, stage) if continues else stage.adapter
         quantized_base = link.input.quantized_base if continues else (
             isinstance(spec, LoraAdapter) and spec.type == "qlora")
-        world = hw.world_size
-        r = resolve(ctx.shape, stage, seq_len=data.max_seq_len, world_size=world, nodes=hw.nodes,
+        nvls_ok = _nvls(ctx.gpu, 8, hw.env) and hw.device == "cuda"
+        r = resolve(ctx.shape, stage, seq_len=data.max_seq_len, world_size=hw.world_size, nodes=hw.nodes,
                     quantized_base=quantized_base, adapter=spec, packed=data.packing,
-                    nvls=_nvls(ctx.gpu, hw.gpus_per_node, hw.env) and hw.device == "cuda")
+                    nvls=nvls_ok and hw.gpus_per_node > 2)
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
-            fits = suggestions(r, ctx.gpu, hw.gpus_per_node) if est.verdict == "oom" else []
+            fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok) if est.verdict == "oom" else []
             if est.verdict == "oom" and not fits:
-                together = combined(r, ctx.gpu, hw.gpus_per_node)
+                together = combined(r, ctx.gpu, hw.gpus_per_node, nvls_ok)
                 fits = [together] if together else []
             est = _with_suggestions(est, fits)
             diags.append(_diagnostic(i, est, ctx.gpu, fits))
@@ -81,7 +81,8 @@ def continued_adapter(pipeline, stage) -> LoraAdapter | None:
 
 
 def _nvls(gpu: GpuSpec | None, gpus_per_node: int, env: dict[str, str]) -> bool:
-    """NCCL sets up NVLink SHARP buffers: NVLink Hopper/Blackwell nodes with more than two GPUs, unless disabled."""
+    """NCCL sets up NVLink SHARP buffers: NVLink Hopper/Blackwell nodes with more than two GPUs, unless
+    ``NCCL_NVLS_ENABLE=0``."""
     if gpu is None or not gpu.nvlink or gpu.arch not in ("hopper", "blackwell") or gpus_per_node <= 2:
         return False
     return env.get("NCCL_NVLS_ENABLE", "").strip() != "0"
@@ -118,5 +119,3 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Di
     return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU > {gib(cap)} ({gpu.name})", hint=hint,
                  notes=notes)
 
-
-assert TIGHT_FRACTION == 0.9  # the FT102 title says 90 %
