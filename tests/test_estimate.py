@@ -288,6 +288,7 @@ def test_tight_stage_warns_with_ft102():
     _, diags = estimate(_context(_pipeline(sft("lora", micro_batch=mb), max_seq_len=seq), LLAMA_8B, H100))
     (d,) = diags
     assert d.code == "FT102" and d.severity is Severity.WARNING and " % of 79.6 GiB (H100 SXM 80GB)" in d.message
+    assert d.hint.startswith("for headroom")
 
 
 def test_offload_and_more_gpus_suggestions_when_sharding_is_already_on():

@@ -147,9 +147,10 @@ def _delta(before: Resolved, after: Resolved) -> dict:
     return {f: getattr(after, f) for f in before.__dataclass_fields__ if getattr(after, f) != getattr(before, f)}
 
 
-def suggestions(r: Resolved, gpu: GpuSpec, gpus_per_node: int, nvls: bool = False, limit: int = 5) -> list[Fit]:
-    """Single changes that make the stage fit on ``gpu``, best first (one per kind of change)."""
-    capacity = gpu.memory_mib * (1 << 20)
+def suggestions(r: Resolved, gpu: GpuSpec, gpus_per_node: int, nvls: bool = False, limit: int = 5,
+                fraction: float = 1.0) -> list[Fit]:
+    """Single changes that bring the stage under ``fraction`` of ``gpu``'s memory, best first (one per kind)."""
+    capacity = int(gpu.memory_mib * (1 << 20) * fraction)
     fits: list[Fit] = []
     seen: set[str] = set()
     for c in candidates(r, gpus_per_node, nvls):

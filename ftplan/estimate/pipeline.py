@@ -9,7 +9,7 @@ from ..schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, S
 from . import host
 from .fit import Fit, combined, suggestions
 from .fmt import gib
-from .stage import estimate_resolved, resolve
+from .stage import TIGHT_FRACTION, estimate_resolved, resolve
 from .types import StageEstimate
 
 CODES = {
@@ -56,11 +56,14 @@ def estimate(ctx: Context) -> tuple[dict[str, StageEstimate], list[Diagnostic]]:
                     nvls=nvls_ok and hw.gpus_per_node > 2)
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
-            fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok) if est.verdict == "oom" else []
+            if est.verdict == "oom":
+                fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok)
+            else:
+                fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok, limit=1, fraction=TIGHT_FRACTION)
             if est.verdict == "oom" and not fits:
                 together = combined(r, ctx.gpu, hw.gpus_per_node, nvls_ok)
                 fits = [together] if together else []
-            est = _with_suggestions(est, fits)
+            est = _with_suggestions(est, fits if est.verdict == "oom" else [])
             diags.append(_diagnostic(i, est, ctx.gpu, fits))
         estimates[stage.id] = est
     return estimates, diags
@@ -101,10 +104,11 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Di
     notes = ["largest terms: " + "; ".join(largest)] if largest else []
     if est.verdict == "tight":
         pct = 100 * est.peak_bytes / cap
+        hint = (f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"
+                if fits else "for headroom, lower micro_batch or use more GPUs")
         return warning("FT102", ("stages", i), f"peak {gib(est.peak_bytes)} per GPU is {pct:.0f} % of "
                        f"{gib(cap)} ({gpu.name}): little headroom for longer batches or fragmentation",
-                       hint="lower micro_batch or turn on gradient checkpointing / `kernels: ftplan` for headroom",
-                       notes=notes)
+                       hint=hint, notes=notes)
     notes += [f"would fit: {f.suggestion.change}: {f.suggestion.peak_bytes / (1 << 30):.1f} GiB of "
               f"{cap / (1 << 30):.1f}" for f in fits]
     several = bool(fits) and " + " in fits[0].suggestion.change
