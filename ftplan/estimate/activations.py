@@ -7,16 +7,16 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   itself. The fused norm (``kernels: ftplan``) saves the input and an fp32 rstd per row.
 - Attention (flash / memory-efficient SDPA) saves q, k, v and the output in the attention dtype plus an fp32
   log-sum-exp per head; the math SDPA kernel (fp32 q/k/v with GQA) saves q and the head-repeated k, v, and its
-  (heads x s x s) fp32 scores are counted separately; eager adds fp32 and cast probabilities.
-- MLP: HF keeps gate, up and SiLU(gate) (3 x i); the fused SwiGLU keeps gate and up (2 x i).
+  (heads × s × s) fp32 scores are counted separately; eager adds fp32 and cast probabilities.
+- MLP: HF keeps gate, up and SiLU(gate) (3 × i); the fused SwiGLU keeps gate and up (2 × i).
 - Linear inputs: a trainable base linear saves its input once per distinct input tensor. A LoRA module saves the
-  input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 x d_in);
-  without autocast a 16-bit input is copied to fp32 per module (4 x d_in), and an fp32 input is shared.
+  input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 × d_in);
+  without autocast a 16-bit input is copied to fp32 per module (4 × d_in), and an fp32 input is shared.
 
 Measured on H200 (probe runs, 4-layer Llama-3.1-8B shape): the no-checkpointing LoRA layer under autocast is
-0.82 GiB at 4,096 tokens against 0.83 GiB from these rules; checkpoint inputs are h x stream bytes per token
+0.82 GiB at 4,096 tokens against 0.83 GiB from these rules; checkpoint inputs are h × stream bytes per token
 (fp32 under QLoRA: 0.125 GiB per layer at 8,192 tokens, measured); the math-SDPA backward holds four
-(heads x s x s) fp32 blocks at once (32.4 GiB above the other terms at s=8192, against 4 x 8 GiB).
+(heads × s × s) fp32 blocks at once (32.4 GiB above the other terms at s=8192, against 4 × 8 GiB).
 """
 
 from __future__ import annotations
@@ -149,14 +149,14 @@ def compute(r: Resolved) -> LayerActivations:
     mlp += _linear_inputs(r, "act", d_in, e_lin, shared_free=False)
 
     input_tok = 0 if (r.kernels != "ftplan" and e_s != 4) else e_s * h
-    a2 = s.num_heads * r.seq * r.seq * r.sequences  # heads x s x s per micro-step
+    a2 = s.num_heads * r.seq * r.seq * r.sequences  # heads × s × s per micro-step
     if r.math_attention:
         saved, peak = 4 * a2, 16 * a2
-        detail = f"math SDPA: 4 x {s.num_heads} heads x {r.seq:,}^2 x {r.sequences} seq x 4 B"
+        detail = f"math SDPA: 4 × {s.num_heads} heads × {r.seq:,}^2 × {r.sequences} seq × 4 B"
     elif r.attention == "eager":
         saved = (4 + (e_at if e_at != 4 else 0)) * a2
         peak = saved + (e_at + 8) * a2
-        detail = f"eager: fp32 softmax, {s.num_heads} heads x {r.seq:,}^2 x {r.sequences} seq"
+        detail = f"eager: fp32 softmax, {s.num_heads} heads × {r.seq:,}^2 × {r.sequences} seq"
     else:
         saved = peak = 0
         detail = ""

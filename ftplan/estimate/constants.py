@@ -48,7 +48,7 @@ the biggest transient tensors. Calibrated on H200 (torch 2.11):
 - ``hf_held`` (full logits, the caller keeps the output; block = the fp32 logits): 1.46x, 1.10x, 1.95x on the three
   baselines.md points and 1.38-1.51x on six CE-dominated 4-layer probe runs;
 - ``hf`` (full logits, output dropped before backward, as the HF Trainer does): 0.94x (LoRA s2048 b2, full size);
-- ``chunked`` (fused / chunked loss; block = the larger of the loss chunk and one (tokens x intermediate)
+- ``chunked`` (fused / chunked loss; block = the larger of the loss chunk and one (tokens × intermediate)
   activation): 1.96x, 3.5x, 3.2x on LoRA s2048 b2, QLoRA s2048 b2 and QLoRA s8192 b1 with ``kernels: ftplan``.
 On a card that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this
 term is reclaimable: it makes the verdict conservative."""
@@ -82,7 +82,7 @@ ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
 TRL_TOKEN_CHUNK = 4096
 TRL_VOCAB_CHUNK = 32768
-"""TRL 1.16 fused LM head (``trl/kernels/chunked_logprob.py``): (4096 tokens x 32768 vocab) tiles in the compute
+"""TRL 1.16 fused LM head (``trl/kernels/chunked_logprob.py``): (4096 tokens × 32768 vocab) tiles in the compute
 dtype; 8 fp32 statistics per token; fp32 grad of the hidden states (and of the head if it trains) in backward."""
 
 FUSED_CE_MIN_CHUNK_BYTES = 1 << 28

@@ -31,7 +31,7 @@ def libraries(gpu: GpuSpec | None) -> Term:
     ws = CUBLAS_WORKSPACE_MIB.get(arch_of(gpu), CUBLAS_WORKSPACE_DEFAULT_MIB)
     total = CUBLAS_HANDLES * ws + CUDA_LIBRARY_KERNELS_MIB
     return Term("CUDA libraries + cuBLAS workspaces", total * MIB,
-                f"{CUBLAS_HANDLES} x {ws} MiB workspaces + {CUDA_LIBRARY_KERNELS_MIB} MiB kernels (calibrated)")
+                f"{CUBLAS_HANDLES} × {ws} MiB workspaces + {CUDA_LIBRARY_KERNELS_MIB} MiB kernels (calibrated)")
 
 
 def nccl(world: int, gpu: GpuSpec | None, nvls: bool) -> list[Term]:
@@ -50,4 +50,4 @@ def fragmentation(largest_block: int, pattern: str) -> Term:
     allocation pattern (``hf_held``, ``hf`` or ``chunked``)."""
     factor = FRAGMENTATION_FACTORS[pattern]
     return Term("allocator fragmentation", int(factor * largest_block),
-                f"{factor} x the largest transient block ({gib(largest_block)}), calibrated")
+                f"{factor} × the largest transient block ({gib(largest_block)}), calibrated")

@@ -20,8 +20,8 @@ def merge(shape: ModelShape, stage: MergeStage) -> StageEstimate:
     b = MERGE_DTYPE_BYTES[stage.dtype]
     total = param_counts(shape).total
     big = largest_layer_params(shape)
-    terms = (Term(f"weights ({stage.dtype})", total * b, f"{params(total)} params x {b} B"),
-             Term("one layer in flight", big * b, f"largest tensor {params(big)} x {b} B (W + scale * B @ A)"))
+    terms = (Term(f"weights ({stage.dtype})", total * b, f"{params(total)} params × {b} B"),
+             Term("one layer in flight", big * b, f"largest tensor {params(big)} × {b} B (W + scale * B @ A)"))
     return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=sum(t.bytes for t in terms),
                          notes=("runs on the CPU: host memory",))
 
@@ -32,6 +32,6 @@ def gguf(shape: ModelShape, stage: GgufStage) -> StageEstimate:
     outputs = set(stage.quant) | ({"f16"} if "q4_k_m" in stage.quant else set())
     name = max(outputs, key=lambda q: GGUF_BYTES_PER_PARAM[q])
     per = GGUF_BYTES_PER_PARAM[name]
-    terms = (Term(f"largest output ({name})", int(total * per), f"{params(total)} params x {per:.3g} B"),)
+    terms = (Term(f"largest output ({name})", int(total * per), f"{params(total)} params × {per:.3g} B"),)
     return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=terms[0].bytes,
                          notes=("runs on the CPU: host memory",))

@@ -2,11 +2,11 @@
 
 N = tokens per micro-step, V = vocabulary, h = hidden size, e_l = dtype of the logits.
 
-- ``hf``: ``lm_head`` writes the full (N x V) logits, ``ForCausalLMLoss`` upcasts them (``.float()``), the
+- ``hf``: ``lm_head`` writes the full (N × V) logits, ``ForCausalLMLoss`` upcasts them (``.float()``), the
   cross-entropy saves its fp32 log-softmax, and backward writes an fp32 gradient and the softmax-backward output:
-  backward peak = 3 x N.V.4 (+ N.V.e_l while the caller holds the output). Measured (probe + baselines.md): 14 N.V
+  backward peak = 3 × N.V.4 (+ N.V.e_l while the caller holds the output). Measured (probe + baselines.md): 14 N.V
   bytes with bf16 logits held, 16 N.V with fp32 logits (QLoRA without autocast), to within 0.1 GiB.
-- ``trl_chunked``: TRL's fused LM head (SFT and DPO trainers, TRL >= 1.16) projects (4096 x 32768) tiles and
+- ``trl_chunked``: TRL's fused LM head (SFT and DPO trainers, TRL >= 1.16) projects (4096 × 32768) tiles and
   folds them into per-token statistics; it saves the (compacted) hidden states and, in backward, allocates an fp32
   gradient of them (and of the head when it trains). Derived from ``trl/kernels/chunked_logprob.py``.
 - ``fused`` (``kernels: ftplan``): chunks of C = min(N, max(N.h // V, 256 MiB / (V.elt))) rows; the hidden-state
@@ -55,29 +55,29 @@ def compute(r: Resolved) -> Loss:
 def _final_norm(r: Resolved, n: int) -> Term:
     h, e = r.shape.hidden_size, r.stream_bytes
     per = e * h if r.kernels == "ftplan" else (4 + e) * h
-    return Term("final norm", n * per, f"{num(n)} tokens x {per // h} B x {num(h)}")
+    return Term("final norm", n * per, f"{num(n)} tokens × {per // h} B × {num(h)}")
 
 
 def _hf(r: Resolved) -> Loss:
     s = r.shape
     n, v, el = r.tokens, s.vocab_size, r.logits_bytes
     nv = n * v
-    what = f"{num(n)} tokens x {num(v)}"
-    held = (Term("output logits held", nv * el, f"{what} x {el} B ({dtype(el, r.half)})")
+    what = f"{num(n)} tokens × {num(v)}"
+    held = (Term("output logits held", nv * el, f"{what} × {el} B ({dtype(el, r.half)})")
             if r.loop.holds_outputs else None)
     extra = []
     if r.loop.autocast and r.lm_head_bytes == 4:
         extra.append(Term("lm_head cast weight (autocast)", v * s.hidden_size * 2,
-                          f"{num(v)} x {num(s.hidden_size)} x 2 B, saved for backward"))
+                          f"{num(v)} × {num(s.hidden_size)} × 2 B, saved for backward"))
     logits = Term("logits + loss", nv * el + (nv * 4 if el != 4 else 0) + nv * 4,
                   f"{what}: {dtype(el, r.half)} logits" + (" + fp32 upcast" if el != 4 else "") + " + fp32 log-softmax")
-    old = [Term("previous step's output logits", nv * el, f"{what} x {el} B")] if r.loop.holds_outputs else []
+    old = [Term("previous step's output logits", nv * el, f"{what} × {el} B")] if r.loop.holds_outputs else []
     forward = tuple(old + [logits, _final_norm(r, n)] + extra)
-    back = Term("logits + loss", 3 * nv * 4, f"{what} x 4 B x 3 (fp32 log-softmax, its gradient, the logits gradient)")
+    back = Term("logits + loss", 3 * nv * 4, f"{what} × 4 B × 3 (fp32 log-softmax, its gradient, the logits gradient)")
     backward = tuple(([held] if held else []) + [back, _final_norm(r, n)] + extra)
     ref = (Term("reference logits", nv * el + nv * 4,
                 f"{what}: {dtype(el, r.half)} logits + fp32 log-softmax (no grad)"),)
-    saved = tuple(([held] if held else []) + [Term("saved log-softmax", nv * 4, f"{what} x 4 B")] + extra)
+    saved = tuple(([held] if held else []) + [Term("saved log-softmax", nv * 4, f"{what} × 4 B")] + extra)
     return Loss(forward, backward, held, nv * 4, saved, ref)
 
 
@@ -86,15 +86,15 @@ def _trl(r: Resolved) -> Loss:
     n, v, h = r.tokens, s.vocab_size, s.hidden_size
     ec = 2 if r.loop.autocast else r.stream_bytes
     rows, cols = min(n, TRL_TOKEN_CHUNK), min(v, TRL_VOCAB_CHUNK)
-    tile = Term("loss tile", rows * cols * ec, f"{num(rows)} x {num(cols)} logits tile x {ec} B (TRL fused LM head)")
-    hidden = Term("loss hidden states", n * h * r.stream_bytes, f"{num(n)} x {num(h)} x {r.stream_bytes} B (saved)")
-    stats = Term("loss statistics", n * 4 * 8, f"{num(n)} tokens x 8 fp32")
-    wcast = ([Term("lm_head chunk cast", cols * h * ec, f"{num(cols)} x {num(h)} x {ec} B")]
+    tile = Term("loss tile", rows * cols * ec, f"{num(rows)} × {num(cols)} logits tile × {ec} B (TRL fused LM head)")
+    hidden = Term("loss hidden states", n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B (saved)")
+    stats = Term("loss statistics", n * 4 * 8, f"{num(n)} tokens × 8 fp32")
+    wcast = ([Term("lm_head chunk cast", cols * h * ec, f"{num(cols)} × {num(h)} × {ec} B")]
              if r.lm_head_bytes != ec else [])
     forward = (tile, hidden, stats, _final_norm(r, n), *wcast)
-    grads = [Term("hidden-state gradient (fp32)", n * h * 4, f"{num(n)} x {num(h)} x 4 B")]
+    grads = [Term("hidden-state gradient (fp32)", n * h * 4, f"{num(n)} × {num(h)} × 4 B")]
     if lm_head_trains(r):
-        grads.append(Term("lm_head gradient (fp32)", v * h * 4, f"{num(v)} x {num(h)} x 4 B"))
+        grads.append(Term("lm_head gradient (fp32)", v * h * 4, f"{num(v)} × {num(h)} × 4 B"))
     backward = (tile, hidden, stats, _final_norm(r, n), *wcast, *grads)
     ref = (tile, stats, *wcast)
     return Loss(forward, backward, None, max(tile.bytes, n * h * 4), (hidden, stats), ref)
@@ -107,14 +107,14 @@ def _fused(r: Resolved) -> Loss:
     rows = min(n, max(n * h // v, FUSED_CE_MIN_CHUNK_BYTES // (v * elt)))
     if rows >= 64:
         rows -= rows % 64
-    chunk = Term("loss chunk", rows * v * elt, f"{num(rows)} x {num(v)} logits chunk x {elt} B (fused linear CE)")
-    dh = Term("hidden-state gradient", n * h * r.stream_bytes, f"{num(n)} x {num(h)} x {r.stream_bytes} B")
-    losses = Term("per-token losses", n * 4, f"{num(n)} x 4 B")
+    chunk = Term("loss chunk", rows * v * elt, f"{num(rows)} × {num(v)} logits chunk × {elt} B (fused linear CE)")
+    dh = Term("hidden-state gradient", n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B")
+    losses = Term("per-token losses", n * 4, f"{num(n)} × 4 B")
     extra = []
     if r.lm_head_bytes != elt:
-        extra.append(Term("lm_head cast weight", v * h * elt, f"{num(v)} x {num(h)} x {elt} B"))
+        extra.append(Term("lm_head cast weight", v * h * elt, f"{num(v)} × {num(h)} × {elt} B"))
     if lm_head_trains(r):
-        extra.append(Term("lm_head gradient", v * h * elt, f"{num(v)} x {num(h)} x {elt} B"))
+        extra.append(Term("lm_head gradient", v * h * elt, f"{num(v)} × {num(h)} × {elt} B"))
     terms = (chunk, dh, losses, _final_norm(r, n), *extra)
     ref = (chunk, losses)
     saved = (dh, losses, *[t for t in extra if "gradient" in t.name])

@@ -99,9 +99,8 @@ def _with_suggestions(est: StageEstimate, fits: list[Fit]) -> StageEstimate:
 
 def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Diagnostic:
     cap = est.capacity_bytes or 0
-    largest = [f"{t.name} {gib(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib(t.bytes)}"
-               for t in est.terms[:3]]
-    notes = ["largest terms: " + "; ".join(largest)] if largest else []
+    notes = [f"{t.name} {gib(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib(t.bytes)}"
+             for t in est.terms[:3]]  # the three largest terms, with their arithmetic
     if est.verdict == "tight":
         pct = 100 * est.peak_bytes / cap
         hint = (f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"

@@ -63,7 +63,7 @@ class Resolved:
     micro_batch: int
     grad_accum: int
     sequences: int
-    """Sequences per micro-step per GPU (DPO: chosen + rejected = 2 x micro_batch)."""
+    """Sequences per micro-step per GPU (DPO: chosen + rejected = 2 × micro_batch)."""
     gc: bool
     attention: str
     kernels: Literal["ftplan", "none"]
@@ -140,7 +140,7 @@ class Resolved:
     @property
     def math_attention(self) -> bool:
         """SDPA falls back to the math kernel (fp32 q/k/v with GQA and no mask: neither flash nor
-        memory-efficient accepts it) and materialises the (heads x s x s) scores."""
+        memory-efficient accepts it) and materialises the (heads × s × s) scores."""
         gqa = self.shape.num_kv_heads < self.shape.num_heads
         return self.attention == "sdpa" and self.attn_bytes == 4 and gqa and not self.loop.padded
 

@@ -142,8 +142,8 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
     layers = shape.num_layers
     if r.gc:
         held_all = Term("activation checkpoints", layers * acts.ckpt_tok * n,
-                        f"{layers} layers x {num(n)} tokens x {acts.ckpt_tok // shape.hidden_size} B"
-                        f" x {num(shape.hidden_size)}")
+                        f"{layers} layers × {num(n)} tokens × {acts.ckpt_tok // shape.hidden_size} B"
+                        f" × {num(shape.hidden_size)}")
         held_one = replace(held_all, bytes=acts.ckpt_tok * n, detail="the bottom layer's input")
         layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved
         layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak
@@ -151,23 +151,23 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
     else:
         per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved
         held_all = Term("activations (no checkpointing)", layers * per_layer,
-                        f"{layers} layers x {gib(per_layer)}")
+                        f"{layers} layers × {gib(per_layer)}")
         held_one = held_all
         layer_a = acts.inflight_mlp_tok * n
         layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
         layer_what = "layer backward"
-    common = [Term("attention mask", acts.mask, f"{r.sequences} x {num(r.seq)}^2")] if acts.mask else []
+    common = [Term("attention mask", acts.mask, f"{r.sequences} × {num(r.seq)}^2")] if acts.mask else []
     accum = [st.grads] if (r.grad_accum > 1 and st.grads.bytes) else []
     held = [loss.held] if loss.held else []
 
     if layer_b > layer_a and acts.scores_peak:
         scores = acts.scores_peak if r.gc else acts.scores_peak - acts.scores_saved
         layer = [Term(f"{layer_what} (attention half)", layer_b - scores,
-                      f"{num(n)} tokens x {acts.attn_tok + acts.inflight_attn_tok:,} B"),
+                      f"{num(n)} tokens × {acts.attn_tok + acts.inflight_attn_tok:,} B"),
                  Term("attention scores", scores, acts.scores_detail)]
     else:
         layer = [Term(layer_what, max(layer_a, layer_b),
-                      f"{num(n)} tokens x {acts.layer_tok():,} B saved + gradients in flight")]
+                      f"{num(n)} tokens × {acts.layer_tok():,} B saved + gradients in flight")]
     if acts.weight_transient:
         what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight copy (fp32)"
         layer.append(Term(what, acts.weight_transient, "largest linear, transient per call"))

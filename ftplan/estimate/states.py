@@ -87,13 +87,13 @@ def compute(r: Resolved) -> States:
         where = f" / {n} GPUs" if shard > 1 else ""
         if r.quantized:
             frozen = [Term("base weights (NF4)", int(p_lin * NF4_BYTES_PER_PARAM / shard),
-                           f"{params(p_lin)} decoder linear params x 4.127 bits{where}"),
+                           f"{params(p_lin)} decoder linear params × 4.127 bits{where}"),
                       Term("embeddings, lm_head, norms (fp32)", p_rest * 4 // shard,
-                           f"{params(p_rest)} params x 4 B (upcast by prepare_model_for_kbit_training){where}")]
+                           f"{params(p_rest)} params × 4 B (upcast by prepare_model_for_kbit_training){where}")]
         else:
             wb = half if ds else r.param_bytes
             frozen = [Term(f"weights ({dtype(wb, r.half)})", pc.total * wb // shard,
-                           f"{params(pc.total)} params x {wb} B{where}")]
+                           f"{params(pc.total)} params × {wb} B{where}")]
         if r.offload_params and r.sharded_weights:
             host += sum(t.bytes for t in frozen)
             frozen = []
@@ -107,21 +107,21 @@ def compute(r: Resolved) -> States:
     grads = 0
     if r.strategy in ("none", "ddp"):
         if r.full:
-            terms.append(Term(f"weights ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params x {tb} B"))
+            terms.append(Term(f"weights ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params × {tb} B"))
         else:
-            terms.append(Term(f"trainable {what} ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params x {tb} B"))
+            terms.append(Term(f"trainable {what} ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params × {tb} B"))
         per = opt_per if opt_per else 2 * tb
         terms.append(Term(f"optimizer states ({opt_name})", int(p_t * per),
-                          f"{params(p_t)} x {per:g} B (m, v in {'8-bit' if opt_per else dtype(tb, r.half)})"))
+                          f"{params(p_t)} × {per:g} B (m, v in {'8-bit' if opt_per else dtype(tb, r.half)})"))
         grads = p_t * tb
         if r.strategy == "ddp":
             terms.append(Term("DDP gradient buckets", p_t * tb,
-                              f"{params(p_t)} x {tb} B (gradient_as_bucket_view off)"))
+                              f"{params(p_t)} × {tb} B (gradient_as_bucket_view off)"))
     elif ds:
         level = int(r.strategy[-1])
         shard_w = n if level == 3 else 1
         weights = Term(f"trainable {what} ({dtype(half, r.half)})", p_t * half // shard_w,
-                       f"{params(p_t)} x {half} B" + (f" / {n}" if shard_w > 1 else ""))
+                       f"{params(p_t)} × {half} B" + (f" / {n}" if shard_w > 1 else ""))
         if level == 3 and r.offload_params:
             host += weights.bytes
         else:
@@ -132,7 +132,7 @@ def compute(r: Resolved) -> States:
         if r.offload_optimizer:
             host += opt
         else:
-            terms.append(Term("optimizer states (DeepSpeed)", opt, f"{label}: {params(p_t)} x {per:g} B / {n}"))
+            terms.append(Term("optimizer states (DeepSpeed)", opt, f"{label}: {params(p_t)} × {per:g} B / {n}"))
         if level == 3:
             grads = p_t * 4 // n
         elif level == 2 and r.offload_optimizer:
@@ -147,8 +147,8 @@ def compute(r: Resolved) -> States:
             host += w + o + grads
             grads = 0
         else:
-            terms.append(Term(f"trainable {what} (fp32 shards)", w, f"{params(p_t)} x 4 B / {n}"))
-            terms.append(Term(f"optimizer states ({opt_name})", o, f"{params(p_t)} x {per:g} B / {n}"))
+            terms.append(Term(f"trainable {what} (fp32 shards)", w, f"{params(p_t)} × 4 B / {n}"))
+            terms.append(Term(f"optimizer states ({opt_name})", o, f"{params(p_t)} × {per:g} B / {n}"))
 
     grad_term = Term("gradients", grads, f"{params(p_t)} trainable params" + (
         f", {'fp32' if r.strategy in ('zero3', 'fsdp2') else dtype(tb if not ds else half, r.half)}" if grads else ""))
@@ -170,23 +170,23 @@ def _sharding_buffers(r: Resolved, p_t: int) -> list[Term]:
     out: list[Term] = []
     if r.strategy in ("zero1", "zero2"):
         out.append(Term("DeepSpeed comm buckets", int(DEEPSPEED_OVERLAP_FACTOR * 2 * 2 * h2),
-                        f"reduce + allgather buckets 2 x {h2:,} elements x 2 B x {DEEPSPEED_OVERLAP_FACTOR}"
+                        f"reduce + allgather buckets 2 × {h2:,} elements × 2 B × {DEEPSPEED_OVERLAP_FACTOR}"
                         " (overlap_comm)"))
     elif r.strategy == "zero3":
         big = largest_layer_params(shape)
         per = 4 if r.full else 2
         out.append(Term("ZeRO-3 largest layer gathered", big * per,
-                        f"{params(big)} params x {per} B (16-bit params{' + grads' if r.full else ''})"))
+                        f"{params(big)} params × {per} B (16-bit params{' + grads' if r.full else ''})"))
         live = min(ZERO3_MAX_LIVE_PARAMETERS, param_counts(shape).total)
-        out.append(Term("ZeRO-3 live parameters", live * 2, f"stage3_max_live_parameters {params(live)} x 2 B"))
+        out.append(Term("ZeRO-3 live parameters", live * 2, f"stage3_max_live_parameters {params(live)} × 2 B"))
         out.append(Term("DeepSpeed comm buckets", int(DEEPSPEED_OVERLAP_FACTOR * 2 * h2 + 2 * (9 * h2 // 10)),
-                        f"reduce bucket {h2:,} x 2 B x {DEEPSPEED_OVERLAP_FACTOR} + prefetch bucket 0.9 h^2 x 2 B"))
+                        f"reduce bucket {h2:,} × 2 B × {DEEPSPEED_OVERLAP_FACTOR} + prefetch bucket 0.9 h^2 × 2 B"))
     elif r.strategy == "fsdp2":
         pc = param_counts(shape)
         unit = max(pc.per_layer_linear + pc.per_layer_norm, pc.embedding)
         grads = 4 * unit if r.full else 0
         out.append(Term("FSDP2 unsharded units", 2 * 2 * unit + grads,
-                        f"current + prefetched unit {params(unit)} x 2 B" + (" + fp32 unit grads" if grads else "")))
+                        f"current + prefetched unit {params(unit)} × 2 B" + (" + fp32 unit grads" if grads else "")))
     return out
 
 
@@ -196,8 +196,8 @@ def _reference(r: Resolved, total: int, p_t: int) -> list[Term]:
         wb = r.param_bytes
         shard = r.world if r.strategy in ("zero3", "fsdp2") else 1
         how = f" / {shard} GPUs" if shard > 1 else (" (replicated per GPU, as TRL prepares it)" if r.world > 1 else "")
-        return [Term("reference model (frozen copy)", total * wb // shard, f"{params(total)} x {wb} B{how}")]
+        return [Term("reference model (frozen copy)", total * wb // shard, f"{params(total)} × {wb} B{how}")]
     if r.reference == "adapter_copy":
         n = lora_params(r.shape, r.lora.r, r.lora.targets) if r.lora else p_t
-        return [Term("reference adapter (frozen copy)", n * r.adapter_bytes, f"{params(n)} x {r.adapter_bytes} B")]
+        return [Term("reference adapter (frozen copy)", n * r.adapter_bytes, f"{params(n)} × {r.adapter_bytes} B")]
     return []

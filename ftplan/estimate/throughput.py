@@ -1,11 +1,11 @@
 """Rough step time from FLOPs per token (kernel-anchors.md section 3) and an assumed utilisation.
 
     F_tok = 6 N_mm (full) or 4 N_mm + 6 N_lora (adapters)      N_mm: weights multiplied per token, lm_head included
-          + 6 L s d                                            causal attention, fwd + bwd (d = heads x head_dim)
+          + 6 L s d                                            causal attention, fwd + bwd (d = heads × head_dim)
           + 2 N_mm + 2 L s d                                   recomputation, with gradient checkpointing
           + 2 N_mm + 2 L s d                                   DPO reference forward (``reference: live``)
 
-    step_time = tokens per GPU per step x F_tok / (peak bf16 FLOP/s x utilisation) + QLoRA dequantisation
+    step_time = tokens per GPU per step × F_tok / (peak bf16 FLOP/s × utilisation) + QLoRA dequantisation
 
 The utilisation (0.368 of the datasheet peak counting recomputation under autocast, 0.30 for the plain fp32-adapter
 loop of baselines.md) is calibrated on HF+PEFT LoRA bf16 on H200, and the ``kernels: ftplan`` gain (1.18x) on the
