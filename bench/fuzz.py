@@ -317,9 +317,17 @@ def check_text(text: str, root: Path) -> list[Diagnostic]:
 
 
 def api_check_text(text: str, root: Path) -> list[Diagnostic]:
-    """The whole ``ftplan check`` path (``ftplan.api.check_text``)."""
+    """The whole ``ftplan check`` path (``ftplan.api.check_text``: schema, graph, rules, estimate), for every
+    text whose local paths stay inside ``root`` (the fuzzer never reads outside it); the front end otherwise."""
     from ftplan.api import check_text as api_check
 
+    try:
+        data, source_map = load_yaml(text, FILENAME)
+    except FtplanError as exc:
+        return list(exc.diagnostics)
+    pipeline, diags = validate_pipeline(data, source_map, FILENAME)
+    if pipeline is None or not _stays_inside(pipeline):
+        return diags
     return list(api_check(text, FILENAME, root).diagnostics)
 
 
@@ -343,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=10_000, help="number of inputs (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--target", choices=sorted(TARGETS), default="local",
+    ap.add_argument("--target", choices=sorted(TARGETS), default="api",
                     help="local: load + validate + read_inputs; api: ftplan.api.check_text")
     ap.add_argument("--show", type=int, default=5, help="crashing inputs to print (default 5)")
     args = ap.parse_args(argv)

@@ -41,8 +41,8 @@ def check_text(text: str, root: Path) -> list[Diagnostic]:
     return diags
 
 
-TARGET = check_text
-"""What the tests fuzz; the whole ``ftplan check`` path is ``fuzz.api_check_text``."""
+TARGET = fuzz.api_check_text
+"""What the tests fuzz: the whole ``ftplan check`` path (``check_text`` above is the front end alone)."""
 
 
 class DrawChooser:
@@ -69,7 +69,8 @@ def assert_located(text: str, root: Path) -> list[Diagnostic]:
 
 
 def test_seed_is_clean(root):
-    assert assert_located(fuzz.SEED_TEXT, root) == []
+    assert check_text(fuzz.SEED_TEXT, root) == []  # schema-valid; the whole path may still report rules
+    assert_located(fuzz.SEED_TEXT, root)
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -86,8 +87,7 @@ def test_text_mutations_give_located_diagnostics(root, data):
 @given(st.data())
 def test_structure_mutations_give_located_diagnostics(root, data):
     text = fuzz.mutate_structure(DrawChooser(data))
-    diags = assert_located(text, root)
-    assert all(d.code in {"FT001", "FT002", "FT003", "FT004", "FT005", "FT006", "FT007", "FT008"} for d in diags)
+    assert_located(text, root)
 
 
 @settings(max_examples=60, **SETTINGS)
