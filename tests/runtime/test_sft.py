@@ -245,3 +245,40 @@ def test_qlora_trains_on_a_4bit_nf4_base(project):
     assert base.config.quantization_config.bnb_4bit_use_double_quant
     prep.trainer.train()
     assert prep.loaded.quantized
+
+
+@pytest.mark.slow
+def test_zero3_lora_saves_real_adapter_weights(project):
+    """`accelerate launch` with DeepSpeed ZeRO-3 (one CPU process): the preflight sees DEEPSPEED/ZeRO-3, and the
+    saved adapter holds the gathered trained tensors, not empty ZeRO-3 placeholders (trl#4416)."""
+    pytest.importorskip("deepspeed")
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root = project["root"]
+    (root / "z3.json").write_text(json.dumps({
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}))
+    (root / "z3.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
+        f"deepspeed_config: {{deepspeed_config_file: {root / 'z3.json'}, zero3_init_flag: true}}\n"
+        "machine_rank: 0\nnum_machines: 1\nnum_processes: 1\nrdzv_backend: static\nsame_network: true\n"
+        "use_cpu: false\n")
+    args = _args(project, "out-z3", max_steps=2)
+    args = args.model_copy(update={"promise": args.promise.model_copy(
+        update={"distributed_type": "DEEPSPEED", "zero_stage": 3})})
+    (root / "z3-args.json").write_text(args.model_dump_json())
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / "z3.yaml"),
+                           "-m", "ftplan_runtime", str(root / "z3-args.json")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((root / "out-z3" / "metrics.json").read_text())
+    assert metrics["zero_stage"] == 3 and metrics["steps"] == 2
+    tensors = load_file(str(root / "out-z3" / "adapter" / "adapter_model.safetensors"))
+    assert tensors and all(t.numel() > 0 for t in tensors.values())
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k), "lora_B was trained"
