@@ -195,7 +195,6 @@ def test_merge_input_new_adapter_reference_is_the_merged_sft_model(project):
     torch.testing.assert_close(_trainer_ref_logps(trainer, rows), want, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.slow
 def test_full_finetune_live_reference_is_a_frozen_copy(project):
     """Full fine-tune: a separate frozen model holds the starting weights while the policy trains."""
     prep = _prepare(_dpo_args(project, "out-full", adapter={"type": "full"}, max_steps=2))
