@@ -152,6 +152,13 @@ def zero_stage(training_args) -> int | None:
     return None if stage is None else int(stage)
 
 
+def check_fused_loss(promise: Promise, zero: int | None) -> None:
+    """The fused linear cross-entropy of ``kernels: ftplan`` reads lm_head's full weight: not under ZeRO-3."""
+    if promise.kernels == "ftplan" and zero == 3:
+        _fail("kernels with ZeRO-3", "ftplan + zero3", "a ZeRO-3 run, whose sharded lm_head weight the fused "
+              "cross-entropy cannot read", "use `kernels: none` with zero3, or `distributed: zero2`, and recompile")
+
+
 def check_attention_loaded(promise: Promise, model) -> None:
     """After loading: the model really runs the promised attention implementation."""
     config = getattr(model, "config", None)

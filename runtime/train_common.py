@@ -27,7 +27,8 @@ from .model_loading import (LoadedModel, check_saved_weights, load_for_training,
 from .preemption import (Preemption, PreemptionCallback, Requeue, checkpoint_state, finished_checkpoint,
                          guard_checkpoints, latest_checkpoint, publish_checkpoint)
 from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
-                        check_consistent, check_device, check_distributed, prepare_kernel_import, zero_stage)
+                        check_consistent, check_device, check_distributed, check_fused_loss, prepare_kernel_import,
+                        zero_stage)
 from .progress import ProgressLogger, interactive
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -168,6 +169,8 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
     eval_ds = load_split(args, spec.family, "validation", required=False)
     config = spec.make_config(config_kwargs(args, has_eval=eval_ds is not None), train_ds)
     check_distributed(promise, config)
+    if spec.family == "sft":
+        check_fused_loss(promise, zero_stage(config))
     state = config.distributed_state
     ckpt_dir = Path(args.output_dir) / CHECKPOINTS_DIR
     guard_checkpoints(ckpt_dir, sha256, write=state.is_main_process)

@@ -179,3 +179,13 @@ def test_stage_and_promise_must_agree():
         check_consistent(stage, _promise(precision="bf16"))
     with pytest.raises(StageError, match="attention"):
         check_consistent(stage, _promise(attention="eager"))
+
+
+def test_fused_loss_is_refused_under_zero3():
+    """`kernels: ftplan` (fused cross-entropy on lm_head's full weight) cannot run with ZeRO-3's sharded head."""
+    from ftplan_runtime.preflight import check_fused_loss
+
+    with pytest.raises(_err(), match="use `kernels: none` with zero3"):
+        check_fused_loss(_promise(kernels="ftplan"), 3)
+    check_fused_loss(_promise(kernels="ftplan"), 2)
+    check_fused_loss(_promise(), 3)
