@@ -1,0 +1,54 @@
+"""Build the inputs of llama8b-qlora-sft-dpo.yaml under work/: a random-init Llama-3.1-8B (bf16, on the GPU)
+with the tiny local SentencePiece tokenizer, and long chat/preference rows that fill 2,048 tokens.
+
+    python bench/gpu/make_inputs.py work
+"""
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftplan_runtime.tiny import build_tiny_model
+
+WORDS = ("the model learns to answer support questions with short clear steps about accounts billing sync "
+         "exports invoices passwords teammates storage limits offline mode uploads and the api").split()
+
+
+def text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def main(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    tok_dir = build_tiny_model(work / "tiny")           # tokenizer files only are reused
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                      rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=0)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg)
+    out = work / "llama8b"
+    model.save_pretrained(out)
+    for f in tok_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (out / f.name).write_bytes(f.read_bytes())
+    rng = random.Random(0)
+    with open(work / "long-chat.jsonl", "w") as fh:
+        for _ in range(64):
+            conv = [{"from": "human", "value": text(rng, 200)}, {"from": "gpt", "value": text(rng, 2000)}]
+            fh.write(json.dumps({"conversations": conv}) + "\n")
+    with open(work / "long-prefs.jsonl", "w") as fh:
+        for _ in range(64):
+            fh.write(json.dumps({"prompt": text(rng, 200), "chosen": text(rng, 900),
+                                 "rejected": text(rng, 900)}) + "\n")
+    print("built", out)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
