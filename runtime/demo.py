@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
-PIPELINE = ROOT / "examples" / "tiny-cpu.yaml"
+REPO = Path(__file__).resolve().parent.parent
 PROMPT = "How do I reset my password?"
 
 
@@ -28,44 +26,48 @@ def _banner(text: str) -> None:
     print(f"\n# ---- {text} " + "-" * max(0, 70 - len(text)), flush=True)
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> None:
+def _run(cmd: list[str], env: dict[str, str], root: Path) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    subprocess.run(cmd, cwd=root, env=env, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete .demo first and redo every stage")
+    parser.add_argument("--root", type=Path, default=REPO,
+                        help="project folder holding examples/ (default: this repository); the demo writes .demo/ there")
     args = parser.parse_args(argv)
-    if args.fresh and DEMO.exists():
-        shutil.rmtree(DEMO)
+    root = args.root.resolve()
+    demo = root / ".demo"
+    if args.fresh and demo.exists():
+        shutil.rmtree(demo)
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
 
     _banner("1/4 tiny model + locally trained tokenizer")
-    model_dir = DEMO / "tiny-model"
+    model_dir = demo / "tiny-model"
     if (model_dir / "config.json").is_file():
-        print(f"{model_dir.relative_to(ROOT)} exists; reusing it")
+        print(f"{model_dir.relative_to(root)} exists; reusing it")
     else:
-        _run([sys.executable, "-m", "ftplan_runtime.tiny", str(model_dir.relative_to(ROOT))], env)
+        _run([sys.executable, "-m", "ftplan_runtime.tiny", str(model_dir.relative_to(root))], env, root)
 
     _banner("2/4 ftplan compile")
-    _run([sys.executable, "-m", "ftplan", "compile", str(PIPELINE.relative_to(ROOT)), "-o", ".demo/plan"], env)
+    _run([sys.executable, "-m", "ftplan", "compile", "examples/tiny-cpu.yaml", "-o", ".demo/plan"], env, root)
 
     _banner("3/4 run.sh: data -> sft -> dpo -> merge -> gguf")
-    _run(["bash", ".demo/plan/run.sh"], env)
+    _run(["bash", ".demo/plan/run.sh"], env, root)
 
     _banner("4/4 llama.cpp")
     from .llamacpp import complete
 
-    ggufs = sorted((DEMO / "outputs" / "gguf").glob("*.gguf"))
+    ggufs = sorted((demo / "outputs" / "gguf").glob("*.gguf"))
     for path in ggufs:
-        print(f"GGUF: {path.relative_to(ROOT)} ({path.stat().st_size / 2**20:.2f} MiB)")
+        print(f"GGUF: {path.relative_to(root)} ({path.stat().st_size / 2**20:.2f} MiB)")
     quantized = next((p for p in ggufs if "q4_k_m" in p.name), ggufs[-1])
-    text = complete(str(quantized), PROMPT, max_tokens=24, chat=True)
+    text = complete(str(quantized), PROMPT, max_tokens=64, chat=True)
     print(f"\nllama.cpp ({quantized.name}) completes {PROMPT!r}:\n  {text!r}")
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     return 0

@@ -76,10 +76,10 @@ def run_gguf(args: RuntimeArgs, sha256: str) -> dict[str, Any]:
 
 
 def _verify(path: Path, model_dir: Path, quant: str) -> dict[str, Any]:
-    from .gguf_verify import GgufVerificationError, verify_gguf
+    from .gguf_verify import STAGE_BOUNDS, GgufVerificationError, verify_gguf
 
     try:
-        report = verify_gguf(path, model_dir, None, quant)
+        report = verify_gguf(path, model_dir, None, quant, bounds=STAGE_BOUNDS)
     except GgufVerificationError as e:
         raise StageError(f"{path.name} does not match the HF model: {e}") from e
     except ImportError as e:

@@ -25,9 +25,9 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 1 process on the CPU, strategy none
-# effective batch 2 micro × 2 accum × 1 processes = 4 sequences; 1,024 tokens/step
+# effective batch 8 micro × 1 accum × 1 processes = 8 sequences; 2,048 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/sft
-if stage_complete ../.demo/outputs/sft 36f225e830698b9ab958a999b3f69ec0fec85b2a9cabc5669f284f713ddf1e57; then
+if stage_complete ../.demo/outputs/sft bf79b7c05f5118d4b3dc4bfbb6492524765cf4c52a09cd5af12d271998d0233d; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
   echo "ftplan: stage 02-sft"

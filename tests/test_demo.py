@@ -1,0 +1,33 @@
+"""The README's first command, end to end: tiny model, compile, run.sh through all five stages, llama.cpp."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_llama_cpp_completes_from_the_gguf(tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    out = subprocess.run([sys.executable, "-m", "ftplan_runtime.demo", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    outputs = tmp_path / ".demo" / "outputs"
+    for stage in ("data", "sft", "dpo", "merge", "gguf"):
+        assert (outputs / stage / "_COMPLETE").is_file(), stage
+        assert (outputs / stage / "metrics.json").is_file(), stage
+    assert sorted(p.name for p in (outputs / "gguf").glob("*.gguf")) == [
+        "tiny-cpu-f16.gguf", "tiny-cpu-q4_k_m.gguf", "tiny-cpu-q8_0.gguf"]
+    # the last thing the demo prints is llama.cpp's completion of the prompt, from the quantized GGUF
+    assert "llama.cpp (tiny-cpu-q4_k_m.gguf) completes 'How do I reset my password?'" in out.stdout
+    completion = out.stdout.split("completes 'How do I reset my password?':\n", 1)[1].splitlines()[0].strip()
+    assert len(completion) > 2, completion
+    # a second run finds every stage complete and skips it
+    again = subprocess.run([sys.executable, "-m", "ftplan_runtime.demo", "--root", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("is complete; skipping") == 5
