@@ -128,8 +128,9 @@ def _compile(args, out: Console, err: Console) -> int:
 
 def _schema(args, out: Console, err: Console) -> int:
     from .schemas import Pipeline
+    from .schemas.docs import documented_json_schema
 
-    out.print_json(json.dumps(Pipeline.model_json_schema(), sort_keys=True))
+    out.print_json(json.dumps(documented_json_schema(Pipeline), sort_keys=True))
     return EXIT_OK
 
 

@@ -117,8 +117,10 @@ def pattern_words(pattern: str) -> tuple[str, str]:
 
 def field_hint(owner: type[BaseModel] | None, name: Any) -> str:
     """``add 'learning_rate:' (peak learning rate)`` from the field's documentation."""
-    info = owner.model_fields.get(name) if owner and isinstance(name, str) else None
-    desc = _doc_words(info.description) if info is not None and info.description else ""
+    from .schemas.docs import field_doc
+
+    doc = field_doc(owner, name) if owner and isinstance(name, str) and name in owner.model_fields else None
+    desc = _doc_words(doc) if doc else ""
     return f"add '{name}:' ({desc[:1].lower()}{desc[1:]})" if desc else f"add '{name}:'"
 
 

@@ -1,7 +1,7 @@
 """Shared base model and small constrained types for the pipeline schema.
 
-Every model forbids unknown keys, is immutable, and takes its field documentation from the attribute
-docstrings (they become the JSON Schema ``description`` and the user's documentation).
+Every model forbids unknown keys and is immutable. Each field's documentation is the docstring under it
+(``docs.py`` reads it into the JSON Schema ``description`` and into error hints).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ class FtplanModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        use_attribute_docstrings=True,
         validate_default=False,
         str_strip_whitespace=False,
+        defer_build=True,  # validators are built on first use, for the model validated (import stays fast)
     )
 
 
