@@ -1,0 +1,62 @@
+"""One training step as the runtime takes it (bf16 autocast, outputs dropped before backward), with and
+without the `kernels: ftplan` set, on a random-init Llama-3.1-8B saved locally (baseline_lora.py's `prep`).
+One configuration per process; prints one JSON line. Both arms run in the same call on the same card:
+
+    for cfg in "lora 2048 2" "lora 2048 2 --ftplan" "qlora 2048 2 --ftplan" "qlora 8192 1 --ftplan"; do
+      set -- $cfg; python3 bench/runtime_step_probe.py --mode $1 --seq $2 --batch $3 --dir /tmp/m32 "${@:4}"
+    done
+"""
+import argparse, json, time
+import torch
+
+def run(a):
+    from transformers import LlamaForCausalLM, BitsAndBytesConfig
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    base_mem = torch.cuda.mem_get_info()
+    if a.mode == "qlora":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        m = LlamaForCausalLM.from_pretrained(a.dir, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
+        from peft import prepare_model_for_kbit_training
+        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        m = LlamaForCausalLM.from_pretrained(a.dir, dtype=torch.bfloat16, device_map={"": 0})
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m.config.use_cache = False
+    m.train()
+    lc = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    m = get_peft_model(m, lc)
+    if a.ftplan:
+        from ftplan_runtime.kernels import apply_ftplan_kernels, causal_lm_loss
+        apply_ftplan_kernels(m)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    V = m.config.vocab_size
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(a.warmup + a.steps):
+        ids = torch.randint(0, V, (a.batch, a.seq), device="cuda")
+        torch.cuda.synchronize(); t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if a.ftplan:
+                loss = causal_lm_loss(m, ids, ids)
+            else:
+                loss = m(input_ids=ids, labels=ids).loss  # outputs dropped, like Trainer.compute_loss
+        loss.backward()
+        opt.step(); opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(); t1 = time.perf_counter()
+        if step >= a.warmup:
+            times.append(t1 - t0)
+    times.sort()
+    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "seq": a.seq, "batch": a.batch,
+                      "tok_per_s": round(a.batch * a.seq / times[len(times) // 2], 1),
+                      "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+                      "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+                      "device_used_gib": (base_mem[0] - torch.cuda.mem_get_info()[0]) / 2**30,
+                      "gpu": torch.cuda.get_device_name()}), flush=True)
+
+p = argparse.ArgumentParser()
+p.add_argument("--dir", default="/tmp/m32"); p.add_argument("--mode", default="lora"); p.add_argument("--ftplan", action="store_true")
+p.add_argument("--seq", type=int, default=2048); p.add_argument("--batch", type=int, default=2)
+p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
+run(p.parse_args())
