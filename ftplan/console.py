@@ -58,10 +58,12 @@ def stage_table(result: CheckResult) -> Table | None:
     world = ctx.pipeline.hardware.world_size
     for stage in ctx.pipeline.stages:
         est = result.estimates.get(stage.id)
+        link = ctx.links.get(stage.id)
         batch = effective_batch(stage, world)
         tokens = f"{est.tokens_per_step:,}" if est and est.tokens_per_step else "—"
         memory, verdict = _memory_cell(est)
-        table.add_row(stage.id, stage.kind, method(stage), f"{batch:,}" if batch else "—", tokens, memory,
+        table.add_row(stage.id, stage.kind, method(stage, link, _strategy(stage, ctx)), f"{batch:,}" if batch else "—",
+                      tokens, memory,
                       Text(verdict, style=_VERDICT_STYLE.get(verdict, "")))
     return table
 
@@ -100,9 +102,19 @@ def diagnostic_json(d: Diagnostic, result: CheckResult) -> dict[str, Any]:
     }
 
 
+def _strategy(stage, ctx) -> str | None:
+    """The resolved distributed strategy of a training stage (``auto`` made concrete), else None."""
+    from .render.args import resolve_distributed
+    from .schemas import DpoStage, SftStage
+
+    return resolve_distributed(stage, ctx.pipeline.hardware).strategy if isinstance(stage, (SftStage, DpoStage)) else None
+
+
 def _stage_json(stage, result: CheckResult) -> dict[str, Any]:
     est = result.estimates.get(stage.id)
-    out: dict[str, Any] = {"id": stage.id, "kind": stage.kind, "method": method(stage)}
+    ctx = result.ctx
+    out: dict[str, Any] = {"id": stage.id, "kind": stage.kind,
+                           "method": method(stage, ctx.links.get(stage.id), _strategy(stage, ctx))}
     if est is not None:
         out.update({
             "verdict": est.verdict,
@@ -120,8 +132,7 @@ def _memory_cell(est) -> tuple[str, str]:
     if est is None:
         return "—", "—"
     if est.capacity_bytes and est.peak_bytes:
-        used, cap = gib(est.peak_bytes), gib(est.capacity_bytes)
-        return f"{bar(used, cap)} {used:5.1f} / {cap:.1f} GiB", est.verdict
+        return bar(est.peak_bytes, est.capacity_bytes), est.verdict
     if est.host_bytes:
         return f"host RAM {size(est.host_bytes)}", "ok" if est.verdict == "n/a" else est.verdict
     return "—", "ok" if est.verdict == "n/a" else est.verdict

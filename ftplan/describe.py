@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .context import Context
-from .schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, SftStage
+from .schemas import DataStage, DpoStage, FullFinetune, GgufStage, MergeStage, SftStage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lineage import StageLink
+
+BAR_WIDTH = 16
 
 _ADAPTER_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
 
@@ -21,31 +28,39 @@ def size(n_bytes: float) -> str:
     return f"{int(n_bytes)} B"
 
 
-def method(stage) -> str:
-    """What a stage does, e.g. ``QLoRA r16 α32, kernels`` or ``DPO β0.1 sigmoid, continues sft``."""
+def adapter_text(adapter) -> str:
+    """``QLoRA r16 α32`` or ``full fine-tune``."""
+    if isinstance(adapter, FullFinetune):
+        return "full fine-tune"
+    return f"{_ADAPTER_NAMES[adapter.type]} r{adapter.r} α{adapter.alpha:g}"
+
+
+def method(stage, link: "StageLink | None", strategy: str | None) -> str:
+    """What a stage does in one line (the ``method`` column): ``QLoRA r16 α32 · zero3``,
+    ``DPO β0.1 sigmoid, continues sft``, ``merge sft + dpo → bf16``. ``strategy`` is the resolved one."""
     if isinstance(stage, DataStage):
-        formats = sorted({d.format for d in stage.datasets})
-        return " + ".join(formats) + (", packed" if stage.packing else "")
-    if isinstance(stage, (SftStage, DpoStage)):
-        parts = []
-        if isinstance(stage, DpoStage):
-            parts.append(f"DPO β{stage.beta:g} {stage.loss_type}")
-            if stage.adapter == "continue":
-                parts.append(f"continues {stage.input}")
-        if stage.adapter != "continue":
-            a = stage.adapter
-            parts.append(f"{_ADAPTER_NAMES[a.type]} r{a.r} α{a.alpha:g}" if isinstance(a, LoraAdapter) else "full")
-        strategy = stage.distributed_spec().strategy
-        if strategy not in ("auto", "none"):
-            parts.append(strategy)
-        if stage.kernels == "ftplan":
-            parts.append("kernels")
-        return ", ".join(parts)
+        formats = list(dict.fromkeys(d.format for d in stage.datasets))
+        return " + ".join(formats) + (", packed" if stage.packing else "") + f", ≤{stage.max_seq_len} tokens"
     if isinstance(stage, MergeStage):
-        return f"{stage.input} → {stage.dtype}"
+        chain = [a.stage for a in link.input.adapters] if link and link.input else []
+        return f"merge {' + '.join(chain) or '—'} → {stage.dtype}"
     if isinstance(stage, GgufStage):
-        return ", ".join(stage.quant)
-    return stage.kind  # pragma: no cover - the union is closed
+        return "GGUF " + ", ".join(stage.quant)
+    extras = []
+    if stage.kernels == "ftplan":
+        extras.append("kernels")
+    if strategy not in (None, "none"):
+        spec = stage.distributed_spec()
+        offload = "+offload" if spec.offload_optimizer or spec.offload_params else ""
+        extras.append(f"{strategy}{offload}")
+    suffix = "".join(f" · {e}" for e in extras)
+    if isinstance(stage, SftStage):
+        return adapter_text(stage.adapter) + suffix
+    head = f"DPO β{stage.beta:g} {stage.loss_type}"
+    if stage.adapter == "continue":
+        return f"{head}, continues {stage.input}{suffix}"
+    on = f" on merged {stage.input}" if link and link.merges_input else f" on {stage.input}"
+    return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"
 
 
 def effective_batch(stage, world_size: int) -> int | None:
@@ -76,8 +91,9 @@ def headline(ctx: Context) -> str:
     return f"{p.name} · {model} · {where}"
 
 
-def bar(used: float, total: float, width: int = 16) -> str:
-    """A text bar of ``used`` against ``total``: full blocks for the used part (overflow shown as full)."""
-    frac = 0.0 if total <= 0 else min(used / total, 1.0)
-    n = round(frac * width)
-    return "█" * n + "░" * (width - n)
+def bar(used: int, capacity: int) -> str:
+    """``███████░░░ 14.2 / 24.0 GiB``: the share of the card a peak takes (full when it does not fit)."""
+    filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
+    if used > 0 and filled == 0:
+        filled = 1
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / 2**30:.1f} / {capacity / 2**30:.1f} GiB"

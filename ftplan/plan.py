@@ -26,7 +26,7 @@ from .diagnostics import Diagnostic, Severity, sort_key
 from .estimate.types import StageEstimate
 from .render.accelerate import accelerate_config
 from .render.args import merge_on_gpu, resolve_distributed, runtime_args, stage_output_dir
-from .render.describe import describe_stage
+from .describe import method as describe_method
 from .render.deepspeed import deepspeed_config, zero_stage
 from .schemas import DataStage, DpoStage, HardwareSpec, MergeStage, Pipeline, SftStage, SlurmSpec
 from .schemas.runtime_args import RuntimeArgs
@@ -284,7 +284,7 @@ def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None,
     return PlanStage(
         index=index, id=stage.id, kind=stage.kind, dir=stage_dir, output_dir=stage_output_dir(pipeline, stage.id),
         launcher=launcher, accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate,
-        resources=resources, depends_on=previous, method=describe_stage(stage, link, args, strategy), strategy=strategy,
+        resources=resources, depends_on=previous, method=describe_method(stage, link, strategy), strategy=strategy,
         batch=batch,
     )
 

@@ -18,7 +18,8 @@ from ftplan.estimate.types import StageEstimate, Term
 from ftplan.lineage import trace
 from ftplan.plan import build_plan
 from ftplan.render import render
-from ftplan.render.plan_md import bar, params_text, size_text
+from ftplan.describe import bar, size as size_text
+from ftplan.render.plan_md import params_text
 from ftplan.render.serialize import sha256_text
 from ftplan.render.shell import comment, shq
 from ftplan.schemas import Pipeline
@@ -163,7 +164,7 @@ def test_plan_md_has_header_table_bars_terms_and_how_to_run(tmp_path):
     assert "support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × GeForce RTX 4090 24GB (24.0 GiB, sm89)" in md
     assert "| # | stage | kind | method | effective batch | tokens/step | peak VRAM per GPU | verdict |" in md
     assert ("| 02 | sft | sft | QLoRA r16 α32 · kernels | 16 (2 × 8 × 1) | 65,536 | "
-            "`██████░░░░ 14.2 / 24.0 GiB` | fits |") in md
+            "`█████████░░░░░░░ 14.2 / 24.0 GiB` | fits |") in md
     assert "| 03 | dpo | dpo | DPO β0.1 sigmoid, continues sft |" in md and "| tight |" in md
     assert "host RAM 16.1 GiB" in md
     assert "| activations | 6.1 GiB | checkpointed |" in md
@@ -200,8 +201,8 @@ def test_params_text():
 
 
 def test_bar():
-    assert bar(int(14.2 * GIB), 24 * GIB) == "██████░░░░ 14.2 / 24.0 GiB"
-    assert bar(30 * GIB, 24 * GIB) == "██████████ 30.0 / 24.0 GiB"
+    assert bar(int(14.2 * GIB), 24 * GIB) == "█████████░░░░░░░ 14.2 / 24.0 GiB"
+    assert bar(30 * GIB, 24 * GIB) == "████████████████ 30.0 / 24.0 GiB"
     assert bar(1, 24 * GIB).startswith("█░")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..describe import bar, size
 from .plan_json import key_path_text
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan import Plan, PlanStage
 
-BAR_WIDTH = 10
 """Cells in a memory bar."""
 TOP_TERMS = 5
 """Largest memory terms listed per stage."""
@@ -32,22 +32,6 @@ def code(text: object) -> str:
     fence = "`" * (longest + 1)
     pad = " " if s.startswith("`") or s.endswith("`") else ""
     return f"{fence}{pad}{s}{pad}{fence}"
-
-
-def size_text(n: int) -> str:
-    """``16.1 GiB``, ``12.5 MiB`` or ``4.0 KiB``: bytes in the largest unit that keeps a leading digit."""
-    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if n >= 2**shift:
-            return f"{n / 2**shift:.1f} {unit}"
-    return f"{n} B"
-
-
-def bar(used: int, capacity: int) -> str:
-    """``███████░░░ 14.2 / 24.0 GiB``: the share of the card a peak takes (full when it does not fit)."""
-    filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
-    if used > 0 and filled == 0:
-        filled = 1
-    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / 2**30:.1f} / {capacity / 2**30:.1f} GiB"
 
 
 def params_text(n: int | None) -> str:
@@ -79,7 +63,7 @@ def _memory_cell(s: "PlanStage") -> str:
     if s.resources.device == "cuda" and est.capacity_bytes and est.peak_bytes > 0:
         return f"`{bar(est.peak_bytes, est.capacity_bytes)}`"
     if est.host_bytes:
-        return f"host RAM {size_text(est.host_bytes)}"
+        return f"host RAM {size(est.host_bytes)}"
     return "—"
 
 
@@ -139,13 +123,13 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
             out.append(f"- peak VRAM per GPU: {est.peak_bytes / 2**30:.1f} / {est.capacity_bytes / 2**30:.1f} GiB "
                        f"({est.verdict}){step}")
         if est.host_bytes:
-            out.append(f"- host memory: {size_text(est.host_bytes)}")
+            out.append(f"- host memory: {size(est.host_bytes)}")
         for note in est.notes:
             out.append(f"- note: {md(note)}")
         if est.terms:
             out += ["", "| largest terms | size | how |", "|---|---:|---|"]
             for t in sorted(est.terms, key=lambda t: -t.bytes)[:TOP_TERMS]:
-                out.append(f"| {md(t.name)} | {size_text(t.bytes)} | {md(t.detail)} |")
+                out.append(f"| {md(t.name)} | {size(t.bytes)} | {md(t.detail)} |")
         if est.suggestions:
             out += ["", "Changes that would fit:", ""]
             out += [f"- {md(x.change)}: {x.peak_bytes / 2**30:.1f} GiB" for x in est.suggestions]

@@ -17,7 +17,7 @@ import jinja2
 
 from ..schemas import DataStage, GgufStage, MergeStage
 from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE
-from .plan_md import size_text
+from ..describe import size
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +67,7 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
         chain = ", ".join(a.stage for a in args.source.merge)
         where = "on 1 GPU" if s.resources.device == "cuda" else "on the CPU"
         if est is not None and est.host_bytes and s.resources.device == "cpu":
-            where += f" (about {size_text(est.host_bytes)} of host memory)"
+            where += f" (about {size(est.host_bytes)} of host memory)"
         lines.append(f"merges the adapters of {chain} into {args.source.weights} as {stage.dtype}, {where}")
         lines.append(f"writes {s.output_dir}")
     elif isinstance(stage, GgufStage):
