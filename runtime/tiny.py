@@ -18,6 +18,7 @@ CLI: ``python -m ftplan_runtime.tiny OUT_DIR [--arch llama|qwen2] [--seed N]``.
 """
 from __future__ import annotations
 
+
 import argparse
 import io
 import json
@@ -28,6 +29,8 @@ from typing import Literal
 
 import numpy as np
 
+from .data.templates import CHATML
+
 Arch = Literal["llama", "qwen2"]
 TokenizerKind = Literal["spm", "gpt-2", "llama-bpe", "qwen2"]
 
@@ -35,21 +38,9 @@ IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<pad>"
 SPM_BOS, SPM_EOS, UNK = "<s>", "</s>", "<unk>"
 ENDOFTEXT, BEGIN_OF_TEXT = "<|endoftext|>", "<|begin_of_text|>"
 
-# ChatML with `{% generation %}` around what the assistant says (content + <|im_end|>), so
-# `apply_chat_template(..., return_assistant_tokens_mask=True)` and TRL's
-# `assistant_only_loss=True` know which tokens to train on.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# The tiny tokenizers carry the runtime's built-in ChatML template, whose `{% generation %}` markers tell
+# `apply_chat_template(..., return_assistant_tokens_mask=True)` which tokens the assistant says.
+CHAT_TEMPLATE = CHATML
 
 # Pre-tokenizer split regexes, as the real tokenizers write them in tokenizer.json.
 # "gpt-2" needs none: the plain ByteLevel pre-tokenizer applies GPT-2's regex itself.
