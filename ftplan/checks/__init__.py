@@ -1,7 +1,8 @@
 """Offline pre-launch rules, checked against the declared hardware and the local files' snapshot.
 
 Each rule module exports ``CODES`` (code -> one-line title) and ``check(ctx)``. Code ranges: FT3xx hardware and
-launch topology, FT4xx model and tokenizer, FT5xx data, FT6xx training configuration.
+launch topology (FT32x: combinations the runtime refuses at start), FT4xx model and tokenizer, FT5xx data, FT6xx
+training configuration.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic
 
-from . import data, hardware, model, tokenizer, topology, training
+from . import data, hardware, model, runtime_limits, tokenizer, topology, training
 from .tokenizer import BUILTIN_TEMPLATES
 
-RULE_MODULES = (hardware, topology, model, tokenizer, data, training)
+RULE_MODULES = (hardware, topology, runtime_limits, model, tokenizer, data, training)
 """Rule modules in the order they run."""
 
 CODES: dict[str, str] = {code: title for module in RULE_MODULES for code, title in module.CODES.items()}

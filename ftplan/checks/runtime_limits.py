@@ -1,0 +1,135 @@
+"""Configurations the runtime refuses when a stage starts, caught before launch.
+
+Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pipeline and the declared hardware:
+
+* FT320 mirrors ``preflight.check_fused_loss`` (SFT only: DPO does not use the fused loss). ``kernels: ftplan``
+  computes the SFT loss with ``causal_lm_loss``, which reads ``lm_head.weight`` whole; ZeRO-3 shards it. ZeRO-1/2
+  keep every parameter whole and are accepted. FSDP2 is not offered as a fix: ``causal_lm_loss`` calls the decoder
+  directly, skipping the forward of the root FSDP2 module that unshards the parameters it holds (embeddings, final
+  norm, lm_head); on a freshly wrapped model the embedding lookup then meets a sharded DTensor and fails.
+* FT321 mirrors ``model_loading.load_for_training``: adapters merged into the base when the stage loads (a DPO
+  ``merge_input``, or the earlier adapters of a continued chain) cannot be merged into ZeRO-3's sharded weights.
+  A QLoRA stage merges at 16-bit before sharding, but QLoRA under ZeRO-3 is FT318 already.
+* FT322 mirrors ``kernels.patch._head_parameters``: the fused cross-entropy refuses an active LoRA on ``lm_head``
+  (a ``NotImplementedError`` at the first SFT step). ``all-linear`` never adapts the output layer.
+* FT323 mirrors ``preflight.check_device``: fp16 mixed precision needs a CUDA device.
+* FT324 mirrors the same check for a merge stage, whose promise carries ``dtype`` as its precision and which the
+  plan runs on the CPU unless its estimate puts it on a GPU (``render.args.merge_on_gpu``). The check is aimed at
+  training's mixed precision; this rule goes when merges are no longer held to it.
+"""
+
+from __future__ import annotations
+
+from ftplan.context import Context
+from ftplan.diagnostics import Diagnostic, error
+from ftplan.estimate.host import merge as merge_estimate
+from ftplan.schemas import DpoStage, MergeStage, SftStage
+
+from ._common import adapter_type, declared_adapter, strategy, strategy_path, train_stages
+
+CODES = {
+    "FT320": "`kernels: ftplan` with ZeRO-3 in an SFT stage",
+    "FT321": "adapters merged into the base at load under ZeRO-3",
+    "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT stage",
+    "FT323": "fp16 mixed precision with `device: cpu`",
+    "FT324": "a merge stage with `dtype: fp16` that runs on the CPU",
+}
+
+
+def check(ctx: Context) -> list[Diagnostic]:
+    """The runtime's start-up refusals, for every training stage and every merge stage."""
+    diags: list[Diagnostic] = []
+    for i, stage in train_stages(ctx):
+        diags += _fused_loss(ctx, i, stage)
+        diags += _merge_at_load(ctx, i, stage)
+        diags += _cpu_fp16(ctx, i, stage)
+    for i, stage in enumerate(ctx.pipeline.stages):
+        if isinstance(stage, MergeStage):
+            diags += _merge_dtype(ctx, i, stage)
+    return diags
+
+
+def _fused_loss(ctx: Context, i: int, stage) -> list[Diagnostic]:
+    if not isinstance(stage, SftStage) or stage.kernels != "ftplan":
+        return []
+    diags = []
+    path = ("stages", i, "kernels")
+    if strategy(ctx, stage) == "zero3":
+        diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss with a fused linear "
+                           "cross-entropy that reads lm_head's whole weight, which `zero3` shards across GPUs; "
+                           "the runtime stops at preflight", hint="set `kernels: none` to keep `zero3`, or "
+                           "`distributed: zero2` (lm_head stays whole on every GPU; check the memory estimate)"))
+    adapter = declared_adapter(stage)  # an SFT stage always declares its adapter (only DPO continues one)
+    if adapter is not None and adapter.targets != "all-linear" and "lm_head" in adapter.targets:
+        where = ("stages", i, "adapter", "targets", adapter.targets.index("lm_head"))
+        diags.append(error("FT322", where, "LoRA on `lm_head` with `kernels: ftplan`: the fused cross-entropy "
+                           "reads lm_head's weight directly and refuses an adapter on it, so the run stops at its "
+                           "first step", hint="set `kernels: none`, or train lm_head in "
+                           "full with `modules_to_save: [lm_head]` instead of a LoRA target"))
+    return diags
+
+
+def _merge_at_load(ctx: Context, i: int, stage) -> list[Diagnostic]:
+    link = ctx.links.get(stage.id)
+    if strategy(ctx, stage) != "zero3" or link is None or link.input is None or link.result is None:
+        return []
+    if adapter_type(ctx, stage) == "qlora":
+        return []  # merged at 16-bit before the 4-bit reload; QLoRA + ZeRO-3 itself is FT318
+    adapters = link.input.adapters
+    if link.merges_input:
+        chain = ", ".join(f"'{a.stage}'" for a in adapters)
+        return [error("FT321", ("stages", i, "merge_input"), f"`merge_input: true` merges the adapter(s) of "
+                      f"{chain} into the base when the stage loads, but under `zero3` the base weights are "
+                      "sharded and cannot be merged into; the runtime stops before training",
+                      hint=f"add a stage `{{id: {_merged_id(ctx, stage.input)}, kind: merge, input: {stage.input}}}` "
+                      f"before this one, then set `input: {_merged_id(ctx, stage.input)}` and remove `merge_input`")]
+    if link.continues_adapter and len(adapters) > 1:
+        chain = ", ".join(f"'{a.stage}'" for a in adapters[:-1])
+        origin = _merge_input_stage(ctx, stage)
+        fix = (f"replace `merge_input` on '{origin.id}' by a merge stage of '{origin.input}' that '{origin.id}' "
+               "starts from" if origin is not None else "merge the earlier adapters in a merge stage first")
+        return [error("FT321", strategy_path(i, stage), f"this stage continues the adapter of '{stage.input}' on "
+                      f"top of {chain}, which the runtime merges into the base when the stage loads; under `zero3` "
+                      "the base weights are sharded and cannot be merged into",
+                      hint=f"{fix}, or use `distributed: zero2` for this stage")]
+    return []
+
+
+def _merged_id(ctx: Context, source: str) -> str:
+    """A free stage id for a merge of ``source`` (``<source>_merged``, numbered when taken)."""
+    base = f"{source[:24]}_merged"
+    taken = {s.id for s in ctx.pipeline.stages}
+    return next(c for c in (base, *(f"{base}{n}" for n in range(2, 1000))) if c not in taken)
+
+
+def _merge_input_stage(ctx: Context, stage) -> DpoStage | None:
+    """The stage that started the continued adapter with ``merge_input`` (walking back through ``continue``)."""
+    current, seen = stage, set()
+    while isinstance(current, (SftStage, DpoStage)) and current.id not in seen:
+        seen.add(current.id)
+        if current.adapter != "continue":
+            return current if isinstance(current, DpoStage) and current.merge_input else None
+        if current.input is None:
+            return None
+        current = ctx.pipeline.stage(current.input)
+    return None
+
+
+def _cpu_fp16(ctx: Context, i: int, stage) -> list[Diagnostic]:
+    if ctx.pipeline.hardware.device != "cpu" or stage.precision != "fp16":
+        return []
+    return [error("FT323", ("stages", i, "precision"), "`precision: fp16` is mixed precision with loss scaling "
+                  "on a CUDA GPU; this pipeline runs on `device: cpu`, and the runtime stops at preflight",
+                  hint="use `precision: fp32` (or `bf16`) for CPU runs")]
+
+
+def _merge_dtype(ctx: Context, i: int, stage: MergeStage) -> list[Diagnostic]:
+    if stage.dtype != "fp16":
+        return []
+    from ftplan.render.args import merge_on_gpu  # the plan's own placement rule (render is imported lazily)
+
+    estimate = merge_estimate(ctx.shape, stage) if ctx.shape is not None else None
+    if merge_on_gpu(ctx.pipeline.hardware, estimate):
+        return []
+    return [error("FT324", ("stages", i, "dtype"), "the plan runs this merge on the CPU, and the runtime refuses "
+                  "an fp16 precision on a CPU device at preflight", hint="set `dtype: bf16` (or `fp32`)")]
