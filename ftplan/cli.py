@@ -7,11 +7,14 @@ Exit codes: 0 ok, 1 invalid pipeline, 2 usage error, 3 ``compile --check`` found
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from . import __version__
 
@@ -50,9 +53,13 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
     """Run one ftplan command; returns the exit code (testable: no ``sys.exit`` here)."""
     out = out or _console(stderr=False)
     err = err or _console(stderr=True)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse prints usage itself
+    said, complained = io.StringIO(), io.StringIO()
+    try:  # argparse writes usage, help and --version to sys.stdout/stderr: send them to our consoles instead
+        with redirect_stdout(said), redirect_stderr(complained):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        out.out(said.getvalue(), end="", highlight=False)
+        err.out(complained.getvalue(), end="", highlight=False)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
                "codes": _codes}[args.command]
@@ -67,6 +74,17 @@ def _console(*, stderr: bool) -> Console:
     return console
 
 
+def _pipeline_usage_error(pipeline: str, err: Console) -> bool:
+    """Print a usage error and return True when ``pipeline`` is not an existing file."""
+    path = Path(pipeline)
+    if path.is_file():
+        return False
+    what = ("is a folder, not a pipeline file" if path.is_dir() else "is not a regular file" if path.exists()
+            else "does not exist")
+    err.print(Text(f"error: {pipeline} {what}; pass the pipeline's YAML file"))
+    return True
+
+
 def entrypoint() -> None:
     """Console-script entry point."""
     sys.exit(main(sys.argv[1:]))
@@ -76,8 +94,7 @@ def _check(args, out: Console, err: Console) -> int:
     from .api import check_file
     from .console import check_json, print_check
 
-    if not Path(args.pipeline).is_file():
-        err.print(f"error: no such pipeline file: {args.pipeline}")
+    if _pipeline_usage_error(args.pipeline, err):
         return EXIT_USAGE
     result = check_file(args.pipeline)
     if args.json:
@@ -92,8 +109,7 @@ def _compile(args, out: Console, err: Console) -> int:
     from .console import check_json, print_check
     from .write import WriteError, diff_plan, write_plan
 
-    if not Path(args.pipeline).is_file():
-        err.print(f"error: no such pipeline file: {args.pipeline}")
+    if _pipeline_usage_error(args.pipeline, err):
         return EXIT_USAGE
     result = check_file(args.pipeline)
     report = check_json(result)
@@ -112,17 +128,22 @@ def _compile(args, out: Console, err: Console) -> int:
             if args.json:
                 out.print_json(json.dumps(report))
             else:
-                out.print(diff.summary(out_dir))
+                out.print(Text(diff.summary(out_dir)))
             return EXIT_OK if diff.clean else EXIT_DRIFT
         write_plan(files, out_dir)
     except (ValueError, WriteError) as exc:
-        err.print(f"error: cannot write the plan to {args.out}: {exc}")
+        err.print(Text(f"error: cannot write the plan to {args.out}: {exc}"))
+        return EXIT_USAGE
+    except OSError as exc:  # e.g. a parent of the folder is a file, or no permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        err.print(Text(f"error: cannot write the plan to {args.out}: {exc.strerror or exc}{where}; "
+                       "choose another output folder with -o"))
         return EXIT_USAGE
     if args.json:
         out.print_json(json.dumps(report))
     else:
         print_check(result, out, err, verbose=args.verbose)
-        out.print(diff.summary(out_dir))
+        out.print(Text(diff.summary(out_dir)))
     return EXIT_OK
 
 
@@ -180,5 +201,5 @@ def _codes(args, out: Console, err: Console) -> int:
     from .codes import all_codes
 
     for code, title in all_codes().items():
-        out.print(f"{code}  {title}")
+        out.print(Text(f"{code}  {title}"))
     return EXIT_OK
