@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,9 +78,28 @@ def load_tokenizer(source: ModelSource, spec: ModelSpec):
         tok.chat_template = template
         changed = True
     if tok.pad_token is None:
-        raise StageError(f"the tokenizer '{source.tokenizer}' has no pad token; add one with "
-                         "`model.add_special_tokens` (and train embed_tokens/lm_head) or use a tokenizer that has one")
+        tok.pad_token = _padding_token(tok)
+        print(f"ftplan_runtime: the tokenizer has no pad token; batches are padded with {tok.pad_token!r} (padded positions are "
+            "masked from attention and loss, so the choice does not change training; the saved tokenizer is unchanged)",
+              file=sys.stderr, flush=True)
     return tok, changed
+
+
+# Tokens that models ship unused for padding (Llama 3.1's is reserved for exactly this), tried before falling
+# back to the end-of-sequence token as TRL does.
+_PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
+
+
+def _padding_token(tok) -> str:
+    """A token already in the vocabulary to pad batches with, for tokenizers that define none."""
+    vocab = tok.get_vocab()
+    for candidate in _PAD_CANDIDATES:
+        if candidate in vocab:
+            return candidate
+    if tok.eos_token is None:
+        raise StageError("the tokenizer has neither a pad token nor an end-of-sequence token to pad with; add one "
+                         "with `model.add_special_tokens` (and train embed_tokens/lm_head)")
+    return tok.eos_token
 
 
 def resolve_chat_template(spec: str, tok) -> str | None:
