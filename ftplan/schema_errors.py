@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from .diagnostics import Diagnostic, KeyPath, error, sort_key
 from .schemas import Pipeline
 from .schema_hints import (alternatives_hint, choices_text, describe_member, elsewhere_hint, field_hint,
-                           other_variant_hint, pattern_words, show_number, show_value, suggest, tag_noun, value_at)
+                           other_variant_hint, pattern_words, purpose_hint, show_number, show_value, suggest, tag_noun,
+                           value_at)
 from .sourcemap import SourceMap, Where, category, quote, walk
 from .suggest import close_matches, fold
 
@@ -103,7 +104,8 @@ class _Converter:
                       hint or alternatives_hint(w, value), path)
         elif kind in _BOUNDS:
             name, words = _BOUNDS[kind]
-            self.emit("FT004", path, f"must be {words.format(show_number(ctx.get(name)))} (got {got})", None, path)
+            self.emit("FT004", path, f"must be {words.format(show_number(ctx.get(name)))} (got {got})",
+                      purpose_hint(w.owner, path[-1] if path else None), path)
         elif kind == "string_pattern_mismatch":
             noun, detail = pattern_words(str(ctx.get("pattern", "")))
             self.emit("FT004", path, f"must be {noun} (got {got})", detail, path)
@@ -111,13 +113,14 @@ class _Converter:
             n = ctx.get("min_length", ctx.get("max_length"))
             words = ("not be empty" if n == 1 else f"at least {n} characters") if kind == "string_too_short" \
                 else f"at most {n} characters (got {len(value) if isinstance(value, str) else '?'})"
-            self.emit("FT004", path, f"must {'' if words.startswith('not') else 'be '}{words}", None, path)
+            self.emit("FT004", path, f"must {'' if words.startswith('not') else 'be '}{words}",
+                      purpose_hint(w.owner, path[-1] if path else None), path)
         elif kind in ("too_short", "too_long"):
             n = ctx.get("min_length", ctx.get("max_length"))
             bound = "at least" if kind == "too_short" else "at most"
             items = "item" if n == 1 else "items"
             self.emit("FT004", path, f"must have {bound} {n} {items} (got {ctx.get('actual_length', '?')})",
-                      None, path)
+                      purpose_hint(w.owner, path[-1] if path else None), path)
         elif kind in _TYPE_WORDS:
             self.emit("FT006", path, f"must be {_TYPE_WORDS[kind]} (got {got})", self.type_hint(kind, value, w),
                       path)

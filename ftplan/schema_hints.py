@@ -124,6 +124,26 @@ def field_hint(owner: type[BaseModel] | None, name: Any) -> str:
     return f"add '{name}:' ({desc[:1].lower()}{desc[1:]})" if desc else f"add '{name}:'"
 
 
+def purpose_hint(owner: type[BaseModel] | None, name: Any) -> str | None:
+    """``learning_rate: peak learning rate``: what a field is for, from its documentation (the hint of a value
+    that is out of range, so the user sees what the number means)."""
+    from .schemas.docs import field_doc
+
+    doc = field_doc(owner, name) if owner and isinstance(name, str) and name in owner.model_fields else None
+    words = _first_sentence(doc) if doc else ""
+    return f"{name}: {words[:1].lower()}{words[1:]}" if words else None
+
+
+def _first_sentence(doc: str) -> str:
+    """The docstring up to its first full stop outside parentheses, RST backticks turned into quotes."""
+    text, depth = " ".join(doc.split()).replace("``", "'"), 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[:i]
+    return text
+
+
 def tag_noun(path: KeyPath, disc: str) -> str:
     """``stage kind``, ``dataset format``, ``adapter type``: the field holding the union plus its tag key."""
     owner = next((p for p in reversed(path) if isinstance(p, str)), "")

@@ -249,6 +249,7 @@ def test_a_negative_learning_rate_is_reported_at_its_line_and_column(project):
     assert where == "15:20"
     assert err.splitlines() == [
         f"error[FT004] pipeline.yaml:{where}: stages[sft].learning_rate: must be > 0 (got -0.0001)",
+        "  hint: learning_rate: peak learning rate",
         "",
         "1 error, 0 warnings.",
     ]
@@ -271,8 +272,10 @@ def test_every_error_of_a_file_is_reported_at_once_in_file_order(project):
         "  hint: did you mean 'max_seq_len'?",
         f"error[FT004] pipeline.yaml:{position(text, 'learning_rate', '-0.0001')}: stages[sft].learning_rate: "
         "must be > 0 (got -0.0001)",
+        "  hint: learning_rate: peak learning rate",
         f"error[FT004] pipeline.yaml:{position(text, 'adapter:', '0}')}: stages[sft].adapter.r: "
         "must be at least 1 (got 0)",
+        "  hint: r: rank of the update matrices",
         "",
         "4 errors, 0 warnings.",
     ]
@@ -363,7 +366,7 @@ def test_check_json_of_an_invalid_pipeline(project):
         "ok": False, "file": "pipeline.yaml", "pipeline": None, "stages": [],
         "diagnostics": [{"code": "FT004", "severity": "error", "file": "pipeline.yaml", "line": 15, "col": 20,
                          "path": "stages[sft].learning_rate", "message": "must be > 0 (got -0.0001)",
-                         "hint": None, "notes": []}]}
+                         "hint": "learning_rate: peak learning rate", "notes": []}]}
 
 
 def test_check_json_of_a_valid_pipeline_has_stage_estimates(project):

@@ -147,19 +147,24 @@ def test_misspelt_required_key_is_one_error_not_two():
 
 def test_negative_learning_rate_points_at_the_value_and_shows_it_as_written():
     assert run(edit("learning_rate: 2.0e-4", "learning_rate: -0.0001")) == [
-        ("17:20", "FT004", "stages[sft].learning_rate: must be > 0 (got -0.0001)", None)]
+        ("17:20", "FT004", "stages[sft].learning_rate: must be > 0 (got -0.0001)",
+         "learning_rate: peak learning rate")]
     assert run(edit("learning_rate: 2.0e-4", "learning_rate: -1e-4"))[0][2] == \
         "stages[sft].learning_rate: must be > 0 (got -1e-4)"
 
 
 @pytest.mark.parametrize("old, new, expected", [
-    ("r: 16}", "r: 0}", ("19:30", "FT004", "stages[sft].adapter.r: must be at least 1 (got 0)", None)),
+    ("r: 16}", "r: 0}", ("19:30", "FT004", "stages[sft].adapter.r: must be at least 1 (got 0)",
+                         "r: rank of the update matrices")),
     ("    max_seq_len: 2048", "    max_seq_len: 8",
-     ("11:18", "FT004", "stages[prep].max_seq_len: must be at least 16 (got 8)", None)),
+     ("11:18", "FT004", "stages[prep].max_seq_len: must be at least 16 (got 8)",
+      "max_seq_len: longest tokenized example (prompt + completion; packed sequence length when packing)")),
     ("learning_rate: 5.0e-6", "learning_rate: 2",
-     ("24:20", "FT004", "stages[dpo].learning_rate: must be at most 1 (got 2)", None)),
+     ("24:20", "FT004", "stages[dpo].learning_rate: must be at most 1 (got 2)", "learning_rate: peak learning rate")),
     ("path: data/train.jsonl", "path: ''",
-     ("13:16", "FT004", "stages[prep].datasets[0].path: must not be empty", None)),
+     ("13:16", "FT004", "stages[prep].datasets[0].path: must not be empty",
+      "path: local '.jsonl', '.json', '.parquet' or '.csv' file or 'datasets' folder (relative to the "
+      "pipeline file), or a hub dataset id")),
 ])
 def test_range_violations(old, new, expected):
     assert run(edit(old, new)) == [expected]
@@ -201,7 +206,8 @@ def test_shown_values_are_escaped_and_shortened():
     assert run(edit("name: demo", 'name: "demo\\u202e\\n"', "r: 16}", "r: " + "9" * 60 + "}")) == [
         ("1:7", "FT004", "name: must be a pipeline name (got 'demo\\u202e\\n')",
          "use letters, digits, '.', '_' and '-' (at most 64)"),
-        ("19:30", "FT004", "stages[sft].adapter.r: must be at most 4096 (got " + "9" * 37 + "...)", None),
+        ("19:30", "FT004", "stages[sft].adapter.r: must be at most 4096 (got " + "9" * 37 + "...)",
+         "r: rank of the update matrices"),
     ]
 
 
@@ -243,7 +249,8 @@ def test_missing_top_level_keys():
         ("1:1", "FT005", "missing required key 'hardware'", "add 'hardware:' (the target GPUs the pipeline is "
          "checked against and launched on)"),
         ("1:1", "FT005", "missing required key 'model'", "add 'model:' (the base model, tokenizer and chat template)"),
-        ("2:9", "FT004", "stages: must have at least 1 item (got 0)", None),
+        ("2:9", "FT004", "stages: must have at least 1 item (got 0)",
+         "stages: stages, run in this order; each may consume the results of earlier ones"),
     ]
 
 
