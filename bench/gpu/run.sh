@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine (from the repo root): install the carried wheels, build the inputs, compile the pipeline
 # with ftplan and run the generated run.sh; copy each stage's metrics.json to $OUT (or bench/results/).
+# Make the wheels first on the machine that launches the run: bash bench/gpu/wheels.sh (carry .whl-gpu).
 set -euo pipefail
 # Log every step with a timestamp to $OUT/run.log as it goes, so a run stopped at its time limit still shows
 # how far it got:  bash bench/gpu/run.sh   (the device call: `set -o pipefail; bash bench/gpu/run.sh`)
