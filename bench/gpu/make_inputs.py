@@ -1,7 +1,7 @@
 """Build the inputs of llama8b-qlora-sft-dpo.yaml under work/: a random-init Llama-3.1-8B (bf16, on the GPU)
 with the tiny local SentencePiece tokenizer, and long chat/preference rows that fill 2,048 tokens.
 
-    python bench/gpu/make_inputs.py work
+    python bench/gpu/make_inputs.py work [8b|tiny]
 """
 
 import json
@@ -22,16 +22,23 @@ def text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def main(work: Path) -> None:
+SHAPES = {
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256),
+    # the same flow at toy size, to rehearse the run on a CPU machine (`--shape tiny`, `device: cpu`)
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024),
+}
+
+
+def main(work: Path, shape: str = "8b") -> None:
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = build_tiny_model(work / "tiny")           # tokenizer files only are reused
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                      rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0)
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(cfg)
     out = work / "llama8b"
     model.save_pretrained(out)
@@ -51,4 +58,4 @@ def main(work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(sys.argv[2:3]))
