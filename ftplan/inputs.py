@@ -92,6 +92,7 @@ class _Reader:
         return posixpath.normpath(value.replace(os.sep, "/"))
 
     def full(self, value: str) -> Path:
+        """A pipeline path resolved against the project root."""
         return self.root / value
 
     def hash_file(self, full: Path, rel: str) -> None:
@@ -132,6 +133,7 @@ class _Reader:
         return None
 
     def read_json(self, full: Path, rel: str) -> Any:
+        """Parse a local JSON file (hashing it for the lock)."""
         self.hash_file(full, rel)
         with open(full, encoding="utf-8-sig") as f:
             return json.load(f)

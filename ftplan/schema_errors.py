@@ -60,10 +60,12 @@ class _Converter:
 
     def emit(self, code: str, path: KeyPath, message: str, hint: str | None, at: KeyPath,
              key: bool = False, suggested: list[str] | None = None, notes: tuple[str, ...] = ()) -> None:
+        """Record one located diagnostic (at the key when ``key``, else at the value)."""
         span = self.map.span(at, key=key)
         self.out.append((error(code, path, message, hint, notes).located(span), suggested or []))
 
     def value_error(self, err: dict, w: Where) -> None:
+        """Turn a pydantic value error (bounds, literals, patterns, types) into a diagnostic."""
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
         path = w.path
         got = show_value(value, self.map.raw(path))
@@ -132,6 +134,7 @@ class _Converter:
             self.emit("FT004", path, f"{msg[:1].lower()}{msg[1:]} (got {got})", None, path)
 
     def type_hint(self, kind: str, value: Any, w: Where) -> str | None:
+        """How to write a value of the expected type, given what was written."""
         raw = self.map.raw(w.path)
         if kind == "string_type" and isinstance(value, (int, float, bool)):
             return f'quote it: "{raw if raw else show_value(value, None)}"'
@@ -146,6 +149,7 @@ class _Converter:
         return None
 
     def unknown_key(self, w: Where) -> None:
+        """FT003 with a did-you-mean, or a note that the key belongs elsewhere."""
         key, parent = w.path[-1], w.path[:-1]
         allowed = w.allowed_keys()
         present = set(value_at(self.data, parent)[1] or ()) if allowed else set()
@@ -164,6 +168,7 @@ class _Converter:
                   notes=notes)
 
     def key_error(self, err: dict, w: Where) -> None:
+        """An invalid key of a typed mapping (e.g. an unknown sbatch option in ``slurm.extra``)."""
         key, parent = w.path[-1], w.path[:-1]
         if err["type"] == "literal_error":
             allowed = [a for a in w.leaf_literals if isinstance(a, str)]

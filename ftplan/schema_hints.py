@@ -23,6 +23,7 @@ __all__ = [
 
 
 def show_number(x: Any) -> str:
+    """A number as the user would write it (``16``, not ``16.0``)."""
     if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
         return str(int(x))
     return str(x)
@@ -47,11 +48,13 @@ def show_value(value: Any, raw: str | None) -> str:
 
 
 def choices_text(values: list[Any]) -> str:
+    """``one of 'a', 'b' or 'c'``: allowed values in words."""
     shown = [quote(v) if isinstance(v, str) else show_number(v) for v in values]
     return shown[0] if len(shown) == 1 else "one of " + ", ".join(shown)
 
 
 def suggest(word: Any, choices: list[str]) -> tuple[str | None, list[str]]:
+    """A did-you-mean hint for ``word`` among ``choices`` and the close matches it names."""
     close = close_matches(str(word), choices) if isinstance(word, (str, int, float)) else []
     if not close:
         return None, []
@@ -59,6 +62,7 @@ def suggest(word: Any, choices: list[str]) -> tuple[str | None, list[str]]:
 
 
 def value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:
+    """(found, value) at ``path`` in the parsed YAML."""
     node = data
     for part in path:
         if isinstance(node, dict) and part in node:

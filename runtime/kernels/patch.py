@@ -78,6 +78,7 @@ class KernelReport:
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        """Patched modules per op."""
         return {op: getattr(self, op) for op in OPS}
 
     def require(self, *ops: str) -> KernelReport:
