@@ -39,14 +39,17 @@ class StageRecorder:
         self.args = args
         self.start = time.perf_counter()
         self.cuda = _cuda_ready()
+        # This process's own GPU: the recorder starts before accelerate selects it, and the default device (0)
+        # would put a CUDA context of every rank on GPU 0 and measure GPU 0 for all of them.
+        self.device = int(os.environ.get("LOCAL_RANK", "0"))
         self.free_at_start: int | None = None
         self.min_free: int | None = None
         self.total: int | None = None
         if self.cuda:
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
-            self.free_at_start, self.total = torch.cuda.mem_get_info()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.free_at_start, self.total = torch.cuda.mem_get_info(self.device)
             self.min_free = self.free_at_start
 
     def sample(self) -> None:
@@ -54,7 +57,7 @@ class StageRecorder:
         if self.cuda:
             import torch
 
-            free, _ = torch.cuda.mem_get_info()
+            free, _ = torch.cuda.mem_get_info(self.device)
             self.min_free = free if self.min_free is None else min(self.min_free, free)
 
     def memory(self) -> dict[str, Any]:
@@ -72,11 +75,11 @@ class StageRecorder:
         if self.cuda:
             import torch
 
-            out["torch_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
-            out["torch_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / _GIB
+            out["torch_peak_allocated_gib"] = torch.cuda.max_memory_allocated(self.device) / _GIB
+            out["torch_peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / _GIB
             out["device_used_peak_gib"] = (self.total - self.min_free) / _GIB
             out["device_used_delta_gib"] = (self.free_at_start - self.min_free) / _GIB
-            out["gpu_name"] = torch.cuda.get_device_name()
+            out["gpu_name"] = torch.cuda.get_device_name(self.device)
             out["gpu_total_gib"] = self.total / _GIB
         est = self.args.estimate_peak_gib
         out["estimate_peak_gib"] = est
