@@ -42,8 +42,16 @@ class FtplanDPOTrainer(TokenCountingMixin, DPOTrainer):
         return dataset
 
 
+# Losses whose TRL (1.16) implementation reads ``label_smoothing``; the others ignore it.
+_SMOOTHED_LOSSES = ("robust",)
+
+
 def make_dpo_config(stage, kwargs: dict[str, Any], train_ds) -> DPOConfig:
     """DPOConfig for a DPO stage."""
+    if stage.label_smoothing > 0 and stage.loss_type not in _SMOOTHED_LOSSES:
+        raise StageError(f"`label_smoothing: {stage.label_smoothing}` has no effect with `loss_type: "
+                         f"{stage.loss_type}` in this TRL version (only the robust loss uses it); use "
+                         "`loss_type: robust` for noisy preference labels, or set `label_smoothing: 0`")
     return DPOConfig(
         **kwargs,
         beta=stage.beta,
