@@ -9,7 +9,8 @@ A signal only sets a flag; the callback turns it into "save a checkpoint at this
 several processes the flag is OR-ed across ranks at every step, so all ranks stop at the same step even when
 only one of them got the signal. A checkpoint counts as complete once its ``trainer_state.json`` (written last
 by the Trainer) parses; incomplete ones (a process killed mid-save) are removed before resuming. A checkpoint
-taken at the last step (the process died before the final save) is published as the result, not trained on.
+taken at the last step (the process died before the final save) is published as the result, not trained on
+(with ``load_best_model_at_end``, the best checkpoint it records).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from transformers import TrainerCallback
 from .preflight import Requeue, StageError
 
 __all__ = ["ARGS_STAMP", "SIGNALS", "Preemption", "PreemptionCallback", "Requeue", "checkpoint_complete",
-           "checkpoint_state", "finished_checkpoint", "guard_checkpoints", "latest_checkpoint", "publish_checkpoint"]
+           "checkpoint_state", "finished_checkpoint", "guard_checkpoints", "latest_checkpoint", "publish_checkpoint",
+           "result_checkpoint"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 """Signals that request a checkpoint and a requeue (Slurm preemption, ``--signal=USR1@...`` time limits)."""
@@ -157,6 +159,19 @@ def finished_checkpoint(path: str | Path | None) -> bool:
         return False
     state = checkpoint_state(path)
     return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def result_checkpoint(path: str | Path, *, best: bool) -> str:
+    """The checkpoint whose weights are the run's result: ``path`` (the last one), or with ``best``
+    (``load_best_model_at_end``) the best one it records, as ``Trainer.train`` would have loaded at the end."""
+    step = checkpoint_state(path).get("best_global_step") if best else None
+    if step:
+        candidate = Path(path).parent / f"checkpoint-{int(step)}"
+        if not checkpoint_complete(candidate):
+            raise StageError(f"the best checkpoint (step {step}) recorded in {path} is missing or incomplete; "
+                             f"delete {Path(path).parent} to train this stage again")
+        return str(candidate)
+    return str(path)
 
 
 def publish_checkpoint(path: str | Path, dest: str | Path) -> None:

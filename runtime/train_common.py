@@ -25,7 +25,7 @@ from .metrics import StageRecorder, TokenCountingMixin, loss_summary, reduce_tok
 from .model_loading import (LoadedModel, check_saved_weights, load_for_training, load_tokenizer,
                             save_tokenizer)
 from .preemption import (Preemption, PreemptionCallback, Requeue, checkpoint_state, finished_checkpoint,
-                         guard_checkpoints, latest_checkpoint, publish_checkpoint)
+                         guard_checkpoints, latest_checkpoint, publish_checkpoint, result_checkpoint)
 from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
                         check_consistent, check_device, check_distributed, check_fused_loss, prepare_kernel_import,
                         zero_stage)
@@ -246,7 +246,7 @@ def _publish_finished(args: RuntimeArgs, prep: Prepared) -> dict[str, Any]:
     dest = Path(args.output_dir) / (MODEL_DIR if full else ADAPTER_DIR)
     ckpt = checkpoint_state(prep.resume_from)
     if state.is_main_process:
-        publish_checkpoint(prep.resume_from, dest)
+        publish_checkpoint(result_checkpoint(prep.resume_from, best=stage.load_best_model_at_end), dest)
         check_saved_weights(dest)
         tok, changed = load_tokenizer(args.source, args.model)
         save_tokenizer(tok, args.source.tokenizer, dest, changed=changed)

@@ -1,0 +1,73 @@
+"""A run with ``load_best_model_at_end`` killed after its last checkpoint: the rerun publishes the best
+checkpoint's weights (what ``Trainer.train`` loads at the end), not the last checkpoint's."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+datasets = pytest.importorskip("datasets")
+
+from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
+
+
+def _rows(tok, n: int, seed: int) -> dict[str, list]:
+    rng = random.Random(seed)
+    rows = {"input_ids": [], "completion_mask": []}
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        prompt = tok(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+        answer = tok(f"The answer is {a + b}.<|im_end|>", add_special_tokens=False)["input_ids"]
+        rows["input_ids"].append(prompt + answer)
+        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
+    return rows
+
+
+def _adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_finished_run_with_load_best_publishes_the_best_checkpoint(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from ftplan_runtime.sft import run_sft
+    from ftplan_runtime.tiny import build_tiny_model
+
+    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
+    if not (base / "model.safetensors").is_file():
+        build_tiny_model(base)
+    root = tmp_path_factory.mktemp("best")
+    tok = AutoTokenizer.from_pretrained(str(base))
+    datasets.Dataset.from_dict(_rows(tok, 16, 0)).save_to_disk(str(root / "data" / "sft" / "train"))
+    datasets.Dataset.from_dict(_rows(tok, 4, 1)).save_to_disk(str(root / "data" / "sft" / "validation"))
+    args = RuntimeArgs.model_validate({
+        "pipeline": "t", "model": {"base": str(base)}, "source": {"weights": str(base), "tokenizer": str(base)},
+        "data_dir": str(root / "data"), "output_dir": str(root / "out"),
+        "promise": {"device": "cpu", "world_size": 1, "num_machines": 1, "distributed_type": "NO",
+                    "precision": "fp32", "attention": "sdpa", "kernels": "none"},
+        "stage": {"id": "sft", "kind": "sft", "data": "prep", "learning_rate": 1e-2, "precision": "fp32",
+                  "max_steps": 4, "micro_batch": 2, "logging_steps": 1, "save_steps": 2, "eval_steps": 2,
+                  "save_total_limit": 2, "load_best_model_at_end": True, "report_to": [],
+                  "gradient_checkpointing": False, "adapter": {"type": "lora", "r": 4, "alpha": 8}}})
+    run_sft(args, "d" * 64)
+    out = Path(args.output_dir)
+    ckpts = out / "checkpoints"
+    last = ckpts / "checkpoint-4"
+    # Make step 2 the best one (as if its eval loss had been the lowest), then lose the final save.
+    state = json.loads((last / "trainer_state.json").read_text())
+    state["best_global_step"], state["best_model_checkpoint"] = 2, str(ckpts / "checkpoint-2")
+    (last / "trainer_state.json").write_text(json.dumps(state))
+    assert (ckpts / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    shutil.rmtree(out / "adapter")
+    again = run_sft(args, "d" * 64)
+    assert again["resumed_from_step"] == 4
+    got, best, final = _adapter(out / "adapter"), _adapter(ckpts / "checkpoint-2"), _adapter(last)
+    assert not all(torch.equal(best[k], final[k]) for k in best), "steps 2 and 4 should differ"
+    assert got.keys() == best.keys() and all(torch.equal(got[k], best[k]) for k in best)
