@@ -259,7 +259,19 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
 
         set_seed(stage.seed)  # the adapter's random init is part of the run's seed
         model = get_peft_model(model, lora_config(adapter), autocast_adapter_dtype=autocast)
+    if not full and autocast and stage.precision == "fp16":
+        upcast_trainable(model)
     return LoadedModel(model=model, tokenizer=tok, tokenizer_changed=changed, peft=not full, quantized=qlora)
+
+
+def upcast_trainable(model) -> None:
+    """Keep every trainable fp16 parameter in fp32 (fp16 mixed precision: the loss scaler refuses fp16
+    gradients). PEFT upcasts the adapter matrices, but not the ``modules_to_save`` copies of base modules."""
+    import torch
+
+    for p in model.parameters():
+        if p.requires_grad and p.dtype == torch.float16:
+            p.data = p.data.float()
 
 
 def lora_config(adapter: LoraAdapter):
