@@ -287,11 +287,13 @@ def lora_config(adapter: LoraAdapter):
 
 
 def load_reference(args: RuntimeArgs, tokenizer):
-    """A frozen copy of a full fine-tune's starting weights (the DPO reference policy)."""
+    """A frozen copy of a full fine-tune's starting weights, with the input's adapters merged in as the policy
+    has them (``merge_input``): the DPO reference policy."""
     stage, src = args.stage, args.source
     model = load_weights(src.weights, dtype=train_dtype(stage.precision, True), attention=stage.attention,
                          revision=src.revision)
     fit_embeddings(model, tokenizer)
+    model = merge_adapters(model, src.merge)
     model.requires_grad_(False)
     return model.eval()
 
