@@ -16,6 +16,7 @@ taken at the last step (the process died before the final save) is published as 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -128,6 +129,7 @@ def guard_checkpoints(ckpt_dir: str | Path, sha256: str, *, write: bool) -> None
     """Refuse to resume checkpoints written by a different args file; stamp the folder with this one's hash."""
     root = Path(ckpt_dir)
     stamp = root / ARGS_STAMP
+    old = None
     if stamp.is_file():
         old = stamp.read_text().strip()
         if old != sha256 and latest_checkpoint(root) is not None:
@@ -135,9 +137,12 @@ def guard_checkpoints(ckpt_dir: str | Path, sha256: str, *, write: bool) -> None
                 f"{root} holds checkpoints written with different stage arguments (args sha256 {old[:12]}…, now "
                 f"{sha256[:12]}…); resuming them would mix two configurations. Delete {root} to start this stage "
                 "over, or restore the previous args.json to resume")
-    if write:
+    if write and old != sha256:
+        # atomic, and only when it changes: the other ranks read the stamp at the same time
         root.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(sha256 + "\n")
+        tmp = root / f".{ARGS_STAMP}.tmp"
+        tmp.write_text(sha256 + "\n")
+        os.replace(tmp, stamp)
 
 
 # Top-level files of a Trainer checkpoint that make up the trained weights (the rest is optimizer/RNG state).
