@@ -111,14 +111,17 @@ def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
     else:
         optim = _OPTIMIZERS[stage.optimizer]
     evaluate = has_eval and stage.eval_steps is not None
+    warmup = stage.warmup_steps if stage.warmup_steps is not None else (stage.warmup_ratio or 0.0)
+    # `lr_scheduler` is the schedule after warm-up; transformers' "constant" would ignore the warm-up
+    scheduler = "constant_with_warmup" if stage.lr_scheduler == "constant" and warmup else stage.lr_scheduler
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / LOGS_DIR)
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / CHECKPOINTS_DIR),
         learning_rate=stage.learning_rate,
         weight_decay=stage.weight_decay,
         max_grad_norm=stage.max_grad_norm,
-        lr_scheduler_type=stage.lr_scheduler,
-        warmup_steps=stage.warmup_steps if stage.warmup_steps is not None else (stage.warmup_ratio or 0.0),
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup,
         num_train_epochs=stage.epochs if stage.epochs is not None else 1.0,
         max_steps=stage.max_steps if stage.max_steps is not None else -1,
         per_device_train_batch_size=stage.micro_batch,
