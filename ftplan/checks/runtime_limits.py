@@ -16,6 +16,8 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
 * FT324 mirrors the same check for a merge stage, whose promise carries ``dtype`` as its precision and which the
   plan runs on the CPU unless its estimate puts it on a GPU (``render.args.merge_on_gpu``). The check is aimed at
   training's mixed precision; this rule goes when merges are no longer held to it.
+* FT325 mirrors ``dpo.make_dpo_config``: TRL's sigmoid, IPO and hinge losses ignore ``label_smoothing``; only
+  the robust loss reads it, so a smoothing that would silently do nothing is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ CODES = {
     "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT stage",
     "FT323": "fp16 mixed precision with `device: cpu`",
     "FT324": "a merge stage with `dtype: fp16` that runs on the CPU",
+    "FT325": "DPO `label_smoothing` with a loss that ignores it",
 }
+
+SMOOTHED_LOSSES = ("robust",)
+"""DPO losses whose TRL implementation reads ``label_smoothing``."""
 
 
 def check(ctx: Context) -> list[Diagnostic]:
@@ -43,6 +49,7 @@ def check(ctx: Context) -> list[Diagnostic]:
         diags += _fused_loss(ctx, i, stage)
         diags += _merge_at_load(ctx, i, stage)
         diags += _cpu_fp16(ctx, i, stage)
+        diags += _label_smoothing(i, stage)
     for i, stage in enumerate(ctx.pipeline.stages):
         if isinstance(stage, MergeStage):
             diags += _merge_dtype(ctx, i, stage)
@@ -133,3 +140,12 @@ def _merge_dtype(ctx: Context, i: int, stage: MergeStage) -> list[Diagnostic]:
         return []
     return [error("FT324", ("stages", i, "dtype"), "the plan runs this merge on the CPU, and the runtime refuses "
                   "an fp16 precision on a CPU device at preflight", hint="set `dtype: bf16` (or `fp32`)")]
+
+
+def _label_smoothing(i: int, stage) -> list[Diagnostic]:
+    if not isinstance(stage, DpoStage) or stage.label_smoothing == 0 or stage.loss_type in SMOOTHED_LOSSES:
+        return []
+    return [error("FT325", ("stages", i, "label_smoothing"), f"`label_smoothing: {stage.label_smoothing:g}` has no "
+                  f"effect with `loss_type: {stage.loss_type}` (only the robust loss reads it); the runtime stops "
+                  "at start rather than train without it",
+                  hint="set `loss_type: robust` for noisy preference labels, or remove `label_smoothing`")]

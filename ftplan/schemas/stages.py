@@ -94,7 +94,7 @@ class DpoStage(_StageBase, TrainingArgs):
     """``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC) or ``robust`` (label-noise robust DPO)."""
 
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
-    """Assumed fraction of flipped preference labels (``sigmoid``/``robust`` losses)."""
+    """Assumed fraction of flipped preference labels; only the ``robust`` loss uses it."""
 
     reference: Literal["live", "precomputed"] = "live"
     """``live``: reference log-probs computed each step (adapter-disabled or frozen copy);

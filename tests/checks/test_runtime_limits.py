@@ -1,4 +1,4 @@
-"""Configurations the runtime refuses when a stage starts (FT320-FT324), each with a near miss that passes."""
+"""Configurations the runtime refuses when a stage starts (FT320-FT325), each with a near miss that passes."""
 
 from ftplan.diagnostics import Severity
 
@@ -128,3 +128,15 @@ def test_ft324_fp16_merge_on_cpu_refused(check, tools):
 def test_ft324_near_misses(check, tools):
     assert not tools.codes(check(merge={"dtype": "bf16"}), "FT324")
     assert not tools.codes(check(hardware=CPU, merge={"dtype": "fp32"}), "FT324")
+
+
+# FT325: DPO label_smoothing with a loss that ignores it (runtime: dpo.make_dpo_config)
+
+def test_ft325_label_smoothing_with_sigmoid_refused(check, tools):
+    [d] = tools.codes(check(dpo={"label_smoothing": 0.1}), "FT325")
+    assert d.severity is Severity.ERROR and d.path == ("stages", 2, "label_smoothing") and "robust" in d.hint
+
+
+def test_ft325_near_misses(check, tools):
+    assert not tools.codes(check(dpo={"label_smoothing": 0.1, "loss_type": "robust"}), "FT325")
+    assert not tools.codes(check(dpo={"loss_type": "ipo"}), "FT325")
