@@ -24,6 +24,9 @@ FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 
 Row = dict[str, Any] | BadRow
 
+TEXT_ENCODING = "utf-8-sig"
+"""Encoding of JSON/JSONL/CSV files: UTF-8, with the byte-order mark spreadsheet programs write skipped."""
+
 
 def locate(path: str) -> tuple[str, Path | str]:
     """Classify a dataset path: ``("file", Path)``, ``("dir", Path)`` or ``("hub", id)``.
@@ -51,10 +54,14 @@ def read_rows(path: str, split: str = "train", max_rows: int | None = None) -> I
         rows = _file_rows(path, Path(where))
     else:
         rows = _dataset_rows(_load_dataset(path, kind, where, split))
-    for count, item in enumerate(rows, start=1):
-        if max_rows is not None and count > max_rows:
-            return
-        yield item
+    try:
+        for count, item in enumerate(rows, start=1):
+            if max_rows is not None and count > max_rows:
+                return
+            yield item
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start} of a "
+                        "read block); convert the file to UTF-8") from None
 
 
 def source_digest(path: str, split: str = "train") -> str:
@@ -106,7 +113,7 @@ def _as_row(n: int, value: Any) -> Row:
 
 
 def _jsonl_rows(p: Path) -> Iterator[tuple[int, Row]]:
-    with open(p, encoding="utf-8") as f:
+    with open(p, encoding=TEXT_ENCODING) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -119,7 +126,7 @@ def _jsonl_rows(p: Path) -> Iterator[tuple[int, Row]]:
 
 
 def _json_rows(path: str, p: Path) -> Iterator[tuple[int, Row]]:
-    text = p.read_text(encoding="utf-8")
+    text = p.read_text(encoding=TEXT_ENCODING)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -151,7 +158,7 @@ def _parquet_rows(p: Path) -> Iterator[tuple[int, Row]]:
 
 
 def _csv_rows(p: Path) -> Iterator[tuple[int, Row]]:
-    with open(p, encoding="utf-8", newline="") as f:
+    with open(p, encoding=TEXT_ENCODING, newline="") as f:
         for n, row in enumerate(csv.DictReader(f), start=1):
             yield n, dict(row)
 
