@@ -290,6 +290,35 @@ def test_sbatch_rendezvous_arguments_per_node(tmp_path, monkeypatch, strategy):
             assert args.deepspeed_multinode_launcher == "standard"
 
 
+def plan_md_launch_line(root: pathlib.Path) -> list[str]:
+    """The training stage's ``- launch:`` command in plan.md, as shell words."""
+    section = (root / "plan" / "plan.md").read_text().split("### 02 train (sft)")[1]
+    return shlex.split(re.search(r"- launch: `([^`]*)`", section).group(1))
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("strategy", ["ddp", "zero3", "fsdp2"])
+def test_plan_md_launch_line_rendezvouses_at_the_head_node(tmp_path, monkeypatch, strategy, nodes):
+    """The command plan.md shows works as shown on every node: on several nodes it carries the rendezvous
+    arguments the sbatch script passes (the YAML alone makes accelerate rendezvous at ``None:<port>``)."""
+    port = free_port()
+    compile_to(tmp_path, {"strategy": strategy}, gpus=8, nodes=nodes, port=port)
+    words = plan_md_launch_line(tmp_path)
+    assert words[:2] == ["accelerate", "launch"] and words[-3:-1] == ["-m", "ftplan_runtime"]
+    sbatch = sbatch_launch_line(tmp_path) if nodes > 1 else None
+    for rank in range(nodes):
+        slurm = {"SLURM_NNODES": str(nodes), "SLURM_NODEID": str(rank), "HEAD_NODE": "gpu-node-001"}
+        argv = expand(words[2:-3], slurm, [])
+        _, args, _, cmd = launcher_view(tmp_path, monkeypatch, tuple(argv[2:]))
+        assert cmd is None and args.nproc_per_node == "8"
+        if nodes > 1:
+            assert (args.nnodes, args.node_rank) == ("2", rank)
+            assert args.rdzv_endpoint == f"gpu-node-001:{port}"
+            # the same arguments as the sbatch script's launch line
+            expected = expand(sbatch[2:-3], slurm, [f"plan/{STAGE}/accelerate.yaml"])
+            assert argv == expected
+
+
 # ---- real launches on this CPU machine ----
 
 STATE_SCRIPT = """\

@@ -87,15 +87,28 @@ def _stage_table(plan: "Plan") -> list[str]:
 
 
 def _launch(plan: "Plan", s: "PlanStage") -> str:
+    """The stage's launch command, as run from the project root.
+
+    On several nodes the YAML holds only node 0's view (``machine_rank: 0``, no head address), so the command
+    shows the per-node rendezvous arguments the sbatch script passes: without them accelerate's launcher would
+    rendezvous at ``None:<port>``."""
     args = shq(plan.path(s.dir, "args.json"))
-    if s.launcher == "accelerate":
-        return f"accelerate launch --config_file {shq(plan.path(s.dir, 'accelerate.yaml'))} -m ftplan_runtime {args}"
-    return f"python -m ftplan_runtime {args}"
+    if s.launcher != "accelerate":
+        return f"python -m ftplan_runtime {args}"
+    config = f"--config_file {shq(plan.path(s.dir, 'accelerate.yaml'))}"
+    if s.resources.nodes > 1:
+        config += (f' --num_machines {s.resources.nodes} --machine_rank "$SLURM_NODEID" --main_process_ip '
+                   f'"$HEAD_NODE" --main_process_port {plan.hardware.main_process_port}')
+    return f"accelerate launch {config} -m ftplan_runtime {args}"
 
 
 def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
     out = ["", f"### {s.index:02d} {s.id} ({s.kind})", "", f"- method: {md(s.method)}",
            f"- launch: {code(_launch(plan, s))}"]
+    if s.launcher == "accelerate" and s.resources.nodes > 1:
+        sbatch = code(plan.path("slurm", f"{s.name}.sbatch"))
+        out.append(f"- on each of the {s.resources.nodes} nodes, started by {sbatch}: `HEAD_NODE` is the "
+                   "allocation's first node, `SLURM_NODEID` the node's rank")
     src = s.args.source
     if src is not None:
         out.append(f"- starts from: {code(src.weights)}" + (f" at revision {code(src.revision)}" if src.revision else ""))
