@@ -77,7 +77,9 @@ def check_device(promise: Promise) -> None:
         _fail("precision", "fp16", "a CPU device (fp16 mixed precision needs a CUDA GPU)",
               "use `precision: fp32` or `bf16` for CPU runs, or run on a GPU")
     if promise.device == "cuda":
-        if promise.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        # not torch.cuda.is_bf16_supported(): it accepts emulated bf16 (T4, V100) and probes GPU 0 on every rank
+        if promise.precision == "bf16" and not (
+                torch.version.hip or torch.cuda.get_device_capability(_local_device_index())[0] >= 8):
             name = torch.cuda.get_device_name(_local_device_index())
             _fail("precision", "bf16", f"a {name}, which does not support bf16",
                   "use `precision: fp16` for this GPU, or run on compute capability 8.0 or newer")
