@@ -3,7 +3,10 @@
 Keys are those of accelerate 1.15's ``ClusterConfig`` (``accelerate/commands/config/config_args.py``), which
 rejects unknown top-level keys. Values that differ per node under Slurm (``machine_rank``, the head node's
 address, ``num_machines``) are overridden on the ``accelerate launch`` command line; the file holds the values
-for a run on one machine.
+for a run on one machine. accelerate's launcher divides ``num_processes`` (the total over all nodes) by
+``num_machines`` for each node's torchrun, and reaches the head node through torchrun's static rendezvous at
+``<head>:<port>``. (``same_network`` is kept for accelerate's config tools; the 1.15 launcher ignores the file's
+value because its ``--same_network`` flag defaults to false, which changes nothing for a static rendezvous.)
 
 Two accelerate rules shape the file:
 
