@@ -115,10 +115,10 @@ def _optimizer(stage, i: int, name: str, spec) -> list[Diagnostic]:
         return [error("FT315", path, f"`optimizer: {opt}` (bitsandbytes) cannot step FSDP2's sharded DTensor "
                       "parameters", hint="use `optimizer: adamw`, or a ZeRO strategy")]
     if name in ZERO and spec.offload_optimizer:
-        return [error("FT315", path, f"`optimizer: {opt}` with `offload_optimizer`: DeepSpeed refuses a client "
-                      "optimizer for CPU offload (it steps its own CPU Adam on the offloaded states)",
-                      hint="use `optimizer: adamw` (DeepSpeed's CPU Adam runs the offloaded step), or drop "
-                      "`offload_optimizer`")]
+        return [error("FT315", path, f"`optimizer: {opt}` with `offload_optimizer`: the offloaded optimizer "
+                      "states and the step live in CPU memory, where bitsandbytes' 8-bit optimizers (GPU kernels) "
+                      "do not run", hint="use `optimizer: adamw` (torch AdamW steps the offloaded states on the "
+                      "CPU), or drop `offload_optimizer`")]
     if name in ZERO:
         return [warning("FT314", path, f"`optimizer: {opt}` under `{name}`: DeepSpeed wraps it as an untested "
                         "client optimizer over its flattened fp32 partitions, and bitsandbytes' 32-bit override for "
