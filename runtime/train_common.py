@@ -214,8 +214,9 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
         if stopper.stopped_early(trainer.state):
             raise Requeue(f"stage '{args.stage.id}' stopped at step {trainer.state.global_step} on a signal; "
                           "checkpoint saved, run it again to resume")
-    saved = save_result(trainer, prep.loaded, args)
-    seen, trained = reduce_tokens(trainer)
+        # still under the handlers: a signal during the final save lets it finish, and the stage completes
+        saved = save_result(trainer, prep.loaded, args)
+        seen, trained = reduce_tokens(trainer)
     extra = {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
