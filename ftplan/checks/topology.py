@@ -35,7 +35,7 @@ CODES = {
     "FT316": "invalid Slurm time limit",
     "FT317": "more than 8 GPUs per node",
     "FT318": "QLoRA with ZeRO-3",
-    "FT319": "QLoRA with FSDP2 in a DPO stage",
+    "FT319": "QLoRA with FSDP2",
 }
 
 _TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
@@ -133,10 +133,12 @@ def _quantized(ctx: Context, stage, i: int, name: str, spath) -> list[Diagnostic
     if name == "zero3":
         return [error("FT318", spath, "QLoRA with `zero3` is refused: ZeRO-3 partitions parameters, and the "
                       "4-bit base's packed bitsandbytes tensors cannot be partitioned and gathered like bf16 weights",
-                      hint="use `zero2` (shards optimizer states and gradients; the 4-bit base is small), or "
-                      "`fsdp2` (the FSDP-QLoRA path)")]
-    if name == "fsdp2" and isinstance(stage, DpoStage):
-        return [error("FT319", spath, "QLoRA with `fsdp2` in a DPO stage is not supported: preference "
-                      "training over an FSDP2-sharded 4-bit base is not a working path (Axolotl refuses FSDP2 with "
-                      "a quantized base for DPO/KTO too)", hint="use `zero2`, or a `lora` adapter with `fsdp2`")]
+                      hint="use `zero2` (shards optimizer states and gradients; the 4-bit base is small)")]
+    if name == "fsdp2":
+        why = ("preference training over an FSDP2-sharded 4-bit base is not a working path (Axolotl refuses it "
+               "for DPO/KTO too)" if isinstance(stage, DpoStage) else
+               "the runtime does not store the 4-bit weights in the compute dtype that FSDP needs to shard them "
+               "(FSDP-QLoRA), so the path is not offered")
+        return [error("FT319", spath, f"QLoRA with `fsdp2` is not supported: {why}",
+                      hint="use `zero2`, or a `lora` adapter with `fsdp2`")]
     return []

@@ -79,7 +79,7 @@ def test_ft317_more_than_eight_gpus_per_node(check, tools):
 def test_ft318_qlora_with_zero3_refused(check, tools):
     diags = tools.codes(check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "zero3"}), "FT318")
     assert [d.path for d in diags] == [("stages", 1, "distributed")]
-    assert "zero2" in diags[0].hint and "fsdp2" in diags[0].hint
+    assert "zero2" in diags[0].hint and "fsdp2" not in diags[0].hint
     assert not tools.codes(check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "zero2"}),
                            "FT318")
 
@@ -89,8 +89,11 @@ def test_ft318_applies_to_a_continued_qlora_adapter(check, tools):
     assert [d.path for d in tools.codes(diags, "FT318")] == [("stages", 2, "distributed")]
 
 
-def test_ft319_qlora_fsdp2_dpo_refused_but_sft_allowed(check, tools):
+def test_ft319_qlora_fsdp2_refused_in_sft_and_dpo(check, tools):
     diags = check(hardware=EIGHT, sft={"adapter": {"type": "qlora"}, "distributed": "fsdp2"},
                   dpo={"distributed": "fsdp2"})
-    assert [d.path for d in tools.codes(diags, "FT319")] == [("stages", 2, "distributed")]
+    assert [d.path for d in tools.codes(diags, "FT319")] == [("stages", 1, "distributed"), ("stages", 2, "distributed")]
+    assert "FSDP-QLoRA" in tools.codes(diags, "FT319")[0].message
     assert not tools.codes(diags, "FT318")
+    # a LoRA adapter on a 16-bit base shards fine
+    assert not tools.codes(check(hardware=EIGHT, sft={"adapter": {"type": "lora"}, "distributed": "fsdp2"}), "FT319")
