@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# All arms of the LoRA/QLoRA step benchmark in ONE device call on one card, so every ratio compares numbers
+# measured together: HF+PEFT (the reference loop, ../shared/tools/baseline_lora.py), Unsloth
+# (../shared/tools/unsloth_arm.py, its own wheel set) and ftplan (bench/runtime_step_probe.py with and
+# without `kernels: ftplan`). Random-init Llama-3.1-8B shapes. One configuration per process.
+#
+# Before the call, on the launching machine (from the repo root):
+#   bash bench/gpu/wheels.sh && bash ../shared/tools/gpu-wheels.sh unsloth
+#   rm -rf .gpu-tools && mkdir .gpu-tools && cp ../shared/tools/{baseline_lora,unsloth_arm}.py .gpu-tools/
+#   grep -qx /.gpu-tools/ .git/info/exclude || echo /.gpu-tools/ >> .git/info/exclude
+# then run `bash bench/gpu/arms.sh` on the GPU machine, carrying .whl-gpu, .whl-unsloth and .gpu-tools.
+# Results: one JSON line per arm in $OUT/arms.jsonl (and a timestamped $OUT/arms.log).
+set -uo pipefail
+dest=${OUT:-bench/results}
+mkdir -p "$dest"
+exec > >(while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done | tee -a "$dest/arms.log") 2>&1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
+mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
+base=(env PYTHONPATH=/tmp/site:/tmp/shim:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
+unsl=(env PYTHONPATH=/tmp/site-unsloth HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+M=/tmp/m8b
+"${base[@]}" python3 .gpu-tools/baseline_lora.py prep --arch llama3-8b --dir $M | grep '^{'
+arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the arm's name
+  local name=$1; shift
+  timeout 300 "$@" 2>&1 | grep '^{' | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
+}
+for cfg in "lora 2048 2" "qlora 2048 2" "qlora 8192 1"; do
+  set -- $cfg
+  arm hf-peft "${base[@]}" python3 .gpu-tools/baseline_lora.py run --dir $M --mode $1 --seq $2 --batch $3
+  arm hf-peft-autocast "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3
+  arm ftplan "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan
+  arm unsloth "${unsl[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M --mode $1 --seq $2 --batch $3
+done
