@@ -16,15 +16,6 @@ from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _prompt_ids(tok, a: int, b: int) -> list[int]:
     ids = tok.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}],
                                   add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -59,11 +50,11 @@ def _make_adapter(base: Path, dest: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_base):
     """Tiny base, a non-trivial 'SFT' adapter, and tokenized preference pairs."""
     from transformers import AutoTokenizer
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     root = tmp_path_factory.mktemp("dpo")
     tok = AutoTokenizer.from_pretrained(str(base))
     _write_pairs(tok, root / "data" / "preference" / "train", 16, seed=1)

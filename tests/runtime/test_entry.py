@@ -118,15 +118,6 @@ def test_preflight_failure_is_exit_3(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _write(root: Path, name: str, args: RuntimeArgs) -> Path:
     path = root / "stages" / name / "args.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,20 +184,20 @@ def _run_chain(root: Path, promise: dict, train: dict) -> None:
         torch.testing.assert_close(merged(input_ids=ids).logits, chain(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def _chain_project(tmp_path_factory, name: str) -> Path:
+def _chain_project(tmp_path_factory, tiny_base: Path, name: str) -> Path:
     root = tmp_path_factory.mktemp(name)
-    shutil.copytree(_tiny_base(tmp_path_factory), root / "base")
+    shutil.copytree(tiny_base, root / "base")
     shutil.copytree(REPO / "examples" / "data", root / "data")
     return root
 
 
 @pytest.mark.slow
-def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
+def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory, tiny_base):
     """Four stages on CPU (fp32), each `python -m ftplan_runtime stages/NN-id/args.json` from the project root;
     every stage leaves metrics.json and a completion marker with its args file's sha256; the merged model
     equals the base with the DPO adapter (which continued the SFT adapter)."""
     pytest.importorskip("torch")
-    root = _chain_project(tmp_path_factory, "e2e")
+    root = _chain_project(tmp_path_factory, tiny_base, "e2e")
     _run_chain(root, CPU_PROMISE, {"precision": "fp32", "micro_batch": 2, "logging_steps": 1, "report_to": [],
                                    "gradient_checkpointing": False})
     again = _stage(root, "01-prep")  # the data stage keeps its up-to-date output
@@ -214,7 +205,7 @@ def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_chain_with_ftplan_kernels(tmp_path_factory):
+def test_gpu_bf16_chain_with_ftplan_kernels(tmp_path_factory, tiny_base):
     """The same chain on a CUDA GPU: bf16, fused AdamW, compiled ftplan kernels, the GPU's real memory as the
     promise; metrics report torch and device peak memory against the estimate."""
     torch = pytest.importorskip("torch")
@@ -225,7 +216,7 @@ def test_gpu_bf16_chain_with_ftplan_kernels(tmp_path_factory):
     props = torch.cuda.get_device_properties(0)
     promise = dict(CPU_PROMISE, device="cuda", precision="bf16", kernels="ftplan", gpu_name=props.name,
                    gpu_memory_mib=props.total_memory // 2**20)
-    root = _chain_project(tmp_path_factory, "e2e-gpu")
+    root = _chain_project(tmp_path_factory, tiny_base, "e2e-gpu")
     _run_chain(root, promise, {"precision": "bf16", "kernels": "ftplan", "micro_batch": 2, "logging_steps": 1,
                                "report_to": [], "gradient_checkpointing": True})
     sft = json.loads((root / "outputs/sft/metrics.json").read_text())

@@ -12,15 +12,6 @@ from ftplan.schemas.runtime_args import RuntimeArgs
 pytest.importorskip("gguf")
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _args(weights: str, out: Path, quant: list[str], verify: bool = True) -> RuntimeArgs:
     return RuntimeArgs.model_validate({
         "pipeline": "tiny", "stage": {"id": "gguf", "kind": "gguf", "input": "merge", "quant": quant,
@@ -31,12 +22,12 @@ def _args(weights: str, out: Path, quant: list[str], verify: bool = True) -> Run
                     "precision": "fp32", "attention": "eager", "kernels": "none"}})
 
 
-def test_exports_and_verifies_each_type(tmp_path_factory):
+def test_exports_and_verifies_each_type(tmp_path_factory, tiny_base):
     """f16 and q8_0 written directly, q4_k_m quantized by llama.cpp from a temporary f16; all verified."""
     pytest.importorskip("llama_cpp")
     from ftplan_runtime.gguf_stage import run_gguf
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     out = tmp_path_factory.mktemp("gguf")
     metrics = run_gguf(_args(str(base), out, ["q8_0", "q4_k_m"]), "0" * 64)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
@@ -49,12 +40,12 @@ def test_exports_and_verifies_each_type(tmp_path_factory):
     assert saved["kind"] == "gguf" and saved["verified"] and set(saved["files"]) == {"q8_0", "q4_k_m"}
 
 
-def test_f16_file_is_reused_for_k_quants(tmp_path_factory):
+def test_f16_file_is_reused_for_k_quants(tmp_path_factory, tiny_base):
     """With f16 requested too, the k-quant is made from that file and no temporary is left behind."""
     pytest.importorskip("llama_cpp")
     from ftplan_runtime.gguf_stage import run_gguf
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     out = tmp_path_factory.mktemp("gguf-f16")
     run_gguf(_args(str(base), out, ["q4_k_m", "f16"], verify=False), "0" * 64)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "tiny-f16.gguf", "tiny-q4_k_m.gguf"]

@@ -12,15 +12,6 @@ torch = pytest.importorskip("torch")
 from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _load(path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
@@ -43,11 +34,11 @@ def _make_adapter(model, dest: Path, seed: int, targets) -> Path:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, tiny_base):
     """Two adapters trained 'in sequence': A on the base, B on base+A merged (as a DPO merge_input would)."""
     from peft import PeftModel
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     root = tmp_path_factory.mktemp("merge")
     a = _make_adapter(_load(base), root / "a", seed=1, targets="all-linear")
     merged_a = PeftModel.from_pretrained(_load(base), str(a)).merge_and_unload()

@@ -16,15 +16,6 @@ from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 STEPS, BATCH, LR, SEED, RANK, ALPHA = 30, 4, 5e-3, 11, 8, 16
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _rows(tok, n: int) -> dict[str, list]:
     rng = random.Random(3)
     rows = {"input_ids": [], "completion_mask": []}
@@ -61,13 +52,13 @@ def _plain_trl_losses(base: Path, data: Path, out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_runtime_sft_loss_matches_plain_trl(tmp_path_factory):
+def test_runtime_sft_loss_matches_plain_trl(tmp_path_factory, tiny_base):
     """30 steps, logged every step: each runtime loss within 1 % of plain TRL's."""
     from transformers import AutoTokenizer
 
     from ftplan_runtime.sft import run_sft
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     root = tmp_path_factory.mktemp("parity")
     tok = AutoTokenizer.from_pretrained(str(base))
     data = root / "data" / "sft" / "train"

@@ -20,15 +20,6 @@ datasets = pytest.importorskip("datasets")
 from ftplan.schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RuntimeArgs  # noqa: E402
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _sft_rows(tok, n: int, seed: int) -> dict[str, list]:
     rng = random.Random(seed)
     rows = {"input_ids": [], "completion_mask": []}
@@ -42,11 +33,11 @@ def _sft_rows(tok, n: int, seed: int) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_base):
     """Tiny base and 120 tokenized SFT rows (one epoch = 60 steps of 2 rows)."""
     from transformers import AutoTokenizer
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     root = tmp_path_factory.mktemp("resume")
     tok = AutoTokenizer.from_pretrained(str(base))
     datasets.Dataset.from_dict(_sft_rows(tok, 120, seed=0)).save_to_disk(str(root / "data" / "sft" / "train"))

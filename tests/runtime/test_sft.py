@@ -17,15 +17,6 @@ from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def _tiny_base(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
-
-
 def _chat_ids(tok, messages, **kw) -> list[int]:
     ids = tok.apply_chat_template(messages, tokenize=True, return_dict=False, **kw)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -55,11 +46,11 @@ def _pack(rows: dict[str, list], per_row: int) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_base):
     """Tiny base plus pre-tokenized SFT data (40 train, 8 validation) in the data stage's layout."""
     from transformers import AutoTokenizer
 
-    base = _tiny_base(tmp_path_factory)
+    base = tiny_base
     root = tmp_path_factory.mktemp("sft")
     tok = AutoTokenizer.from_pretrained(str(base))
     train, val = _sft_rows(tok, 40, seed=0), _sft_rows(tok, 8, seed=1)
