@@ -9,18 +9,14 @@ torch = pytest.importorskip("torch")
 from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
 
-def test_full_dpo_reference_includes_the_merged_input_adapter(tmp_path_factory):
+def test_full_dpo_reference_includes_the_merged_input_adapter(tmp_path_factory, tiny_base):
     """`adapter: {type: full}` + `merge_input: true`: the policy starts from base + the SFT adapter, so the
     frozen reference must too (not the bare base)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ftplan_runtime.model_loading import load_for_training, load_reference
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
+    base = tiny_base
     root = tmp_path_factory.mktemp("ref")
     torch.manual_seed(0)
     sft = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),

@@ -11,15 +11,11 @@ from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
 @pytest.mark.parametrize("precision, trained_dtypes", [("fp16", {torch.float32}),
                                                        ("bf16", {torch.float32, torch.bfloat16})])
-def test_modules_to_save_train_in_fp32_under_fp16(tmp_path_factory, precision, trained_dtypes):
+def test_modules_to_save_train_in_fp32_under_fp16(tmp_path_factory, tiny_base, precision, trained_dtypes):
     """GradScaler raises "Attempting to unscale FP16 gradients" at the first optimizer step when a trainable
     parameter is fp16; PEFT upcasts the LoRA matrices but leaves the modules_to_save copy (lm_head) in fp16."""
     from ftplan_runtime.model_loading import load_for_training
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
+    base = tiny_base
     args = RuntimeArgs.model_validate({
         "pipeline": "t", "model": {"base": str(base)}, "source": {"weights": str(base), "tokenizer": str(base)},
         "data_dir": "data", "output_dir": str(tmp_path_factory.mktemp("out")),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ datasets = pytest.importorskip("datasets")
 from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
 STEPS, BATCH, LR, SEED, RANK, ALPHA = 30, 4, 5e-3, 11, 8, 16
-
-
-def _rows(tok, n: int) -> dict[str, list]:
-    rng = random.Random(3)
-    rows = {"input_ids": [], "completion_mask": []}
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        prompt = tok(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-        answer = tok(f"The answer is {a + b}.<|im_end|>", add_special_tokens=False)["input_ids"]
-        rows["input_ids"].append(prompt + answer)
-        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
-    return rows
 
 
 def _plain_trl_losses(base: Path, data: Path, out: Path) -> list[float]:
@@ -52,7 +39,7 @@ def _plain_trl_losses(base: Path, data: Path, out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_runtime_sft_loss_matches_plain_trl(tmp_path_factory, tiny_base):
+def test_runtime_sft_loss_matches_plain_trl(tmp_path_factory, tiny_base, sft_rows):
     """30 steps, logged every step: each runtime loss within 1 % of plain TRL's."""
     from transformers import AutoTokenizer
 
@@ -62,7 +49,7 @@ def test_runtime_sft_loss_matches_plain_trl(tmp_path_factory, tiny_base):
     root = tmp_path_factory.mktemp("parity")
     tok = AutoTokenizer.from_pretrained(str(base))
     data = root / "data" / "sft" / "train"
-    datasets.Dataset.from_dict(_rows(tok, STEPS * BATCH)).save_to_disk(str(data))
+    datasets.Dataset.from_dict(sft_rows(tok, STEPS * BATCH, seed=3, top=20)).save_to_disk(str(data))
 
     stage = {"id": "sft", "kind": "sft", "data": "prep", "learning_rate": LR, "precision": "fp32",
              "max_steps": STEPS, "micro_batch": BATCH, "logging_steps": 1, "save_steps": STEPS, "seed": SEED,

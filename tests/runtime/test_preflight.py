@@ -93,14 +93,9 @@ def test_distributed_promise_is_checked_against_accelerate_state(cpu_config, ove
     check_distributed(_promise(), cpu_config)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
-    return base
+@pytest.fixture
+def tiny(tiny_base) -> Path:
+    return tiny_base
 
 
 def test_attention_after_loading_must_match(tiny):

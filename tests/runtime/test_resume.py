@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,27 +19,15 @@ datasets = pytest.importorskip("datasets")
 from ftplan.schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RuntimeArgs  # noqa: E402
 
 
-def _sft_rows(tok, n: int, seed: int) -> dict[str, list]:
-    rng = random.Random(seed)
-    rows = {"input_ids": [], "completion_mask": []}
-    for _ in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        prompt = tok(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-        answer = tok(f"The answer is {a + b}.<|im_end|>", add_special_tokens=False)["input_ids"]
-        rows["input_ids"].append(prompt + answer)
-        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
-    return rows
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_base):
+def project(tmp_path_factory, tiny_base, sft_rows):
     """Tiny base and 120 tokenized SFT rows (one epoch = 60 steps of 2 rows)."""
     from transformers import AutoTokenizer
 
     base = tiny_base
     root = tmp_path_factory.mktemp("resume")
     tok = AutoTokenizer.from_pretrained(str(base))
-    datasets.Dataset.from_dict(_sft_rows(tok, 120, seed=0)).save_to_disk(str(root / "data" / "sft" / "train"))
+    datasets.Dataset.from_dict(sft_rows(tok, 120, seed=0)).save_to_disk(str(root / "data" / "sft" / "train"))
     return {"root": root, "base": base}
 
 

@@ -4,7 +4,6 @@ checkpoint's weights (what ``Trainer.train`` loads at the end), not the last che
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -16,37 +15,21 @@ datasets = pytest.importorskip("datasets")
 from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
 
-def _rows(tok, n: int, seed: int) -> dict[str, list]:
-    rng = random.Random(seed)
-    rows = {"input_ids": [], "completion_mask": []}
-    for _ in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        prompt = tok(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-        answer = tok(f"The answer is {a + b}.<|im_end|>", add_special_tokens=False)["input_ids"]
-        rows["input_ids"].append(prompt + answer)
-        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
-    return rows
-
-
 def _adapter(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_finished_run_with_load_best_publishes_the_best_checkpoint(tmp_path_factory):
+def test_finished_run_with_load_best_publishes_the_best_checkpoint(tmp_path_factory, tiny_base, sft_rows):
     from transformers import AutoTokenizer
 
     from ftplan_runtime.sft import run_sft
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
+    base = tiny_base
     root = tmp_path_factory.mktemp("best")
     tok = AutoTokenizer.from_pretrained(str(base))
-    datasets.Dataset.from_dict(_rows(tok, 16, 0)).save_to_disk(str(root / "data" / "sft" / "train"))
-    datasets.Dataset.from_dict(_rows(tok, 4, 1)).save_to_disk(str(root / "data" / "sft" / "validation"))
+    datasets.Dataset.from_dict(sft_rows(tok, 16, 0)).save_to_disk(str(root / "data" / "sft" / "train"))
+    datasets.Dataset.from_dict(sft_rows(tok, 4, 1)).save_to_disk(str(root / "data" / "sft" / "validation"))
     args = RuntimeArgs.model_validate({
         "pipeline": "t", "model": {"base": str(base)}, "source": {"weights": str(base), "tokenizer": str(base)},
         "data_dir": str(root / "data"), "output_dir": str(root / "out"),

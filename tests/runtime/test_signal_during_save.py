@@ -32,14 +32,10 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_sigterm_during_the_final_save_completes_the_stage(tmp_path_factory):
+def test_sigterm_during_the_final_save_completes_the_stage(tmp_path_factory, tiny_base):
     from transformers import AutoTokenizer
 
-    from ftplan_runtime.tiny import build_tiny_model
-
-    base = tmp_path_factory.getbasetemp() / "ftplan-runtime-tiny-llama"
-    if not (base / "model.safetensors").is_file():
-        build_tiny_model(base)
+    base = tiny_base
     root = tmp_path_factory.mktemp("sigsave")
     tok = AutoTokenizer.from_pretrained(str(base))
     rng = random.Random(0)
