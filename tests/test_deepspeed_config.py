@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import pathlib
@@ -9,37 +10,20 @@ import pathlib
 import pytest
 import yaml
 
-from ftplan.catalog import get_gpu, get_model
-from ftplan.context import Context, Inputs
-from ftplan.lineage import trace
-from ftplan.plan import build_plan
 from ftplan.render import render
 from ftplan.render.deepspeed import KNOWN_TOP_LEVEL_KEYS, unknown_top_level_keys
-from ftplan.schemas import Pipeline
+
+_spec = importlib.util.spec_from_file_location("ftplan_plan_builders", pathlib.Path(__file__).with_name("plan_builders.py"))
+plan_builders = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plan_builders)
 
 dsc = pytest.importorskip("deepspeed.runtime.config", reason="deepspeed is not installed")
 config_args = pytest.importorskip("accelerate.commands.config.config_args", reason="accelerate is not installed")
 
 
-def compiled(distributed, *, precision="bf16", gpus=4, nodes=1, device="cuda", optimizer="adamw",
-             adapter=None, model="meta-llama/Llama-3.1-8B-Instruct"):
-    hw = {"device": device, "gpus_per_node": gpus, "nodes": nodes}
-    if device == "cuda":
-        hw["gpu"] = "h100"
-    if nodes > 1:
-        hw["slurm"] = {}
-    p = Pipeline.model_validate({
-        "name": "ds", "model": {"base": model}, "hardware": hw,
-        "stages": [
-            {"id": "data", "kind": "data", "max_seq_len": 1024, "datasets": [{"path": "a.jsonl", "format": "text"}]},
-            {"id": "train", "kind": "sft", "data": "data", "adapter": adapter or {"type": "full"},
-             "learning_rate": 1e-5, "micro_batch": 3, "grad_accum": 5, "precision": precision,
-             "optimizer": optimizer, "max_grad_norm": 0.5, "distributed": distributed},
-        ]})
-    links, diags = trace(p)
-    assert not diags
-    ctx = Context(p, "ds.yaml", "0" * 64, Inputs(), get_gpu(hw.get("gpu", "h100")), get_model(model), "catalog", links)
-    plan = build_plan(ctx, {}, [], plan_dir_from_root="plan", ftplan_version="0.1.0")
+def compiled(distributed, **kw):
+    """The plan of a data + sft pipeline with ``distributed`` (see ``plan_builders.training_plan``) and its files."""
+    plan = plan_builders.training_plan(distributed, **kw)
     return plan, render(plan)
 
 

@@ -12,6 +12,7 @@ with DeepSpeed, two with DDP, two launchers rendezvousing as two nodes on localh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -24,13 +25,13 @@ import sys
 import pytest
 import yaml
 
-from ftplan.catalog import get_gpu, get_model
-from ftplan.context import Context, Inputs
-from ftplan.lineage import trace
-from ftplan.plan import build_plan
+from ftplan.catalog import get_model
 from ftplan.render import render
 from ftplan.render.accelerate import DECODER_LAYER_CLASSES
-from ftplan.schemas import Pipeline
+
+_spec = importlib.util.spec_from_file_location("ftplan_plan_builders", pathlib.Path(__file__).with_name("plan_builders.py"))
+plan_builders = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plan_builders)
 
 launch = pytest.importorskip("accelerate.commands.launch", reason="accelerate is not installed")
 from accelerate.utils import launch as launch_utils  # noqa: E402
@@ -44,28 +45,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def compile_to(root: pathlib.Path, distributed: dict, *, gpus: int = 4, nodes: int = 1, device: str = "cuda",
-               precision: str = "bf16", optimizer: str = "adamw", adapter: dict | None = None,
-               model: str = "meta-llama/Llama-3.1-8B-Instruct", port: int = 29500):
-    """Compile a data + sft pipeline into ``root/plan`` (``root`` is the project folder); returns the plan."""
-    hw: dict = {"device": device, "gpus_per_node": gpus, "nodes": nodes, "main_process_port": port}
-    if device == "cuda":
-        hw["gpu"] = "h100"
-    if nodes > 1:
-        hw["slurm"] = {}
-    p = Pipeline.model_validate({
-        "name": "lc", "model": {"base": model}, "hardware": hw,
-        "stages": [
-            {"id": "data", "kind": "data", "max_seq_len": 512, "datasets": [{"path": "a.jsonl", "format": "text"}]},
-            {"id": "train", "kind": "sft", "data": "data", "adapter": adapter or {"type": "full"},
-             "learning_rate": 1e-5, "micro_batch": 3, "grad_accum": 5, "precision": precision,
-             "optimizer": optimizer, "max_grad_norm": 0.5, "distributed": distributed},
-        ]})
-    links, diags = trace(p)
-    assert not diags
-    ctx = Context(p, "lc.yaml", "0" * 64, Inputs(), get_gpu(hw.get("gpu", "h100")), get_model(model), "catalog",
-                  links)
-    plan = build_plan(ctx, {}, [], plan_dir_from_root="plan", ftplan_version="0.1.0")
+def compile_to(root: pathlib.Path, distributed: dict, **kw):
+    """Compile a data + sft pipeline (``plan_builders.training_plan``, 512-token rows) into ``root/plan`` (``root``
+    is the project folder); returns the plan."""
+    plan = plan_builders.training_plan(distributed, name="lc", **{"seq": 512, **kw})
     for rel, text in render(plan).items():
         path = root / "plan" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
