@@ -38,7 +38,9 @@ class StageRecorder:
     def __init__(self, args: RuntimeArgs):
         self.args = args
         self.start = time.perf_counter()
-        self.cuda = _cuda_ready()
+        # Only stages the plan placed on a GPU measure it: a CPU stage (data, merge, GGUF) on a GPU machine must
+        # not create a CUDA context it does not use.
+        self.cuda = args.promise.device == "cuda" and _cuda_ready()
         # This process's own GPU: the recorder starts before accelerate selects it, and the default device (0)
         # would put a CUDA context of every rank on GPU 0 and measure GPU 0 for all of them.
         self.device = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,6 +50,7 @@ class StageRecorder:
         if self.cuda:
             import torch
 
+            torch.cuda.init()  # resetting the peak counters before CUDA is initialised is an error
             torch.cuda.reset_peak_memory_stats(self.device)
             self.free_at_start, self.total = torch.cuda.mem_get_info(self.device)
             self.min_free = self.free_at_start

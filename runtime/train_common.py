@@ -98,6 +98,19 @@ def load_split(args: RuntimeArgs, family: str, split: str, *, required: bool):
     return ds
 
 
+def checkpointing_fields(enabled: bool) -> dict[str, Any]:
+    """The TrainingArguments fields that switch activation checkpointing on or off (non-reentrant).
+
+    transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` during 5.x and keeps the
+    old name as a deprecated alias; the runtime supports releases on both sides of the rename.
+    """
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments fields (shared by SFTConfig and DPOConfig) for a training stage."""
     stage = args.stage
@@ -127,8 +140,7 @@ def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
         per_device_train_batch_size=stage.micro_batch,
         per_device_eval_batch_size=stage.micro_batch,
         gradient_accumulation_steps=stage.grad_accum,
-        activation_checkpointing=stage.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
+        **checkpointing_fields(stage.gradient_checkpointing),
         optim=optim,
         bf16=stage.precision == "bf16",
         fp16=stage.precision == "fp16",

@@ -10,9 +10,12 @@ CPU_PROMISE = {"device": "cpu", "world_size": 1, "num_machines": 1, "distributed
                "attention": "sdpa", "kernels": "none"}
 
 
-def _args() -> RuntimeArgs:
+CUDA_PROMISE = {**CPU_PROMISE, "device": "cuda", "precision": "bf16"}
+
+
+def _args(promise: dict = CUDA_PROMISE) -> RuntimeArgs:
     return RuntimeArgs.model_validate({
-        "pipeline": "t", "model": {"base": "base"}, "output_dir": "out/prep", "promise": CPU_PROMISE,
+        "pipeline": "t", "model": {"base": "base"}, "output_dir": "out/prep", "promise": promise,
         "stage": {"id": "prep", "kind": "data", "max_seq_len": 64, "datasets": [{"path": "d.jsonl", "format": "text"}]},
     })
 
@@ -23,8 +26,14 @@ class _FakeCuda:
     def __init__(self):
         self.devices: list = []
 
+        self.initialised = False
+
     def _seen(self, device=None):
+        assert self.initialised, "a CUDA query before torch.cuda.init()"
         self.devices.append(device)
+
+    def init(self):
+        self.initialised = True
 
     def reset_peak_memory_stats(self, device=None):
         self._seen(device)
@@ -55,7 +64,7 @@ def test_recorder_reads_the_local_rank_gpu_not_gpu_0(monkeypatch):
 
     fake = _FakeCuda()
     monkeypatch.setattr(metrics, "_cuda_ready", lambda: True)
-    for name in ("reset_peak_memory_stats", "mem_get_info", "max_memory_allocated", "max_memory_reserved",
+    for name in ("init", "reset_peak_memory_stats", "mem_get_info", "max_memory_allocated", "max_memory_reserved",
                  "get_device_name"):
         monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -64,3 +73,20 @@ def test_recorder_reads_the_local_rank_gpu_not_gpu_0(monkeypatch):
     mem = rec.memory()
     assert fake.devices and all(d == 1 for d in fake.devices), fake.devices
     assert mem["device_used_peak_gib"] == pytest.approx(20.0)
+
+
+def test_a_cpu_stage_on_a_gpu_machine_leaves_cuda_alone(monkeypatch):
+    """The data, merge and GGUF stages run on the CPU: on a GPU machine their recorder must not initialise CUDA
+    (a context it never uses) and reports no GPU figures."""
+    import torch
+
+    from ftplan_runtime import metrics
+
+    fake = _FakeCuda()
+    monkeypatch.setattr(metrics, "_cuda_ready", lambda: True)
+    for name in ("init", "reset_peak_memory_stats", "mem_get_info", "max_memory_allocated", "max_memory_reserved",
+                 "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    mem = metrics.StageRecorder(_args(CPU_PROMISE)).memory()
+    assert not fake.initialised and fake.devices == []
+    assert mem["device_used_peak_gib"] is None and mem["gpu_name"] is None
