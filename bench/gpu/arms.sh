@@ -8,7 +8,9 @@
 #   bash bench/gpu/wheels.sh && bash ../shared/tools/gpu-wheels.sh unsloth
 #   rm -rf .gpu-tools && mkdir .gpu-tools && cp ../shared/tools/{baseline_lora,unsloth_arm}.py .gpu-tools/
 #   grep -qx /.gpu-tools/ .git/info/exclude || echo /.gpu-tools/ >> .git/info/exclude
-# then run `bash bench/gpu/arms.sh` on the GPU machine, carrying .whl-gpu, .whl-unsloth and .gpu-tools.
+# then run `bash bench/gpu/arms.sh [CONFIG...]` on the GPU machine, carrying .whl-gpu, .whl-unsloth and
+# .gpu-tools. A CONFIG is "MODE SEQ BATCH" (default: "lora 2048 2" "qlora 2048 2" "qlora 8192 1"); pass a
+# subset to fit one call's time limit. Every arm of a config runs in the same call.
 # Results: one JSON line per arm in $OUT/arms.jsonl (and a timestamped $OUT/arms.log).
 set -uo pipefail
 dest=${OUT:-bench/results}
@@ -24,9 +26,10 @@ M=/tmp/m8b
 "${base[@]}" python3 .gpu-tools/baseline_lora.py prep --arch llama3-8b --dir $M | grep '^{'
 arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the arm's name
   local name=$1; shift
-  timeout 300 "$@" 2>&1 | grep '^{' | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
+  timeout 200 "$@" 2>&1 | grep '^{' | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
 }
-for cfg in "lora 2048 2" "qlora 2048 2" "qlora 8192 1"; do
+[ $# -gt 0 ] || set -- "lora 2048 2" "qlora 2048 2" "qlora 8192 1"
+for cfg in "$@"; do
   set -- $cfg
   arm hf-peft "${base[@]}" python3 .gpu-tools/baseline_lora.py run --dir $M --mode $1 --seq $2 --batch $3
   arm hf-peft-autocast "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3

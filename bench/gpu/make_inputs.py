@@ -33,9 +33,11 @@ SHAPES = {
 
 def main(work: Path, shape: str = "8b") -> None:
     work.mkdir(parents=True, exist_ok=True)
-    tok_dir = build_tiny_model(work / "tiny")           # tokenizer files only are reused
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    tok_dir = build_tiny_model(work / "tiny")           # the tokenizer files and its special-token ids are reused
+    ids = {k: v for k, v in json.loads((tok_dir / "config.json").read_text()).items()
+           if k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    cfg = LlamaConfig(**SHAPES[shape], **ids, max_position_embeddings=8192, rope_theta=500000.0,
+                      tie_word_embeddings=False)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
