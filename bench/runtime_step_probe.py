@@ -1,5 +1,7 @@
 """One training step as the runtime takes it (bf16 autocast, outputs dropped before backward), with and
 without the `kernels: ftplan` set, on a random-init Llama-3.1-8B saved locally (baseline_lora.py's `prep`).
+A QLoRA base is frozen as the runtime does it (16-bit embeddings, head and norms), or with `--kbit-upcast`
+through PEFT's prepare_model_for_kbit_training (fp32), as the usual HF+PEFT recipe does.
 One configuration per process; prints one JSON line. Both arms run in the same call on the same card:
 
     for cfg in "lora 2048 2" "lora 2048 2 --ftplan" "qlora 2048 2 --ftplan" "qlora 8192 1 --ftplan"; do
@@ -17,8 +19,13 @@ def run(a):
     if a.mode == "qlora":
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
         m = LlamaForCausalLM.from_pretrained(a.dir, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
-        from peft import prepare_model_for_kbit_training
-        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        if a.kbit_upcast:
+            from peft import prepare_model_for_kbit_training
+            m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            from ftplan_runtime.model_loading import freeze_quantized_base
+            freeze_quantized_base(m)
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         m = LlamaForCausalLM.from_pretrained(a.dir, dtype=torch.bfloat16, device_map={"": 0})
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -48,7 +55,7 @@ def run(a):
         if step >= a.warmup:
             times.append(t1 - t0)
     times.sort()
-    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "seq": a.seq, "batch": a.batch,
+    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "kbit_upcast": a.kbit_upcast, "seq": a.seq, "batch": a.batch,
                       "tok_per_s": round(a.batch * a.seq / times[len(times) // 2], 1),
                       "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
                       "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
@@ -58,5 +65,6 @@ def run(a):
 p = argparse.ArgumentParser()
 p.add_argument("--dir", default="/tmp/m32"); p.add_argument("--mode", default="lora"); p.add_argument("--ftplan", action="store_true")
 p.add_argument("--seq", type=int, default=2048); p.add_argument("--batch", type=int, default=2)
+p.add_argument("--kbit-upcast", action="store_true")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

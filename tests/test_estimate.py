@@ -10,7 +10,7 @@ from ftplan.catalog import get_gpu, get_model, linear_modules, param_counts
 from ftplan.codes import all_codes
 from ftplan.context import Context, Inputs
 from ftplan.diagnostics import Severity
-from ftplan.estimate import BASELINE_LOOP, CODES, estimate, estimate_training
+from ftplan.estimate import BASELINE_LOOP, CODES, estimate, estimate_training, resolve
 from ftplan.estimate.constants import NF4_BYTES_PER_PARAM
 from ftplan.lineage import trace
 from ftplan.schemas import DpoStage, Pipeline, SftStage
@@ -59,7 +59,21 @@ def test_nf4_is_4_127_bits_on_decoder_linears_and_the_rest_stays_wide():
     assert term(e, "base weights (NF4)") == int(linear * NF4_BYTES_PER_PARAM)
     assert term(e, "base weights (NF4)") / 1e9 == pytest.approx(3.60, abs=0.01)  # 6.98B params, vram-anchors 2.2
     rest = pc.embedding + pc.lm_head + LLAMA_8B.num_layers * pc.per_layer_norm + pc.final_norm
-    assert term(e, "embeddings, lm_head, norms (fp32)") == rest * 4  # prepare_model_for_kbit_training upcasts
+    assert term(e, "embeddings, lm_head, norms (bf16)") == rest * 2  # the runtime keeps them at the compute dtype
+    plain = est(sft("qlora"), loop=BASELINE_LOOP)
+    assert term(plain, "embeddings, lm_head, norms (fp32)") == rest * 4  # prepare_model_for_kbit_training upcasts
+
+
+def test_the_runtime_qlora_stream_is_16_bit_and_the_upcast_loop_is_fp32():
+    """The runtime freezes a 4-bit base without PEFT's fp32 upcast: its residual stream and head stay bf16, so
+    the same step needs less memory than the HF+PEFT loop's, whose upcast the baseline points measure."""
+    runtime = resolve(LLAMA_8B, sft("qlora"), seq_len=2048)
+    upcast = resolve(LLAMA_8B, sft("qlora"), seq_len=2048, loop=BASELINE_LOOP)
+    assert (runtime.stream_bytes, runtime.lm_head_bytes) == (2, 2)
+    assert (upcast.stream_bytes, upcast.lm_head_bytes) == (4, 4)
+    lora = resolve(LLAMA_8B, sft("lora"), seq_len=2048, loop=BASELINE_LOOP)
+    assert (lora.stream_bytes, lora.lm_head_bytes) == (2, 2)  # the upcast is a QLoRA-only step
+    assert est(sft("qlora")).peak_bytes < est(sft("qlora"), loop=BASELINE_LOOP).peak_bytes
 
 
 def test_lora_adapters_are_fp32_and_41_9m_params_for_8b_all_linear():

@@ -10,8 +10,10 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   (heads × s × s) fp32 scores are counted separately; eager adds fp32 and cast probabilities.
 - MLP: HF keeps gate, up and SiLU(gate) (3 × i); the fused SwiGLU keeps gate and up (2 × i).
 - Linear inputs: a trainable base linear saves its input once per distinct input tensor. A LoRA module saves the
-  input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 × d_in);
-  without autocast a 16-bit input is copied to fp32 per module (4 × d_in), and an fp32 input is shared.
+  input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 × d_in)
+  (PEFT casts the input to the fp32 adapter dtype first), except on a bitsandbytes base with a 16-bit input, where
+  PEFT skips that cast and the input is shared; without autocast a 16-bit input is copied to fp32 per module
+  (4 × d_in), and an fp32 input is shared.
 
 Measured on H200 (probe runs, 4-layer Llama-3.1-8B shape): the no-checkpointing LoRA layer under autocast is
 0.82 GiB at 4,096 tokens against 0.83 GiB from these rules; checkpoint inputs are h × stream bytes per token
@@ -97,7 +99,9 @@ def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int,
             continue
         if m.name not in adapted:
             continue
-        if r.loop.autocast:
+        if r.loop.autocast and r.quantized and in_bytes == 2:
+            shared = True  # PEFT's bitsandbytes LoRA skips its input cast under autocast: lora_A reads the input
+        elif r.loop.autocast:
             total += 2 * width * copies
         elif in_bytes == r.adapter_bytes:
             shared = True

@@ -39,7 +39,8 @@ two 32 MiB cuBLAS workspaces leaves 176 MiB."""
 FRAGMENTATION_FACTORS: dict[str, float] = {
     "hf_held": 1.45,
     "hf": 0.94,
-    "chunked": 2.9,
+    "chunked": 1.9,
+    "chunked_fp32": 3.35,
 }
 """Reserved minus allocated, in units of the largest transient block, by loss path.
 
@@ -48,8 +49,11 @@ the biggest transient tensors. Calibrated on H200 (torch 2.11):
 - ``hf_held`` (full logits, the caller keeps the output; block = the fp32 logits): 1.46x, 1.10x, 1.95x on the three
   baselines.md points and 1.38-1.51x on six CE-dominated 4-layer probe runs;
 - ``hf`` (full logits, output dropped before backward, as the HF Trainer does): 0.94x (LoRA s2048 b2, full size);
-- ``chunked`` (fused / chunked loss; block = the larger of the loss chunk and one (tokens × intermediate)
-  activation): 1.96x, 3.5x, 3.2x on LoRA s2048 b2, QLoRA s2048 b2 and QLoRA s8192 b1 with ``kernels: ftplan``.
+- ``chunked`` (fused / chunked loss, 16-bit residual stream; block = the larger of the loss chunk and one
+  (tokens × intermediate) activation): 1.96x on LoRA s2048 b2 and 1.83x on QLoRA s2048 b2 (16-bit base parts, as
+  the runtime keeps them), both with ``kernels: ftplan``;
+- ``chunked_fp32`` (the same with an fp32 residual stream, e.g. a QLoRA base upcast by
+  ``prepare_model_for_kbit_training``): 3.5x and 3.2x on QLoRA s2048 b2 and s8192 b1 with ``kernels: ftplan``.
 On a card that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this
 term is reclaimable: it makes the verdict conservative."""
 
@@ -105,7 +109,12 @@ DEQUANT_BYTES_PER_PARAM = 0.516 + 2 + 2
 """HBM traffic of one NF4 dequantisation per quantized weight and pass: read the codes, write and re-read the bf16
 copy (kernel-anchors.md section 3: ~31 GB per pass for 8B)."""
 
-DEQUANT_BANDWIDTH_EFFICIENCY = 0.17
-"""Effective fraction of datasheet bandwidth for the QLoRA overhead (dequantisation plus the fp32-stream casts
-around each ``Linear4bit``). Calibrated: QLoRA vs LoRA, both ``kernels: ftplan`` under autocast, s2048 b2 on H200:
-7,182 vs 9,017 tok/s = 0.116 s per micro-step for three passes over 6.98B NF4 weights."""
+DEQUANT_BANDWIDTH_EFFICIENCY = 0.518
+"""Effective fraction of datasheet bandwidth for the NF4 dequantisation. Calibrated on QLoRA (16-bit base parts, as
+the runtime keeps them) vs LoRA, both ``kernels: ftplan`` under autocast, s2048 b2 on H200: 8,325 tok/s against the
+model's 9,022 for LoRA = 0.038 s per micro-step for three passes over 6.98B NF4 weights."""
+
+KBIT_UPCAST_TIME_FACTOR = 1.159
+"""Step-time factor of a QLoRA base upcast by ``prepare_model_for_kbit_training`` (an fp32 residual stream cast to
+16-bit around every ``Linear4bit``): the same probe on H200, s2048 b2, ``kernels: ftplan``: 7,182 tok/s upcast
+against 8,325 tok/s with 16-bit base parts."""

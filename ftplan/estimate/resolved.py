@@ -2,9 +2,10 @@
 
 ``resolve(...)`` turns a ``SftStage``/``DpoStage`` plus the model shape into a ``Resolved`` record; every estimator
 module reads only that record. The dtype rules follow what the runtime does (``runtime/model_loading.py``):
-weights load at the stage precision (fp16 full fine-tunes at fp32, as AMP masters), QLoRA runs
-``prepare_model_for_kbit_training`` (embeddings, lm_head and norms upcast to fp32, hence an fp32 residual stream),
-and LoRA adapters are fp32 (PEFT ``autocast_adapter_dtype``) except under ZeRO-3 without QLoRA.
+weights load at the stage precision (fp16 full fine-tunes at fp32, as AMP masters), a QLoRA base keeps its
+embeddings, lm_head and norms at the compute dtype (the plain HF+PEFT loop runs ``prepare_model_for_kbit_training``,
+which upcasts them to fp32, hence an fp32 residual stream: ``Loop.kbit_upcast``), and LoRA adapters are fp32
+(PEFT ``autocast_adapter_dtype``) except under ZeRO-3 without QLoRA.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ class Loop:
     """The step keeps the model output (logits) alive through backward and into the next forward."""
     padded: bool
     """Batches carry an attention mask (padded rows), so SDPA materialises a 4D mask and repeats K/V."""
+    kbit_upcast: bool = False
+    """A QLoRA base goes through PEFT's ``prepare_model_for_kbit_training``: its 16-bit weights become fp32. The
+    runtime does not do this (``freeze_quantized_base``)."""
     name: str = ""
 
 
-BASELINE_LOOP = Loop(autocast=False, chunked_lm_head=False, holds_outputs=True, padded=False,
+BASELINE_LOOP = Loop(autocast=False, chunked_lm_head=False, holds_outputs=True, padded=False, kbit_upcast=True,
                      name="plain HF+PEFT step (baselines.md)")
 """The loop of ``shared/tools/baseline_lora.py``: no autocast, ``out = model(ids, labels=ids)`` kept while
-``out.loss.backward()`` runs, unpadded random ids. The measured points in baselines.md use it."""
+``out.loss.backward()`` runs, unpadded random ids, QLoRA through ``prepare_model_for_kbit_training``. The
+measured points in baselines.md use it."""
 
 
 def runtime_loop(stage: SftStage | DpoStage, *, packed: bool, precision_autocast: bool = True) -> Loop:
@@ -105,10 +110,15 @@ class Resolved:
         return 2
 
     @property
+    def upcast_base(self) -> bool:
+        """The 16-bit parts of a 4-bit base were upcast to fp32 (``Loop.kbit_upcast``)."""
+        return self.quantized and self.loop.kbit_upcast
+
+    @property
     def stream_bytes(self) -> int:
-        """Residual stream / norm / elementwise dtype: fp32 after ``prepare_model_for_kbit_training`` or with
-        fp32 weights, else 16-bit."""
-        return 4 if (self.quantized or self.param_bytes == 4) else 2
+        """Residual stream / norm / elementwise dtype: fp32 with fp32 weights or an upcast 4-bit base, else
+        16-bit."""
+        return 4 if (self.upcast_base or self.param_bytes == 4) else 2
 
     @property
     def linear_out_bytes(self) -> int:
@@ -129,8 +139,8 @@ class Resolved:
 
     @property
     def lm_head_bytes(self) -> int:
-        """Dtype of the lm_head weight (fp32 after ``prepare_model_for_kbit_training``)."""
-        return 4 if self.quantized else self.param_bytes
+        """Dtype of the lm_head weight (fp32 on an upcast 4-bit base)."""
+        return 4 if self.upcast_base else self.param_bytes
 
     @property
     def logits_bytes(self) -> int:

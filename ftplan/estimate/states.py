@@ -88,8 +88,10 @@ def compute(r: Resolved) -> States:
         if r.quantized:
             frozen = [Term("base weights (NF4)", int(p_lin * NF4_BYTES_PER_PARAM / shard),
                            f"{params(p_lin)} decoder linear params × 4.127 bits{where}"),
-                      Term("embeddings, lm_head, norms (fp32)", p_rest * 4 // shard,
-                           f"{params(p_rest)} params × 4 B (upcast by prepare_model_for_kbit_training){where}")]
+                      Term(f"embeddings, lm_head, norms ({dtype(r.lm_head_bytes, r.half)})",
+                           p_rest * r.lm_head_bytes // shard,
+                           f"{params(p_rest)} params × {r.lm_head_bytes} B"
+                           + (" (upcast by prepare_model_for_kbit_training)" if r.upcast_base else "") + where)]
         else:
             wb = half if ds else r.param_bytes
             frozen = [Term(f"weights ({dtype(wb, r.half)})", pc.total * wb // shard,

@@ -10,8 +10,9 @@
 The utilisation (0.368 of the datasheet peak counting recomputation under autocast, 0.30 for the plain fp32-adapter
 loop of baselines.md) is calibrated on HF+PEFT LoRA bf16 on H200, and the ``kernels: ftplan`` gain (1.18x) on the
 same point. QLoRA adds the HBM traffic of dequantising every NF4 weight once per pass (forward, recomputation,
-backward), at an efficiency calibrated on QLoRA vs LoRA with ``kernels: ftplan``. QLoRA without autocast (fp32
-lm_head and attention; baselines.md's 2,834 tok/s) is not modelled. A planning figure, not a benchmark: expect
+backward), at an efficiency calibrated on QLoRA vs LoRA with ``kernels: ftplan``; a base upcast to fp32 by
+``prepare_model_for_kbit_training`` (not the runtime's way) costs a calibrated factor on top. QLoRA without
+autocast (fp32 lm_head and attention; baselines.md's 2,834 tok/s) is not modelled. A planning figure, not a benchmark: expect
 +-30 % off the calibration points (other GPUs, sequence lengths, DPO, sharded runs).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from ..catalog.architecture import matmul_params
 from ..catalog.gpus import GpuSpec
 from .constants import (DEQUANT_BANDWIDTH_EFFICIENCY, DEQUANT_BYTES_PER_PARAM, FTPLAN_KERNELS_SPEEDUP,
-                        HF_UTILISATION)
+                        HF_UTILISATION, KBIT_UPCAST_TIME_FACTOR)
 from .resolved import Resolved
 
 
@@ -52,4 +53,6 @@ def step_time(r: Resolved, gpu: GpuSpec | None, trainable: int) -> float | None:
         passes = (3 if r.gc else 2) + (1 if r.dpo and r.reference != "none" else 0)
         traffic = r.shape.num_layers * pc.per_layer_linear * DEQUANT_BYTES_PER_PARAM * passes
         t += r.grad_accum * traffic / (gpu.memory_bandwidth_gbs * 1e9 * DEQUANT_BANDWIDTH_EFFICIENCY)
+        if r.upcast_base:
+            t *= KBIT_UPCAST_TIME_FACTOR
     return round(t, 3)

@@ -238,6 +238,26 @@ def test_qlora_trains_on_a_4bit_nf4_base(project):
     assert prep.loaded.quantized
 
 
+def test_a_qlora_base_keeps_its_16_bit_parts_16_bit_and_frozen(project):
+    """The runtime freezes a 4-bit base without PEFT's fp32 upcast: the embeddings, norms and head stay at the
+    compute dtype (the estimator's QLoRA terms assume it), and only the LoRA weights train, in fp32."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from ftplan_runtime.model_loading import load_for_training
+
+    args = _args(project, "out-qlora-bf16", adapter={"type": "qlora", "r": 4}, precision="bf16",
+                 gradient_checkpointing=True)
+    model = load_for_training(args).model
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+    wide = {n: p.dtype for n, p in model.named_parameters()
+            if not p.requires_grad and type(p).__name__ != "Params4bit"}
+    assert any("embed_tokens" in n for n in wide) and any("lm_head" in n for n in wide)
+    assert any("norm" in n for n in wide)
+    assert set(wide.values()) == {torch.bfloat16}, {n: d for n, d in wide.items() if d != torch.bfloat16}
+
+
 @pytest.mark.slow
 def test_zero3_lora_saves_real_adapter_weights(project):
     """`accelerate launch` with DeepSpeed ZeRO-3 (one CPU process): the preflight sees DEEPSPEED/ZeRO-3, and the

@@ -29,9 +29,9 @@ fi
 # ---- stage 02: sft (sft) ----
 # 8 process(es): 1 node(s) × 8 H100 SXM 80GB, strategy zero3
 # effective batch 1 micro × 4 accum × 8 processes = 32 sequences; 131,072 tokens/step
-# estimated peak 31.6 / 79.6 GiB per GPU (fits)
+# estimated peak 31.3 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft 2515a8eb627319c540c6bf42580145e59b665e754bd8afbcf7813d601d16853b; then
+if stage_complete outputs/sft 8bc7d48c687b17c63ddf8c664e75dbe3e3d92433b6168be4dab3eadfacd11e04; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
   echo "ftplan: stage 02-sft"

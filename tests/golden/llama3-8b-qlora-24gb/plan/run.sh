@@ -26,9 +26,9 @@ fi
 # ---- stage 02: sft (sft) ----
 # 1 process(es): 1 node(s) × 1 GeForce RTX 4090 24GB, strategy none
 # effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 32,768 tokens/step
-# estimated peak 12.8 / 24.0 GiB per GPU (fits)
+# estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft adcb0d1dc141d56efee67f0d6617bd1a28610062c40b9a4caeedeeedcfe267bf; then
+if stage_complete outputs/sft 3698f0852c22f3092d337b6acadd71152c755368e2f1814c80135b64134e2b1d; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
   echo "ftplan: stage 02-sft"
@@ -38,9 +38,9 @@ fi
 # ---- stage 03: dpo (dpo) ----
 # 1 process(es): 1 node(s) × 1 GeForce RTX 4090 24GB, strategy none
 # effective batch 1 micro × 16 accum × 1 processes = 16 sequences; 65,536 tokens/step
-# estimated peak 12.8 / 24.0 GiB per GPU (fits)
+# estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/dpo
-if stage_complete outputs/dpo 7a49aeed299a1995125d59ea52026525ca340c82efe88a56df07d3280981d643; then
+if stage_complete outputs/dpo cebdc036bada9cad49f82a43ec5e09f0f8246e5bde924183c7c73cb0816c4398; then
   echo "ftplan: stage 03-dpo is complete; skipping"
 else
   echo "ftplan: stage 03-dpo"

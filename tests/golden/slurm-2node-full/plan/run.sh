@@ -35,9 +35,9 @@ fi
 # ---- stage 02: sft (sft) ----
 # 16 process(es): 2 node(s) × 8 H100 SXM 80GB, strategy zero3
 # effective batch 2 micro × 4 accum × 16 processes = 128 sequences; 524,288 tokens/step
-# estimated peak 22.3 / 79.6 GiB per GPU (fits)
+# estimated peak 22.1 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft d365dca00941a5d1b04017955073f67926f115969e1e3f2475efb43c67697092; then
+if stage_complete outputs/sft b67be4f02684b7ec2f345100982220d80d9a3468fcce347dc7d0e0e3da6d1986; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
   echo "ftplan: stage 02-sft"

@@ -38,7 +38,7 @@ else
 fi
 
 # stage 02: sft (sft)
-if stage_complete outputs/sft d365dca00941a5d1b04017955073f67926f115969e1e3f2475efb43c67697092; then
+if stage_complete outputs/sft b67be4f02684b7ec2f345100982220d80d9a3468fcce347dc7d0e0e3da6d1986; then
   echo "02-sft: complete, skipped"
 else
   submit ../plans/slurm-2node-full/slurm/02-sft.sbatch "$@"
