@@ -155,10 +155,17 @@ def zero_stage(training_args) -> int | None:
 
 
 def check_fused_loss(promise: Promise, zero: int | None) -> None:
-    """The fused linear cross-entropy of ``kernels: ftplan`` reads lm_head's full weight: not under ZeRO-3."""
-    if promise.kernels == "ftplan" and zero == 3:
+    """The fused linear cross-entropy of ``kernels: ftplan`` reads lm_head's full weight and calls the decoder
+    directly: not under ZeRO-3 (sharded head) nor FSDP2 (the root module's unshard never runs)."""
+    if promise.kernels != "ftplan":
+        return
+    if zero == 3:
         _fail("kernels with ZeRO-3", "ftplan + zero3", "a ZeRO-3 run, whose sharded lm_head weight the fused "
               "cross-entropy cannot read", "use `kernels: none` with zero3, or `distributed: zero2`, and recompile")
+    if promise.distributed_type == "FSDP":
+        _fail("kernels with FSDP2", "ftplan + fsdp2", "an FSDP2 run, whose root module holds the embeddings, "
+              "final norm and lm_head sharded until its own forward, which the fused loss bypasses",
+              "use `kernels: none` with fsdp2, or `distributed: zero2`, and recompile")
 
 
 def check_attention_loaded(promise: Promise, model) -> None:

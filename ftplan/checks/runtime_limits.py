@@ -4,7 +4,7 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
 
 * FT320 mirrors ``preflight.check_fused_loss`` (SFT only: DPO does not use the fused loss). ``kernels: ftplan``
   computes the SFT loss with ``causal_lm_loss``, which reads ``lm_head.weight`` whole; ZeRO-3 shards it. ZeRO-1/2
-  keep every parameter whole and are accepted. FSDP2 is not offered as a fix: ``causal_lm_loss`` calls the decoder
+  keep every parameter whole and are accepted. FSDP2 is refused too: ``causal_lm_loss`` calls the decoder
   directly, skipping the forward of the root FSDP2 module that unshards the parameters it holds (embeddings, final
   norm, lm_head); on a freshly wrapped model the embedding lookup then meets a sharded DTensor and fails.
 * FT321 mirrors ``model_loading.load_for_training``: adapters merged into the base when the stage loads (a DPO
@@ -30,7 +30,7 @@ from ftplan.schemas import DpoStage, MergeStage, SftStage
 from ._common import adapter_type, declared_adapter, strategy, strategy_path, train_stages
 
 CODES = {
-    "FT320": "`kernels: ftplan` with ZeRO-3 in an SFT stage",
+    "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT stage",
     "FT321": "adapters merged into the base at load under ZeRO-3",
     "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT stage",
     "FT323": "fp16 mixed precision with `device: cpu`",
@@ -61,11 +61,18 @@ def _fused_loss(ctx: Context, i: int, stage) -> list[Diagnostic]:
         return []
     diags = []
     path = ("stages", i, "kernels")
-    if strategy(ctx, stage) == "zero3":
+    name = strategy(ctx, stage)
+    if name == "zero3":
         diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss with a fused linear "
                            "cross-entropy that reads lm_head's whole weight, which `zero3` shards across GPUs; "
                            "the runtime stops at preflight", hint="set `kernels: none` to keep `zero3`, or "
                            "`distributed: zero2` (lm_head stays whole on every GPU; check the memory estimate)"))
+    elif name == "fsdp2":
+        diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss by calling the decoder and "
+                           "lm_head directly, bypassing the forward of the FSDP2 root module that gathers the "
+                           "embeddings, final norm and lm_head it holds sharded; the runtime stops at preflight",
+                           hint="set `kernels: none` to keep `fsdp2`, or `distributed: zero2` (check the memory "
+                           "estimate)"))
     adapter = declared_adapter(stage)  # an SFT stage always declares its adapter (only DPO continues one)
     if adapter is not None and adapter.targets != "all-linear" and "lm_head" in adapter.targets:
         where = ("stages", i, "adapter", "targets", adapter.targets.index("lm_head"))

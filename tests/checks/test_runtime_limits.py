@@ -12,12 +12,19 @@ def _cpu_lora_targets(check, targets, **dpo):
     return check(hardware=CPU, sft=sft, **({"dpo": dpo} if dpo else {}))
 
 
-# FT320: kernels: ftplan + ZeRO-3 (runtime: preflight.check_fused_loss, SFT only)
+# FT320: kernels: ftplan + ZeRO-3 or FSDP2 (runtime: preflight.check_fused_loss, SFT only)
 
 def test_ft320_fused_loss_under_zero3_refused(check, tools):
     [d] = tools.codes(check(hardware=EIGHT, sft={"kernels": "ftplan", "distributed": "zero3"}), "FT320")
     assert d.severity is Severity.ERROR and d.path == ("stages", 1, "kernels")
     assert "kernels: none" in d.hint and "zero2" in d.hint and "fsdp2" not in d.hint
+
+
+def test_ft320_fused_loss_under_fsdp2_refused(check, tools):
+    [d] = tools.codes(check(hardware=EIGHT, sft={"kernels": "ftplan", "distributed": "fsdp2"}), "FT320")
+    assert d.severity is Severity.ERROR and d.path == ("stages", 1, "kernels") and "FSDP2" in d.message
+    assert "kernels: none" in d.hint and "zero2" in d.hint
+    assert not tools.codes(check(hardware=EIGHT, sft={"kernels": "none", "distributed": "fsdp2"}), "FT320")
 
 
 def test_ft320_near_misses_zero2_kernels_none_and_dpo(check, tools):

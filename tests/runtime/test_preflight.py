@@ -184,3 +184,12 @@ def test_fused_loss_is_refused_under_zero3():
         check_fused_loss(_promise(kernels="ftplan"), 3)
     check_fused_loss(_promise(kernels="ftplan"), 2)
     check_fused_loss(_promise(), 3)
+
+
+def test_fused_loss_is_refused_under_fsdp2():
+    """The fused loss calls the decoder directly, so FSDP2's root unshard never runs: refused before step 1."""
+    from ftplan_runtime.preflight import check_fused_loss
+
+    with pytest.raises(_err(), match="use `kernels: none` with fsdp2"):
+        check_fused_loss(_promise(kernels="ftplan", distributed_type="FSDP", world_size=2), None)
+    check_fused_loss(_promise(distributed_type="FSDP", world_size=2), None)
