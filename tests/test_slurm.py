@@ -124,6 +124,64 @@ def test_submit_sh_chains_with_afterok():
     assert order == sorted(order)
 
 
+def _stub_sbatch(tmp_path: Path) -> dict:
+    """PATH with an `sbatch` that records its arguments and prints a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$SBATCH_LOG"\necho 42\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log")}
+
+
+@pytest.mark.parametrize("option", [["--nodes=1"], ["-N", "1"], ["-N1"], ["--ntasks=4"], ["--gpus-per-node=4"],
+                                    ["--gres=gpu:4"], ["-G", "2"]])
+def test_submit_refuses_options_that_change_the_job_shape(tmp_path, option):
+    """The world size is compiled into each stage's accelerate config: a pass-through option that changes the
+    shape is refused before any job is submitted (it would otherwise hang at the rendezvous)."""
+    root = tmp_path / "project"
+    compile_plan(root, nodes=2)
+    env = _stub_sbatch(tmp_path)
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), "--wait", *option], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "change the job shape" in r.stderr and "recompile" in r.stderr
+    assert not (tmp_path / "sbatch.log").exists()
+
+
+def test_submit_passes_other_options_to_every_sbatch_call(tmp_path):
+    root = tmp_path / "project"
+    compile_plan(root, nodes=2)
+    env = _stub_sbatch(tmp_path)
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), "--qos=high", "--nice=5"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert len(calls) == 5 and all("--qos=high --nice=5" in c for c in calls)
+
+
+def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
+    """Submitted by hand with a different --nodes (or GPU count), the stage script exits at once with a message
+    instead of waiting for processes that never join."""
+    root = tmp_path / "project"
+    compile_plan(root, nodes=2, gpus=8)
+    script = str(root / PLAN_DIR / "slurm/02-sft.sbatch")
+    for env, words in (({"SLURM_JOB_NUM_NODES": "1"}, "compiled for 2 node(s) but this job has 1"),
+                       ({"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4"},
+                        "compiled for 8 GPU(s) per node but this job has only 4")):
+        r = subprocess.run(["bash", script], cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and words in r.stderr, r.stderr
+    # an exclusive job on a bigger node holds more GPUs than the stage uses: that is fine, and the script goes on
+    # to find its head node (a stub `scontrol` that lists none stops it there)
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "scontrol").write_text("#!/bin/sh\n")
+    (stub / "scontrol").chmod(0o755)
+    env = {**os.environ, "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "16", "SLURM_JOB_NODELIST": "",
+           "PATH": f"{stub}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert "compiled for" not in r.stderr and "no head node" in r.stderr, r.stderr
+
+
 def test_every_slurm_script_parses():
     for name, text in compile_plan(None).items():
         if name.startswith("slurm/"):

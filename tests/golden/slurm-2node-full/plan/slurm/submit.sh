@@ -7,6 +7,15 @@
 # holds the sha256 of their args.json) are skipped. Extra arguments go to every sbatch call, e.g.
 #   bash ../plans/slurm-2node-full/slurm/submit.sh --wait
 set -euo pipefail
+# The plan fixes each stage's nodes, tasks and GPUs (its accelerate config holds the world size): refuse options
+# that would change them here rather than let a job wait at its rendezvous until the time limit.
+for arg in "$@"; do
+  case $arg in
+    -N|-N?*|--nodes|--nodes=*|-n|-n?*|--ntasks|--ntasks=*|--ntasks-per-node*|-G|-G?*|--gpus|--gpus=*|--gpus-per-node*|--gres*)
+      echo "ftplan: '$arg' would change the job shape this plan was compiled for; change hardware in the pipeline and recompile" >&2
+      exit 2 ;;
+  esac
+done
 ROOT=$(cd "$(dirname "$0")"/../../../examples && pwd)
 cd "$ROOT"
 mkdir -p logs
