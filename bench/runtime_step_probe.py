@@ -2,7 +2,7 @@
 without the `kernels: ftplan` set, on a random-init Llama-3.1-8B saved locally (baseline_lora.py's `prep`).
 A QLoRA base is frozen as the runtime does it (16-bit embeddings, head and norms), or with `--kbit-upcast`
 through PEFT's prepare_model_for_kbit_training (fp32), as the usual HF+PEFT recipe does.
-One configuration per process; prints one JSON line. Both arms run in the same call on the same card:
+One configuration per process; prints one JSON line. Both arms run in the same session on the same card:
 
     for cfg in "lora 2048 2" "lora 2048 2 --ftplan" "qlora 2048 2 --ftplan" "qlora 8192 1 --ftplan"; do
       set -- $cfg; python3 bench/runtime_step_probe.py --mode $1 --seq $2 --batch $3 --dir /tmp/m32 "${@:4}"

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# All arms of the LoRA/QLoRA step benchmark in ONE device call on one card, so every ratio compares numbers
+# All arms of the LoRA/QLoRA step benchmark in ONE session on one card, so every ratio compares numbers
 # measured together: HF+PEFT (the reference loop, ../shared/tools/baseline_lora.py), Unsloth
 # (../shared/tools/unsloth_arm.py, its own wheel set), HF+PEFT under bf16 autocast (bench/runtime_step_probe.py,
 # QLoRA through prepare_model_for_kbit_training) and ftplan (the same probe as the runtime runs it, with
 # `kernels: ftplan`). Random-init Llama-3.1-8B shapes. One configuration per process.
 #
-# Before the call, on the launching machine (from the repo root):
+# Before the run, on the launching machine (from the repo root):
 #   bash bench/gpu/wheels.sh && bash ../shared/tools/gpu-wheels.sh unsloth
 #   rm -rf .gpu-tools && mkdir .gpu-tools && cp ../shared/tools/{baseline_lora,unsloth_arm}.py .gpu-tools/
 #   grep -qx /.gpu-tools/ .git/info/exclude || echo /.gpu-tools/ >> .git/info/exclude
 # then run `bash bench/gpu/arms.sh [CONFIG...]` on the GPU machine, carrying .whl-gpu, .whl-unsloth and
 # .gpu-tools. A CONFIG is "MODE SEQ BATCH" (default: "lora 2048 2" "qlora 2048 2" "qlora 8192 1"); pass a
-# subset to fit one call's time limit. Every arm of a config runs in the same call. ARMS="ftplan unsloth ..."
+# subset to fit a session's time limit. Every arm of a config runs in the same session. ARMS="ftplan unsloth ..."
 # picks the arms and their order (default: hf-peft hf-peft-autocast ftplan unsloth).
 # Results: one JSON line per arm in $OUT/arms.jsonl (and a timestamped $OUT/arms.log).
 set -uo pipefail

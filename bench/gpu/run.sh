@@ -4,7 +4,7 @@
 # Make the wheels first on the machine that launches the run: bash bench/gpu/wheels.sh (carry .whl-gpu).
 set -euo pipefail
 # Log every step with a timestamp to $OUT/run.log as it goes, so a run stopped at its time limit still shows
-# how far it got:  bash bench/gpu/run.sh   (the device call: `set -o pipefail; bash bench/gpu/run.sh`)
+# how far it got:  bash bench/gpu/run.sh   (remotely: `set -o pipefail; bash bench/gpu/run.sh`)
 dest=${OUT:-bench/results}
 mkdir -p "$dest"
 exec > >(while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done | grep --line-buffered -v 'it/s\]\|s/it\]\|examples/s\]' | tee -a "$dest/run.log") 2>&1
