@@ -1,6 +1,6 @@
 """One training step as the runtime takes it (bf16 autocast, outputs dropped before backward), with and
 without the `kernels: ftplan` set, on a random-init Llama-3.1-8B saved locally (baseline_lora.py's `prep`).
-A QLoRA base is frozen as the runtime does it (16-bit embeddings, head and norms), or with `--kbit-upcast`
+A QLoRA base keeps its 16-bit embeddings, head and norms as the runtime does, or with `--kbit-upcast` goes
 through PEFT's prepare_model_for_kbit_training (fp32), as the usual HF+PEFT recipe does.
 One configuration per process; prints one JSON line. Both arms run in the same session on the same card:
 
@@ -21,14 +21,10 @@ def run(a):
         m = LlamaForCausalLM.from_pretrained(a.dir, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
         if a.kbit_upcast:
             from peft import prepare_model_for_kbit_training
-            m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            from ftplan_runtime.model_loading import freeze_quantized_base
-            freeze_quantized_base(m)
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
     else:
         m = LlamaForCausalLM.from_pretrained(a.dir, dtype=torch.bfloat16, device_map={"": 0})
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     m.config.use_cache = False
     m.train()
     lc = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",

@@ -7,8 +7,8 @@ Order for a training stage:
    tokenizer when tokens were added;
 3. ``source.merge`` adapters merged in order. Never into 4-bit weights: when the stage trains on a QLoRA base,
    the merge runs at 16-bit (the stage's compute dtype), is saved to ``<out>/merged_input`` and reloaded in NF4;
-4. QLoRA: NF4 + double quantization + compute dtype (bitsandbytes); every weight frozen and the embeddings,
-   norms and head left at the compute dtype (``freeze_quantized_base``, not PEFT's fp32 upcast);
+4. QLoRA: NF4 + double quantization + compute dtype (bitsandbytes); the embeddings, norms and head stay at the
+   compute dtype (no ``prepare_model_for_kbit_training``, whose fp32 upcast costs memory and buys nothing);
 5. the trained part: ``continue_adapter`` reloaded trainable, or a new ``LoraConfig``, or nothing (full).
 
 Saving helpers live here too: the tokenizer next to the weights (byte-identical copy when unchanged) and the
@@ -195,19 +195,6 @@ def train_dtype(precision: str, full_finetune: bool):
     return torch_dtype(precision)
 
 
-def freeze_quantized_base(model) -> None:
-    """Freeze every weight of a 4-bit base for adapter training, keeping its 16-bit parts 16-bit.
-
-    PEFT's ``prepare_model_for_kbit_training`` upcasts the embeddings, norms and head to fp32. They are frozen, so
-    fp32 buys no precision in any update; it costs 2 bytes per parameter (2 GiB for Llama-3.1-8B's embeddings and
-    head), makes the whole residual stream fp32 (twice the activation memory), and has every 16-bit matmul cast
-    its inputs. Norms compute in fp32 internally either way. Activation checkpointing is switched on by the
-    trainer (non-reentrant, so the inputs need no gradient).
-    """
-    for param in model.parameters():
-        param.requires_grad_(False)
-
-
 def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, device_map=None,
                       is_main_process: bool = True, wait_for_everyone=lambda: None) -> LoadedModel:
     """Build the model a training stage trains (see the module docstring for the order)."""
@@ -255,8 +242,10 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
         if is_main_process:
             shutil.rmtree(Path(args.output_dir) / MERGED_INPUT_DIR, ignore_errors=True)
 
-    if qlora:
-        freeze_quantized_base(model)
+    # A 4-bit base keeps its embeddings, norms and head at the compute dtype: PEFT's
+    # `prepare_model_for_kbit_training` would upcast them to fp32, which buys frozen weights no precision and costs
+    # 2 bytes per parameter plus an fp32 residual stream (twice the activations). get_peft_model / from_pretrained
+    # below freeze everything but the adapter; the trainer switches on (non-reentrant) activation checkpointing.
     # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype there
     autocast = not (zero_stage == 3 and not qlora)
     if adapter == "continue":

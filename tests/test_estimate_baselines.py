@@ -110,11 +110,11 @@ def test_probe_tensor_peaks(adapter, seq, micro_batch, autocast, attention, gc, 
 
 # Full 32 layers, autocast, output dropped before backward (H200, bench/runtime_step_probe.py): (adapter, seq,
 # micro_batch, kernels, QLoRA base upcast by prepare_model_for_kbit_training, measured max allocated GiB, measured
-# device-used GiB, measured tok/s)
+# device-used GiB, measured tok/s). Sources in bench/results/, each session with its HF+PEFT arm: the LoRA rows
+# runtime-step.jsonl; the QLoRA rows the ftplan arms of arms-h200-1 (upcast), -2 (s2048) and -3 (s8192).
 RUNTIME_LIKE = [
     ("lora", 2048, 2, "ftplan", False, 17.572, 18.285, 9017),
-    ("qlora", 2048, 2, "ftplan", True, 11.436, 12.527, 7182),
-    ("qlora", 8192, 1, "ftplan", True, 14.724, 16.355, 6863),
+    ("qlora", 2048, 2, "ftplan", True, 11.436, 12.527, 7106),
     ("qlora", 2048, 2, "ftplan", False, 7.602, 8.283, 8325),  # the runtime's 16-bit base parts
     ("lora", 2048, 2, "none", False, 22.424, 24.484, 7669),
     ("qlora", 8192, 1, "ftplan", False, 9.356, 10.453, 8897),

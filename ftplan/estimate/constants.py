@@ -40,7 +40,7 @@ FRAGMENTATION_FACTORS: dict[str, float] = {
     "hf_held": 1.45,
     "hf": 0.94,
     "chunked": 1.9,
-    "chunked_fp32": 3.35,
+    "chunked_fp32": 3.5,
 }
 """Reserved minus allocated, in units of the largest transient block, by loss path.
 
@@ -53,7 +53,7 @@ the biggest transient tensors. Calibrated on H200 (torch 2.11):
   (tokens × intermediate) activation): 1.96x on LoRA s2048 b2 and 1.83x on QLoRA s2048 b2 (16-bit base parts, as
   the runtime keeps them), both with ``kernels: ftplan``;
 - ``chunked_fp32`` (the same with an fp32 residual stream, e.g. a QLoRA base upcast by
-  ``prepare_model_for_kbit_training``): 3.5x and 3.2x on QLoRA s2048 b2 and s8192 b1 with ``kernels: ftplan``.
+  ``prepare_model_for_kbit_training``): 3.5x on QLoRA s2048 b2 with ``kernels: ftplan``.
 On a card that is nearly full the allocator frees cached segments and retries before it raises OOM, so part of this
 term is reclaimable: it makes the verdict conservative."""
 
@@ -114,7 +114,8 @@ DEQUANT_BANDWIDTH_EFFICIENCY = 0.518
 the runtime keeps them) vs LoRA, both ``kernels: ftplan`` under autocast, s2048 b2 on H200: 8,325 tok/s against the
 model's 9,022 for LoRA = 0.038 s per micro-step for three passes over 6.98B NF4 weights."""
 
-KBIT_UPCAST_TIME_FACTOR = 1.159
+KBIT_UPCAST_TIME_FACTOR = 1.172
 """Step-time factor of a QLoRA base upcast by ``prepare_model_for_kbit_training`` (an fp32 residual stream cast to
-16-bit around every ``Linear4bit``): the same probe on H200, s2048 b2, ``kernels: ftplan``: 7,182 tok/s upcast
-against 8,325 tok/s with 16-bit base parts."""
+16-bit around every ``Linear4bit``): the same probe on H200, s2048 b2, ``kernels: ftplan``: 7,106 tok/s upcast
+(``arms-h200-1-lora-qlora-upcast.jsonl``) against 8,325 tok/s with 16-bit base parts
+(``arms-h200-2-qlora-2048.jsonl``)."""

@@ -36,7 +36,7 @@ class Loop:
     """Batches carry an attention mask (padded rows), so SDPA materialises a 4D mask and repeats K/V."""
     kbit_upcast: bool = False
     """A QLoRA base goes through PEFT's ``prepare_model_for_kbit_training``: its 16-bit weights become fp32. The
-    runtime does not do this (``freeze_quantized_base``)."""
+    runtime does not (``runtime/model_loading.py``)."""
     name: str = ""
 
 

@@ -25,7 +25,6 @@ class _FakeCuda:
 
     def __init__(self):
         self.devices: list = []
-
         self.initialised = False
 
     def _seen(self, device=None):
