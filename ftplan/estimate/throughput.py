@@ -12,8 +12,9 @@ loop of baselines.md) is calibrated on HF+PEFT LoRA bf16 on H200, and the ``kern
 same point. QLoRA adds the HBM traffic of dequantising every NF4 weight once per pass (forward, recomputation,
 backward), at an efficiency calibrated on QLoRA vs LoRA with ``kernels: ftplan``; a base upcast to fp32 by
 ``prepare_model_for_kbit_training`` (not the runtime's way) costs a calibrated factor on top. QLoRA without
-autocast (fp32 lm_head and attention; baselines.md's 2,834 tok/s) is not modelled. A planning figure, not a benchmark: expect
-+-30 % off the calibration points (other GPUs, sequence lengths, DPO, sharded runs).
+autocast (fp32 lm_head and attention; baselines.md's 2,834 tok/s) is not modelled. There is no fixed per-step cost
+(kernel launches, the optimizer step), so long micro-steps read slow (s8192 QLoRA: 14 %). A planning figure, not a
+benchmark: expect +-30 % off the calibration points (other GPUs, sequence lengths, DPO, sharded runs).
 """
 
 from __future__ import annotations
