@@ -182,14 +182,22 @@ def reindent(text: str, c: Chooser) -> str:
     return "\n".join(lines)
 
 
+def _key_line(lines: list[str], c: Chooser):
+    """A random ``key: value`` line: (its index, its KEY_LINE match), or None when there is none."""
+    candidates = [i for i, line in enumerate(lines) if KEY_LINE.match(line)]
+    if not candidates:
+        return None
+    i = pick(c, candidates)
+    return i, KEY_LINE.match(lines[i])
+
+
 def replace_scalar(text: str, c: Chooser) -> str:
     """Replace the value of a ``key: value`` line with a hostile scalar (huge, typed, tagged, nested...)."""
     lines = _lines(text)
-    candidates = [i for i, line in enumerate(lines) if KEY_LINE.match(line)]
-    if not candidates:
+    found = _key_line(lines, c)
+    if found is None:
         return text
-    i = pick(c, candidates)
-    m = KEY_LINE.match(lines[i])
+    i, m = found
     lines[i] = f"{m.group(1)}{m.group(2)}{m.group(3)} {pick(c, SCALARS)}"
     return "\n".join(lines)
 
@@ -197,11 +205,10 @@ def replace_scalar(text: str, c: Chooser) -> str:
 def rename_key(text: str, c: Chooser) -> str:
     """Misspell a key: drop, double or swap a letter, change case, or swap ``_`` and ``-``."""
     lines = _lines(text)
-    candidates = [i for i, line in enumerate(lines) if KEY_LINE.match(line)]
-    if not candidates:
+    found = _key_line(lines, c)
+    if found is None:
         return text
-    i = pick(c, candidates)
-    m = KEY_LINE.match(lines[i])
+    i, m = found
     key = m.group(2)
     j = c.int(0, len(key) - 1)
     key = pick(c, [key[:j] + key[j + 1:] or "k", key[:j] + key[j] * 2 + key[j + 1:], key.upper(),

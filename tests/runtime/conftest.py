@@ -35,3 +35,24 @@ def arithmetic_rows(tok, n: int, seed: int, top: int = 9) -> dict[str, list]:
 def sft_rows():
     """``arithmetic_rows``, for tests that write a small SFT dataset in the data stage's format."""
     return arithmetic_rows
+
+
+def seed_lora_weights(peft_model, seed: int, b_scale: float) -> None:
+    """Give every LoRA factor values drawn from ``seed`` alone: lora_A from PEFT's own range (uniform within
+    +-1/sqrt(fan_in)), lora_B ``b_scale`` x normal, so the adapter is a non-zero update. PEFT draws lora_A from the
+    global RNG, which would make such adapters depend on which tests ran before."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.copy_((2 * torch.rand(p.shape, generator=gen) - 1) / p.shape[1] ** 0.5)
+            elif "lora_B" in name:
+                p.copy_(b_scale * torch.randn(p.shape, generator=gen))
+
+
+@pytest.fixture(scope="session")
+def seeded_lora():
+    """``seed_lora_weights``, for tests that build adapters with known, order-independent weights."""
+    return seed_lora_weights

@@ -33,24 +33,20 @@ def _write_pairs(tok, folder: Path, n: int, seed: int) -> None:
     datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
 
 
-def _make_adapter(base: Path, dest: Path, seed: int) -> Path:
+def _make_adapter(base: Path, dest: Path, seed: int, seeded_lora) -> Path:
     """A LoRA adapter with random (non-zero) updates: the 'SFT result' differs clearly from the base."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    seeded_lora(model, seed, b_scale=0.3)
     model.save_pretrained(str(dest))
     return dest
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_base):
+def project(tmp_path_factory, tiny_base, seeded_lora):
     """Tiny base, a non-trivial 'SFT' adapter, and tokenized preference pairs."""
     from transformers import AutoTokenizer
 
@@ -58,7 +54,7 @@ def project(tmp_path_factory, tiny_base):
     root = tmp_path_factory.mktemp("dpo")
     tok = AutoTokenizer.from_pretrained(str(base))
     _write_pairs(tok, root / "data" / "preference" / "train", 16, seed=1)
-    _make_adapter(base, root / "sft" / "adapter", seed=0)
+    _make_adapter(base, root / "sft" / "adapter", seed=0, seeded_lora=seeded_lora)
     return {"root": root, "base": base, "tok": tok, "adapter": root / "sft" / "adapter"}
 
 

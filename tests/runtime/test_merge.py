@@ -18,36 +18,28 @@ def _load(path, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
 
 
-def _make_adapter(model, dest: Path, seed: int, targets) -> Path:
-    """Attach a LoRA with random non-zero updates to `model`'s weights and save it (the model is left unchanged).
-
-    Both factors come from `seed` alone (PEFT's own lora_A init draws from the global RNG, which would make the
-    adapters, and the bf16 merge error, depend on which tests ran before)."""
+def _make_adapter(model, dest: Path, seed: int, targets, seeded_lora) -> Path:
+    """Attach a LoRA with random non-zero updates (drawn from `seed`) to `model`'s weights and save it (the model is
+    left unchanged)."""
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_A" in name:
-                p.copy_((2 * torch.rand(p.shape, generator=gen) - 1) / p.shape[1] ** 0.5)  # PEFT's bound
-            elif "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    seeded_lora(peft_model, seed, b_scale=0.1)
     peft_model.save_pretrained(str(dest))
     peft_model.unload()
     return dest
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, tiny_base):
+def chain(tmp_path_factory, tiny_base, seeded_lora):
     """Two adapters trained 'in sequence': A on the base, B on base+A merged (as a DPO merge_input would)."""
     from peft import PeftModel
 
     base = tiny_base
     root = tmp_path_factory.mktemp("merge")
-    a = _make_adapter(_load(base), root / "a", seed=1, targets="all-linear")
+    a = _make_adapter(_load(base), root / "a", seed=1, targets="all-linear", seeded_lora=seeded_lora)
     merged_a = PeftModel.from_pretrained(_load(base), str(a)).merge_and_unload()
-    b = _make_adapter(merged_a, root / "b", seed=2, targets=["q_proj", "v_proj"])
+    b = _make_adapter(merged_a, root / "b", seed=2, targets=["q_proj", "v_proj"], seeded_lora=seeded_lora)
     return {"root": root, "base": base, "a": a, "b": b}
 
 
