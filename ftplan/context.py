@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
+from .data.scan import DatasetScan
 from .schemas import Pipeline
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,27 +28,14 @@ class LocalFile:
 
 
 @dataclass(frozen=True)
-class DatasetHead:
-    """The first rows of a local dataset file, as parsed JSON-like dicts, for contract checks.
-
-    ``error`` is set (and ``rows`` holds what parsed before it) when the file cannot be read; ``error_row`` is
-    its 1-based row (line for JSONL) number."""
-
-    path: str
-    rows: tuple[dict[str, Any], ...] = ()
-    error: str | None = None
-    error_row: int | None = None
-    checked: bool = True
-    """False for formats read only at run time (parquet, dataset folders, hub datasets)."""
-
-
-@dataclass(frozen=True)
 class TokenizerInfo:
     """What a local tokenizer folder tells offline: its vocabulary size and special tokens."""
 
     vocab_size: int | None = None
     special_tokens: frozenset[str] = frozenset()
     has_chat_template: bool = False
+    chat_template: str | None = None
+    """The tokenizer's own chat template text (``tokenizer_config.json`` or ``chat_template.jinja``)."""
     eos_token: str | None = None
     tokens: frozenset[str] = frozenset()
     """Every token string in the vocabulary (to check template and added tokens)."""
@@ -64,10 +52,15 @@ class Inputs:
     tokenizer: TokenizerInfo | None = None
     chat_template: str | None = None
     """Contents of a local chat-template file."""
-    datasets: dict[tuple[str, int], DatasetHead] = field(default_factory=dict)
-    """Keyed by (data stage id, index in its ``datasets`` list)."""
+    datasets: dict[tuple[int, int], DatasetScan] = field(default_factory=dict)
+    """What reading each local dataset found, keyed by (index of the data stage in ``stages``, index in its
+    ``datasets`` list); positions, not ids, so a duplicated stage id cannot mix two stages' files."""
     missing: tuple[tuple[tuple[str | int, ...], str], ...] = ()
     """(key path, relative path) of local paths that do not exist."""
+    hub_datasets: tuple[tuple[tuple[str | int, ...], str], ...] = ()
+    """(key path, value) of dataset paths that are neither local files nor folders, taken as hub dataset ids."""
+    chat_template_error: str | None = None
+    """Why a local ``chat_template`` file cannot be used (a folder, binary, not UTF-8), when it cannot."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,12 @@ What counts as local:
 - ``model.chat_template``: a value that is not a plain name (``tokenizer``, ``chatml``) is a file path.
 - a dataset ``path``: an existing file or folder; a value starting with ``./``, ``../`` or ``/``, or ending
   in a data-file extension (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, ...), that does not exist is
-  recorded in ``missing``; anything else is a hub dataset id (``tatsu-lab/alpaca``, ``teknium/OpenHermes-2.5``).
+  recorded in ``missing``; anything else is a hub dataset id (``tatsu-lab/alpaca``, ``teknium/OpenHermes-2.5``),
+  recorded in ``hub_datasets``.
+
+The rows of local JSON Lines, JSON and CSV datasets are judged by ``ftplan.data`` (the same code the runtime's
+data stage runs on every row): all rows of a file up to ``FULL_READ_BYTES``, the first ``HEAD_ROWS`` of a
+larger one, or every row with ``full_data``.
 """
 
 from __future__ import annotations
@@ -28,11 +33,21 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .context import DatasetHead, Inputs, LocalFile, TokenizerInfo
-from .dataset_heads import HEAD_READERS, HEAD_ROWS, RUNTIME_ONLY
+from .context import Inputs, LocalFile, TokenizerInfo
+from .data.reading import READABLE_SUFFIXES
+from .data.scan import DatasetScan, scan_file
+from .data.templates import read_template_file
 from .schemas import Pipeline
 
-__all__ = ["HEAD_ROWS", "MAX_FOLDER_FILES", "WEIGHT_SUFFIXES", "read_inputs"]
+__all__ = ["FULL_READ_BYTES", "HEAD_ROWS", "MAX_FOLDER_FILES", "WEIGHT_SUFFIXES", "read_inputs"]
+
+FULL_READ_BYTES = 32 << 20
+"""Dataset files up to this size are checked row by row in full; of a larger one only the first ``HEAD_ROWS``
+rows are (``ftplan check --full-data`` reads every row of every file)."""
+HEAD_ROWS = 1000
+"""Rows checked from the start of a dataset file over ``FULL_READ_BYTES``."""
+RUNTIME_ONLY = (".parquet", ".arrow")
+"""Dataset file types read only at run time (hashed, not checked: reading them needs pyarrow)."""
 
 MAX_FOLDER_FILES = 10_000
 """Most files hashed in one referenced folder (a dataset or model folder has far fewer)."""
@@ -84,6 +99,7 @@ class _Reader:
         self.root = Path(os.path.abspath(root))
         self.files: dict[str, LocalFile] = {}
         self.missing: list[tuple[tuple[str | int, ...], str]] = []
+        self.hub_datasets: list[tuple[tuple[str | int, ...], str]] = []
 
     def rel(self, value: str) -> str:
         """The user's path as a normalized POSIX path relative to ``root`` (absolute ones made relative)."""
@@ -224,39 +240,75 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
             text = _token_text(item)
             if text is not None:
                 special.add(text)
-    has_template = _stat_is(jinja, "file") or any(
-        isinstance(src, dict) and bool(src.get("chat_template")) for src in (config, template_file))
+    template = _template_text(jinja, config, template_file)
+    has_template = bool(template) or _stat_is(jinja, "file")
     return TokenizerInfo(vocab_size=max(ids.values()) + 1 if ids else None, special_tokens=frozenset(special),
-                         has_chat_template=has_template, eos_token=eos, tokens=frozenset(ids))
+                         has_chat_template=has_template, chat_template=template, eos_token=eos,
+                         tokens=frozenset(ids))
 
 
-def _dataset(reader: _Reader, value: str, key: tuple[str | int, ...]) -> DatasetHead | None:
+def _template_text(jinja: Path, config: Any, template_file: Any) -> str | None:
+    """A tokenizer folder's chat template: ``chat_template.jinja``, ``chat_template.json`` or the config's
+    ``chat_template`` (a string, or named templates of which ``default`` is used)."""
+    if _stat_is(jinja, "file"):
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    for source in (template_file, config):
+        value = source.get("chat_template") if isinstance(source, dict) else None
+        if isinstance(value, list):
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _dataset(reader: _Reader, spec: Any, key: tuple[str | int, ...], full_data: bool) -> DatasetScan | None:
+    """Judge a local dataset file's rows; None for a missing local path or a hub id (recorded elsewhere)."""
+    value = spec.path
     full, rel = reader.full(value), reader.rel(value)
     if _stat_is(full, "dir"):
         too_big = reader.hash_folder(full, rel)
-        return DatasetHead(rel, error=too_big, checked=too_big is not None)
+        return DatasetScan(rel, checked=too_big is not None, file_problem=too_big)
     if not _stat_is(full, "file"):
         if _path_like(value) or value.lower().endswith(DATA_SUFFIXES):
             reader.missing.append((key, rel))
-            return None
-        return DatasetHead(rel, checked=False)
+        else:
+            reader.hub_datasets.append((key, value))
+        return None
     reader.hash_file(full, rel)
     suffix = full.suffix.lower()
     if suffix in RUNTIME_ONLY:
-        return DatasetHead(rel, checked=False)
-    if suffix not in HEAD_READERS:
-        return DatasetHead(rel, error=f"'{full.suffix or full.name}' files cannot be read: use .jsonl, .json, "
-                           ".csv or .parquet")
+        return DatasetScan(rel, checked=False)
+    if suffix not in READABLE_SUFFIXES:
+        return DatasetScan(rel, file_problem=f"'{full.suffix or full.name}' files cannot be read: use .jsonl, "
+                           ".json, .csv or .parquet")
     try:
-        return HEAD_READERS[suffix](full, rel)
+        whole = full_data or full.stat().st_size <= FULL_READ_BYTES
+        return scan_file(spec, full, rel, max_rows=None if whole else HEAD_ROWS)
     except OSError as exc:
-        return DatasetHead(rel, error=f"cannot read the file: {exc.strerror or exc}")
-    except UnicodeDecodeError:
-        return DatasetHead(rel, error="the file is not UTF-8 text")
+        return DatasetScan(rel, file_problem=f"cannot read the file: {exc.strerror or exc}")
 
 
-def read_inputs(pipeline: Pipeline, root: Path) -> Inputs:
-    """Snapshot the local files ``pipeline`` references; ``root`` is the pipeline file's folder.
+def _chat_template_file(reader: _Reader, value: str) -> tuple[str | None, str | None]:
+    """(text, problem) of a ``chat_template`` file path; a missing file is recorded in ``missing``."""
+    full, rel = reader.full(value), reader.rel(value)
+    if not _stat_is(full, "any"):
+        reader.missing.append((("model", "chat_template"), rel))
+        return None, None
+    if _stat_is(full, "file"):
+        reader.hash_file(full, rel)
+    try:
+        return read_template_file(full, rel)
+    except OSError as exc:
+        return None, f"cannot read '{rel}': {exc.strerror or exc}"
+
+
+def read_inputs(pipeline: Pipeline, root: Path, *, full_data: bool = False) -> Inputs:
+    """Snapshot the local files ``pipeline`` references; ``root`` is the pipeline file's folder; with
+    ``full_data`` every row of every local dataset file is checked, whatever its size.
 
     Never raises for missing or broken files: they end up in ``missing``, ``model_config_error`` or a
     dataset's ``error`` for the checks to report with their key paths."""
@@ -270,25 +322,18 @@ def read_inputs(pipeline: Pipeline, root: Path) -> Inputs:
         found = reader.local_dir(model.base, ("model", "base")) if config is not None or config_error else None
     if found is not None:
         tokenizer = _tokenizer(reader, *found)
-    template = None
+    template = template_error = None
     if not _NAME.match(model.chat_template):
-        full, rel = reader.full(model.chat_template), reader.rel(model.chat_template)
-        if _stat_is(full, "file"):
-            reader.hash_file(full, rel)
-            try:
-                template = full.read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError):
-                template = None
-        elif not _stat_is(full, "any"):
-            reader.missing.append((("model", "chat_template"), rel))
-    datasets: dict[tuple[str, int], DatasetHead] = {}
+        template, template_error = _chat_template_file(reader, model.chat_template)
+    datasets: dict[tuple[int, int], DatasetScan] = {}
     for i, stage in enumerate(pipeline.stages):
         if stage.kind != "data":
             continue
         for j, spec in enumerate(stage.datasets):
-            head = _dataset(reader, spec.path, ("stages", i, "datasets", j, "path"))
-            if head is not None:
-                datasets.setdefault((stage.id, j), head)
+            scan = _dataset(reader, spec, ("stages", i, "datasets", j, "path"), full_data)
+            if scan is not None:
+                datasets[(i, j)] = scan
     return Inputs(files=tuple(sorted(reader.files.values(), key=lambda f: f.path)), model_config=config,
                   model_config_error=config_error, tokenizer=tokenizer, chat_template=template,
-                  datasets=dict(sorted(datasets.items())), missing=tuple(dict.fromkeys(reader.missing)))
+                  datasets=dict(sorted(datasets.items())), missing=tuple(dict.fromkeys(reader.missing)),
+                  hub_datasets=tuple(reader.hub_datasets), chat_template_error=template_error)

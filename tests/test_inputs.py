@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ftplan.context import DatasetHead, LocalFile
-from ftplan.inputs import HEAD_ROWS, file_sha256, read_inputs
+from ftplan.context import LocalFile
+from ftplan.data.scan import DatasetScan
+from ftplan.inputs import FULL_READ_BYTES, HEAD_ROWS, file_sha256, read_inputs
 from ftplan.schemas import Pipeline
 
 
@@ -57,8 +58,9 @@ def test_hub_only_pipeline_reads_nothing(tmp_path):
                          tmp_path)
     assert inputs.files == () and inputs.missing == ()
     assert inputs.model_config is None and inputs.model_config_error is None and inputs.tokenizer is None
-    assert inputs.datasets == {("prep", 0): DatasetHead("tatsu-lab/alpaca", checked=False),
-                               ("prep", 1): DatasetHead("teknium/OpenHermes-2.5", checked=False)}
+    assert inputs.datasets == {}
+    assert inputs.hub_datasets == ((("stages", 0, "datasets", 0, "path"), "tatsu-lab/alpaca"),
+                                   (("stages", 0, "datasets", 1, "path"), "teknium/OpenHermes-2.5"))
 
 
 # --- model folder -----------------------------------------------------------------------------------------
@@ -136,7 +138,8 @@ def test_separate_tokenizer_folder_with_unigram_vocab_and_jinja_template(model_d
 def test_chat_template_in_tokenizer_config(model_dir):
     cfg = model_dir / "models/tiny/tokenizer_config.json"
     cfg.write_text(json.dumps({"eos_token": "<|eot|>", "chat_template": "{% for m in messages %}{% endfor %}"}))
-    assert read_inputs(pipeline("models/tiny"), model_dir).tokenizer.has_chat_template is True
+    tok = read_inputs(pipeline("models/tiny"), model_dir).tokenizer
+    assert tok.has_chat_template is True and tok.chat_template == "{% for m in messages %}{% endfor %}"
 
 
 def test_folder_without_tokenizer_files_gives_no_tokenizer(model_dir):
@@ -154,64 +157,100 @@ def test_chat_template_file(tmp_path):
     assert read_inputs(pipeline(chat_template="chatml"), tmp_path).missing == ()
 
 
+def test_chat_template_file_must_be_readable_text(tmp_path):
+    (tmp_path / "folder.jinja").mkdir()
+    write(tmp_path, "binary.jinja", b"\x00\x01{{ x }}")
+    write(tmp_path, "latin1.jinja", b"{{ x }}\n\xe9")
+    for name, problem in (("folder.jinja", "'folder.jinja' is a folder, not a template file"),
+                          ("binary.jinja", "'binary.jinja' is a binary file, not a Jinja template"),
+                          ("latin1.jinja", "'latin1.jinja' is not UTF-8 text (line 2); save it as UTF-8")):
+        inputs = read_inputs(pipeline(chat_template=name), tmp_path)
+        assert (inputs.chat_template, inputs.chat_template_error) == (None, problem)
+
+
 # --- datasets ---------------------------------------------------------------------------------------------
 
-def test_jsonl_head_skips_blank_lines_and_stops_at_the_first_bad_line(tmp_path):
-    write(tmp_path, "d.jsonl", '\ufeff{"a": 1}\n\n{"a": 2}\n{"a": \n{"a": 4}\n')
-    head = read_inputs(pipeline(datasets=[("d.jsonl", "text")]), tmp_path).datasets[("prep", 0)]
-    assert head == DatasetHead("d.jsonl", ({"a": 1}, {"a": 2}),
-                               "line 4 is not valid JSON: Expecting value (column 7)", 4)
+def problems(scan: DatasetScan) -> list[tuple[str, str, str]]:
+    """(where, code, message) of every problem a scan kept."""
+    return [(f.where, f.problem.code, f.problem.message) for f in scan.findings]
 
 
-def test_jsonl_rows_must_be_objects_and_are_capped(tmp_path):
-    write(tmp_path, "list.jsonl", '{"a": 1}\n[1, 2]\n')
-    write(tmp_path, "long.jsonl", "".join(json.dumps({"i": i}) + "\n" for i in range(HEAD_ROWS + 50)))
+def test_jsonl_rows_are_all_judged_and_a_bad_line_does_not_stop_the_rest(tmp_path):
+    write(tmp_path, "d.jsonl", '\ufeff{"text": "a"}\n\n{"text": "b"}\n{"text": \n{"text": "d"}\n')
+    scan = read_inputs(pipeline(datasets=[("d.jsonl", "text")]), tmp_path).datasets[(0, 0)]
+    assert (scan.rows_read, scan.bad_rows, scan.complete, scan.rows_total) == (4, 1, True, 4)
+    assert problems(scan) == [("line 4", "FT502", "cannot be read: not valid JSON: Expecting value (column 10)")]
+
+
+def test_jsonl_rows_must_be_objects_utf8_and_not_too_deep(tmp_path):
+    write(tmp_path, "list.jsonl", '{"text": "a"}\n[1, 2]\n')
     write(tmp_path, "empty.jsonl", "\n")
-    write(tmp_path, "latin1.jsonl", b'{"a": 1}\n{"a": "caf\xe9"}\n')
-    heads = read_inputs(pipeline(datasets=[("list.jsonl", "text"), ("long.jsonl", "text"), ("empty.jsonl", "text"),
-                                           ("latin1.jsonl", "text")]), tmp_path).datasets
-    assert (heads["prep", 0].error, heads["prep", 0].error_row) == ("line 2 is a list, not a JSON object", 2)
-    assert len(heads["prep", 1].rows) == HEAD_ROWS and heads["prep", 1].error is None
-    assert heads["prep", 1].rows[-1] == {"i": HEAD_ROWS - 1}
-    assert (heads["prep", 2].rows, heads["prep", 2].error) == ((), "the file has no rows")
-    assert heads["prep", 3] == DatasetHead("latin1.jsonl", ({"a": 1},), "line 2 is not UTF-8 text", 2)
+    write(tmp_path, "latin1.jsonl", b'{"text": "a"}\n{"text": "caf\xe9"}\n')
+    write(tmp_path, "deep.jsonl", '{"text": "a"}\n' + "[" * 100_000 + "\n" + '{"text": "c"}\n')
+    write(tmp_path, "big.jsonl", '{"text": "a"}\n{"n": ' + "1" * 5000 + "}\n")
+    scans = read_inputs(pipeline(datasets=[(p, "text") for p in ("list.jsonl", "empty.jsonl", "latin1.jsonl",
+                                                                  "deep.jsonl", "big.jsonl")]), tmp_path).datasets
+    assert problems(scans[0, 0]) == [("line 2", "FT504", "is a list, not an object")]
+    assert scans[0, 1].rows_read == 0 and scans[0, 1].file_problem is None
+    assert problems(scans[0, 2]) == [("line 2", "FT502", "cannot be read: not UTF-8 text (byte 0xe9 at column 14); "
+                                      "save the file as UTF-8")]
+    assert problems(scans[0, 3])[0][:2] == ("line 2", "FT502") and "nested too deeply" in problems(scans[0, 3])[0][2]
+    assert scans[0, 3].rows_read == 3  # the line after the deep one is still read
+    assert problems(scans[0, 4])[0][:2] == ("line 2", "FT502") and "4300 digits" in problems(scans[0, 4])[0][2]
 
 
-def test_json_values_python_cannot_hold_are_row_errors(tmp_path):
-    write(tmp_path, "big.jsonl", '{"a": 1}\n{"n": ' + "1" * 5000 + "}\n")
-    write(tmp_path, "deep.json", "[" + "[" * 100_000)
-    heads = read_inputs(pipeline(datasets=[("big.jsonl", "text"), ("deep.json", "text")]), tmp_path).datasets
-    assert heads["prep", 0] == DatasetHead("big.jsonl", ({"a": 1},), "line 2 is not valid JSON: Exceeds the limit "
-                                           "(4300 digits) for integer string conversion: value has 5000 digits", 2)
-    assert heads["prep", 1] == DatasetHead("deep.json", (), "item 1 is not valid JSON: values are nested too deeply", 1)
+def test_files_up_to_the_size_limit_are_read_whole_bigger_ones_up_to_head_rows(tmp_path):
+    line = json.dumps({"text": "x" * 200}) + "\n"
+    rows = FULL_READ_BYTES // len(line) + 10
+    write(tmp_path, "big.jsonl", line * rows)
+    write(tmp_path, "small.jsonl", line * (HEAD_ROWS + 5))
+    p = pipeline(datasets=[("big.jsonl", "text"), ("small.jsonl", "text")])
+    scans = read_inputs(p, tmp_path).datasets
+    assert (scans[0, 0].rows_read, scans[0, 0].complete, scans[0, 0].rows_total) == (HEAD_ROWS, False, rows)
+    assert (scans[0, 1].rows_read, scans[0, 1].complete) == (HEAD_ROWS + 5, True)
+    full = read_inputs(p, tmp_path, full_data=True).datasets
+    assert (full[0, 0].rows_read, full[0, 0].complete) == (rows, True)
 
 
-def test_json_list_head(tmp_path):
-    write(tmp_path, "ok.json", json.dumps([{"i": i} for i in range(HEAD_ROWS + 1)]))
-    write(tmp_path, "obj.json", '{"data": []}')
-    write(tmp_path, "item.json", '[{"a": 1}, "text"]')
-    write(tmp_path, "broken.json", '[{"a": 1},\n {"a": }]')
-    heads = read_inputs(pipeline(datasets=[(p, "text") for p in ("ok.json", "obj.json", "item.json", "broken.json")]),
-                        tmp_path).datasets
-    assert len(heads["prep", 0].rows) == HEAD_ROWS and heads["prep", 0].error is None
-    assert heads["prep", 1].error == "expected a JSON list of row objects ([{...}, ...]) at the top level"
-    assert (heads["prep", 2].error, heads["prep", 2].error_row) == ("item 2 is a string, not a JSON object", 2)
-    assert heads["prep", 3] == DatasetHead("broken.json", ({"a": 1},),
-                                           "item 2 is not valid JSON: Expecting value (line 2, column 8)", 2)
+def test_a_bad_row_far_into_the_file_is_found(tmp_path):
+    """The newcomer's case: `role: human` at line 201 (or 20,001) used to pass with "0 errors"."""
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    bad = json.dumps({"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    write(tmp_path, "chat.jsonl", "\n".join([good] * 20_000 + [bad]) + "\n")
+    scan = read_inputs(pipeline(datasets=[("chat.jsonl", "messages")]), tmp_path).datasets[0, 0]
+    assert scan.complete and scan.rows_read == 20_001
+    assert problems(scan) == [("line 20001", "FT505", "role 'human' has no mapping in roles (turn 1 of 'messages')")]
 
 
-def test_csv_head(tmp_path):
+def test_json_files_stream_lists_wrapped_lists_and_json_lines(tmp_path):
+    write(tmp_path, "ok.json", json.dumps([{"text": str(i)} for i in range(3)]))
+    write(tmp_path, "wrapped.json", json.dumps({"data": [{"text": "a"}, {"text": "b"}]}, indent=1))
+    write(tmp_path, "lines.json", '{"text": "a"}\n{"text": "b"}\n')
+    write(tmp_path, "item.json", '[{"text": "a"}, "text"]')
+    write(tmp_path, "broken.json", '[{"text": "a"},\n {"text": }]')
+    write(tmp_path, "two.json", '{"a": [], "b": []}')
+    names = ("ok.json", "wrapped.json", "lines.json", "item.json", "broken.json", "two.json")
+    scans = read_inputs(pipeline(datasets=[(p, "text") for p in names]), tmp_path).datasets
+    assert [scans[0, j].rows_read for j in range(3)] == [3, 2, 2] and not any(problems(scans[0, j]) for j in range(3))
+    assert problems(scans[0, 3]) == [("item 2 (line 1)", "FT504", "is a string, not an object")]
+    assert scans[0, 4].file_problem == ("item 2 (line 2, column 11) is not valid JSON: Expecting value; the rest of "
+                                        "the file cannot be read")
+    assert "exactly one list of rows" in scans[0, 5].file_problem
+
+
+def test_csv_rows(tmp_path):
     write(tmp_path, "ok.csv", 'text,label\nhello,1\n"a, b",2\n')
-    write(tmp_path, "short.csv", "text,label\nhello,1\nbye\n")
-    write(tmp_path, "long.csv", "text\nhello,1\n")
+    write(tmp_path, "ragged.csv", "text,label\nhello,1\nbye\nok,2\n")
     write(tmp_path, "latin1.csv", b"text\nok\ncaf\xe9\n" + b"more\n" * 300)
-    heads = read_inputs(pipeline(datasets=[("ok.csv", "text"), ("short.csv", "text"), ("long.csv", "text"),
-                                           ("latin1.csv", "text")]), tmp_path).datasets
-    assert heads["prep", 0] == DatasetHead("ok.csv", ({"text": "hello", "label": "1"}, {"text": "a, b", "label": "2"}))
-    assert heads["prep", 1] == DatasetHead("short.csv", ({"text": "hello", "label": "1"},),
-                                           "row 2 has fewer fields than the header", 2)
-    assert heads["prep", 2] == DatasetHead("long.csv", (), "row 1 has more fields than the header", 1)
-    assert heads["prep", 3] == DatasetHead("latin1.csv", ({"text": "ok"},), "row 2 is not UTF-8 text", 2)
+    scans = read_inputs(pipeline(datasets=[("ok.csv", "text"), ("ragged.csv", "text"), ("latin1.csv", "text")]),
+                        tmp_path).datasets
+    assert scans[0, 0].rows_read == 2 and scans[0, 0].unused_columns == ("label",)
+    assert problems(scans[0, 1]) == [("row 2 (line 3)", "FT502", "cannot be read: has 1 fields, fewer than the "
+                                      "header's 2 (a comma or quote inside a value needs the value in double quotes)")]
+    assert scans[0, 1].rows_read == 3
+    assert problems(scans[0, 2]) == [("row 2 (line 3)", "FT502", "cannot be read: column 'text' is not UTF-8 text; "
+                                      "save the file as UTF-8")]
+    assert scans[0, 2].rows_read == 302
 
 
 def test_parquet_and_folders_are_hashed_but_not_checked(tmp_path):
@@ -220,16 +259,16 @@ def test_parquet_and_folders_are_hashed_but_not_checked(tmp_path):
     write(tmp_path, "ds/dataset_dict.json", "{}")
     write(tmp_path, "ds/.hidden", "x")
     inputs = read_inputs(pipeline(datasets=[("d.parquet", "text"), ("./ds", "text")]), tmp_path)
-    assert inputs.datasets == {("prep", 0): DatasetHead("d.parquet", checked=False),
-                               ("prep", 1): DatasetHead("ds", checked=False)}
+    assert inputs.datasets == {(0, 0): DatasetScan("d.parquet", checked=False),
+                               (0, 1): DatasetScan("ds", checked=False)}
     assert [f.path for f in inputs.files] == ["d.parquet", "ds/dataset_dict.json", "ds/train/data-00000.arrow"]
     assert inputs.files[0].sha256 == sha(b"PAR1....PAR1")
 
 
 def test_unsupported_local_file_type(tmp_path):
     write(tmp_path, "notes.txt", "hello")
-    head = read_inputs(pipeline(datasets=[("notes.txt", "text")]), tmp_path).datasets["prep", 0]
-    assert head.error == "'.txt' files cannot be read: use .jsonl, .json, .csv or .parquet"
+    scan = read_inputs(pipeline(datasets=[("notes.txt", "text")]), tmp_path).datasets[0, 0]
+    assert scan.file_problem == "'.txt' files cannot be read: use .jsonl, .json, .csv or .parquet"
 
 
 def test_missing_dataset_paths_are_recorded_with_their_key_path(tmp_path):
@@ -238,7 +277,8 @@ def test_missing_dataset_paths_are_recorded_with_their_key_path(tmp_path):
     assert inputs.missing[:2] == ((("stages", 0, "datasets", 0, "path"), "data/train.jsonl"),
                                   (("stages", 0, "datasets", 1, "path"), "data"))
     assert inputs.missing[2][0] == ("stages", 0, "datasets", 3, "path")
-    assert list(inputs.datasets) == [("prep", 2)]
+    assert inputs.datasets == {}
+    assert inputs.hub_datasets == ((("stages", 0, "datasets", 2, "path"), "org/name"),)
 
 
 # --- determinism ------------------------------------------------------------------------------------------
@@ -250,7 +290,7 @@ def test_snapshot_is_relative_sorted_and_independent_of_the_folder(model_dir, tm
     first = read_inputs(p, model_dir)
     assert str(model_dir) not in repr(first)
     assert [f.path for f in first.files] == sorted(f.path for f in first.files)
-    assert first.datasets["prep", 1].path == "data/a.csv"
+    assert first.datasets[0, 1].path == "data/a.csv"
     other = tmp_path_factory.mktemp("copy") / "project"
     shutil.copytree(model_dir, other)
     moved = read_inputs(pipeline("./models/tiny", datasets=[("data/b.jsonl", "text"),

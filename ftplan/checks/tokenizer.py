@@ -1,46 +1,40 @@
 """Rules on the tokenizer and chat template: the template resolves and parses, the local tokenizer's EOS token
-exists, added special tokens are new, and a built-in template's markers are in the vocabulary."""
+exists, added special tokens are new, a built-in template's markers are in the vocabulary, and the template can
+render the tool calls the data holds."""
 
 from __future__ import annotations
 
 import re
 
 from ftplan.context import Context
+from ftplan.data.rows import missing_tool_support, needs_chat_template
+from ftplan.data.templates import BUILTIN_TEMPLATES as SHIPPED
 from ftplan.diagnostics import Diagnostic, error, info, warning
 
 from ._common import data_stages, did_you_mean
 
 CODES = {
     "FT406": "the chat data needs a chat template and the local tokenizer has none",
-    "FT407": "the chat template is neither `tokenizer`, a built-in name, nor an existing file",
+    "FT407": "the chat template is neither `tokenizer`, a built-in name, nor a readable text file",
     "FT408": "the chat template file is not valid Jinja",
     "FT409": "the local tokenizer's EOS token is missing from its vocabulary",
     "FT410": "tokens in add_special_tokens are already in the vocabulary",
     "FT411": "a built-in chat template's special tokens are not in the vocabulary",
+    "FT412": "the data holds tool calls or tools that the chat template cannot render",
 }
 
-BUILTIN_TEMPLATES: tuple[str, ...] = ("chatml", "llama3")
+BUILTIN_TEMPLATES: tuple[str, ...] = tuple(SHIPPED)
 """Chat templates the runtime ships, usable as ``model.chat_template``."""
-
-TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-}
-"""Special tokens each built-in template writes; they must be single tokens of the vocabulary."""
-
-CHAT_FORMATS = frozenset({"sharegpt", "messages", "alpaca", "prompt_completion"})
-"""Formats always rendered through the chat template."""
-_MAYBE_CHAT = frozenset({"preference", "kto"})
-"""Formats rendered through the template when their values are message lists."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _PATH = ("model", "chat_template")
 
 
 def check(ctx: Context) -> list[Diagnostic]:
-    """Template resolution and tokenizer vocabulary rules."""
+    """Template resolution, tokenizer vocabulary and tool-support rules."""
     diags = _template(ctx)
     diags += _vocabulary(ctx)
+    diags += _tool_support(ctx)
     return diags
 
 
@@ -50,19 +44,9 @@ def is_template_name(value: str) -> bool:
 
 
 def chat_datasets(ctx: Context) -> list[str]:
-    """Paths of the datasets rendered through the chat template (message-list preference/KTO rows count when
-    the file's first rows hold message lists)."""
-    found = []
-    for _, stage in data_stages(ctx):
-        for j, d in enumerate(stage.datasets):
-            if d.format in CHAT_FORMATS:
-                found.append(d.path)
-            elif d.format in _MAYBE_CHAT:
-                head = ctx.inputs.datasets.get((stage.id, j))
-                if head is not None and any(isinstance(v, list) for row in head.rows if isinstance(row, dict)
-                                            for v in row.values()):
-                    found.append(d.path)
-    return found
+    """Paths of the datasets rendered through the chat template: every format but plain ``text`` (preference
+    and KTO strings are rendered as one-turn conversations)."""
+    return [d.path for _, stage in data_stages(ctx) for d in stage.datasets if needs_chat_template(d.format)]
 
 
 def _template(ctx: Context) -> list[Diagnostic]:
@@ -87,6 +71,10 @@ def _template(ctx: Context) -> list[Diagnostic]:
         return [error("FT407", _PATH, f"chat template file '{value}' does not exist",
                       hint="check the path (relative to the pipeline file), or use `tokenizer`, "
                       + ", ".join(f"`{n}`" for n in BUILTIN_TEMPLATES))]
+    if ctx.inputs.chat_template_error is not None:
+        return [error("FT407", _PATH, f"chat template: {ctx.inputs.chat_template_error}",
+                      hint="point `chat_template` at a Jinja text file (e.g. chat_template.jinja), or use "
+                      "`tokenizer`, " + ", ".join(f"`{n}`" for n in BUILTIN_TEMPLATES))]
     if ctx.inputs.chat_template is not None:
         problem = jinja_problem(ctx.inputs.chat_template)
         if problem is not None:
@@ -141,13 +129,44 @@ def _vocabulary(ctx: Context) -> list[Diagnostic]:
                               f"already in the vocabulary ({', '.join(present[:3])}"
                               f"{', ...' if len(present) > 3 else ''}); they are not added again",
                               hint="remove them from `add_special_tokens` (nothing is resized for them)"))
-        if model.chat_template in TEMPLATE_TOKENS:
+        if model.chat_template in SHIPPED:
             known = tok.tokens | set(model.add_special_tokens)
-            absent = [t for t in TEMPLATE_TOKENS[model.chat_template] if t not in known]
+            absent = [t for t in SHIPPED[model.chat_template].tokens if t not in known]
             if absent:
                 diags.append(warning("FT411", _PATH, f"the `{model.chat_template}` template writes "
                                      f"{', '.join(absent)}, which the tokenizer does not have as tokens: they "
                                      "would be split into pieces and generation would not stop on them",
                                      hint="use the template of the model's own family, or add them with "
                                      "`add_special_tokens` (and train embed_tokens and lm_head)"))
+    return diags
+
+
+def template_text(ctx: Context) -> tuple[str | None, str]:
+    """The chat template's text when it is known offline (a built-in, a local file or a local tokenizer's
+    own), and where it comes from in words; None when it is only known at run time (a hub tokenizer)."""
+    value = ctx.pipeline.model.chat_template
+    if value in SHIPPED:
+        return SHIPPED[value].text, f"the built-in `{value}` template"
+    if value == "tokenizer":
+        tok = ctx.inputs.tokenizer
+        return (tok.chat_template if tok is not None else None), "the tokenizer's chat template"
+    return ctx.inputs.chat_template, f"the chat template '{value}'"
+
+
+def _tool_support(ctx: Context) -> list[Diagnostic]:
+    text, source = template_text(ctx)
+    if text is None:
+        return []
+    diags = []
+    for i, stage in data_stages(ctx):
+        for j, d in enumerate(stage.datasets):
+            scan = ctx.inputs.datasets.get((i, j))
+            missing = missing_tool_support(text, scan.tool_features) if scan is not None else []
+            if missing:
+                diags.append(error("FT412", ("stages", i, "datasets", j, "path"), f"{d.path} holds "
+                                   f"{' and '.join(sorted(scan.tool_features)).replace('_', ' ')}, but {source} cannot "
+                                   f"render {' or '.join(missing)}: they would be dropped from the training text",
+                                   hint="use a chat template with tool support (the model family's own, via "
+                                   "`chat_template: tokenizer` or a .jinja file), or remove the tool turns and the "
+                                   "tools column from the data"))
     return diags

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, info, warning
-from ftplan.inputs import HEAD_ROWS  # a head shorter than this is the whole file
 from ftplan.schemas import DpoStage, LoraAdapter
 from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
 
@@ -78,19 +77,18 @@ def _known_rows(ctx: Context, stage) -> int | None:
     found = data_stage_of(ctx, stage)
     if found is None:
         return None
-    _, data = found
+    i, data = found
     want = PREFERENCE_FORMATS if isinstance(stage, DpoStage) else SFT_FORMATS
+    if not any(d.format in want for d in data.datasets):
+        return None  # no data of this stage's kind at all: FT205
     total = 0
     for j, d in enumerate(data.datasets):
         if d.format not in want:
             continue
-        head = ctx.inputs.datasets.get((data.id, j))
-        if head is None or not head.checked or head.error is not None:
+        scan = ctx.inputs.datasets.get((i, j))
+        if scan is None or not scan.checked or scan.file_problem is not None or not scan.complete:
             return None
-        n = len(head.rows)
-        if n >= HEAD_ROWS and (d.max_rows is None or n < d.max_rows):
-            return None
-        total += min(n, d.max_rows) if d.max_rows is not None else n
+        total += scan.rows_read - scan.bad_rows
     return int(total * (1.0 - data.val_fraction))
 
 

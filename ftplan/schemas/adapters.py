@@ -25,7 +25,7 @@ class LoraAdapter(FtplanModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Dropout on the adapter input (0 enables the fused kernels and saves the dropout masks)."""
 
-    targets: Literal["all-linear"] | list[NonEmptyStr] = "all-linear"
+    targets: Literal["all-linear"] | Annotated[list[NonEmptyStr], Field(min_length=1)] = "all-linear"
     """Modules that get an adapter: ``all-linear`` (every decoder projection) or names such as
     ``[q_proj, v_proj]``. Each name must exist in the architecture."""
 

@@ -12,8 +12,10 @@ from pydantic import Field
 
 from .base import FtplanModel, NonEmptyStr
 
-Role = Literal["system", "user", "assistant", "tool"]
-"""Canonical chat roles every chat template understands."""
+Role = Literal["system", "user", "assistant", "tool", "tool_call"]
+"""Canonical chat roles: ``system``, ``user``, ``assistant`` and ``tool`` (a tool's result) as every chat
+template knows them, and ``tool_call``: an assistant turn that calls tools, whose text is the call as JSON
+(``{"name": ..., "arguments": {...}}`` or a list of them), rendered as the assistant's ``tool_calls``."""
 
 
 class _DatasetBase(FtplanModel):
@@ -39,6 +41,9 @@ class AlpacaColumns(FtplanModel):
     """The answer (assistant turn; the trained completion)."""
     system: NonEmptyStr = "system"
     """Optional system prompt."""
+    history: NonEmptyStr = "history"
+    """Optional earlier exchanges, ``[[instruction, answer], ...]``, put before the instruction (their answers
+    are trained too)."""
 
 
 class AlpacaDataset(_DatasetBase):
@@ -58,7 +63,12 @@ class ChatColumns(FtplanModel):
     role: NonEmptyStr = "role"
     """Key of a turn's speaker."""
     content: NonEmptyStr = "content"
-    """Key of a turn's text."""
+    """Key of a turn's text: a string, or a list of ``{"type": "text", "text": ...}`` parts (joined)."""
+    system: NonEmptyStr = "system"
+    """Optional column with a system prompt, put before the conversation's turns."""
+    tools: NonEmptyStr = "tools"
+    """Optional column with the tools the assistant may call (a list of JSON-schema function definitions, or
+    that list as a JSON string), rendered through the chat template's tool support."""
 
 
 class ShareGptColumns(ChatColumns):
@@ -72,9 +82,11 @@ class ShareGptColumns(ChatColumns):
     """Key of a turn's text."""
 
 
-_SHAREGPT_ROLES: dict[str, Role] = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                                     "assistant": "assistant", "tool": "tool", "function": "tool",
-                                     "observation": "tool"}
+_CANONICAL_ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+_SHAREGPT_ROLES: dict[str, Role] = {**_CANONICAL_ROLES, "human": "user", "gpt": "assistant",
+                                    "function_call": "tool_call", "observation": "tool", "function": "tool"}
+"""ShareGPT's speakers as LLaMA-Factory and most ShareGPT files write them: ``function_call`` is the assistant
+calling a tool, ``observation`` (or ``function``) the tool's answer."""
 
 
 class ShareGptDataset(_DatasetBase):
@@ -95,9 +107,8 @@ class MessagesDataset(_DatasetBase):
     """Messages (role/content) format."""
     columns: ChatColumns = ChatColumns()
     """Where each field lives in the file."""
-    roles: dict[NonEmptyStr, Role] = Field(
-        default_factory=lambda: {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"})
-    """Role values in the file mapped to canonical roles."""
+    roles: dict[NonEmptyStr, Role] = Field(default_factory=lambda: dict(_CANONICAL_ROLES))
+    """Role values in the file mapped to canonical roles (a ``roles`` block replaces this default)."""
 
 
 class PromptCompletionColumns(FtplanModel):
@@ -143,18 +154,31 @@ class PreferenceColumns(FtplanModel):
     """The preferred answer (a string or a list of turns)."""
     rejected: NonEmptyStr = "rejected"
     """The dispreferred answer (a string or a list of turns)."""
+    role: NonEmptyStr = "role"
+    """Key of a turn's speaker in message lists (``from`` for ShareGPT-style turns)."""
+    content: NonEmptyStr = "content"
+    """Key of a turn's text in message lists (``value`` for ShareGPT-style turns)."""
 
 
 class PreferenceDataset(_DatasetBase):
-    """Preference pairs ``{"prompt", "chosen", "rejected"}`` for DPO."""
+    """Preference pairs for DPO, in any of the shapes preference files come in:
+
+    - ``{"prompt": str, "chosen": str, "rejected": str}``;
+    - a conversation as the prompt and one answer turn each (LLaMA-Factory:
+      ``{"conversations": [...], "chosen": {"from": "gpt", "value": ...}, "rejected": {...}}`` with
+      ``columns: {prompt: conversations, role: from, content: value}``);
+    - a prompt and answers as lists of turns;
+    - whole conversations as ``chosen`` and ``rejected`` with no prompt column (TRL's implicit prompt): the
+      turns both start with are the prompt, the rest are the answers.
+    """
 
     format: Literal["preference"]
     """Preference-pair format."""
     columns: PreferenceColumns = PreferenceColumns()
     """Where each field lives in the file."""
-    roles: dict[NonEmptyStr, Role] = Field(
-        default_factory=lambda: {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"})
-    """Role values in message lists mapped to canonical roles."""
+    roles: dict[NonEmptyStr, Role] = Field(default_factory=lambda: dict(_SHAREGPT_ROLES))
+    """Role values in message lists mapped to canonical roles (the canonical names and ShareGPT's speakers by
+    default; a ``roles`` block replaces this default)."""
 
 
 class KtoColumns(FtplanModel):

@@ -2,7 +2,8 @@
 
 The fingerprint is a sha256 over everything the output depends on: the data files' bytes, the tokenizer's
 files, the resolved chat template text, the stage's settings, the tokens added to the vocabulary and the
-versions of the tokenizing libraries. A rerun with the same fingerprint (and the same args file) is skipped.
+versions of the tokenizing libraries. It is information for readers: whether the stage runs again is decided
+by its completion stamp (``ftplan_runtime.stamps``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 """Version of the manifest and output layout; part of the fingerprint, so a layout change redoes the work."""
 
 MANIFEST_NAME = "manifest.json"
@@ -37,6 +38,32 @@ class DroppedRow(_Model):
     """What was wrong with it."""
 
 
+class TruncatedRow(_Model):
+    """A row cut to ``max_seq_len`` (``truncation: truncate``)."""
+
+    dataset: str
+    """Dataset path as written in the pipeline."""
+    row: int
+    """1-based row number in that dataset (the line number for JSONL)."""
+    tokens: int
+    """Its length before truncation (preference: prompt + the longer answer)."""
+    kept: int
+    """Its length after."""
+
+
+class RowWarning(_Model):
+    """A row kept with a warning (an empty answer, a conversation ending with a user turn, ...)."""
+
+    dataset: str
+    """Dataset path as written in the pipeline."""
+    row: int
+    """1-based row number in that dataset (the line number for JSONL)."""
+    code: str
+    """The warning's code, as ``ftplan check`` reports it (``FT512``)."""
+    message: str
+    """What is odd about the row."""
+
+
 class DatasetReport(_Model):
     """Counts for one source dataset."""
 
@@ -56,6 +83,10 @@ class DatasetReport(_Model):
     """Rows dropped (malformed, too long, or nothing to train)."""
     truncated: int
     """Rows cut to ``max_seq_len``."""
+    warnings: int
+    """Row warnings (listed in the manifest's ``warnings``, up to 1,000 per dataset)."""
+    unused_columns: list[str]
+    """Columns of the file that the format does not read (ignored)."""
 
 
 class TokenStats(_Model):
@@ -142,6 +173,10 @@ class Manifest(_Model):
     """Every dropped row with its reason."""
     truncated: int
     """Rows cut to ``max_seq_len`` in all datasets."""
+    truncated_rows: list[TruncatedRow]
+    """Every truncated row with its length before and after."""
+    warnings: list[RowWarning]
+    """Rows kept with a warning (up to 1,000 per dataset; ``datasets[].warnings`` counts all)."""
     groups: dict[str, GroupReport]
     """Written output groups."""
 

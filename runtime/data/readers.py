@@ -1,31 +1,27 @@
-"""Reading a dataset's rows: local JSONL/JSON/Parquet/CSV files, ``datasets`` folders and hub datasets.
+"""Reading a dataset's rows: local JSONL/JSON/CSV files (through ``ftplan.data.reading``, the reader ``ftplan
+check`` uses), Parquet files, ``datasets`` folders and hub datasets.
 
-Rows come out as ``(row_number, row)`` pairs, numbered from 1 in file order, where ``row`` is a dict or, for a
-line that is not valid JSON or not an object, a ``BadRow`` to report (one broken line never hides the rest).
-JSON files are parsed here rather than through ``datasets`` so that rows with missing or oddly typed fields stay
-individually reportable instead of failing the whole file's schema inference. For JSONL files the row number is
-the line number.
+Rows come out as ``RawRow``s in file order: numbered from 1 (the line number for JSON Lines), with a parsed
+value or, for a line that cannot be read, the reason (one broken line never hides the rest). JSON files are
+parsed here rather than through ``datasets`` so that rows with missing or oddly typed fields stay individually
+reportable instead of failing the whole file's schema inference.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRow, DataError
+from ftplan.data.reading import READABLE_SUFFIXES, FileProblem, RawRow
+from ftplan.data.reading import read_rows as read_file_rows
 
-FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
+from .errors import DataError
+
+FILE_SUFFIXES = (*READABLE_SUFFIXES, ".parquet")
 """File types read directly (anything else must be a ``datasets`` folder or a hub id)."""
-
-Row = dict[str, Any] | BadRow
-
-TEXT_ENCODING = "utf-8-sig"
-"""Encoding of JSON/JSONL/CSV files: UTF-8, with the byte-order mark spreadsheet programs write skipped."""
 
 
 def locate(path: str) -> tuple[str, Path | str]:
@@ -47,11 +43,15 @@ def locate(path: str) -> tuple[str, Path | str]:
     return "hub", path
 
 
-def read_rows(path: str, split: str = "train", max_rows: int | None = None) -> Iterator[tuple[int, Row]]:
-    """Yield ``(row_number, row)`` for the first ``max_rows`` rows of a dataset (all when ``None``)."""
+def read_rows(path: str, split: str = "train", max_rows: int | None = None) -> Iterator[RawRow]:
+    """The first ``max_rows`` rows of a dataset (all when ``None``), in order.
+
+    Raises ``DataError`` for a problem that stops the file (with its line) or a source that cannot be loaded."""
     kind, where = locate(path)
-    if kind == "file":
-        rows = _file_rows(path, Path(where))
+    if kind == "file" and Path(where).suffix.lower() in READABLE_SUFFIXES:
+        rows = read_file_rows(where)
+    elif kind == "file":
+        rows = _parquet_rows(Path(where))
     else:
         rows = _dataset_rows(_load_dataset(path, kind, where, split))
     try:
@@ -59,9 +59,13 @@ def read_rows(path: str, split: str = "train", max_rows: int | None = None) -> I
             if max_rows is not None and count > max_rows:
                 return
             yield item
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start} of a "
-                        "read block); convert the file to UTF-8") from None
+    except FileProblem as e:
+        raise DataError(f"{path}: {e}") from None
+
+
+def is_hub_id(path: str) -> bool:
+    """True when a dataset path names no local file or folder and is loaded from the hub."""
+    return locate(path)[0] == "hub"
 
 
 def source_digest(path: str, split: str = "train") -> str:
@@ -94,73 +98,14 @@ def _hash_file(h: Any, path: Path) -> None:
             h.update(chunk)
 
 
-def _file_rows(path: str, p: Path) -> Iterator[tuple[int, Row]]:
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl_rows(p)
-    elif suffix == ".json":
-        yield from _json_rows(path, p)
-    elif suffix == ".parquet":
-        yield from _parquet_rows(p)
-    else:
-        yield from _csv_rows(p)
-
-
-def _as_row(n: int, value: Any) -> Row:
-    if isinstance(value, dict):
-        return value
-    return BadRow(n, f"row is a JSON {type(value).__name__}, not an object with named fields")
-
-
-def _jsonl_rows(p: Path) -> Iterator[tuple[int, Row]]:
-    with open(p, encoding=TEXT_ENCODING) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, BadRow(n, f"line is not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            yield n, _as_row(n, value)
-
-
-def _json_rows(path: str, p: Path) -> Iterator[tuple[int, Row]]:
-    text = p.read_text(encoding=TEXT_ENCODING)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON Lines saved as .json
-            yield from _jsonl_rows(p)
-            return
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); a .json "
-                        "dataset is an array of objects, or one object holding such an array") from None
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: a .json dataset must be an array of rows or an object with exactly one "
-                            f"array of rows; found an object with keys {sorted(data)}")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a .json dataset must be an array of rows, not a {type(data).__name__}")
-    for n, value in enumerate(data, start=1):
-        yield n, _as_row(n, value)
-
-
-def _parquet_rows(p: Path) -> Iterator[tuple[int, Row]]:
+def _parquet_rows(p: Path) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
     n = 0
     for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             n += 1
-            yield n, row
-
-
-def _csv_rows(p: Path) -> Iterator[tuple[int, Row]]:
-    with open(p, encoding=TEXT_ENCODING, newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), start=1):
-            yield n, dict(row)
+            yield RawRow(n, n, "row", row)
 
 
 def _load_dataset(path: str, kind: str, where: Path | str, split: str) -> Any:
@@ -187,6 +132,6 @@ def _load_dataset(path: str, kind: str, where: Path | str, split: str) -> Any:
                         f"dataset failed ({type(e).__name__}: {e})") from None
 
 
-def _dataset_rows(ds: Any) -> Iterator[tuple[int, Row]]:
+def _dataset_rows(ds: Any) -> Iterator[RawRow]:
     for n, row in enumerate(ds, start=1):
-        yield n, dict(row)
+        yield RawRow(n, n, "row", dict(row))

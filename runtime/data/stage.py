@@ -1,9 +1,10 @@
 """The data stage: read, convert, tokenize, fit, split and pack every dataset, then write the output atomically.
 
-``run_data_stage(args, args_sha256)`` writes into a temporary sibling of ``args.output_dir`` and renames it into
-place only when everything succeeded, so a failed stage leaves no half-written output. The completion marker
-(``COMPLETE_MARKER``, holding the args file's sha256) is written last. When ``manifest.json`` already has the
-same fingerprint and the marker the same args digest, nothing is redone.
+``run_data_stage(args, args_sha256)`` writes into a temporary sibling of ``args.output_dir`` (``.<name>.tmp-<pid>``)
+and renames it into place only when everything succeeded, so a failed stage leaves the previous output as it
+was (though no longer complete: the entry point removed its stamp before the stage started, see ``stamps``).
+Whether the stage needs to run at all is decided by the completion stamp alone; the manifest's fingerprint is
+information for readers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftplan.schemas.runtime_args import COMPLETE_MARKER, RuntimeArgs
+from ftplan.data.rows import needs_chat_template
+from ftplan.schemas.runtime_args import RuntimeArgs
 from ftplan.schemas.stages import DataStage
 
 from .collect import Collected, collect
@@ -33,10 +35,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 
 def run_data_stage(args: RuntimeArgs, args_sha256: str) -> Manifest:
-    """Run the data stage described by ``args``; ``args_sha256`` is the digest of its args file.
-
-    Returns the manifest (the existing one when the output is already up to date). Raises ``DataError`` with
-    a message for the user when the data, the tokenizer or the template is unusable.
+    """Run the data stage described by ``args`` (``args_sha256``, the digest of its args file, is not needed: the
+    entry point records completion). Returns the manifest. Raises ``DataError`` with a message for the user when
+    the data, the tokenizer or the template is unusable.
     """
     stage = args.stage
     if not isinstance(stage, DataStage):
@@ -44,19 +45,14 @@ def run_data_stage(args: RuntimeArgs, args_sha256: str) -> Manifest:
     out = Path(args.output_dir)
     tokenizer, tok_source, revision = load_tokenizer(args)
     template = resolve_template(args.model.chat_template, tokenizer,
-                                needed=any(d.format != "text" for d in stage.datasets))
+                                needed=any(needs_chat_template(d.format) for d in stage.datasets))
     digests = [source_digest(d.path, d.split) for d in stage.datasets]
     inputs = fingerprint_inputs(stage, args, digests, tokenizer_digests(tok_source, revision, tokenizer), template)
     fp = fingerprint(inputs)
 
-    cached = Manifest.read(out)
-    if cached is not None and cached.fingerprint == fp and _marker(out) == args_sha256:
-        _log(f"data {stage.id}: output in {out} is up to date (fingerprint {fp[:12]}), skipping")
-        return cached
-
     encoder = Encoder(tokenizer, template, stage.loss_on)
     with _quiet_datasets(), _staging(out) as tmp:
-        got = collect(stage, encoder, digests)
+        got = collect(stage, encoder, digests, report_dir=out)
         _require_examples(got)
         groups = {g: write_group(g, examples, stage, tmp) for g, examples in sorted(got.groups.items())}
         manifest = Manifest(
@@ -64,9 +60,8 @@ def run_data_stage(args: RuntimeArgs, args_sha256: str) -> Manifest:
             chat_template=TemplateReport(source=template.source, sha256=inputs["chat_template"],
                                          masking=encoder.masking),
             datasets=got.reports, dropped=got.dropped, truncated=sum(r.truncated for r in got.reports),
-            groups=groups)
+            truncated_rows=got.truncated, warnings=got.warnings, groups=groups)
         manifest.write(tmp)
-        (tmp / COMPLETE_MARKER).write_text(args_sha256, encoding="utf-8")
     _summarise(stage.id, manifest)
     return manifest
 
@@ -126,13 +121,6 @@ def fingerprint_inputs(stage: DataStage, args: RuntimeArgs, digests: list[str], 
         "chat_template": hashlib.sha256(template.text.encode("utf-8")).hexdigest(),
         "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
     }
-
-
-def _marker(out: Path) -> str | None:
-    try:
-        return (out / COMPLETE_MARKER).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
 
 
 def _require_examples(got: Collected) -> None:

@@ -1,8 +1,5 @@
-"""Chat template resolution: the tokenizer's own, a built-in (``chatml``, ``llama3``) or a ``.jinja`` file.
-
-Both built-ins wrap what the assistant says (its text and the end-of-turn token) in ``{% generation %}`` so that
-``apply_chat_template(..., return_assistant_tokens_mask=True)`` can tell which tokens to train.
-"""
+"""Chat template resolution: the tokenizer's own, a built-in (``chatml``, ``llama3``, defined in
+``ftplan.data.templates`` for the checks and the runtime alike) or a ``.jinja`` file."""
 
 from __future__ import annotations
 
@@ -11,44 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftplan.data.templates import BUILTIN_TEMPLATES, CHATML, LLAMA3, read_template_file
+
 from .errors import DataError
 
-CHATML = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-"""ChatML: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per turn; the assistant's text and ``<|im_end|>`` are
-trained."""
-
-LLAMA3 = (
-    "{{ bos_token if bos_token else '' }}"
-    "{% for message in messages %}"
-    "{% set role = 'ipython' if message['role'] == 'tool' else message['role'] %}"
-    "{{ '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endgeneration %}"
-    "{% else %}"
-    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-"""Llama 3 headers: ``<|start_header_id|>role<|end_header_id|>\\n\\ncontent<|eot_id|>`` (contents trimmed, the
-``tool`` role rendered as ``ipython``); the assistant's text and ``<|eot_id|>`` are trained."""
+__all__ = ["BUILTINS", "CHATML", "ChatTemplate", "KNOWN_END_OF_TURN", "LLAMA3", "resolve_template"]
 
 BUILTINS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "chatml": (CHATML, ("<|im_start|>", "<|im_end|>"), "<|im_end|>"),
-    "llama3": (LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|eot_id|>"),
-}
-"""Built-in templates: text, the special tokens it needs in the vocabulary, its end-of-turn token."""
+    name: (t.text, t.tokens, t.end_of_turn) for name, t in BUILTIN_TEMPLATES.items()}
+"""Built-in templates (``ftplan.data.templates``): text, the special tokens it needs, its end-of-turn token."""
 
 KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
                      "<|end_of_text|>")
@@ -101,11 +69,13 @@ def resolve_template(setting: str, tokenizer: Any, needed: bool = True) -> ChatT
             text = ""
         return ChatTemplate("tokenizer", text, _end_ids(tokenizer, text))
     path = Path(setting)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"model.chat_template: {setting!r} is neither tokenizer, a built-in template "
                         f"({', '.join(BUILTINS)}) nor an existing .jinja file (paths are relative to the project "
                         f"root {Path.cwd()})")
-    text = path.read_text(encoding="utf-8")
+    text, problem = read_template_file(path, setting)
+    if text is None:
+        raise DataError(f"model.chat_template: {problem}")
     return ChatTemplate(setting, text, _end_ids(tokenizer, text))
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from ftplan.data.rows import Conversation, Pair, Record, Text, Turn, Unpaired
+
 from .errors import BadRow
-from .formats import Conversation, Pair, Record, Text, Turn, Unpaired
 from .templates import ChatTemplate
 
 
@@ -91,7 +92,7 @@ class Encoder:
         if isinstance(record, Text):
             return self._text(record)
         if isinstance(record, Conversation):
-            return self._conversation(record, n)
+            return self._conversation(record, n, record.tools)
         if isinstance(record, Pair):
             prompt = self._ids(record.prompt, n, add_generation_prompt=True)
             chosen = self._ids(record.prompt + record.chosen, n)
@@ -110,19 +111,19 @@ class Encoder:
             ids.append(tok.eos_token_id)
         return SftExample(ids, [1] * len(ids))
 
-    def _conversation(self, record: Conversation, n: int) -> SftExample:
+    def _conversation(self, record: Conversation, n: int, tools: list | None = None) -> SftExample:
         turns = record.turns
         if self.loss_on == "all":
-            ids = self._ids(turns, n)
+            ids = self._ids(turns, n, tools=tools)
             return SftExample(ids, [1] * len(ids))
         if self.masking == "generation":
-            ids, mask = self._render(turns, n, masks=True)
+            ids, mask = self._render(turns, n, masks=True, tools=tools)
             self._train_following_end_of_turn(ids, mask)
         else:
-            ids = self._ids(turns, n)
-            mask = self._diff_mask(turns, ids, record.train_from, n)
+            ids = self._ids(turns, n, tools=tools)
+            mask = self._diff_mask(turns, ids, record.train_from, n, tools)
         if record.train_from > 0:
-            boundary = common_prefix_length(self._ids(turns[:record.train_from], n), ids)
+            boundary = common_prefix_length(self._ids(turns[:record.train_from], n, tools=tools), ids)
             mask[:boundary] = [0] * boundary
         return SftExample(ids, mask)
 
@@ -133,35 +134,50 @@ class Encoder:
             if mask[j - 1] and not mask[j] and ids[j] in ends:
                 mask[j] = 1
 
-    def _diff_mask(self, turns: list[Turn], ids: list[int], train_from: int, n: int) -> list[int]:
+    def _diff_mask(self, turns: list[Turn], ids: list[int], train_from: int, n: int,
+                   tools: list | None = None) -> list[int]:
         mask = [0] * len(ids)
         ends = set(self.template.end_of_turn_ids)
         for i, turn in enumerate(turns):
             if turn["role"] != "assistant" or i < train_from:
                 continue
-            start = common_prefix_length(self._ids(turns[:i], n, add_generation_prompt=True), ids)
-            stop = len(ids) if i + 1 == len(turns) else common_prefix_length(self._ids(turns[:i + 1], n), ids)
+            start = common_prefix_length(self._ids(turns[:i], n, add_generation_prompt=True, tools=tools), ids)
+            stop = len(ids) if i + 1 == len(turns) else common_prefix_length(
+                self._ids(turns[:i + 1], n, tools=tools), ids)
             last_end = max((j for j in range(start, stop) if ids[j] in ends), default=None)
             if last_end is not None:
                 stop = last_end + 1
             mask[start:stop] = [1] * max(0, stop - start)
         return mask
 
-    def _ids(self, turns: list[Turn], n: int, add_generation_prompt: bool = False) -> list[int]:
-        return self._render(turns, n, add_generation_prompt=add_generation_prompt)[0]
+    def _ids(self, turns: list[Turn], n: int, add_generation_prompt: bool = False,
+             tools: list | None = None) -> list[int]:
+        return self._render(turns, n, add_generation_prompt=add_generation_prompt, tools=tools)[0]
 
     def _render(self, turns: list[Turn], n: int, add_generation_prompt: bool = False,
-                masks: bool = False) -> tuple[list[int], list[int]]:
+                masks: bool = False, tools: list | None = None) -> tuple[list[int], list[int]]:
         if not turns:
             return [], []
         try:
             out = self.tokenizer.apply_chat_template(
-                turns, chat_template=self.template.text, tokenize=True, return_dict=True,
+                turns, chat_template=self.template.text, tokenize=True, return_dict=True, tools=tools,
                 add_generation_prompt=add_generation_prompt, return_assistant_tokens_mask=masks)
         except TemplateError as e:
             raise BadRow(n, f"the chat template ({self.template.source}) rejected this row: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a template tripping over a row's values
+            raise BadRow(n, f"the chat template ({self.template.source}) failed on this row: "
+                            f"{type(e).__name__}: {e}") from None
         ids = list(out["input_ids"])
         return ids, (list(out["assistant_masks"]) if masks else [])
+
+
+def length(example: Example) -> int:
+    """Tokens of an example as ``fit`` measures it (preference: prompt + the longer answer)."""
+    if isinstance(example, SftExample):
+        return len(example.input_ids)
+    if isinstance(example, PairExample):
+        return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
+    return len(example.prompt_ids) + len(example.completion_ids)
 
 
 @dataclass(frozen=True)

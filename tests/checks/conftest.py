@@ -9,7 +9,9 @@ from typing import Any, Callable
 import pytest
 
 from ftplan.checks import run_checks
-from ftplan.context import Context, DatasetHead, Inputs, TokenizerInfo
+from ftplan.context import Context, Inputs, TokenizerInfo
+from ftplan.data.reading import RawRow
+from ftplan.data.scan import DatasetScan, Scanner
 from ftplan.diagnostics import Diagnostic
 from ftplan.resolve import resolve
 from ftplan.schemas import Pipeline
@@ -63,12 +65,26 @@ def diagnose(pipeline: Pipeline | None = None, inputs: Inputs | None = None, **p
     return diags + run_checks(ctx)
 
 
-def heads(**files: list) -> dict:
-    """Dataset heads keyed like ``Inputs.datasets``: ``heads(data_0=[rows])`` -> {("data", 0): DatasetHead}."""
+def scan(spec, rows: list, *, complete: bool = True) -> DatasetScan:
+    """What reading ``rows`` (as JSON Lines lines 1, 2, ...) of dataset ``spec`` finds, as ``read_inputs`` would;
+    ``complete=False``: they are the first rows of a bigger file. The dataset's ``max_rows`` caps what is read."""
+    capped = spec.max_rows is not None and len(rows) >= spec.max_rows
+    scanner = Scanner(spec, spec.path)
+    for n, row in enumerate(rows[: spec.max_rows] if capped else rows, start=1):
+        scanner.row(RawRow(n, n, "line", row))
+    return scanner.result(complete=capped or complete)
+
+
+def heads(pipeline: Pipeline | None = None, partial: tuple[str, ...] = (), **files: list) -> dict:
+    """Dataset scans keyed like ``Inputs.datasets``: ``heads(data_0=[rows])`` judges the rows as dataset 0 of
+    the stage with id ``data`` (of ``pipeline``, by default the base pipeline), read whole unless named in
+    ``partial`` (the first rows of a bigger file) -> {(stage index, 0): DatasetScan}."""
+    pipeline = pipeline if pipeline is not None else build()
     out = {}
     for name, rows in files.items():
-        stage, j = name.rsplit("_", 1)
-        out[(stage, int(j))] = DatasetHead(path=f"{stage}-{j}.jsonl", rows=tuple(rows))
+        sid, j = name.rsplit("_", 1)
+        i, stage = next((i, s) for i, s in enumerate(pipeline.stages) if s.id == sid)
+        out[(i, int(j))] = scan(stage.datasets[int(j)], rows, complete=name not in partial)
     return out
 
 
@@ -100,6 +116,6 @@ def check() -> Callable[..., list[Diagnostic]]:
 @pytest.fixture
 def tools() -> SimpleNamespace:
     """The builders and sample rows as one namespace."""
-    return SimpleNamespace(build=build, resolve_ctx=resolve_ctx, heads=heads, codes=with_codes, CHAT_ROW=CHAT_ROW,
-                           PAIR_ROW=PAIR_ROW, llama_tokenizer=llama_tokenizer, Inputs=Inputs,
-                           DatasetHead=DatasetHead, TokenizerInfo=TokenizerInfo, BASE=BASE)
+    return SimpleNamespace(build=build, resolve_ctx=resolve_ctx, heads=heads, scan=scan, codes=with_codes,
+                           CHAT_ROW=CHAT_ROW, PAIR_ROW=PAIR_ROW, llama_tokenizer=llama_tokenizer, Inputs=Inputs,
+                           DatasetScan=DatasetScan, TokenizerInfo=TokenizerInfo, BASE=BASE)

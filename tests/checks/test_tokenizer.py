@@ -25,15 +25,22 @@ def test_ft406_tokenizer_template_missing_for_chat_data(check, tools):
     assert not tools.codes(check(tools.build(model={"chat_template": "llama3"}), inputs), "FT406")
 
 
-def test_preference_strings_need_no_template_but_message_lists_do(tools):
-    pipeline = tools.build()
-    strings = tools.Inputs(datasets=tools.heads(data_1=[tools.PAIR_ROW]))
-    ctx, _ = tools.resolve_ctx(pipeline, strings)
-    assert chat_datasets(ctx) == ["data/chat.jsonl"]
-    listed = {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-              "rejected": [{"role": "assistant", "content": "5"}]}
-    ctx, _ = tools.resolve_ctx(pipeline, tools.Inputs(datasets=tools.heads(data_1=[listed])))
-    assert chat_datasets(ctx) == ["data/chat.jsonl", "data/pairs.jsonl"]
+def test_every_format_but_text_needs_a_template(check, tools):
+    """Preference strings are rendered as one-turn conversations at run time, so they need the template too
+    (the runtime refused them with a tokenizer that has none; check used to accept them)."""
+    pairs_only = [{"id": "data", "kind": "data", "max_seq_len": 1024,
+                   "datasets": [{"path": "data/pairs.jsonl", "format": "preference"}]},
+                  {"id": "sft", "kind": "sft", "data": "data0", "learning_rate": 1e-4, "adapter": {"type": "full"}},
+                  {"id": "data0", "kind": "data", "max_seq_len": 1024,
+                   "datasets": [{"path": "data/corpus.jsonl", "format": "text"}]},
+                  {"id": "dpo", "kind": "dpo", "input": "sft", "data": "data", "learning_rate": 1e-6,
+                   "adapter": {"type": "lora"}}]
+    pipeline = tools.build(stages=pairs_only)
+    ctx, _ = tools.resolve_ctx(pipeline, tools.Inputs(datasets=tools.heads(pipeline, data_0=[tools.PAIR_ROW])))
+    assert chat_datasets(ctx) == ["data/pairs.jsonl"]
+    inputs = tools.Inputs(tokenizer=tools.llama_tokenizer(has_chat_template=False))
+    [d] = tools.codes(check(pipeline, inputs), "FT406")
+    assert "data/pairs.jsonl" in d.message
 
 
 def test_ft407_unknown_template_name_or_missing_file(check, tools):
@@ -53,6 +60,38 @@ def test_ft408_template_file_must_parse(check, tools):
                         "{{ m.content }}{% endgeneration %}{% endif %}{% endfor %}")
     assert not tools.codes(check(tools.build(model={"chat_template": "chat.jinja"}), good), "FT408")
     assert jinja_problem("{{ x }}") is None
+
+
+def test_ft407_template_file_must_be_readable_text(check, tools):
+    for problem in ("'chat.jinja' is a folder, not a template file", "'chat.jinja' is a binary file, not a Jinja "
+                    "template", "'chat.jinja' is not UTF-8 text (line 3); save it as UTF-8"):
+        inputs = tools.Inputs(chat_template_error=problem)
+        [d] = tools.codes(check(tools.build(model={"chat_template": "chat.jinja"}), inputs), "FT407")
+        assert d.message == f"chat template: {problem}" and "Jinja text file" in d.hint
+
+
+def test_ft412_tool_calls_need_a_template_that_renders_them(check, tools):
+    stages = [{"id": "data", "kind": "data", "max_seq_len": 1024,
+               "datasets": [{"path": "data/tools.jsonl", "format": "sharegpt"}]},
+              {"id": "sft", "kind": "sft", "data": "data", "learning_rate": 1e-4, "adapter": {"type": "lora"}}]
+    row = {"conversations": [{"from": "human", "value": "weather in Paris?"},
+                             {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+                             {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}],
+           "tools": '[{"name": "weather", "parameters": {"type": "object"}}]'}
+    pipeline = tools.build(stages=stages, model={"chat_template": "chatml"})
+    inputs = tools.Inputs(datasets=tools.heads(pipeline, data_0=[row]))
+    [d] = tools.codes(check(pipeline, inputs), "FT412")
+    assert d.path == ("stages", 0, "datasets", 0, "path")
+    assert "the built-in `chatml` template cannot render" in d.message and "tool calls" in d.message
+    # the tokenizer's own template with tool support renders them
+    tooled = "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.content }}" \
+             "{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}{% endfor %}"
+    own = tools.build(stages=stages)
+    inputs = tools.Inputs(datasets=tools.heads(own, data_0=[row]),
+                          tokenizer=tools.llama_tokenizer(chat_template=tooled))
+    assert not tools.codes(check(own, inputs), "FT412")
+    # a hub tokenizer's template is only known at run time: nothing to say offline
+    assert not tools.codes(check(own, tools.Inputs(datasets=tools.heads(own, data_0=[row]))), "FT412")
 
 
 def test_ft409_eos_token_must_be_in_the_vocabulary(check, tools):

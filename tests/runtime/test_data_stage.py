@@ -98,9 +98,32 @@ def test_bad_row_error_names_file_row_and_fix_and_writes_nothing(project):
                    CHAT[:2] + [{"messages": t(("user", "hi"), ("bot", "hello"))}])
     with pytest.raises(DataError) as e:
         run_data_stage(fx.make_args([{"path": "data/tickets.jsonl", "format": "messages"}]), "s")
-    assert str(e.value) == ("data/tickets.jsonl row 3: turn 2 has role 'bot', which has no mapping in roles "
-                            "(add roles: {bot: assistant})")
-    assert not (project / "out").exists() or list((project / "out").iterdir()) == []
+    assert str(e.value) == (
+        "data/tickets.jsonl line 3: role 'bot' has no mapping in roles (turn 2 of 'messages') (fix: set `roles: "
+        "{bot: assistant, ...}` on the dataset, listing every role the file uses (a `roles` block replaces the "
+        "default mapping)); listed in out/data/bad-rows.jsonl. Fix the row, or set on_bad_row: drop to train "
+        "without it")
+    # no output: only the report of the bad rows
+    assert sorted(p.relative_to(project / "out").as_posix() for p in (project / "out").rglob("*")) == [
+        "data", "data/bad-rows.jsonl"]
+
+
+def test_on_bad_row_error_collects_every_bad_row_before_failing(project):
+    """A file with many bad rows needs one run to list them all, not one run per row."""
+    bad = [{"messages": t(("user", "hi"), ("bot", "x"))}, {"messages": "oops"}, "{not json"]
+    fx.write_jsonl(project / "data" / "tickets.jsonl", CHAT[:2] + bad + CHAT[:2] + bad)
+    fx.write_jsonl(project / "data" / "more.jsonl", [{"prompt": "p"}])
+    ds = [{"path": "data/tickets.jsonl", "format": "messages"}, {"path": "data/more.jsonl", "format": "preference"}]
+    with pytest.raises(DataError) as e:
+        run_data_stage(fx.make_args(ds), "s")
+    assert str(e.value).startswith("7 bad rows in data/more.jsonl, data/tickets.jsonl; every one is listed in "
+                                   "out/data/bad-rows.jsonl. The first: data/tickets.jsonl line 3: role 'bot'")
+    report = [json.loads(line) for line in (project / "out/data/bad-rows.jsonl").read_text().splitlines()]
+    assert [(r["dataset"], r["row"], r["code"]) for r in report] == [
+        ("data/tickets.jsonl", 3, "FT505"), ("data/tickets.jsonl", 4, "FT504"), ("data/tickets.jsonl", 5, "FT502"),
+        ("data/tickets.jsonl", 8, "FT505"), ("data/tickets.jsonl", 9, "FT504"), ("data/tickets.jsonl", 10, "FT502"),
+        ("data/more.jsonl", 1, "FT503")]
+    assert all(r["hint"] for r in report)
 
 
 def test_bad_rows_dropped_are_listed(project):
@@ -109,9 +132,9 @@ def test_bad_rows_dropped_are_listed(project):
                                {"messages": t(("user", "only a question"))}])
     m = run_data_stage(fx.make_args([{"path": "data/tickets.jsonl", "format": "messages"}], on_bad_row="drop"), "s")
     assert [(d.row, d.reason.split(" (")[0]) for d in m.dropped] == [
-        (3, "line is not valid JSON"),
-        (4, "turn 2 has role 'bot', which has no mapping in roles"),
-        (5, "missing field 'messages'"),
+        (3, "FT502: cannot be read: not valid JSON: Expecting property name enclosed in double quotes"),
+        (4, "FT505: role 'bot' has no mapping in roles"),
+        (5, "FT503: missing column 'messages'"),
         (6, "no trained tokens")]
     assert all(d.dataset == "data/tickets.jsonl" for d in m.dropped)
     assert (m.datasets[0].rows_in, m.datasets[0].rows_out, m.datasets[0].dropped) == (6, 2, 4)
@@ -123,6 +146,8 @@ def test_truncate_counts_and_drop_lists(project):
     ds = [{"path": "data/long.jsonl", "format": "messages"}]
     m = run_data_stage(fx.make_args(ds, max_seq_len=64), "s")
     assert m.truncated == 1 and m.datasets[0].truncated == 1 and m.dropped == []
+    [cut] = m.truncated_rows  # listed with its length, not only counted
+    assert (cut.dataset, cut.row, cut.kept) == ("data/long.jsonl", 4, 64) and cut.tokens > 64
     assert max(len(r) for r in load_from_disk("out/data/sft/train")["input_ids"]) == 64
     m = run_data_stage(fx.make_args(ds, max_seq_len=64, truncation="drop"), "s")
     assert m.truncated == 0 and len(m.dropped) == 1 and m.dropped[0].row == 4
@@ -211,8 +236,49 @@ def test_failed_rerun_leaves_previous_output_intact(project):
     run_data_stage(args, "s1")
     before = (project / "out/data/manifest.json").read_text()
     fx.write_jsonl(project / "data" / "chat.jsonl", CHAT + [{"messages": "oops"}])
-    with pytest.raises(DataError, match="data/chat.jsonl row 9: field 'messages' is a text"):
+    with pytest.raises(DataError, match="data/chat.jsonl line 9: 'messages' is a string, not a non-empty list"):
         run_data_stage(args, "s2")
     assert (project / "out/data/manifest.json").read_text() == before
     assert (project / "out/data" / COMPLETE_MARKER).read_text() == "s1"
     assert sorted(p.name for p in (project / "out").iterdir()) == ["data"]  # no temp folder left
+
+
+def test_nothing_changes_silently(project, capsys):
+    """Unused columns, empty answers and conversations that train nothing at the end are said, in the log and
+    the manifest, with the same codes ``ftplan check`` uses."""
+    rows = [{**CHAT[0], "id": 1, "source": "web"}, {"messages": t(("user", "hi"), ("assistant", ""))},
+            {"messages": t(("user", "a"), ("assistant", "b"), ("user", "c"))}] + CHAT[1:4]
+    fx.write_jsonl(project / "data" / "chat.jsonl", rows)
+    m = run_data_stage(fx.make_args([{"path": "data/chat.jsonl", "format": "messages"}]), "s")
+    assert m.datasets[0].unused_columns == ["id", "source"]
+    assert [(w.row, w.code) for w in m.warnings] == [(2, "FT512"), (3, "FT506")] and m.datasets[0].warnings == 2
+    err = capsys.readouterr().err
+    assert "column(s) 'id', 'source' not read by format messages; ignored" in err
+    assert "2 row warning(s) (FT506 1, FT512 1)" in err
+
+
+def test_tool_calls_render_through_a_template_that_supports_them(project):
+    tools_template = (
+        "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
+        "<|im_end|>{% endgeneration %}\n{% else %}{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (project / "tools.jinja").write_text(tools_template)
+    row = {"conversations": [{"from": "human", "value": "weather?"},
+                             {"from": "function_call", "value": json.dumps({"name": "weather", "arguments": {}})},
+                             {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}],
+           "tools": json.dumps([{"name": "weather", "parameters": {"type": "object"}}])}
+    fx.write_jsonl(project / "data" / "tools.jsonl", [row] * 3)
+    ds = [{"path": "data/tools.jsonl", "format": "sharegpt"}]
+    args = fx.make_args(ds, model={"base": "tok", "chat_template": "tools.jinja"})
+    run_data_stage(args, "s")
+    from transformers import AutoTokenizer
+
+    ids = load_from_disk("out/data/sft/train")["input_ids"][0]
+    text = AutoTokenizer.from_pretrained(args.model.base).decode(ids)
+    assert "weather" in text and "tool_call" in text.replace(" ", "")
+    # the built-in ChatML cannot render calls: refused, never flattened away
+    with pytest.raises(DataError, match="cannot render tool calls"):
+        run_data_stage(fx.make_args(ds, model={"base": "tok", "chat_template": "chatml"}), "s2")

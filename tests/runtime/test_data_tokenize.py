@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftplan_runtime.data import CHATML, BadRow, DataError
-from ftplan_runtime.data.formats import Conversation, Pair, Text, Unpaired
+from ftplan.data.rows import Conversation, Pair, Text, Unpaired
 from ftplan_runtime.data.templates import resolve_template
 from ftplan_runtime.data.tokenize import Encoder, KtoExample, PairExample, SftExample, fit
 
