@@ -2,6 +2,10 @@
 arguments and prints.
 
 Exit codes: 0 ok, 1 invalid pipeline, 2 usage error, 3 ``compile --check`` found drift.
+
+With ``--json``, ``check`` and ``compile`` print one JSON report on stdout whatever happens: a missing or
+unusable pipeline file is an FT000 diagnostic, a plan folder that cannot be written and a command line that
+does not parse are an ``error`` object (``message``, ``hint``); the exit codes stay the same.
 """
 
 from __future__ import annotations
@@ -53,11 +57,17 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
     """Run one ftplan command; returns the exit code (testable: no ``sys.exit`` here)."""
     out = out or _console(stderr=False)
     err = err or _console(stderr=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
     said, complained = io.StringIO(), io.StringIO()
     try:  # argparse writes usage, help and --version to sys.stdout/stderr: send them to our consoles instead
         with redirect_stdout(said), redirect_stderr(complained):
             args = build_parser().parse_args(argv)
     except SystemExit as exc:
+        if exc.code != 0 and _wants_json(argv):
+            lines = complained.getvalue().strip().splitlines()
+            reason = lines[-1].split(": error: ", 1)[-1] if lines else "invalid command line"
+            _print_json(out, _failure_json(reason, f"see `ftplan {argv[0]} --help`"))
+            return EXIT_USAGE
         out.out(said.getvalue(), end="", highlight=False)
         err.out(complained.getvalue(), end="", highlight=False)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
@@ -74,14 +84,56 @@ def _console(*, stderr: bool) -> Console:
     return console
 
 
-def _pipeline_usage_error(pipeline: str, err: Console) -> bool:
-    """Print a usage error and return True when ``pipeline`` is not an existing file."""
+def _wants_json(argv: list[str]) -> bool:
+    """True for a ``check`` or ``compile`` command line asking for ``--json`` (even one that does not parse)."""
+    return bool(argv) and argv[0] in ("check", "compile") and "--json" in argv
+
+
+def _print_json(out: Console, report: dict) -> None:
+    """One JSON document on stdout."""
+    out.print_json(json.dumps(report))
+
+
+def _failure_json(message: str, hint: str) -> dict:
+    """The JSON report of a command line that did not parse: nothing checked, one ``error``."""
+    return {"ok": False, "file": None, "pipeline": None, "diagnostics": [], "stages": [],
+            "error": {"message": message, "hint": hint}}
+
+
+def _cannot_write(args, report: dict, reason: str, hint: str | None, out: Console, err: Console) -> int:
+    """Report a plan folder that cannot be written (a usage error): an ``error:`` line on stderr, or with
+    ``--json`` the check report with ``ok: false`` and an ``error`` object."""
+    message = f"cannot write the plan to {args.out}: {reason}"
+    if args.json:
+        report = {k: v for k, v in report.items() if k != "changes"}
+        _print_json(out, {**report, "ok": False,
+                          "error": {"message": message, "hint": hint or "choose another output folder with -o"}})
+    else:
+        err.print(Text(f"error: {message}" + (f"; {hint}" if hint else "")))
+    return EXIT_USAGE
+
+
+def _pipeline_usage_error(args, out: Console, err: Console) -> bool:
+    """Report a pipeline argument that is not an existing file (a usage error); True when it was one.
+
+    Plain output is one ``error:`` line on stderr; ``--json`` prints a report whose FT000 diagnostic says the
+    same."""
+    pipeline = args.pipeline
     path = Path(pipeline)
     if path.is_file():
         return False
     what = ("is a folder, not a pipeline file" if path.is_dir() else "is not a regular file" if path.exists()
             else "does not exist")
-    err.print(Text(f"error: {pipeline} {what}; pass the pipeline's YAML file"))
+    hint = "pass the pipeline's YAML file"
+    if args.json:
+        from .api import CheckResult
+        from .console import check_json
+        from .diagnostics import error
+
+        problem = error("FT000", (), f"{pipeline} {what}", f"{hint} (the path is relative to the current folder)")
+        _print_json(out, check_json(CheckResult(pipeline, diagnostics=(problem,))))
+    else:
+        err.print(Text(f"error: {pipeline} {what}; {hint}"))
     return True
 
 
@@ -94,11 +146,11 @@ def _check(args, out: Console, err: Console) -> int:
     from .api import check_file
     from .console import check_json, print_check
 
-    if _pipeline_usage_error(args.pipeline, err):
+    if _pipeline_usage_error(args, out, err):
         return EXIT_USAGE
     result = check_file(args.pipeline)
     if args.json:
-        out.print_json(json.dumps(check_json(result)))
+        _print_json(out, check_json(result))
     else:
         print_check(result, out, err, verbose=args.verbose)
     return EXIT_OK if result.ok else EXIT_INVALID
@@ -109,13 +161,13 @@ def _compile(args, out: Console, err: Console) -> int:
     from .console import check_json, print_check
     from .write import WriteError, diff_plan, write_plan
 
-    if _pipeline_usage_error(args.pipeline, err):
+    if _pipeline_usage_error(args, out, err):
         return EXIT_USAGE
     result = check_file(args.pipeline)
     report = check_json(result)
     if not result.ok:
         if args.json:
-            out.print_json(json.dumps(report))
+            _print_json(out, report)
         else:
             print_check(result, out, err, verbose=args.verbose)
         return EXIT_INVALID
@@ -126,21 +178,19 @@ def _compile(args, out: Console, err: Console) -> int:
         report["changes"] = diff.as_json()
         if args.check:
             if args.json:
-                out.print_json(json.dumps(report))
+                _print_json(out, report)
             else:
                 out.print(Text(diff.summary(out_dir)))
             return EXIT_OK if diff.clean else EXIT_DRIFT
         write_plan(files, out_dir)
-    except (ValueError, WriteError) as exc:
-        err.print(Text(f"error: cannot write the plan to {args.out}: {exc}"))
-        return EXIT_USAGE
+    except (ValueError, WriteError) as exc:  # the message says what to do
+        return _cannot_write(args, report, str(exc), None, out, err)
     except OSError as exc:  # e.g. a parent of the folder is a file, or no permission
         where = f" ({exc.filename})" if exc.filename else ""
-        err.print(Text(f"error: cannot write the plan to {args.out}: {exc.strerror or exc}{where}; "
-                       "choose another output folder with -o"))
-        return EXIT_USAGE
+        return _cannot_write(args, report, f"{exc.strerror or exc}{where}", "choose another output folder with -o",
+                             out, err)
     if args.json:
-        out.print_json(json.dumps(report))
+        _print_json(out, report)
     else:
         print_check(result, out, err, verbose=args.verbose)
         out.print(Text(diff.summary(out_dir)))

@@ -13,18 +13,20 @@ from rich.text import Text
 
 from .api import CheckResult
 from .describe import bar, effective_batch, gib, headline, method, size
-from .diagnostics import Diagnostic, Severity
+from .diagnostics import Diagnostic, KeyPath, Severity, Span
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
-_VERDICT_STYLE = {"fits": "green", "tight": "yellow", "oom": "bold red", "n/a": "dim"}
+_VERDICT_STYLE = {"fits": "green", "tight": "yellow", "oom": "bold red", "error": "bold red", "unknown": "yellow"}
 
 
 def diagnostic_lines(d: Diagnostic, result: CheckResult) -> list[str]:
-    """A diagnostic as plain lines: ``error[FT004] FILE:LINE:COL: path: message``, then notes and the hint."""
+    """A diagnostic as plain lines: ``error[FT004] FILE:LINE:COL: path: message``, then the places it involves
+    (``FILE:LINE:COL: what is there``), notes and the hint."""
     where = f"{d.span}: " if d.span else f"{result.path}: "
     path = _display_path(d, result)
     head = f"{d.severity.value}[{d.code}] {where}{path + ': ' if path else ''}{d.message}"
-    return [head, *(f"  {n}" for n in d.notes), *([f"  hint: {d.hint}"] if d.hint else [])]
+    related = [f"  {_where(p, result)}: {text}" for p, text in d.related]
+    return [head, *related, *(f"  {n}" for n in d.notes), *([f"  hint: {d.hint}"] if d.hint else [])]
 
 
 def print_diagnostics(result: CheckResult, console: Console, *, verbose: bool = False) -> None:
@@ -47,6 +49,38 @@ def summary_line(result: CheckResult, *, verbose: bool = False) -> str:
     return line + "."
 
 
+def stage_verdicts(result: CheckResult) -> list[str]:
+    """The verdict of each stage, in file order; the table and the JSON both show these.
+
+    ``oom``, ``tight`` or ``fits`` from the memory estimate; ``error`` when an error diagnostic is located in the
+    stage (an ``oom`` stays ``oom``); ``unknown`` when a stage that needs memory could not be estimated (unknown
+    GPU or model, broken wiring); ``ok`` for a stage without errors that needs no GPU estimate (data
+    preparation, merges and exports on the host, training on the CPU)."""
+    ctx = result.ctx
+    if ctx is None:
+        return []
+    from .schemas import DataStage, DpoStage, SftStage
+
+    failing = {d.path[1] for d in result.diagnostics
+               if d.severity is Severity.ERROR and len(d.path) >= 2 and d.path[0] == "stages"}
+    on_gpu = ctx.pipeline.hardware.device == "cuda"
+    verdicts = []
+    for i, stage in enumerate(ctx.pipeline.stages):
+        est = result.estimates.get(stage.id)
+        if est is not None and est.verdict == "oom":
+            verdicts.append("oom")
+        elif i in failing:
+            verdicts.append("error")
+        elif est is None:
+            verdicts.append("ok" if isinstance(stage, DataStage) else "unknown")
+        elif est.verdict == "n/a":
+            training_on_gpu = on_gpu and isinstance(stage, (SftStage, DpoStage))
+            verdicts.append("unknown" if training_on_gpu else "ok")
+        else:
+            verdicts.append(est.verdict)
+    return verdicts
+
+
 def stage_table(result: CheckResult) -> Table | None:
     """The stage table: kind, method, effective batch, tokens/step, peak per GPU with a bar, verdict."""
     ctx = result.ctx
@@ -56,14 +90,13 @@ def stage_table(result: CheckResult) -> Table | None:
     for col in ("stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"):
         table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left", no_wrap=True)
     world = ctx.pipeline.hardware.world_size
-    for stage in ctx.pipeline.stages:
+    for stage, verdict in zip(ctx.pipeline.stages, stage_verdicts(result)):
         est = result.estimates.get(stage.id)
         link = ctx.links.get(stage.id)
         batch = effective_batch(stage, world)
         tokens = f"{est.tokens_per_step:,}" if est and est.tokens_per_step else "—"
-        memory, verdict = _memory_cell(est)
-        table.add_row(stage.id, stage.kind, method(stage, link, _strategy(stage, ctx)), f"{batch:,}" if batch else "—",
-                      tokens, memory,
+        table.add_row(stage.id, stage.kind, method(stage, link, _strategy(stage, ctx)),
+                      f"{batch:,}" if batch else "—", tokens, _memory_cell(est),
                       Text(verdict, style=_VERDICT_STYLE.get(verdict, "")))
     return table
 
@@ -82,23 +115,25 @@ def print_check(result: CheckResult, out: Console, err: Console, *, verbose: boo
 
 
 def check_json(result: CheckResult) -> dict[str, Any]:
-    """The machine view of ``ftplan check`` (for CI): diagnostics and per-stage estimates."""
+    """The machine view of ``ftplan check`` (for CI): diagnostics and per-stage estimates and verdicts."""
+    stages = result.ctx.pipeline.stages if result.ctx else []
     return {
         "ok": result.ok,
         "file": result.path,
         "pipeline": result.ctx.pipeline.name if result.ctx else None,
         "diagnostics": [diagnostic_json(d, result) for d in result.diagnostics],
-        "stages": [_stage_json(s, result) for s in (result.ctx.pipeline.stages if result.ctx else [])],
+        "stages": [_stage_json(s, v, result) for s, v in zip(stages, stage_verdicts(result))],
     }
 
 
 def diagnostic_json(d: Diagnostic, result: CheckResult) -> dict[str, Any]:
-    """One diagnostic as a JSON object."""
+    """One diagnostic as a JSON object; ``related`` lists the other places it involves."""
     return {
         "code": d.code, "severity": d.severity.value, "message": d.message, "hint": d.hint,
         "notes": list(d.notes), "path": _display_path(d, result),
         "file": d.span.file if d.span else result.path,
         "line": d.span.line if d.span else None, "col": d.span.col if d.span else None,
+        "related": [_related_json(p, text, result) for p, text in d.related],
     }
 
 
@@ -110,14 +145,14 @@ def _strategy(stage, ctx) -> str | None:
     return resolve_distributed(stage, ctx.pipeline.hardware).strategy if isinstance(stage, (SftStage, DpoStage)) else None
 
 
-def _stage_json(stage, result: CheckResult) -> dict[str, Any]:
+def _stage_json(stage, verdict: str, result: CheckResult) -> dict[str, Any]:
     est = result.estimates.get(stage.id)
     ctx = result.ctx
     out: dict[str, Any] = {"id": stage.id, "kind": stage.kind,
-                           "method": method(stage, ctx.links.get(stage.id), _strategy(stage, ctx))}
+                           "method": method(stage, ctx.links.get(stage.id), _strategy(stage, ctx)),
+                           "verdict": verdict}
     if est is not None:
         out.update({
-            "verdict": est.verdict,
             "peak_gib": round(gib(est.peak_bytes), 2),
             "capacity_gib": round(gib(est.capacity_bytes), 2) if est.capacity_bytes else None,
             "host_gib": round(gib(est.host_bytes), 2) if est.host_bytes else None,
@@ -128,14 +163,34 @@ def _stage_json(stage, result: CheckResult) -> dict[str, Any]:
     return out
 
 
-def _memory_cell(est) -> tuple[str, str]:
+def _memory_cell(est) -> str:
+    """The peak-memory column: a bar against the card, the host RAM a CPU stage needs, or ``—``."""
     if est is None:
-        return "—", "—"
+        return "—"
     if est.capacity_bytes and est.peak_bytes:
-        return bar(est.peak_bytes, est.capacity_bytes), est.verdict
+        return bar(est.peak_bytes, est.capacity_bytes)
     if est.host_bytes:
-        return f"host RAM {size(est.host_bytes)}", "ok" if est.verdict == "n/a" else est.verdict
-    return "—", "ok" if est.verdict == "n/a" else est.verdict
+        return f"host RAM {size(est.host_bytes)}"
+    return "—"
+
+
+def _span(path: KeyPath, result: CheckResult) -> Span | None:
+    """Where a key path is in the checked file (None without a source map)."""
+    return result.source_map.span(path) if result.source_map is not None else None
+
+
+def _where(path: KeyPath, result: CheckResult) -> str:
+    """``FILE:LINE:COL`` of a key path, or its display form when the file has no source map."""
+    span = _span(path, result)
+    return str(span) if span else f"{result.path}: {'.'.join(str(p) for p in path)}"
+
+
+def _related_json(path: KeyPath, text: str, result: CheckResult) -> dict[str, Any]:
+    span = _span(path, result)
+    shown = result.source_map.display_path(path, result.data) if result.source_map is not None else \
+        ".".join(str(p) for p in path)
+    return {"message": text, "path": shown, "file": span.file if span else result.path,
+            "line": span.line if span else None, "col": span.col if span else None}
 
 
 def _display_path(d: Diagnostic, result: CheckResult) -> str:

@@ -46,15 +46,21 @@ class Diagnostic:
     span: Span | None = None
     notes: tuple[str, ...] = field(default=())
     """Extra lines printed under the message (e.g. the largest memory terms, what would fit)."""
+    related: tuple[tuple[KeyPath, str], ...] = field(default=())
+    """Other places the problem involves, as (key path, what is there): the views print each one located,
+    like ``pipeline.yaml:9:9: stage id 'sft' first used here``."""
 
     def located(self, span: Span | None) -> "Diagnostic":
         """The same diagnostic with its source position filled in."""
         return replace(self, span=span)
 
 
-def error(code: str, path: KeyPath, message: str, hint: str | None = None, notes: Iterable[str] = ()) -> Diagnostic:
-    """An error diagnostic."""
-    return Diagnostic(code, Severity.ERROR, tuple(path), message, hint, None, tuple(notes))
+def error(code: str, path: KeyPath, message: str, hint: str | None = None, notes: Iterable[str] = (),
+          related: Iterable[tuple[KeyPath, str]] = ()) -> Diagnostic:
+    """An error diagnostic. Every error must say how to fix it: pass a ``hint`` that does (``hint`` keeps its
+    default only for callers written before the rule; tests/test_hints.py fails on any error without one)."""
+    return Diagnostic(code, Severity.ERROR, tuple(path), message, hint, None, tuple(notes),
+                      tuple((tuple(p), text) for p, text in related))
 
 
 def warning(code: str, path: KeyPath, message: str, hint: str | None = None, notes: Iterable[str] = ()) -> Diagnostic:
@@ -72,10 +78,15 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.severity is Severity.ERROR for d in diagnostics)
 
 
+LEADING_CODES: frozenset[str] = frozenset({"FT009"})
+"""Codes that sum up the whole file (an Axolotl config pasted as a pipeline): printed before anything else at
+the same position."""
+
+
 def sort_key(d: Diagnostic) -> tuple:
-    """Stable order for reports: by position in the file, then code."""
+    """Stable order for reports: by position in the file (file-wide summaries first), then code."""
     pos = (d.span.line, d.span.col) if d.span else (10**9, 0)
-    return (pos, d.code, d.message)
+    return (pos, d.code not in LEADING_CODES, d.code, d.message)
 
 
 class FtplanError(Exception):

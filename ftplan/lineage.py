@@ -71,17 +71,32 @@ class StageLink:
 BASE = Result(kind="model")
 
 
+def duplicated_ids(pipeline: Pipeline) -> frozenset[str]:
+    """Stage ids used by more than one stage."""
+    ids = [s.id for s in pipeline.stages]
+    return frozenset(i for i in ids if ids.count(i) > 1)
+
+
 def trace(pipeline: Pipeline) -> tuple[dict[str, StageLink], list[Diagnostic]]:
-    """Walk the stages in order; return each stage's wiring and the graph diagnostics (FT2xx)."""
+    """Walk the stages in order; return each stage's wiring and the graph diagnostics (FT2xx).
+
+    A duplicated id is one error (FT201, at the later stage, pointing at the first). Nothing is looked up by a
+    duplicated id: neither stage gets a link, and a reference to it is left unresolved without a second
+    error, so no later step reads one stage's wiring for the other."""
     links: dict[str, StageLink] = {}
     diags: list[Diagnostic] = []
     seen_index: dict[str, int] = {}
-    all_ids = {s.id: i for i, s in enumerate(pipeline.stages)}
+    all_ids: dict[str, int] = {}
+    for i, s in enumerate(pipeline.stages):
+        all_ids.setdefault(s.id, i)  # first use of each id, in file order
+    twice = duplicated_ids(pipeline)
 
     def ref(i: int, field: str, target: str | None, want: tuple[str, ...]) -> Result | None:
         """Resolve a reference from stage ``i``; report FT202/FT203/FT204 and return None when broken."""
         if target is None:
             return BASE
+        if target in twice:
+            return None  # ambiguous: FT201 says so
         path = ("stages", i, field)
         if target not in all_ids:
             diags.append(error("FT202", path, f"no stage is named '{target}'",
@@ -94,27 +109,55 @@ def trace(pipeline: Pipeline) -> tuple[dict[str, StageLink], list[Diagnostic]]:
         kind = pipeline.stages[seen_index[target]].kind
         if kind not in want:
             diags.append(error("FT204", path, f"'{target}' is a {kind} stage; {field} needs a "
-                               + " or ".join(want) + " stage"))
+                               + " or ".join(want) + " stage",
+                               hint=_kind_hint(pipeline, i, field, kind, want)))
             return None
         return links[target].result
 
     for i, stage in enumerate(pipeline.stages):
-        if stage.id in seen_index:
-            diags.append(error("FT201", ("stages", i, "id"), f"stage id '{stage.id}' is already used by "
-                               f"stages[{seen_index[stage.id]}]", hint="give every stage a unique id"))
+        if stage.id in twice:
+            first = all_ids[stage.id]
+            if first != i:
+                diags.append(error("FT201", ("stages", i, "id"), f"stage id '{stage.id}' is already used by "
+                                   f"stages[{first}]; outputs, references and checks need one stage per id",
+                                   hint=f"rename one of them, e.g. `id: {_free_id(pipeline, stage.id)}`, and "
+                                   "point each `input`/`data` at the stage it means",
+                                   related=[(("stages", first, "id"), f"stage id '{stage.id}' first used here")]))
+            seen_index.setdefault(stage.id, i)
             continue
-        link = _link(i, stage, ref, diags)
+        link = _link(i, stage, ref, diags, twice)
         links[stage.id] = link
         seen_index[stage.id] = i
     return links, diags
 
 
-def _link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
+def _free_id(pipeline: Pipeline, base: str) -> str:
+    """``base_2`` (or the next free number) for a renamed duplicate."""
+    taken = {s.id for s in pipeline.stages}
+    return next(f"{base[:29]}_{n}" for n in range(2, 10_000) if f"{base[:29]}_{n}" not in taken)
+
+
+def _kind_hint(pipeline: Pipeline, i: int, field: str, kind: str, want: tuple[str, ...]) -> str:
+    """How to fix a reference to a stage of the wrong kind: the earlier stages that would fit, and for a data
+    stage named as ``input``, that data goes in ``data:``."""
+    fits = [s.id for s in pipeline.stages[:i] if s.kind in want]
+    pick = (f"point `{field}` at " + " or ".join(f"'{f}'" for f in fits[-2:]) if fits else
+            f"add a {' or '.join(want)} stage before this one and point `{field}` at it")
+    if field == "input" and kind == "data":
+        stage = pipeline.stages[i]
+        starts = "omit `input` to start from the base model" if stage.kind == "sft" else pick
+        return f"a data stage goes in `data:`; `input` names the model to start from: {starts}"
+    return pick
+
+
+def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> StageLink:
     if isinstance(stage, DataStage):
         formats = frozenset(d.format for d in stage.datasets)
         return StageLink(None, None, Result(kind="data", formats=formats))
     if isinstance(stage, (SftStage, DpoStage)):
-        return _train_link(i, stage, ref, diags)
+        link = _train_link(i, stage, ref, diags)
+        # reading an ambiguous data stage: nothing can be estimated or checked for this stage
+        return StageLink(link.input, None, None) if stage.data in twice else link
     if isinstance(stage, MergeStage):
         src = ref(i, "input", stage.input, ("sft", "dpo"))
         if src is None:

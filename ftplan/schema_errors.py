@@ -15,10 +15,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, KeyPath, error, sort_key
+from .migration import alias_fills, alias_for, alias_hint, foreign_config, place_of, value_hint
 from .schemas import Pipeline
-from .schema_hints import (alternatives_hint, choices_text, describe_member, elsewhere_hint, field_hint,
-                           other_variant_hint, pattern_words, purpose_hint, show_number, show_value, suggest, tag_noun,
-                           value_at)
+from .schema_hints import (alternatives_hint, bounds_hint, choices_text, describe_member, elsewhere_hint,
+                           field_hint, field_name, filled_hint, other_variant_hint, pattern_words, pick_hint,
+                           show_number, show_value, suggest, tag_noun, type_hint, union_hint, value_at)
 from .sourcemap import SourceMap, Where, category, quote, walk
 from .suggest import close_matches, fold
 
@@ -34,6 +35,7 @@ CODES: dict[str, str] = {
     "FT006": "wrong type of value (text, number, boolean, mapping or list)",
     "FT007": "the file is empty or its top level is not a mapping",
     "FT008": "YAML feature ftplan does not read (tags, recursive or exploding aliases, complex keys)",
+    "FT009": "the file is an Axolotl or TRL/transformers config, not an ftplan pipeline",
 }
 """Code -> one-line title of every diagnostic the loader and the schema validation report."""
 
@@ -58,9 +60,9 @@ class _Converter:
         self.map = source_map
         self.out: list[tuple[Diagnostic, list[str]]] = []
 
-    def emit(self, code: str, path: KeyPath, message: str, hint: str | None, at: KeyPath,
+    def emit(self, code: str, path: KeyPath, message: str, hint: str, at: KeyPath,
              key: bool = False, suggested: list[str] | None = None, notes: tuple[str, ...] = ()) -> None:
-        """Record one located diagnostic (at the key when ``key``, else at the value)."""
+        """Record one located diagnostic (at the key when ``key``, else at the value); every one has a hint."""
         span = self.map.span(at, key=key)
         self.out.append((error(code, path, message, hint, notes).located(span), suggested or []))
 
@@ -82,32 +84,38 @@ class _Converter:
             written = value_at(self.data, path + (disc,))[1]
             if not isinstance(written, str):
                 got = show_value(written, self.map.raw(path + (disc,)))
-                return self.emit("FT006", path + (disc,), f"must be {choices_text(tags)} (got {got})", None,
-                                 path + (disc,))
-            hint, _ = suggest(tag, tags)
+                return self.emit("FT006", path + (disc,), f"must be {choices_text(tags)} (got {got})",
+                                 f"write one of them as plain text, e.g. `{disc}: {tags[0]}`", path + (disc,))
+            hint = value_hint(disc, tag) or suggest(tag, tags)[0]
             self.emit("FT004", path + (disc,), f"unknown {tag_noun(path, disc)} {quote(str(tag))}",
                       hint or f"use {choices_text(tags)}", path + (disc,))
         elif kind == "union_tag_not_found":
             disc = str(ctx.get("discriminator", "")).strip("'")
             known = {f for model in w.leaf_models for f in model.model_fields}
-            typos = [k for k in value if k not in known and close_matches(str(k), [disc])] \
-                if isinstance(value, dict) else []
+            place = place_of(w.leaf_models[0]) if w.leaf_models else "other"
+            unknown = [k for k in value if k not in known] if isinstance(value, dict) else []
+            foreign = [k for k in unknown if alias_for(k, place) is not None]
+            typos = [k for k in unknown if k not in foreign and close_matches(str(k), [disc])]
+            for k in foreign:  # pydantic cannot check keys without the tag: report the foreign ones now
+                hint = alias_hint(k, value[k], self.map.raw(path + (k,)), place) or "remove it"
+                self.emit("FT003", path, f"unknown key {quote(str(k))}", hint, path + (k,), key=True)
             for k in typos:
                 self.emit("FT003", path, f"unknown key {quote(str(k))}", f"did you mean '{disc}'?", path + (k,),
                           key=True)
-            if typos:
+            if typos or any(alias_fills(k, place) == disc for k in foreign):
                 return
             self.emit("FT005", path, f"missing required key '{disc}'",
                       f"add '{disc}:' with {choices_text(list(w.leaf_tags))}", path)
         elif kind == "literal_error":
             allowed = list(w.leaf_literals) or [ctx.get("expected", "")]
-            hint, _ = suggest(value, [a for a in allowed if isinstance(a, str)])
+            hint = value_hint(field_name(path), value) or \
+                suggest(value, [a for a in allowed if isinstance(a, str)])[0]
             self.emit("FT004", path, f"must be {choices_text(allowed)} (got {got})",
-                      hint or alternatives_hint(w, value), path)
+                      hint or alternatives_hint(w, value) or pick_hint(path, allowed), path)
         elif kind in _BOUNDS:
             name, words = _BOUNDS[kind]
             self.emit("FT004", path, f"must be {words.format(show_number(ctx.get(name)))} (got {got})",
-                      purpose_hint(w.owner, path[-1] if path else None), path)
+                      bounds_hint(w.owner, path[-1] if path else None), path)
         elif kind == "string_pattern_mismatch":
             noun, detail = pattern_words(str(ctx.get("pattern", "")))
             self.emit("FT004", path, f"must be {noun} (got {got})", detail, path)
@@ -115,42 +123,41 @@ class _Converter:
             n = ctx.get("min_length", ctx.get("max_length"))
             words = ("not be empty" if n == 1 else f"at least {n} characters") if kind == "string_too_short" \
                 else f"at most {n} characters (got {len(value) if isinstance(value, str) else '?'})"
-            self.emit("FT004", path, f"must {'' if words.startswith('not') else 'be '}{words}",
-                      purpose_hint(w.owner, path[-1] if path else None), path)
+            hint = filled_hint(w.owner, path[-1] if path else None) if kind == "string_too_short" else \
+                f"shorten it to {n} characters or fewer"
+            self.emit("FT004", path, f"must {'' if words.startswith('not') else 'be '}{words}", hint, path)
         elif kind in ("too_short", "too_long"):
             n = ctx.get("min_length", ctx.get("max_length"))
             bound = "at least" if kind == "too_short" else "at most"
             items = "item" if n == 1 else "items"
+            hint = filled_hint(w.owner, path[-1] if path else None, items=n) if kind == "too_short" else \
+                f"remove items until {n} or fewer are left"
             self.emit("FT004", path, f"must have {bound} {n} {items} (got {ctx.get('actual_length', '?')})",
-                      purpose_hint(w.owner, path[-1] if path else None), path)
+                      hint, path)
         elif kind in _TYPE_WORDS:
             self.emit("FT006", path, f"must be {_TYPE_WORDS[kind]} (got {got})", self.type_hint(kind, value, w),
                       path)
         elif kind in ("value_error", "assertion_error"):
             msg = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            self.emit("FT004", path, msg, None, path)
+            self.emit("FT004", path, msg, _SCHEMA_HINT, path)
         else:
             msg = str(err.get("msg", "invalid value")).replace("Input should be", "must be")
-            self.emit("FT004", path, f"{msg[:1].lower()}{msg[1:]} (got {got})", None, path)
+            self.emit("FT004", path, f"{msg[:1].lower()}{msg[1:]} (got {got})", _SCHEMA_HINT, path)
 
-    def type_hint(self, kind: str, value: Any, w: Where) -> str | None:
+    def type_hint(self, kind: str, value: Any, w: Where) -> str:
         """How to write a value of the expected type, given what was written."""
-        raw = self.map.raw(w.path)
-        if kind == "string_type" and isinstance(value, (int, float, bool)):
-            return f'quote it: "{raw if raw else show_value(value, None)}"'
-        shown = raw if raw else str(value)
-        if kind == "list_type" and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
-                and len(shown) <= 40 and shown.isprintable():
-            return f"write [{shown}] for a single item"
-        if _TYPE_WORDS.get(kind) == "a mapping" and isinstance(value, str) and value in w.leaf_tags:
-            return f"write {{{w.leaf_disc}: {value}}}"
-        if value is None and _TYPE_WORDS.get(kind) == "a mapping":
-            return "indent the keys that belong to it under it"
-        return None
+        return type_hint(_TYPE_WORDS.get(kind, ""), value, self.map.raw(w.path), w)
 
     def unknown_key(self, w: Where) -> None:
-        """FT003 with a did-you-mean, or a note that the key belongs elsewhere."""
+        """FT003 with the ftplan way to write a foreign key (Axolotl, TRL, ...), a did-you-mean, or a note that
+        the key belongs elsewhere."""
         key, parent = w.path[-1], w.path[:-1]
+        place = place_of(w.owner)
+        foreign = self.alias(key, parent, place, w)
+        if foreign is not None:
+            fills = alias_fills(str(key), place)
+            return self.emit("FT003", parent, f"unknown key {quote(str(key))}", foreign, w.path, key=True,
+                             suggested=[fills] if fills else [])
         allowed = w.allowed_keys()
         present = set(value_at(self.data, parent)[1] or ()) if allowed else set()
         hint, close = suggest(key, [a for a in allowed if a not in present])
@@ -164,8 +171,20 @@ class _Converter:
             listed = "allowed keys: " + ", ".join(sorted(allowed))
             hint, notes = (listed, ()) if len(allowed) <= 12 else ("check the spelling against the allowed keys",
                                                                    (listed,))
-        self.emit("FT003", parent, f"unknown key {quote(str(key))}", hint, w.path, key=True, suggested=close,
-                  notes=notes)
+        self.emit("FT003", parent, f"unknown key {quote(str(key))}", hint or "remove it", w.path, key=True,
+                  suggested=close, notes=notes)
+
+    def alias(self, key: Any, parent: KeyPath, place: str, w: Where) -> str | None:
+        """The migration hint of a foreign key written in the mapping at ``parent`` (see ``ftplan.migration``)."""
+        if alias_for(key, place) is None:
+            return None
+        _, value = value_at(self.data, parent + (key,))
+        data_stage = value_at(self.data, parent + ("data",))[1] if place == "train" else None
+        adapter = value_at(self.data, parent + ("adapter", "type"))[1] if place == "train" else None
+        return alias_hint(key, value, self.map.raw(parent + (key,)), place,
+                          is_dpo=getattr(w.owner, "__name__", "") == "DpoStage",
+                          data_stage=data_stage if isinstance(data_stage, str) else None,
+                          adapter_type=adapter if isinstance(adapter, str) else None)
 
     def key_error(self, err: dict, w: Where) -> None:
         """An invalid key of a typed mapping (e.g. an unknown sbatch option in ``slurm.extra``)."""
@@ -180,14 +199,19 @@ class _Converter:
             self.emit("FT004", parent, f"key {quote(str(key))} must be {noun}", detail, w.path, key=True)
         else:
             msg = str(err.get("msg", "invalid key")).replace("Input should be", "must be")
-            self.emit("FT004", parent, f"key {quote(str(key))}: {msg[:1].lower()}{msg[1:]}", None, w.path,
-                      key=True)
+            self.emit("FT004", parent, f"key {quote(str(key))}: {msg[:1].lower()}{msg[1:]}",
+                      "rename the key (`ftplan schema` lists what this mapping takes)", w.path, key=True)
 
     def off_branch(self, prefix: KeyPath, members: tuple) -> None:
         """No branch of a plain union takes this kind of value: one wrong-type error listing all of them."""
         _, value = value_at(self.data, prefix)
         wants = " or ".join(dict.fromkeys(describe_member(m) for m in members))
-        self.emit("FT006", prefix, f"must be {wants} (got {show_value(value, self.map.raw(prefix))})", None, prefix)
+        self.emit("FT006", prefix, f"must be {wants} (got {show_value(value, self.map.raw(prefix))})",
+                  union_hint(prefix, members), prefix)
+
+
+_SCHEMA_HINT = "fix the value: `ftplan schema` documents what this field takes"
+"""The last-resort hint of a schema error pydantic words itself (no ftplan schema type raises one today)."""
 
 
 def _merge_missing_into_typos(items: list[tuple[Diagnostic, list[str]]]) -> list[Diagnostic]:
@@ -206,7 +230,8 @@ def validate_pipeline(data: Any, source_map: SourceMap, filename: str) -> tuple[
     """Validate loaded pipeline data against the schema; every problem is reported at once, located.
 
     Validation is strict (YAML already types values: ``"2e-5"`` in quotes is text, ``yes`` is not a boolean).
-    Returns the pipeline and ``[]``, or ``None`` and the diagnostics (codes FT003-FT006) sorted by position."""
+    Returns the pipeline and ``[]``, or ``None`` and the diagnostics (codes FT003-FT006, and FT009 first when the
+    file is a whole Axolotl or TRL config) sorted by position."""
     if source_map.filename != filename:
         source_map = SourceMap(filename, source_map.entries)
     try:
@@ -230,5 +255,19 @@ def validate_pipeline(data: Any, source_map: SourceMap, filename: str) -> tuple[
     for err, w in kept:
         conv.value_error(err, w)
     diags = _merge_missing_into_typos(conv.out)
+    diags = _foreign_config(data, source_map, diags)
     unique = list({(d.code, d.path, d.message, d.span): d for d in diags}.values())
     return None, sorted(unique, key=sort_key)
+
+
+def _foreign_config(data: Any, source_map: SourceMap, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Lead with one FT009 when the file is a whole Axolotl or TRL config; the top-level keys it lacks become a
+    note of that diagnostic instead of one error each. The per-key errors stay: they say where each key goes."""
+    found = foreign_config(data)
+    if found is None:
+        return diags
+    missing = [d for d in diags if d.code == "FT005" and d.path == ()]
+    lacks = [d.message.removeprefix("missing required key ").strip("'") for d in missing]
+    message, hint = found
+    banner = error("FT009", (), message, hint, notes=[f"missing: {', '.join(lacks)}"] if lacks else [])
+    return [banner.located(source_map.span(())), *(d for d in diags if d not in missing)]

@@ -13,12 +13,14 @@ from pydantic import BaseModel
 
 from .diagnostics import KeyPath
 from .schemas import Pipeline
+from .migration import value_hint
 from .sourcemap import Where, classify_type, quote
 from .suggest import close_matches
 
 __all__ = [
-    "alternatives_hint", "choices_text", "describe_member", "elsewhere_hint", "field_hint", "other_variant_hint",
-    "pattern_words", "show_number", "show_value", "suggest", "tag_noun", "value_at",
+    "all_field_names", "alternatives_hint", "bounds_hint", "choices_text", "describe_member", "elsewhere_hint",
+    "example_value", "field_hint", "field_name", "filled_hint", "other_variant_hint", "pattern_words", "pick_hint",
+    "purpose", "show_number", "show_value", "suggest", "tag_noun", "type_hint", "union_hint", "value_at",
 ]
 
 
@@ -128,14 +130,98 @@ def field_hint(owner: type[BaseModel] | None, name: Any) -> str:
     return f"add '{name}:' ({desc[:1].lower()}{desc[1:]})" if desc else f"add '{name}:'"
 
 
-def purpose_hint(owner: type[BaseModel] | None, name: Any) -> str | None:
-    """``learning_rate: peak learning rate``: what a field is for, from its documentation (the hint of a value
-    that is out of range, so the user sees what the number means)."""
+def purpose(owner: type[BaseModel] | None, name: Any) -> str:
+    """What a field is for, from the first sentence of its documentation (``""`` when undocumented)."""
     from .schemas.docs import field_doc
 
     doc = field_doc(owner, name) if owner and isinstance(name, str) and name in owner.model_fields else None
     words = _first_sentence(doc) if doc else ""
-    return f"{name}: {words[:1].lower()}{words[1:]}" if words else None
+    return f"{words[:1].lower()}{words[1:]}"
+
+
+_EXAMPLES = {"learning_rate": "2e-4", "max_seq_len": "2048", "epochs": "1", "max_steps": "1000",
+             "warmup_ratio": "0.03", "warmup_steps": "100", "eval_steps": "100", "save_steps": "500",
+             "max_rows": "1000", "val_fraction": "0.05", "cpus_per_task": "8", "quant": "[q8_0]",
+             "datasets": "[{path: data/train.jsonl, format: messages}]", "stages": "[{id: data, kind: data, ...}]"}
+"""Typical values of fields without a default, for hints that show how to write one."""
+
+
+def _bounds(owner: type[BaseModel] | None, name: Any) -> dict[str, Any]:
+    """The numeric bounds of a field: ``{"gt": 0, "le": 10}``."""
+    info = owner.model_fields.get(name) if owner and isinstance(name, str) else None
+    out: dict[str, Any] = {}
+    for meta in getattr(info, "metadata", ()):
+        for key in ("gt", "ge", "lt", "le"):
+            if getattr(meta, key, None) is not None:
+                out[key] = getattr(meta, key)
+    return out
+
+
+def _in_bounds(value: Any, bounds: dict[str, Any]) -> bool:
+    checks = {"gt": lambda b: value > b, "ge": lambda b: value >= b, "lt": lambda b: value < b,
+              "le": lambda b: value <= b}
+    try:
+        return all(checks[k](b) for k, b in bounds.items())
+    except TypeError:
+        return False
+
+
+def example_value(owner: type[BaseModel] | None, name: Any) -> tuple[str | None, bool]:
+    """A valid value of a field as the user would write it, and whether it is the field's default.
+
+    A typical value (``learning_rate: 2e-4``; ``5e-6`` on a DPO stage), else the default when it is set and
+    valid, else the nearest value the bounds allow; None when nothing sensible is known."""
+    info = owner.model_fields.get(name) if owner and isinstance(name, str) else None
+    if info is None:
+        return None, False
+    bounds = _bounds(owner, name)
+    if name == "learning_rate" and owner.__name__ == "DpoStage":
+        return "5e-6", False
+    if name in _EXAMPLES:
+        return _EXAMPLES[name], False
+    default = info.default
+    if isinstance(default, (int, float, str)) and not isinstance(default, bool) and (
+            not isinstance(default, (int, float)) or _in_bounds(default, bounds)) and default != "":
+        return (show_number(default) if isinstance(default, (int, float)) else str(default)), True
+    if "ge" in bounds:
+        return show_number(bounds["ge"]), False
+    if "gt" in bounds:
+        return show_number(bounds["gt"] + 1), False
+    return None, False
+
+
+def _range_words(bounds: dict[str, Any]) -> str:
+    """``> 0 and at most 10``."""
+    words = [("> " if k == "gt" else "at least " if k == "ge" else "< " if k == "lt" else "at most ")
+             + show_number(bounds[k]) for k in ("gt", "ge", "lt", "le") if k in bounds]
+    return " and ".join(words)
+
+
+def bounds_hint(owner: type[BaseModel] | None, name: Any) -> str:
+    """How to fix an out-of-range number: ``write a value > 0 and at most 10, e.g. `beta: 0.1` (the default);
+    beta: strength of the KL penalty toward the reference policy``."""
+    bounds = _bounds(owner, name)
+    example, is_default = example_value(owner, name)
+    head = f"write a value {_range_words(bounds)}" if bounds else "write a value in range"
+    if example is not None:
+        head += f", e.g. `{name}: {example}`" + (" (the default)" if is_default else "")
+    what = purpose(owner, name)
+    return head + (f"; {name}: {what}" if what else "")
+
+
+def filled_hint(owner: type[BaseModel] | None, name: Any, items: int | None = None) -> str:
+    """How to fill in an empty text or list: ``write a non-empty value (what it is)`` / ``add at least N items``."""
+    if isinstance(name, int):
+        return "write a value in the empty item, or remove it"
+    what = purpose(owner, name)
+    example, _ = example_value(owner, name)
+    if items is not None:
+        head = f"add at least {items} item{'s' if items != 1 else ''}"
+    else:
+        head = "write a non-empty value"
+    if example is not None:
+        head += f", e.g. `{name}: {example}`"
+    return head + (f"; {name}: {what}" if what else "")
 
 
 def _first_sentence(doc: str) -> str:
@@ -221,3 +307,98 @@ def elsewhere_hint(w: Where, key: str) -> str | None:
     if not places or len(places) > 2:
         return None
     return f"'{key}' is a key of " + " and of ".join(p or "the top level" for p in places) + " (check the indentation)"
+
+
+def all_field_names() -> frozenset[str]:
+    """Every key name the pipeline schema uses anywhere (``learning_rate``, ``base``, ``r``, ...)."""
+    return frozenset(_key_homes())
+
+
+def field_name(path: KeyPath) -> str:
+    """The field a path ends in, list indices skipped (``report_to[0]`` -> ``report_to``)."""
+    return next((str(p) for p in reversed(path) if isinstance(p, str)), "")
+
+
+def pick_hint(path: KeyPath, allowed: list[Any]) -> str:
+    """``write one of them, e.g. `precision: bf16``` for a value that is none of the allowed ones."""
+    name = field_name(path)
+    first = allowed[0] if allowed else "..."
+    shown = first if isinstance(first, str) else show_number(first)
+    return f"write one of them, e.g. `{name}: {shown}`" if name else f"write one of them, e.g. {shown}"
+
+
+def union_hint(prefix: KeyPath, members: tuple) -> str:
+    """How to write each branch of a plain union: ``write `distributed: auto` or `distributed: {strategy: ...}```."""
+    name = field_name(prefix)
+    ways = []
+    for member in members:
+        kind, info = classify_type(member)
+        if kind == "literal":
+            ways.append(f"`{name}: {info[0]}`")
+        elif kind == "model":
+            ways.append(f"`{name}: {{{next(iter(info.model_fields))}: ...}}`")
+        elif kind == "list":
+            ways.append(f"`{name}: [...]`")
+        else:
+            ways.append(f"`{name}: {describe_member(member)}`")
+    return "write " + " or ".join(dict.fromkeys(ways))
+
+
+_MAIN_KEY = {"ModelSpec": "base", "HardwareSpec": "gpu", "SlurmSpec": "partition"}
+"""The key a bare text most likely means where a mapping is expected (``model: Qwen/...`` -> ``{base: ...}``)."""
+
+_YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def type_hint(wanted: str, value: Any, raw: str | None, w: Where) -> str:
+    """How to write a value of the wanted type (``a number``, ``a mapping``, ...) given what was written: a
+    foreign value's ftplan name, quotes to add or remove, ``[x]`` for a single item, ``{base: x}`` for a model
+    given as text, or the shape to write."""
+    name = w.path[-1] if w.path else None
+    foreign = value_hint(field_name(w.path), value) if isinstance(value, str) else None
+    if foreign:
+        return foreign
+    shown = raw if raw else str(value)
+    if wanted == "a string":
+        if isinstance(value, (int, float, bool)):
+            return f'quote it: "{raw if raw else show_value(value, None)}"'
+        return "write one text value (quote it if it contains ': ' or starts with a special character)"
+    if wanted == "a list":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(shown) <= 40 \
+                and shown.isprintable():
+            return f"write [{shown}] for a single item"
+        return "write a list: one `- item` line per item, indented under the key, or `[a, b]`"
+    if wanted == "a mapping":
+        main = _MAIN_KEY.get(w.leaf[1].__name__ if w.leaf[0] == "model" else "")
+        if isinstance(value, str) and value in w.leaf_tags:
+            return f"write {{{w.leaf_disc}: {value}}}"
+        if isinstance(value, str) and main:
+            return f"write `{name}: {{{main}: {shown}}}`"
+        if value is None:
+            return "indent the keys that belong to it under it"
+        if isinstance(name, str):
+            return f"write its keys as a mapping: `{name}: {{key: value, ...}}`, or one `key: value` per line " \
+                   "indented under it"
+        return "write a mapping of `key: value` pairs"
+    if wanted in ("an integer", "a whole number", "a number"):
+        whole = wanted != "a number"
+        if isinstance(value, str) and (value.strip().lstrip("-").isdigit() if whole else _is_number(value)):
+            return f"remove the quotes: {value.strip()}"
+        example, _ = example_value(w.owner, name)
+        what = "a whole number" if whole else "a number"
+        if example and isinstance(name, str):
+            return f"write {what}, e.g. `{name}: {example}`"
+        return f"write {what}" if whole else "write a number, e.g. 0.1 or 2e-4"
+    if wanted == "true or false":
+        if isinstance(value, str) and value.strip().lower() in _YAML11_BOOLS:
+            return f"write `true` or `false` (`{value}` is text in YAML 1.2, which ftplan reads)"
+        return "write `true` or `false`"
+    return "fix the value: `ftplan schema` documents what this field takes"

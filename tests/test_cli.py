@@ -184,13 +184,13 @@ def test_compile_check_exits_3_on_drift_and_writes_nothing(project):
 
     run("compile", "pipeline.yaml", "-o", "plan")
     assert snapshot(plan) == clean
-    (plan / "stages" / "02-sft" / "notes.txt").write_text("mine\n", encoding="utf-8")
-    status, out, _ = run("compile", "pipeline.yaml", "-o", "plan", "--check")
-    assert status == 3
-    assert out.splitlines() == ["plan:", "  - 02-sft: stages/02-sft/notes.txt",
-                                "Plan: 0 to add, 0 to change, 1 to remove."]
-
+    notes = plan / "stages" / "02-sft" / "notes.txt"
+    notes.write_text("mine\n", encoding="utf-8")  # a file ftplan did not write is no drift, and compile keeps it
+    assert run("compile", "pipeline.yaml", "-o", "plan", "--check") == (
+        0, "plan: up to date; kept 1 file ftplan did not write: stages/02-sft/notes.txt\n", "")
     run("compile", "pipeline.yaml", "-o", "plan")
+    assert notes.read_text(encoding="utf-8") == "mine\n"
+    notes.unlink()
     assert snapshot(plan) == clean
     os.chmod(plan / "plan.md", 0o755)
     status, out, _ = run("compile", "pipeline.yaml", "-o", "plan", "--check", "--json")
@@ -249,7 +249,7 @@ def test_a_negative_learning_rate_is_reported_at_its_line_and_column(project):
     assert where == "15:20"
     assert err.splitlines() == [
         f"error[FT004] pipeline.yaml:{where}: stages[sft].learning_rate: must be > 0 (got -0.0001)",
-        "  hint: learning_rate: peak learning rate",
+        "  hint: write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak learning rate",
         "",
         "1 error, 0 warnings.",
     ]
@@ -272,10 +272,11 @@ def test_every_error_of_a_file_is_reported_at_once_in_file_order(project):
         "  hint: did you mean 'max_seq_len'?",
         f"error[FT004] pipeline.yaml:{position(text, 'learning_rate', '-0.0001')}: stages[sft].learning_rate: "
         "must be > 0 (got -0.0001)",
-        "  hint: learning_rate: peak learning rate",
+        "  hint: write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak learning rate",
         f"error[FT004] pipeline.yaml:{position(text, 'adapter:', '0}')}: stages[sft].adapter.r: "
         "must be at least 1 (got 0)",
-        "  hint: r: rank of the update matrices",
+        "  hint: write a value at least 1 and at most 4096, e.g. `r: 16` (the default); r: rank of the update "
+        "matrices",
         "",
         "4 errors, 0 warnings.",
     ]
@@ -353,7 +354,7 @@ def test_a_real_process_prints_no_traceback_for_bad_input(project):
 
 # --- --json -----------------------------------------------------------------------------------------------
 
-DIAGNOSTIC_KEYS = {"code", "severity", "file", "line", "col", "path", "message", "hint", "notes"}
+DIAGNOSTIC_KEYS = {"code", "severity", "file", "line", "col", "path", "message", "hint", "notes", "related"}
 
 
 def test_check_json_of_an_invalid_pipeline(project):
@@ -366,7 +367,8 @@ def test_check_json_of_an_invalid_pipeline(project):
         "ok": False, "file": "pipeline.yaml", "pipeline": None, "stages": [],
         "diagnostics": [{"code": "FT004", "severity": "error", "file": "pipeline.yaml", "line": 15, "col": 20,
                          "path": "stages[sft].learning_rate", "message": "must be > 0 (got -0.0001)",
-                         "hint": "learning_rate: peak learning rate", "notes": []}]}
+                         "hint": "write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak "
+                         "learning rate", "notes": [], "related": []}]}
 
 
 def test_check_json_of_a_valid_pipeline_has_stage_estimates(project):
@@ -379,7 +381,7 @@ def test_check_json_of_a_valid_pipeline_has_stage_estimates(project):
     assert (note["code"], note["severity"], note["path"]) == ("FT603", "info", "stages[sft].micro_batch")
     assert f"{note['line']}:{note['col']}" == position(PIPELINE, "- id: sft", "id")
     prep, sft = report["stages"]
-    assert (prep["id"], prep["kind"], prep["verdict"], prep["terms"]) == ("prep", "data", "n/a", [])
+    assert (prep["id"], prep["kind"], prep["verdict"], prep["terms"]) == ("prep", "data", "ok", [])
     assert (sft["id"], sft["kind"], sft["verdict"], sft["tokens_per_step"]) == ("sft", "sft", "fits", 2048)
     assert sft["capacity_gib"] == 79.65
     names = [t["name"] for t in sft["terms"]]
@@ -426,6 +428,130 @@ def test_compile_json_of_an_invalid_pipeline_has_no_changes(project):
     assert [d["code"] for d in report["diagnostics"]] == ["FT004"]
 
 
+@pytest.mark.parametrize("argv, code, message", [
+    (("check", "--json", "missing.yaml"), 2, "missing.yaml does not exist"),
+    (("check", "--json", "data"), 2, "data is a folder, not a pipeline file"),
+    (("compile", "--json", "missing.yaml", "-o", "plan"), 2, "missing.yaml does not exist"),
+    (("compile", "--json", "data", "-o", "plan"), 2, "data is a folder, not a pipeline file"),
+])
+def test_json_reports_a_missing_or_unusable_pipeline_file(project, argv, code, message):
+    status, out, err = run(*argv)
+    assert (status, err) == (code, "")
+    report = json.loads(out)
+    assert (report["ok"], report["pipeline"], report["stages"]) == (False, None, [])
+    [d] = report["diagnostics"]
+    assert (d["code"], d["severity"], d["message"]) == ("FT000", "error", message)
+    assert d["hint"].startswith("pass the pipeline's YAML file")
+    assert not (project / "plan").exists()
+
+
+def test_json_reports_an_unreadable_pipeline_file(project, monkeypatch):
+    real = Path.read_bytes
+
+    def refuse(self):
+        if self.name == "pipeline.yaml":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    for argv in (("check", "--json", "pipeline.yaml"), ("compile", "--json", "pipeline.yaml", "-o", "plan")):
+        status, out, err = run(*argv)
+        assert (status, err) == (1, "")
+        [d] = json.loads(out)["diagnostics"]
+        assert (d["code"], d["message"]) == ("FT000", "cannot read pipeline.yaml: Permission denied")
+
+
+@pytest.mark.parametrize("target, reason", [
+    ("pipeline.yaml", "pipeline.yaml exists and is not a folder"),
+    ("pipeline.yaml/plan", "File exists"),
+    ("mine", "mine is not empty and holds no plan.json"),
+])
+def test_compile_json_reports_a_plan_folder_it_cannot_write(project, target, reason):
+    (project / "mine").mkdir()
+    (project / "mine" / "notes.txt").write_text("keep me\n", encoding="utf-8")
+    status, out, err = run("compile", "--json", "pipeline.yaml", "-o", target)
+    assert (status, err) == (2, "")
+    report = json.loads(out)
+    assert report["ok"] is False and "changes" not in report
+    assert report["error"]["message"].startswith(f"cannot write the plan to {target}: ")
+    assert reason in report["error"]["message"] and report["error"]["hint"]
+    assert [s["id"] for s in report["stages"]] == ["prep", "sft"]  # the check itself went through
+
+
+@pytest.mark.parametrize("argv", [("check", "--json"), ("compile", "--json", "pipeline.yaml")])
+def test_json_reports_a_command_line_that_does_not_parse(project, argv):
+    status, out, err = run(*argv)
+    assert (status, err) == (2, "")
+    report = json.loads(out)
+    assert report["ok"] is False and "the following arguments are required" in report["error"]["message"]
+    assert report["error"]["hint"] == f"see `ftplan {argv[0]} --help`"
+
+
+# --- the verdict column -----------------------------------------------------------------------------------
+
+def _verdicts(out: str) -> dict[str, str]:
+    """stage id -> verdict, from the printed stage table."""
+    rows = out.split("\n\n")[1].splitlines()[1:]
+    return {row.split()[0]: row.split()[-1] for row in rows}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("gpu: h100-sxm-80gb", "gpu: A100", {"prep": "ok", "sft": "unknown"}),                       # unknown GPU
+    ("base: meta-llama/Llama-3.1-8B", "base: acme/secret-model", {"prep": "ok", "sft": "unknown"}),  # unknown model
+    ("format: alpaca}", "format: alpaca, columns: {output: answer}}", {"prep": "error", "sft": "fits"}),  # FT503 rows
+    ("data: prep", "data: nothere", {"prep": "ok", "sft": "error"}),                               # FT202 in sft
+    ("learning_rate: 2.0e-4", "learning_rate: 2.0e-4\n    eval_steps: 10", {"prep": "ok", "sft": "error"}),  # FT605
+])
+def test_the_verdict_is_never_ok_for_a_stage_with_errors_or_no_estimate(project, old, new, expected):
+    (project / "pipeline.yaml").write_text(edit(PIPELINE, old, new), encoding="utf-8")
+    status, out, _ = run("check", "pipeline.yaml")
+    assert status == 1
+    assert _verdicts(out) == expected
+    if expected["sft"] == "unknown":
+        assert re.search(r"^sft .*—\s+unknown$", out, re.M)  # no memory figure either
+    report = json.loads(run("check", "--json", "pipeline.yaml")[1])
+    assert {s["id"]: s["verdict"] for s in report["stages"]} == expected
+
+
+# --- duplicated stage ids ---------------------------------------------------------------------------------
+
+TWO_PREPS = PIPELINE.replace("  - id: sft\n", """\
+  - id: prep
+    kind: data
+    max_seq_len: 4096
+    val_fraction: 0.1
+    datasets:
+      - {path: data/other.jsonl, format: alpaca}
+  - id: sft
+""").replace("    learning_rate: 2.0e-4\n", "    learning_rate: 2.0e-4\n    eval_steps: 10\n")
+
+
+def test_a_duplicated_stage_id_is_one_error_with_both_positions(project):
+    (project / "data" / "other.jsonl").write_text('{"instruction": "q"}\n', encoding="utf-8")
+    (project / "pipeline.yaml").write_text(TWO_PREPS, encoding="utf-8")
+    status, out, err = run("check", "pipeline.yaml")
+    assert status == 1
+    first, second = (position(TWO_PREPS, "- id: prep", "prep"),
+                     position(TWO_PREPS.replace("- id: prep", "- id: PREP", 1), "- id: prep", "prep"))
+    lines = err.splitlines()
+    assert lines[:3] == [
+        f"error[FT201] pipeline.yaml:{second}: stages[1].id: stage id 'prep' is already used by stages[0]; outputs, "
+        "references and checks need one stage per id",
+        f"  pipeline.yaml:{first}: stage id 'prep' first used here",
+        "  hint: rename one of them, e.g. `id: prep_2`, and point each `input`/`data` at the stage it means",
+    ]
+    codes = re.findall(r"^error\[(FT\d+)\]", err, re.M)
+    assert codes.count("FT201") == 1
+    assert "FT605" not in codes  # 'sft' reads 'prep', which is ambiguous: no rule guesses which one
+    rows = out.split("\n\n")[1].splitlines()[1:]
+    assert [r.split()[-1] for r in rows] == ["ok", "error", "unknown"]  # no estimate read off the other 'prep'
+    report = json.loads(run("check", "--json", "pipeline.yaml")[1])
+    [dup] = [d for d in report["diagnostics"] if d["code"] == "FT201"]
+    assert dup["related"] == [{"message": "stage id 'prep' first used here", "path": "stages[0].id",
+                               "file": "pipeline.yaml", "line": int(first.split(":")[0]),
+                               "col": int(first.split(":")[1])}]
+
+
 def test_json_on_a_narrow_pipe_is_not_wrapped(project):
     proc = shell(sys.executable, "-m", "ftplan", "check", "--json", "pipeline.yaml", env={"COLUMNS": "30"})
     assert proc.returncode == 0, proc.stderr
@@ -439,7 +565,7 @@ def test_json_on_a_narrow_pipe_is_not_wrapped(project):
 def test_compile_writes_the_plan_layout_and_reports_it(project):
     status, out, err = run("compile", "pipeline.yaml", "-o", "plan")
     assert status == 0
-    assert sorted(snapshot(project / "plan")) == PLAN_FILES
+    assert sorted(snapshot(project / "plan")) == [".ftplan-files", *PLAN_FILES]  # the marker lists ftplan's files
     assert out.splitlines()[0].startswith("demo · Llama-3.1-8B")
     assert out.splitlines()[-5:] == [
         "plan:",

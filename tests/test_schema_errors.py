@@ -148,23 +148,30 @@ def test_misspelt_required_key_is_one_error_not_two():
 def test_negative_learning_rate_points_at_the_value_and_shows_it_as_written():
     assert run(edit("learning_rate: 2.0e-4", "learning_rate: -0.0001")) == [
         ("17:20", "FT004", "stages[sft].learning_rate: must be > 0 (got -0.0001)",
-         "learning_rate: peak learning rate")]
+         "write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak learning rate")]
     assert run(edit("learning_rate: 2.0e-4", "learning_rate: -1e-4"))[0][2] == \
         "stages[sft].learning_rate: must be > 0 (got -1e-4)"
 
 
 @pytest.mark.parametrize("old, new, expected", [
     ("r: 16}", "r: 0}", ("19:30", "FT004", "stages[sft].adapter.r: must be at least 1 (got 0)",
+                         "write a value at least 1 and at most 4096, e.g. `r: 16` (the default); "
                          "r: rank of the update matrices")),
     ("    max_seq_len: 2048", "    max_seq_len: 8",
      ("11:18", "FT004", "stages[prep].max_seq_len: must be at least 16 (got 8)",
+      "write a value at least 16 and at most 1048576, e.g. `max_seq_len: 2048`; "
       "max_seq_len: longest tokenized example (prompt + completion; packed sequence length when packing)")),
     ("learning_rate: 5.0e-6", "learning_rate: 2",
-     ("24:20", "FT004", "stages[dpo].learning_rate: must be at most 1 (got 2)", "learning_rate: peak learning rate")),
+     ("24:20", "FT004", "stages[dpo].learning_rate: must be at most 1 (got 2)",
+      "write a value > 0 and at most 1, e.g. `learning_rate: 5e-6`; learning_rate: peak learning rate")),
     ("path: data/train.jsonl", "path: ''",
      ("13:16", "FT004", "stages[prep].datasets[0].path: must not be empty",
-      "path: local '.jsonl', '.json', '.parquet' or '.csv' file or 'datasets' folder (relative to the "
-      "pipeline file), or a hub dataset id")),
+      "write a non-empty value; path: local '.jsonl', '.json', '.parquet' or '.csv' file or 'datasets' folder "
+      "(relative to the pipeline file), or a hub dataset id")),
+    ("    learning_rate: 5.0e-6", "    learning_rate: 5.0e-6\n    beta: 0",
+     ("25:11", "FT004", "stages[dpo].beta: must be > 0 (got 0)",
+      "write a value > 0 and at most 10, e.g. `beta: 0.1` (the default); "
+      "beta: strength of the KL penalty toward the reference policy")),
 ])
 def test_range_violations(old, new, expected):
     assert run(edit(old, new)) == [expected]
@@ -199,7 +206,7 @@ def test_bad_discriminator(old, new, expected):
 def test_discriminator_that_is_not_text():
     assert run(edit("kind: sft", "kind: [sft]")) == [
         ("15:11", "FT006", "stages[sft].kind: must be one of 'data', 'sft', 'dpo', 'merge', 'gguf' (got a list)",
-         None)]
+         "write one of them as plain text, e.g. `kind: data`")]
 
 
 def test_shown_values_are_escaped_and_shortened():
@@ -207,7 +214,7 @@ def test_shown_values_are_escaped_and_shortened():
         ("1:7", "FT004", "name: must be a pipeline name (got 'demo\\u202e\\n')",
          "use letters, digits, '.', '_' and '-' (at most 64)"),
         ("19:30", "FT004", "stages[sft].adapter.r: must be at most 4096 (got " + "9" * 37 + "...)",
-         "r: rank of the update matrices"),
+         "write a value at least 1 and at most 4096, e.g. `r: 16` (the default); r: rank of the update matrices"),
     ]
 
 
@@ -250,6 +257,7 @@ def test_missing_top_level_keys():
          "checked against and launched on)"),
         ("1:1", "FT005", "missing required key 'model'", "add 'model:' (the base model, tokenizer and chat template)"),
         ("2:9", "FT004", "stages: must have at least 1 item (got 0)",
+         "add at least 1 item, e.g. `stages: [{id: data, kind: data, ...}]`; "
          "stages: stages, run in this order; each may consume the results of earlier ones"),
     ]
 
@@ -264,13 +272,17 @@ def test_missing_stage_kind():
 
 @pytest.mark.parametrize("old, new, expected", [
     ("learning_rate: 2.0e-4", "learning_rate: abc",
-     ("17:20", "FT006", "stages[sft].learning_rate: must be a number (got 'abc')", None)),
+     ("17:20", "FT006", "stages[sft].learning_rate: must be a number (got 'abc')",
+      "write a number, e.g. `learning_rate: 2e-4`")),
     ("learning_rate: 2.0e-4", "learning_rate: '2e-4'",
-     ("17:20", "FT006", "stages[sft].learning_rate: must be a number (got '2e-4')", None)),
-    ("r: 16}", "r: 16.5}", ("19:30", "FT006", "stages[sft].adapter.r: must be an integer (got 16.5)", None)),
-    ("r: 16}", "r: true}", ("19:30", "FT006", "stages[sft].adapter.r: must be an integer (got true)", None)),
+     ("17:20", "FT006", "stages[sft].learning_rate: must be a number (got '2e-4')", "remove the quotes: 2e-4")),
+    ("r: 16}", "r: 16.5}", ("19:30", "FT006", "stages[sft].adapter.r: must be an integer (got 16.5)",
+                           "write a whole number, e.g. `r: 16`")),
+    ("r: 16}", "r: true}", ("19:30", "FT006", "stages[sft].adapter.r: must be an integer (got true)",
+                           "write a whole number, e.g. `r: 16`")),
     ("    max_seq_len: 2048", "    max_seq_len: 2048\n    packing: yes",
-     ("12:14", "FT006", "stages[prep].packing: must be true or false (got 'yes')", None)),
+     ("12:14", "FT006", "stages[prep].packing: must be true or false (got 'yes')",
+      "write `true` or `false` (`yes` is text in YAML 1.2, which ftplan reads)")),
     ("    partition: gpu", "    partition: 42",
      ("7:16", "FT006", "hardware.slurm.partition: must be a string (got 42)", 'quote it: "42"')),
     ("    adapter: {type: lora, r: 16}", "    adapter: lora",
@@ -280,7 +292,8 @@ def test_missing_stage_kind():
       "indent the keys that belong to it under it")),
     ("    datasets:\n      - {path: data/train.jsonl, format: alpaca, columns: {instruction: q}}",
      "    datasets: {path: x}",
-     ("12:15", "FT006", "stages[prep].datasets: must be a list (got a mapping)", None)),
+     ("12:15", "FT006", "stages[prep].datasets: must be a list (got a mapping)",
+      "write a list: one `- item` line per item, indented under the key, or `[a, b]`")),
 ])
 def test_wrong_types(old, new, expected):
     result = run(edit(old, new))
@@ -318,14 +331,14 @@ def test_union_keeps_only_the_mapping_branch_for_a_mapping():
 def test_union_with_no_matching_branch_is_one_type_error():
     assert run(edit("distributed: zero3", "distributed: [zero3]")) == [
         ("18:18", "FT006", "stages[sft].distributed: must be one of 'auto', 'none', 'ddp', 'zero1', 'zero2', "
-         "'zero3', 'fsdp2' or a mapping (got a list)", None)]
+         "'zero3', 'fsdp2' or a mapping (got a list)", "write `distributed: auto` or `distributed: {strategy: ...}`")]
 
 
 def test_dpo_adapter_union():
     assert run(edit("adapter: continue", "adapter: contine")) == [
         ("25:14", "FT004", "stages[dpo].adapter: must be 'continue' (got 'contine')", "did you mean 'continue'?")]
     assert run(edit("adapter: continue", "adapter: {type: lora, r: x}")) == [
-        ("25:30", "FT006", "stages[dpo].adapter.r: must be an integer (got 'x')", None)]
+        ("25:30", "FT006", "stages[dpo].adapter.r: must be an integer (got 'x')", "write a whole number, e.g. `r: 16`")]
     assert run(edit("adapter: continue", "adapter: {type: lorra}")) == [
         ("25:21", "FT004", "stages[dpo].adapter.type: unknown adapter type 'lorra'", "did you mean 'lora' or 'qlora'?")]
 
@@ -335,7 +348,8 @@ def test_lora_targets_union():
         ("19:43", "FT004", "stages[sft].adapter.targets: must be 'all-linear' (got 'q_proj')",
          "or write a list: [q_proj]")]
     assert run(edit("r: 16}", "r: 16, targets: [q_proj, '']}")) == [
-        ("19:52", "FT004", "stages[sft].adapter.targets[1]: must not be empty", None)]
+        ("19:52", "FT004", "stages[sft].adapter.targets[1]: must not be empty",
+         "write a value in the empty item, or remove it")]
 
 
 # --- all at once ------------------------------------------------------------------------------------------
@@ -352,7 +366,7 @@ def test_five_different_errors_are_all_reported_in_file_order():
 
 
 def test_codes_are_documented():
-    assert set(CODES) == {f"FT00{i}" for i in range(9)}
+    assert set(CODES) == {f"FT00{i}" for i in range(10)}
     assert all(title and title == title.strip() and "\n" not in title for title in CODES.values())
 
 

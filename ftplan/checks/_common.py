@@ -34,11 +34,13 @@ def data_stages(ctx: Context) -> Iterator[tuple[int, DataStage]]:
 
 
 def data_stage_of(ctx: Context, stage: SftStage | DpoStage) -> tuple[int, DataStage] | None:
-    """The data stage a training stage reads (first stage with that id), or None when the reference is broken."""
-    for i, other in enumerate(ctx.pipeline.stages):
-        if other.id == stage.data:
-            return (i, other) if isinstance(other, DataStage) else None
-    return None
+    """The data stage a training stage reads, or None when the reference is broken or ambiguous (two stages
+    share the id: FT201 reports it, and no rule guesses which one is meant)."""
+    found = [(i, other) for i, other in enumerate(ctx.pipeline.stages) if other.id == stage.data]
+    if len(found) != 1:
+        return None
+    i, other = found[0]
+    return (i, other) if isinstance(other, DataStage) else None
 
 
 def world_size(ctx: Context) -> int:

@@ -71,7 +71,8 @@ def _hardware(ctx: Context) -> list[Diagnostic]:
     if hw.slurm is not None and not valid_slurm_time(hw.slurm.time):
         diags.append(error("FT316", ("hardware", "slurm", "time"), f"Slurm time limit '{hw.slurm.time}' is not in "
                            "a format sbatch accepts", hint="write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                           "D-HH:MM:SS, e.g. `time: \"1-12:00:00\"`"))
+                           "D-HH:MM:SS, e.g. `time: \"12:00:00\"` for 12 hours or `time: "
+                           "\"1-00:00:00\"` for one day"))
     if hw.device == "cuda" and hw.gpus_per_node > 8:
         diags.append(warning("FT317", ("hardware", "gpus_per_node"), f"`gpus_per_node: {hw.gpus_per_node}` is "
                              "unusual: most GPU nodes have at most 8", hint="check the node type; use `nodes` "

@@ -90,3 +90,37 @@ def test_ft013_architecture_disagreeing_with_config_json(tools):
 def test_stage_graph_diagnostics_are_returned(tools):
     _, diags = tools.resolve_ctx(tools.build(merge={"input": "dpoo"}))
     assert [d.code for d in diags] == ["FT202"]
+
+
+def test_ft201_a_duplicated_id_is_one_error_and_nothing_is_looked_up_by_it(tools):
+    from ftplan.checks import run_checks
+    from ftplan.estimate import estimate
+
+    first = dict(tools.BASE["stages"][0])
+    second = {"id": "data", "kind": "data", "max_seq_len": 8192, "packing": True, "val_fraction": 0.1,
+              "datasets": [{"path": "data/other.jsonl", "format": "messages"}]}
+    sft = {"id": "sft", "kind": "sft", "data": "data", "learning_rate": 2e-4, "adapter": {"type": "lora"},
+           "eval_steps": 10, "attention": "sdpa"}
+    ctx, diags = tools.resolve_ctx(tools.build(stages=[first, second, sft]))
+    [d] = diags
+    assert (d.code, d.path) == ("FT201", ("stages", 1, "id"))
+    assert d.related == ((("stages", 0, "id"), "stage id 'data' first used here"),)
+    assert "`id: data_2`" in d.hint
+    assert "data" not in ctx.links and ctx.links["sft"].result is None
+    # neither 'data' stage is guessed: no eval split (FT605) or packing (FT307) finding read off the wrong one
+    assert [x.code for x in run_checks(ctx) if x.severity is Severity.ERROR] == []
+    estimates, _ = estimate(ctx)
+    assert set(estimates) == set()  # nothing estimated from the other stage's wiring
+
+
+def test_ft204_a_data_stage_as_dpo_input_says_where_data_goes(tools):
+    _, diags = tools.resolve_ctx(tools.build(dpo={"input": "data"}))
+    [d] = tools.codes(diags, "FT204")
+    assert d.message == "'data' is a data stage; input needs a sft or dpo or merge stage"
+    assert d.hint == "a data stage goes in `data:`; `input` names the model to start from: point `input` at 'sft'"
+    _, diags = tools.resolve_ctx(tools.build(sft={"input": "data"}))
+    [d] = tools.codes(diags, "FT204")
+    assert d.hint.endswith("omit `input` to start from the base model")
+    _, diags = tools.resolve_ctx(tools.build(dpo={"data": "sft"}))
+    [d] = tools.codes(diags, "FT204")
+    assert d.hint == "point `data` at 'data'"

@@ -1,5 +1,7 @@
 """Launch topology and sharding rules (FT310-FT319)."""
 
+import re
+
 import pytest
 
 from ftplan.checks.topology import valid_slurm_time
@@ -68,6 +70,22 @@ def test_ft316_invalid_slurm_time(check, tools):
     [d] = tools.codes(check(hardware={"slurm": {"time": "2d"}}), "FT316")
     assert d.path == ("hardware", "slurm", "time") and "D-HH:MM:SS" in d.hint
     assert not tools.codes(check(hardware={"slurm": {"time": "2-00:00:00"}}), "FT316")
+
+
+def slurm_seconds(value: str) -> int:
+    """Seconds of an sbatch ``HH:MM:SS`` or ``D-HH:MM:SS`` limit (the two forms the FT316 hint shows)."""
+    days, _, clock = value.rpartition("-")
+    h, m, sec = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def test_ft316_hint_examples_mean_what_they_say(check, tools):
+    [d] = tools.codes(check(hardware={"slurm": {"time": "12h"}}), "FT316")
+    examples = dict((m[1], m[0]) for m in re.findall(r'`time: "([^"]+)"` for (\d+ hours|one day)', d.hint))
+    assert examples == {"12 hours": "12:00:00", "one day": "1-00:00:00"}
+    for value in examples.values():
+        assert valid_slurm_time(value)
+    assert slurm_seconds(examples["12 hours"]) == 12 * 3600 and slurm_seconds(examples["one day"]) == 24 * 3600
 
 
 def test_ft317_more_than_eight_gpus_per_node(check, tools):

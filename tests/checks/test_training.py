@@ -31,16 +31,25 @@ def test_ft604_small_file_below_one_batch(check, tools):
     diags = check(tools.build(hardware=EIGHT, sft={"micro_batch": 2, "grad_accum": 4}), inputs)
     [d] = tools.codes(diags, "FT604")
     assert d.path == ("stages", 1, "micro_batch") and "30 training examples" in d.message and "(64)" in d.message
-    # a head of 200 rows is not the whole file: nothing is known
-    inputs = tools.Inputs(datasets=tools.heads(data_0=[tools.CHAT_ROW] * 200, data_1=[tools.PAIR_ROW]))
+    # the first 200 rows of a bigger file are not the whole file: nothing is known
+    inputs = tools.Inputs(datasets=tools.heads(data_0=[tools.CHAT_ROW] * 200, data_1=[tools.PAIR_ROW],
+                                               partial=("data_0",)))
     diags = tools.codes(check(tools.build(hardware=EIGHT, sft={"grad_accum": 64}), inputs), "FT604")
     assert [d.path[1] for d in diags] == [2]  # only the DPO stage: its single pair is known to be too few
     # unless max_rows caps it
     capped = tools.build(hardware=EIGHT, sft={"grad_accum": 64},
                          data={"datasets": [{"path": "data/chat.jsonl", "format": "messages", "max_rows": 100},
                                             {"path": "data/pairs.jsonl", "format": "preference"}]})
+    inputs = tools.Inputs(datasets=tools.heads(capped, data_0=[tools.CHAT_ROW] * 200, data_1=[tools.PAIR_ROW],
+                                               partial=("data_0",)))
     d = tools.codes(check(capped, inputs), "FT604")[0]
     assert d.path[1] == 1 and "100 training examples" in d.message
+
+
+def test_ft604_says_nothing_when_the_data_stage_has_no_data_of_the_stage_kind(check, tools):
+    only_chat = tools.build(data={"datasets": [{"path": "data/chat.jsonl", "format": "messages"}]})
+    diags = check(only_chat, tools.Inputs(datasets=tools.heads(only_chat, data_0=[tools.CHAT_ROW] * 100)))
+    assert tools.codes(diags, "FT205") and not tools.codes(diags, "FT604")  # not "0 training pairs"
 
 
 def test_ft605_eval_steps_without_validation_split(check, tools):
