@@ -73,7 +73,8 @@ def _batch(ctx: Context, i: int, stage) -> list[Diagnostic]:
 
 
 def _known_rows(ctx: Context, stage) -> int | None:
-    """Training rows this stage reads when every one of its dataset files was read whole, else None."""
+    """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
+    bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules)."""
     found = data_stage_of(ctx, stage)
     if found is None:
         return None
@@ -87,6 +88,8 @@ def _known_rows(ctx: Context, stage) -> int | None:
             continue
         scan = ctx.inputs.datasets.get((i, j))
         if scan is None or not scan.checked or scan.file_problem is not None or not scan.complete:
+            return None
+        if scan.bad_rows and data.on_bad_row == "error":
             return None
         total += scan.rows_read - scan.bad_rows
     return int(total * (1.0 - data.val_fraction))

@@ -52,6 +52,17 @@ def test_ft604_says_nothing_when_the_data_stage_has_no_data_of_the_stage_kind(ch
     assert tools.codes(diags, "FT205") and not tools.codes(diags, "FT604")  # not "0 training pairs"
 
 
+def test_ft604_says_nothing_when_bad_rows_stop_the_data_stage_first(check, tools):
+    bad = {"messages": "not a list"}
+    inputs = tools.Inputs(datasets=tools.heads(data_0=[bad] * 3, data_1=[tools.PAIR_ROW] * 100))
+    diags = check(tools.build(), inputs)
+    assert tools.codes(diags, "FT504") and not tools.codes(diags, "FT604")  # not "0 training examples"
+    pipeline = tools.build(data={"on_bad_row": "drop"})
+    inputs = tools.Inputs(datasets=tools.heads(pipeline, data_0=[bad] * 3, data_1=[tools.PAIR_ROW] * 100))
+    [d] = tools.codes(check(pipeline, inputs), "FT604")
+    assert "'data' has 0 training examples" in d.message  # dropped rows really leave nothing to train on
+
+
 def test_ft605_eval_steps_without_validation_split(check, tools):
     [d] = tools.codes(check(sft={"eval_steps": 50}), "FT605")
     assert d.path == ("stages", 1, "eval_steps") and "val_fraction" in d.hint
