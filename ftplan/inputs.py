@@ -41,7 +41,7 @@ from .schemas import Pipeline
 
 __all__ = ["FULL_READ_BYTES", "HEAD_ROWS", "MAX_FOLDER_FILES", "WEIGHT_SUFFIXES", "read_inputs"]
 
-FULL_READ_BYTES = 32 << 20
+FULL_READ_BYTES = 16 << 20
 """Dataset files up to this size are checked row by row in full; of a larger one only the first ``HEAD_ROWS``
 rows are (``ftplan check --full-data`` reads every row of every file)."""
 HEAD_ROWS = 1000

@@ -20,7 +20,7 @@ CODES = {
     "FT409": "the local tokenizer's EOS token is missing from its vocabulary",
     "FT410": "tokens in add_special_tokens are already in the vocabulary",
     "FT411": "a built-in chat template's special tokens are not in the vocabulary",
-    "FT412": "the data holds tool calls or tools that the chat template cannot render",
+    "FT415": "the data holds tool calls or tools that the chat template cannot render",
 }
 
 BUILTIN_TEMPLATES: tuple[str, ...] = tuple(SHIPPED)
@@ -163,7 +163,7 @@ def _tool_support(ctx: Context) -> list[Diagnostic]:
             scan = ctx.inputs.datasets.get((i, j))
             missing = missing_tool_support(text, scan.tool_features) if scan is not None else []
             if missing:
-                diags.append(error("FT412", ("stages", i, "datasets", j, "path"), f"{d.path} holds "
+                diags.append(error("FT415", ("stages", i, "datasets", j, "path"), f"{d.path} holds "
                                    f"{' and '.join(sorted(scan.tool_features)).replace('_', ' ')}, but {source} cannot "
                                    f"render {' or '.join(missing)}: they would be dropped from the training text",
                                    hint="use a chat template with tool support (the model family's own, via "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ READABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
 _CHUNK = 1 << 20
 _FIRST_LINE_LIMIT = 16 << 20  # a longer first line of a .json file is streamed as {"key": [rows]}
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long answers are normal; the default is 128 KiB
+
+
+_NUMBER_TAIL = re.compile(r"[0-9eE+\-.]*")
 
 
 class FileProblem(Exception):
@@ -131,7 +135,10 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
 # ------------------------------------------------------------------------------------------------ JSON
 
 class _Text:
-    """A UTF-8 file as a growing text buffer with line numbers, read a chunk at a time."""
+    """A UTF-8 file as a growing text buffer with line numbers, read a chunk at a time.
+
+    Bytes that are not UTF-8 end the text where they start (``broken``): rows before them are read as usual, and
+    whatever needs text past them raises the problem, so the result never depends on the chunk size."""
 
     def __init__(self, f: BinaryIO):
         self.f = f
@@ -139,9 +146,11 @@ class _Text:
         self.buf = ""
         self.pos = 0
         self.eof = False
-        self.base_line = 1  # line number of buf[0]
-        self.read_bytes = 0
+        self.base_line = 1  # line and column of buf[0]
+        self.base_col = 1
+        self.counted = (0, 1)  # (position, its line number): newlines are counted forward from here only
         self.want = _CHUNK
+        self.broken: FileProblem | None = None
 
     def more(self) -> bool:
         """Append the next chunk; False at the end of the file."""
@@ -150,32 +159,38 @@ class _Text:
         data = self.f.read(self.want)
         self.want = min(self.want * 2, 64 * _CHUNK)
         final = not data
+        bad = None
         try:
             text = self.decoder.decode(data, final=final)
-        except UnicodeDecodeError as exc:
-            good = data[:max(exc.start, 0)].decode("utf-8", errors="replace")
-            line, col = self.position_after(self.buf + good)
-            raise FileProblem(f"line {line}, column {col} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                              "save the file as UTF-8") from None
-        self.read_bytes += len(data)
+        except UnicodeDecodeError as exc:  # exc.object: the bytes held back from the last chunk, then data
+            text, bad, final = exc.object[:exc.start].decode("utf-8"), exc.object[exc.start], True
         if self.pos > _CHUNK:  # drop what was consumed
-            self.base_line += self.buf.count("\n", 0, self.pos)
-            self.buf, self.pos = self.buf[self.pos:], 0
+            self.base_line, self.base_col = self.position(self.pos)
+            self.buf, self.pos, self.counted = self.buf[self.pos:], 0, (0, self.base_line)
         self.buf += text
         self.eof = final
+        if bad is not None:
+            self.broken = FileProblem(f"{self.where(len(self.buf))} is not UTF-8 text (byte 0x{bad:02x}); save the "
+                                      "file as UTF-8")
         return not final or bool(text)
 
-    def position_after(self, text: str) -> tuple[int, int]:
-        """(line, column) just after ``text``, which starts at ``buf[0]``."""
-        nl = text.rfind("\n")
-        return self.base_line + text.count("\n"), len(text) - nl
+    def position(self, pos: int) -> tuple[int, int]:
+        """(line, column) of ``buf[pos]``."""
+        nl = self.buf.rfind("\n", 0, pos)
+        return self.line_at(pos), pos - nl if nl >= 0 else self.base_col + pos
 
     def line_at(self, pos: int) -> int:
-        """Line number of ``buf[pos]``."""
-        return self.base_line + self.buf.count("\n", 0, pos)
+        """Line number of ``buf[pos]`` (positions asked for only move forward, so this stays linear)."""
+        at, line = self.counted
+        if pos < at:
+            at, line = 0, self.base_line
+        line += self.buf.count("\n", at, pos)
+        self.counted = (pos, line)
+        return line
 
     def where(self, pos: int) -> str:
-        line, col = self.position_after(self.buf[:pos])
+        """``line 3, column 7`` of ``buf[pos]``."""
+        line, col = self.position(pos)
         return f"line {line}, column {col}"
 
     def skip_ws(self) -> str:
@@ -186,6 +201,8 @@ class _Text:
             if self.pos < len(self.buf):
                 return self.buf[self.pos]
             if not self.more():
+                if self.broken is not None:
+                    raise self.broken
                 return ""
 
     def value(self, decoder: json.JSONDecoder) -> Any:
@@ -195,12 +212,15 @@ class _Text:
                 value, end = decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
                 # cut off by the end of the buffer (a string, a literal or a number that goes on): read more
-                if not self.eof and (len(self.buf) - exc.pos <= 64 or exc.msg.startswith("Unterminated")):
+                cut_off = len(self.buf) - exc.pos <= 64 or exc.msg.startswith("Unterminated")
+                if cut_off and not self.eof:
                     self.more()
                     continue
+                if cut_off and self.broken is not None:
+                    raise self.broken from None
                 raise
-            if end == len(self.buf) and not self.eof and isinstance(value, (int, float)):
-                self.more()  # a number may go on in the next chunk
+            if not self.eof and isinstance(value, (int, float)) and _NUMBER_TAIL.fullmatch(self.buf, end):
+                self.more()  # a number cut by the end of the buffer ("1e" of "1e+308") goes on in the next chunk
                 continue
             self.pos = end
             return value
@@ -217,18 +237,20 @@ def _json_rows(path: Path) -> Iterator[RawRow]:
             rows = _json_object_rows(text, decoder)
         elif first == "[":
             text.pos += 1
-            rows = _json_list_rows(text, decoder)
+            rows = _json_list_rows(text, decoder, top=True)
         else:
             raise FileProblem(f"{text.where(text.pos)}: a .json dataset must hold a list of rows ([{{...}}, ...]) "
                               "or an object with one list of rows ({\"data\": [...]})")
         yield from rows
 
 
-def _json_list_rows(text: _Text, decoder: json.JSONDecoder, *, start: int = 1) -> Iterator[RawRow]:
-    """Items of a JSON list whose ``[`` was just consumed, up to and including its ``]``."""
-    n = start - 1
+def _json_list_rows(text: _Text, decoder: json.JSONDecoder, *, top: bool = False) -> Iterator[RawRow]:
+    """Items of a JSON list whose ``[`` was just consumed, up to and including its ``]`` (``top``: and nothing
+    but whitespace after it)."""
+    n = 0
     if text.skip_ws() == "]":
         text.pos += 1
+        _end(text, top)
         return
     while True:
         n += 1
@@ -249,17 +271,24 @@ def _json_list_rows(text: _Text, decoder: json.JSONDecoder, *, start: int = 1) -
             continue
         if nxt == "]":
             text.pos += 1
+            _end(text, top)
             return
         what = "the end of the file" if nxt == "" else repr(nxt)
         raise FileProblem(f"{text.where(text.pos)}: expected ',' or ']' after item {n}, found {what}")
 
 
+def _end(text: _Text, top: bool) -> None:
+    if top and text.skip_ws() != "":
+        raise FileProblem(f"{text.where(text.pos)}: unexpected text after the list of rows")
+
+
 def _json_object_rows(text: _Text, decoder: json.JSONDecoder) -> Iterator[RawRow]:
     """A top-level object: JSON Lines saved as ``.json`` (one object per line), or ``{"key": [rows]}``."""
+    first_line_no = text.line_at(text.pos)
+    end_of_line = text.buf.find("\n", text.pos)
+    while end_of_line < 0 and len(text.buf) - text.pos < _FIRST_LINE_LIMIT and text.more():
+        end_of_line = text.buf.find("\n", text.pos)  # (reading more may move the buffer: pos moves with it)
     start = text.pos
-    end_of_line = text.buf.find("\n", start)
-    while end_of_line < 0 and len(text.buf) - start < _FIRST_LINE_LIMIT and text.more():
-        end_of_line = text.buf.find("\n", start)
     first_line = text.buf[start:end_of_line if end_of_line >= 0 else len(text.buf)]
     value = None
     if end_of_line >= 0 or text.eof:
@@ -269,19 +298,21 @@ def _json_object_rows(text: _Text, decoder: json.JSONDecoder) -> Iterator[RawRow
             value = None
     if isinstance(value, dict):
         text.pos = start + len(first_line)
-        if text.skip_ws() == "{":  # JSON Lines with a .json name
-            yield RawRow(1, text.line_at(start), "item", value)
+        nxt = text.skip_ws()
+        if nxt == "{":  # JSON Lines with a .json name
+            yield RawRow(1, first_line_no, "item", value)
             yield from _lines_as_items(text, decoder)
             return
-        if text.skip_ws() == "":
-            lists = [k for k, v in value.items() if isinstance(v, list)]
-            if len(lists) != 1 or len(value) != 1:
-                raise FileProblem("line 1: a .json dataset must hold a list of rows ([{...}, ...]) or an object "
-                                  f"with exactly one list of rows ({{\"data\": [...]}}); this object has keys "
-                                  f"{', '.join(repr(k) for k in list(value)[:8])}")
-            for n, item in enumerate(value[lists[0]], start=1):
-                yield RawRow(n, 1, "item", item)
-            return
+        lists = [k for k, v in value.items() if isinstance(v, list)]
+        if len(lists) != 1 or len(value) != 1:
+            raise FileProblem(f"line {first_line_no}: a .json dataset must hold a list of rows ([{{...}}, ...]) or "
+                              "an object with exactly one list of rows ({\"data\": [...]}); this object has keys "
+                              f"{', '.join(repr(k) for k in list(value)[:8])}")
+        for n, item in enumerate(value[lists[0]], start=1):
+            yield RawRow(n, first_line_no, "item", item)
+        if nxt != "":
+            raise FileProblem(f"{text.where(text.pos)}: unexpected text after the object holding the rows")
+        return
     # {"data": [ ... ]} spread over lines: stream the list
     text.pos = start + 1
     if text.skip_ws() != '"':

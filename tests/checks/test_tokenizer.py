@@ -80,7 +80,7 @@ def test_ft412_tool_calls_need_a_template_that_renders_them(check, tools):
            "tools": '[{"name": "weather", "parameters": {"type": "object"}}]'}
     pipeline = tools.build(stages=stages, model={"chat_template": "chatml"})
     inputs = tools.Inputs(datasets=tools.heads(pipeline, data_0=[row]))
-    [d] = tools.codes(check(pipeline, inputs), "FT412")
+    [d] = tools.codes(check(pipeline, inputs), "FT415")
     assert d.path == ("stages", 0, "datasets", 0, "path")
     assert "the built-in `chatml` template cannot render" in d.message and "tool calls" in d.message
     # the tokenizer's own template with tool support renders them
@@ -89,9 +89,9 @@ def test_ft412_tool_calls_need_a_template_that_renders_them(check, tools):
     own = tools.build(stages=stages)
     inputs = tools.Inputs(datasets=tools.heads(own, data_0=[row]),
                           tokenizer=tools.llama_tokenizer(chat_template=tooled))
-    assert not tools.codes(check(own, inputs), "FT412")
+    assert not tools.codes(check(own, inputs), "FT415")
     # a hub tokenizer's template is only known at run time: nothing to say offline
-    assert not tools.codes(check(own, tools.Inputs(datasets=tools.heads(own, data_0=[row]))), "FT412")
+    assert not tools.codes(check(own, tools.Inputs(datasets=tools.heads(own, data_0=[row]))), "FT415")
 
 
 def test_ft409_eos_token_must_be_in_the_vocabulary(check, tools):
