@@ -43,9 +43,10 @@ class CheckResult:
         return sum(d.severity is severity for d in self.diagnostics)
 
 
-def check_text(text: str, filename: str, root: Path) -> CheckResult:
+def check_text(text: str, filename: str, root: Path, *, full_data: bool = False) -> CheckResult:
     """Check pipeline source ``text`` (named ``filename`` in messages) whose local paths are relative to
-    ``root``: schema, stage graph, pre-launch rules and the VRAM estimate."""
+    ``root``: schema, stage graph, pre-launch rules and the VRAM estimate; ``full_data`` checks every row of
+    every local dataset file, whatever its size."""
     from .checks import run_checks
     from .estimate import estimate
     from .inputs import read_inputs
@@ -60,7 +61,7 @@ def check_text(text: str, filename: str, root: Path) -> CheckResult:
     pipeline, diags = validate_pipeline(data, source_map, filename)
     if pipeline is None:
         return CheckResult(filename, data, source_map, diagnostics=_finish(diags, source_map, filename))
-    inputs = read_inputs(pipeline, root)
+    inputs = read_inputs(pipeline, root, full_data=full_data)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     ctx, resolve_diags = resolve(pipeline, inputs, pipeline_path=filename, pipeline_sha256=sha)
     diags = [*diags, *resolve_diags, *run_checks(ctx)]
@@ -69,7 +70,7 @@ def check_text(text: str, filename: str, root: Path) -> CheckResult:
     return CheckResult(filename, data, source_map, ctx, estimates, _finish(diags, source_map, filename))
 
 
-def check_file(path: str | os.PathLike[str]) -> CheckResult:
+def check_file(path: str | os.PathLike[str], *, full_data: bool = False) -> CheckResult:
     """Read and check a pipeline file (see ``check_text``); an unreadable file is a diagnostic, not a crash."""
     from .loader import read_pipeline_file
 
@@ -78,7 +79,7 @@ def check_file(path: str | os.PathLike[str]) -> CheckResult:
         text, _ = read_pipeline_file(Path(path))
     except FtplanError as exc:
         return CheckResult(name, diagnostics=tuple(exc.diagnostics))
-    return check_text(text, name, Path(path).resolve().parent)
+    return check_text(text, name, Path(path).resolve().parent, full_data=full_data)
 
 
 def plan_files(result: CheckResult, plan_dir_from_root: str) -> dict[str, str]:

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("pipeline", help="pipeline YAML file")
     check.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
     check.add_argument("-v", "--verbose", action="store_true", help="also print informational notes")
+    check.add_argument("--full-data", action="store_true", help="check every row of every local dataset file "
+                       "(by default files over 16 MiB are checked on their first 1,000 rows)")
 
     comp = sub.add_parser("compile", help="write the reviewable launch plan of a pipeline")
     comp.add_argument("pipeline", help="pipeline YAML file")
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--check", action="store_true", help="write nothing; exit 3 if the folder would change")
     comp.add_argument("--json", action="store_true", help="print a JSON report on stdout (for CI)")
     comp.add_argument("-v", "--verbose", action="store_true", help="also print informational notes")
+    comp.add_argument("--full-data", action="store_true", help="check every row of every local dataset file")
 
     sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     gpus = sub.add_parser("gpus", help="list the GPU catalog")
@@ -148,7 +151,7 @@ def _check(args, out: Console, err: Console) -> int:
 
     if _pipeline_usage_error(args, out, err):
         return EXIT_USAGE
-    result = check_file(args.pipeline)
+    result = check_file(args.pipeline, full_data=args.full_data)
     if args.json:
         _print_json(out, check_json(result))
     else:
@@ -163,7 +166,7 @@ def _compile(args, out: Console, err: Console) -> int:
 
     if _pipeline_usage_error(args, out, err):
         return EXIT_USAGE
-    result = check_file(args.pipeline)
+    result = check_file(args.pipeline, full_data=args.full_data)
     report = check_json(result)
     if not result.ok:
         if args.json:

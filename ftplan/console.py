@@ -101,13 +101,67 @@ def stage_table(result: CheckResult) -> Table | None:
     return table
 
 
+def dataset_rows(result: CheckResult) -> list[dict[str, Any]]:
+    """How much of each dataset ``check`` read, in file order: stage, path, rows read and in all, and in words."""
+    ctx = result.ctx
+    if ctx is None:
+        return []
+    hub = {tuple(path[:4]) for path, _ in ctx.inputs.hub_datasets}
+    out = []
+    for i, stage in enumerate(ctx.pipeline.stages):
+        for j, d in enumerate(getattr(stage, "datasets", None) or ()):
+            scan = ctx.inputs.datasets.get((i, j))
+            row: dict[str, Any] = {"stage": stage.id, "path": d.path, "rows_read": None, "rows_total": None,
+                                   "complete": False}
+            if scan is not None and scan.checked and scan.file_problem is None:
+                row.update(rows_read=scan.rows_read, rows_total=scan.rows_total, complete=scan.complete)
+                row["checked"] = _coverage_words(scan.rows_read, scan.rows_total, scan.complete)
+            elif scan is not None and scan.file_problem is not None:
+                row["checked"] = f"{scan.rows_read:,} rows read, then the file could not be read further"
+            elif ("stages", i, "datasets", j) in hub:
+                row["checked"] = "hub dataset: its rows are checked at run time"
+            elif scan is not None:
+                row["checked"] = "read only at run time (Parquet or a dataset folder)"
+            else:
+                row["checked"] = "missing"
+            out.append(row)
+    return out
+
+
+def _coverage_words(read: int, total: int | None, complete: bool) -> str:
+    if complete:
+        return f"all {read:,} rows checked"
+    of = f" of {total:,}" if total else ""
+    return f"rows 1–{read:,}{of} checked (--full-data checks every row)"
+
+
+def data_table(result: CheckResult) -> Table | None:
+    """Per local dataset: how many of its rows ``check`` read and judged."""
+    rows = dataset_rows(result)
+    if not rows:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("stage", "dataset", "rows"):
+        table.add_column(col, no_wrap=col != "dataset")
+    previous = None
+    for r in rows:
+        table.add_row(r["stage"] if r["stage"] != previous else "", r["path"], r["checked"])
+        previous = r["stage"]
+    return table
+
+
 def print_check(result: CheckResult, out: Console, err: Console, *, verbose: bool = False) -> None:
-    """The human view of ``ftplan check``: headline and stage table on stdout, diagnostics on stderr."""
+    """The human view of ``ftplan check``: headline, stage table and data coverage on stdout, diagnostics on
+    stderr."""
     if result.ctx is not None:
         out.print(Text(headline(result.ctx), style="bold"))
         out.print()
         out.print(stage_table(result))
         out.print()
+        data = data_table(result)
+        if data is not None:
+            out.print(data)
+            out.print()
     print_diagnostics(result, err, verbose=verbose)
     if any(verbose or d.severity is not Severity.INFO for d in result.diagnostics):
         err.print()
@@ -123,6 +177,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
         "pipeline": result.ctx.pipeline.name if result.ctx else None,
         "diagnostics": [diagnostic_json(d, result) for d in result.diagnostics],
         "stages": [_stage_json(s, v, result) for s, v in zip(stages, stage_verdicts(result))],
+        "datasets": dataset_rows(result),
     }
 
 

@@ -112,6 +112,10 @@ def _syntax_error(exc: yaml.YAMLError, text: str, filename: str) -> Diagnostic:
     else:  # pragma: no cover - every PyYAML error is one of the above
         line, col, problem, context = 1, 1, str(exc), "?"
     hint = next((h.replace("{context}", context) for needle, h in _SYNTAX_HINTS if needle in problem), None)
+    if hint is None:
+        hint = ("delete the character (often an invisible control character pasted with the text)"
+                if isinstance(exc, yaml.reader.ReaderError) else
+                "fix the YAML at this position (quote text that holds ':', '#', '[' or '{')")
     return error("FT001", (), f"invalid YAML: {problem}", hint).located(Span(filename, line, col))
 
 
@@ -197,7 +201,9 @@ class _Builder:
                           src.start_mark, "write '<<: *name' where '&name' marks a mapping")
                 continue
             if id(src) in self._active:
-                self.fail("FT008", path, "an alias refers to a mapping that contains it", src.start_mark)
+                self.fail("FT008", path, "an alias refers to a mapping that contains it", src.start_mark,
+                          "merge a mapping defined elsewhere ('<<: *name' where '&name' marks another mapping), or "
+                          "write the keys out")
                 continue
             self._active.add(id(src))
             try:
@@ -276,7 +282,8 @@ def load_yaml(text: str, filename: str) -> tuple[object, SourceMap]:
     except yaml.YAMLError as exc:
         raise FtplanError([_syntax_error(exc, text, filename)]) from None
     except RecursionError:  # pragma: no cover - the nesting limit fires first
-        raise FtplanError([error("FT001", (), f"invalid YAML: nesting is deeper than {MAX_DEPTH} levels")
+        raise FtplanError([error("FT001", (), f"invalid YAML: nesting is deeper than {MAX_DEPTH} levels",
+                                 "a pipeline is a few levels deep: look for a runaway '[' or '{'")
                            .located(Span(filename, 1, 1))]) from None
     finally:
         if loader is not None:
@@ -316,7 +323,8 @@ def read_pipeline_file(path: str | Path) -> tuple[str, bytes]:
         raise FtplanError([error("FT000", (), f"cannot read {name}: it is a folder",
                                  "pass the pipeline YAML file inside it")]) from None
     except OSError as exc:
-        raise FtplanError([error("FT000", (), f"cannot read {name}: {exc.strerror or exc}")]) from None
+        raise FtplanError([error("FT000", (), f"cannot read {name}: {exc.strerror or exc}",
+                                 "check that the file exists and that you may read it (ls -l)")]) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

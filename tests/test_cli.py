@@ -792,3 +792,25 @@ def test_console_script_and_module_agree(project):
     assert run("compile", "pipeline.yaml", "-o", "plan", "--check")[0] == 0  # in-process agrees byte for byte
     proc = shell(sys.executable, "-m", "ftplan")
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.startswith("usage: ftplan")
+
+
+# --- how much data check reads --------------------------------------------------------------------------
+
+def test_check_says_how_many_rows_of_each_dataset_it_read(project, monkeypatch):
+    import ftplan.inputs
+
+    code, out, _ = run("check", "pipeline.yaml")
+    assert code == 0 and re.search(r"prep\s+data/train.jsonl\s+all 8 rows checked", out)
+    bad = json.dumps({"instruction": "question", "response": "answer"}) + "\n"
+    (project / "data" / "train.jsonl").write_text(ROWS * 30 + bad, encoding="utf-8")  # a bad row at line 241
+    monkeypatch.setattr(ftplan.inputs, "FULL_READ_BYTES", 1_000)
+    monkeypatch.setattr(ftplan.inputs, "HEAD_ROWS", 200)
+    code, out, err = run("check", "pipeline.yaml")
+    assert code == 0 and "rows 1–200 of 241 checked (--full-data checks every row)" in out
+    code, out, err = run("check", "--full-data", "pipeline.yaml")
+    assert code == 1 and "all 241 rows checked" in out
+    assert "data/train.jsonl: line 241: missing column 'output' (format alpaca)" in err
+    code, out, _ = run("check", "--json", "--full-data", "pipeline.yaml")
+    [row] = json.loads(out)["datasets"]
+    assert row == {"stage": "prep", "path": "data/train.jsonl", "rows_read": 241, "rows_total": 241,
+                   "complete": True, "checked": "all 241 rows checked"}

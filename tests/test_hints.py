@@ -127,6 +127,8 @@ CORPUS: dict[str, str] = {
     "missing kind": build(merge={"kind": None}),
     "bad format": build(data={"datasets": [{"path": "data/chat.jsonl", "format": "chat"}]}),
     "missing format": build(data={"datasets": [{"path": "data/chat.jsonl"}]}),
+    "tool calls through chatml": build(model={"chat_template": "chatml"},
+                                       data={"datasets": [{"path": "data/tools.jsonl", "format": "sharegpt"}]}),
     "bad adapter type": build(sft={"adapter": {"type": "LoRA"}}),
     "adapter as text": build(sft={"adapter": "lora"}),
     "bad name": build(top={"name": "my pipeline!"}),
@@ -231,11 +233,11 @@ CORPUS: dict[str, str] = {
 }
 """Bad pipelines, each a whole file; together they reach every error code of the checker."""
 
-LOADER_GAPS = {
+LOADER_ERRORS = {
     "a merge of its own mapping": "a: &a\n  <<: *a\n",
     "a control character": "name: demo\x07\n",
 }
-"""Loader errors without a hint (``ftplan/loader.py``, owned elsewhere): strict xfails until they get one."""
+"""Loader errors that once had no hint."""
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +259,10 @@ def project(tmp_path_factory) -> Path:
     (root / "data" / "bad-kto.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c", "label": "yes"}) + "\n",
                                                  encoding="utf-8")
     (root / "data" / "empty.jsonl").write_text("", encoding="utf-8")
+    tools = {"conversations": [{"from": "human", "value": "weather?"},
+                               {"from": "function_call", "value": '{"name": "weather", "arguments": {}}'},
+                               {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}
+    (root / "data" / "tools.jsonl").write_text(json.dumps(tools) + "\n", encoding="utf-8")
     shutil.copytree(ROOT / "examples", root / "examples", ignore=shutil.ignore_patterns(".*"))
     return root
 
@@ -329,10 +335,9 @@ def test_an_unreadable_pipeline_file_says_how_to_fix_it(name, project):
     assert unhelpful(result, set()) == []
 
 
-@pytest.mark.parametrize("name", sorted(LOADER_GAPS))
-@pytest.mark.xfail(strict=True, reason="ftplan/loader.py reports this error without a hint")
-def test_loader_errors_without_a_hint(name, project):
-    result = check_text(LOADER_GAPS[name], "pipeline.yaml", project)
+@pytest.mark.parametrize("name", sorted(LOADER_ERRORS))
+def test_loader_errors_have_a_hint(name, project):
+    result = check_text(LOADER_ERRORS[name], "pipeline.yaml", project)
     assert _errors(result) and unhelpful(result, set()) == []
 
 
@@ -364,7 +369,5 @@ def _error_calls_without_hint(path: Path) -> list[int]:
 
 
 def test_every_error_call_passes_a_hint():
-    skipped = {"loader.py"}  # owned elsewhere: see LOADER_GAPS
-    found = {str(p.relative_to(ROOT)): _error_calls_without_hint(p) for p in sorted((ROOT / "ftplan").rglob("*.py"))
-             if p.name not in skipped}
+    found = {str(p.relative_to(ROOT)): _error_calls_without_hint(p) for p in sorted((ROOT / "ftplan").rglob("*.py"))}
     assert {k: v for k, v in found.items() if v} == {}
