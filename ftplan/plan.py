@@ -214,10 +214,12 @@ def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: I
         raise ValueError("build_plan needs a pipeline without errors; run the checks first")
     pipeline = ctx.pipeline
     plan_dir = posixpath.normpath(plan_dir_from_root)
+    args_paths = {stage.id: posixpath.normpath(posixpath.join(plan_dir, stage_dir(i, stage.id), "args.json"))
+                  for i, stage in enumerate(pipeline.stages, start=1)}
     stages: list[PlanStage] = []
     for i, stage in enumerate(pipeline.stages, start=1):
         stages.append(_plan_stage(ctx, i, stage, estimates.get(stage.id), plan_dir,
-                                  stages[-1].id if stages else None))
+                                  stages[-1].id if stages else None, args_paths))
     return Plan(
         format_version=PLAN_FORMAT, name=pipeline.name, pipeline=pipeline,
         provenance=Provenance(
@@ -253,12 +255,17 @@ def _target(ctx: Context) -> Target:
     )
 
 
+def stage_dir(index: int, stage_id: str) -> str:
+    """A stage's compiled folder relative to the plan folder: ``stages/NN-<id>``."""
+    return f"stages/{index:02d}-{stage_id}"
+
+
 def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None, plan_dir: str,
-                previous: str | None) -> PlanStage:
+                previous: str | None, args_paths: dict[str, str]) -> PlanStage:
     pipeline, hw = ctx.pipeline, ctx.pipeline.hardware
     link = ctx.links[stage.id]
-    stage_dir = f"stages/{index:02d}-{stage.id}"
-    args = runtime_args(pipeline, stage, link, ctx.gpu, estimate)
+    folder = stage_dir(index, stage.id)
+    args = runtime_args(pipeline, stage, link, ctx.gpu, estimate, args_paths)
     accelerate = deepspeed = None
     strategy = batch = None
     if isinstance(stage, (SftStage, DpoStage)):
@@ -271,7 +278,7 @@ def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None,
         accelerate = accelerate_config(
             spec=spec, precision=stage.precision, device=hw.device, world_size=hw.world_size,
             num_machines=hw.nodes if hw.device == "cuda" else 1, main_process_port=hw.main_process_port,
-            deepspeed_file=posixpath.join(plan_dir, stage_dir, "deepspeed.json") if deepspeed else None,
+            deepspeed_file=posixpath.join(plan_dir, folder, "deepspeed.json") if deepspeed else None,
             zero3_init=zero_stage(spec) == 3 and not qlora, family=shape.family if shape else None)
         batch = _batch(pipeline, stage, hw.world_size, estimate)
         resources = (Resources("cuda", hw.nodes, hw.gpus_per_node) if hw.device == "cuda"
@@ -282,7 +289,7 @@ def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None,
         gpu_merge = isinstance(stage, MergeStage) and merge_on_gpu(hw, estimate)
         resources = Resources("cuda", 1, 1) if gpu_merge else Resources("cpu", 1, 0)
     return PlanStage(
-        index=index, id=stage.id, kind=stage.kind, dir=stage_dir, output_dir=stage_output_dir(pipeline, stage.id),
+        index=index, id=stage.id, kind=stage.kind, dir=folder, output_dir=stage_output_dir(pipeline, stage.id),
         launcher=launcher, accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate,
         resources=resources, depends_on=previous, method=describe_method(stage, link, strategy), strategy=strategy,
         batch=batch,

@@ -4,9 +4,18 @@ Training stages run under ``accelerate launch --config_file stages/NN-id/acceler
 data, merge and gguf stages under plain ``python -m``. The current directory is the project root (every path
 in the args file is relative to it).
 
-Exit codes: 0 done (the completion marker holds the args file's sha256); 1 the stage failed (one-line reason);
-2 unreadable or invalid args file; 3 preflight: the machine is not the one the plan promised;
-75 (``REQUEUE_EXIT_CODE``) a signal stopped training at a checkpoint: run the same command again to resume.
+Completion (``stamps``): a stage that is complete (its stamp matches its args file and every input file, and the
+stages it consumes are complete) says so and exits 0 without doing anything; every process of a multi-process
+stage reaches the same answer. A stage whose upstream stage is not complete refuses to run (exit 1): it would be
+built from outdated outputs. Otherwise the main process takes the digests of the inputs, removes the stamp (so
+neither this stage nor anything built on it counts as complete until this run succeeds), removes the leftovers
+of an interrupted run and, for training stages, the checkpoints trained from other inputs; the stamp is written
+last, after the outputs and ``metrics.json``.
+
+Exit codes: 0 done or already complete; 1 the stage failed or an upstream stage must run first (one-line
+reason); 2 unreadable or invalid args file (this stage's or an upstream stage's); 3 preflight: the machine is not
+the one the plan promised; 75 (``REQUEUE_EXIT_CODE``) a signal stopped training at a checkpoint: run the same
+command again to resume.
 """
 
 from __future__ import annotations
@@ -16,11 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ftplan.schemas.runtime_args import REQUEUE_EXIT_CODE, RuntimeArgs
 
-from .metrics import StageRecorder, args_sha256, clear_complete_marker, write_complete_marker
+from . import stamps
+from .metrics import StageRecorder
 from .preflight import Requeue, StageError, prepare_kernel_import
 
 USAGE = "usage: python -m ftplan_runtime stages/NN-<id>/args.json"
@@ -33,21 +41,10 @@ def _err(message: str) -> None:
 
 def parse_args_file(path: str | Path) -> tuple[RuntimeArgs, str]:
     """Read and validate an args file; returns (args, sha256 of its bytes). Raises ``StageError`` (exit 2)."""
-    path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise _BadArgs(f"cannot read the arguments file '{path}': {e.strerror or e}") from None
-    try:
-        args = RuntimeArgs.model_validate_json(data)
-    except ValidationError as e:
-        errors = e.errors()
-        first = errors[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise _BadArgs(f"'{path}' is not a valid ftplan arguments file: {where}: {first['msg']}{more}; regenerate "
-                       "it with `ftplan compile` using the same ftplan version as this runtime") from None
-    return args, args_sha256(data)
+        return stamps.read_args(path)
+    except stamps.StampError as e:
+        raise _BadArgs(str(e)) from None
 
 
 class _BadArgs(StageError):
@@ -55,7 +52,7 @@ class _BadArgs(StageError):
 
 
 def run_stage(args: RuntimeArgs, sha256: str) -> dict[str, Any] | None:
-    """Dispatch on ``stage.kind`` and run the stage (no marker handling)."""
+    """Dispatch on ``stage.kind`` and run the stage (no stamp handling)."""
     kind = args.stage.kind
     if kind == "data":
         return _run_data(args, sha256)
@@ -97,7 +94,7 @@ def _is_main_process() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the stage named by the args file in ``argv``; returns the exit code."""
+    """Run the stage named by the args file in ``argv`` unless it is complete; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
@@ -109,15 +106,34 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     stage = args.stage
+    main_process = _is_main_process()
+    checker = stamps.Checker()
+    try:
+        verdict = checker.verdict(args, sha)
+    except stamps.StampError as e:
+        _err(str(e))
+        return e.exit_code
+    if verdict.complete:
+        if main_process:
+            print(f"ftplan_runtime: stage '{stage.id}' is complete; nothing to do", file=sys.stderr, flush=True)
+        return 0
+    if verdict.upstream is not None:
+        _err(f"stage '{stage.id}': {verdict.reason}; run the stages in order (run.sh, slurm/submit.sh)")
+        return 1
     try:
         prepare_kernel_import(args.promise)  # before anything imports triton
     except StageError as e:
         _err(str(e))
         return e.exit_code
-    if _is_main_process():
-        print(f"ftplan_runtime: stage '{stage.id}' ({stage.kind}) -> {args.output_dir}", file=sys.stderr, flush=True)
-        if stage.kind != "data":  # the data stage keeps its marker to skip up-to-date output
-            clear_complete_marker(args.output_dir)
+    build = None
+    if main_process:
+        print(f"ftplan_runtime: stage '{stage.id}' ({stage.kind}) -> {args.output_dir}: {verdict.reason}",
+              file=sys.stderr, flush=True)
+        try:
+            build = _begin(args, sha, checker)
+        except StageError as e:
+            _err(f"stage '{stage.id}': {e}")
+            return e.exit_code
     try:
         run_stage(args, sha)
     except Requeue as e:
@@ -126,10 +142,37 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as e:
         _err(f"stage '{stage.id}': {e}")
         return e.exit_code
-    if _is_main_process():
-        write_complete_marker(args.output_dir, sha)
+    if build is not None:
+        stamps.finish(build)
         print(f"ftplan_runtime: stage '{stage.id}' complete", file=sys.stderr, flush=True)
     return 0
+
+
+def _begin(args: RuntimeArgs, sha: str, checker: stamps.Checker) -> stamps.Build:
+    """Main process, before the stage reads or writes: input digests, stamp and leftovers removed, checkpoints
+    of other inputs retired."""
+    try:
+        build = stamps.begin(args, sha, checker.hashed)
+    except stamps.InputError as e:
+        raise StageError(str(e)) from None
+    except stamps.StampError as e:
+        raise _BadArgs(str(e)) from None
+    if build.removed:
+        _log(f"removed what an interrupted run left: {', '.join(stamps.show(p) for p in build.removed)}")
+    if args.stage.kind in ("sft", "dpo"):
+        from .preemption import retire_stale_checkpoints
+        from .train_common import CHECKPOINTS_DIR
+
+        retired = retire_stale_checkpoints(Path(args.output_dir) / CHECKPOINTS_DIR,
+                                           stamps.inputs_sha256(build.inputs))
+        if retired:
+            _log(f"stage '{args.stage.id}': its checkpoints ({', '.join(retired)}) were trained from other inputs; "
+                 "training starts over")
+    return build
+
+
+def _log(message: str) -> None:
+    print(f"ftplan_runtime: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 from an f16 export (the requested ``f16`` file, or a temporary one). With ``verify``, every file is run through
 llama.cpp and compared with the HF model (``gguf_verify``: identical token ids, logits within the type's
 bound); the numbers go to ``metrics.json``.
+
+Every file is written to a hidden ``.<file>.<pid>.tmp`` beside it and renamed into place; what a killed run
+leaves of those is removed when the stage runs again (``stamps.clean_leftovers``, before any work).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import Any
 from ftplan.schemas.runtime_args import RuntimeArgs
 from ftplan.schemas.stages import GgufStage
 
+from .installed import DIRECT_GGUF_TYPES
 from .metrics import StageRecorder
 from .preflight import StageError
 
-DIRECT_TYPES = ("f16", "bf16", "q8_0")
+DIRECT_TYPES = DIRECT_GGUF_TYPES
 """Types the exporter writes itself; everything else is quantized by llama.cpp from f16."""
 
 

@@ -13,14 +13,11 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from .installed import LLAMA_CPP_INSTALL as PORTABLE_INSTALL
+
 QuantType = Literal["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m",
                     "q5_k_s", "q5_k_m", "q6_k", "f16", "bf16"]
 
-PORTABLE_INSTALL = (
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
-    '-DGGML_BMI2=ON -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 '
-    "pip install --no-cache-dir llama-cpp-python==0.3.36"
-)
 _SEED = 1234
 
 

@@ -1,4 +1,4 @@
-"""Per-stage metrics (``<out>/metrics.json``) and the completion marker, written last.
+"""Per-stage metrics (``<out>/metrics.json``), written before the completion stamp (``stamps``).
 
 ``StageRecorder`` measures wall time and memory for a stage: torch's peak allocated/reserved bytes, and the
 device-level peak (total memory minus the lowest free memory seen through ``torch.cuda.mem_get_info``, sampled
@@ -9,7 +9,6 @@ micro-batch, summed over processes at the end), throughput and a loss summary fr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -18,18 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftplan.schemas.runtime_args import COMPLETE_MARKER, RuntimeArgs
+from ftplan.schemas.runtime_args import RuntimeArgs
 
-METRICS_FILE = "metrics.json"
-"""Name of the metrics file in a stage's output folder."""
+from .stamps import METRICS_FILE, args_sha256
+
+__all__ = ["METRICS_FILE", "StageRecorder", "TokenCountingMixin", "args_sha256", "count_tokens", "loss_summary",
+           "package_versions", "reduce_tokens"]
 
 _GIB = 2**30
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes")
-
-
-def args_sha256(data: bytes) -> str:
-    """sha256 hex digest of the args file bytes (what the completion marker holds)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 class StageRecorder:
@@ -104,7 +100,7 @@ class StageRecorder:
         data.update(extra or {})
         path = Path(out_dir) / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.name}.tmp")  # hidden: a killed run's leftover is cleaned on the next run
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
@@ -165,20 +161,6 @@ def reduce_tokens(trainer) -> tuple[int, int]:
     t = torch.tensor([trainer.tokens_seen, trainer.tokens_trained], device=acc.device, dtype=torch.int64)
     t = acc.reduce(t, reduction="sum")
     return int(t[0]), int(t[1])
-
-
-def write_complete_marker(out_dir: str | Path, sha256: str) -> Path:
-    """Write the completion marker (the args file's sha256) into ``out_dir``; call it last."""
-    path = Path(out_dir) / COMPLETE_MARKER
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(sha256 + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def clear_complete_marker(out_dir: str | Path) -> None:
-    """Remove a stale completion marker before a stage (re)starts its work."""
-    (Path(out_dir) / COMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def package_versions() -> dict[str, str | None]:

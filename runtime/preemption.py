@@ -11,6 +11,10 @@ only one of them got the signal. A checkpoint counts as complete once its ``trai
 by the Trainer) parses; incomplete ones (a process killed mid-save) are removed before resuming. A checkpoint
 taken at the last step (the process died before the final save) is published as the result, not trained on
 (with ``load_best_model_at_end``, the best checkpoint it records).
+
+The checkpoints folder records which args file (``ARGS_STAMP``) and which input files (``INPUTS_STAMP``) its
+checkpoints were trained with: other arguments are refused (``guard_checkpoints``), other inputs (an edited
+dataset, a retrained upstream adapter) retire the checkpoints, so the stage trains again on the new inputs.
 """
 
 from __future__ import annotations
@@ -26,15 +30,19 @@ from transformers import TrainerCallback
 
 from .preflight import Requeue, StageError
 
-__all__ = ["ARGS_STAMP", "SIGNALS", "Preemption", "PreemptionCallback", "Requeue", "checkpoint_complete",
+__all__ = ["ARGS_STAMP", "INPUTS_STAMP", "SIGNALS", "Preemption", "PreemptionCallback", "Requeue", "checkpoint_complete",
            "checkpoint_state", "finished_checkpoint", "guard_checkpoints", "latest_checkpoint", "publish_checkpoint",
-           "result_checkpoint"]
+           "result_checkpoint", "retire_stale_checkpoints"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 """Signals that request a checkpoint and a requeue (Slurm preemption, ``--signal=USR1@...`` time limits)."""
 
 ARGS_STAMP = "ARGS_SHA256"
 """File in the checkpoints folder recording which args file wrote the checkpoints."""
+
+INPUTS_STAMP = "INPUTS_SHA256"
+"""File in the checkpoints folder recording a digest of the input files the checkpoints were trained from
+(``stamps.inputs_sha256``)."""
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -143,6 +151,34 @@ def guard_checkpoints(ckpt_dir: str | Path, sha256: str, *, write: bool) -> None
         tmp = root / f".{ARGS_STAMP}.tmp"
         tmp.write_text(sha256 + "\n")
         os.replace(tmp, stamp)
+
+
+def retire_stale_checkpoints(ckpt_dir: str | Path, inputs_sha256: str) -> list[str]:
+    """Main process, before training starts: remove the checkpoints trained from other input files (a changed
+    dataset, tokenizer, base model or upstream output), so the stage trains again instead of resuming them or
+    publishing a finished one; then record ``inputs_sha256``. Returns the removed checkpoint names.
+
+    Checkpoints written with other *arguments* are left to ``guard_checkpoints``, which refuses them; those of a
+    runtime that recorded no inputs are kept."""
+    root = Path(ckpt_dir)
+    stamp = root / INPUTS_STAMP
+    try:
+        old: str | None = stamp.read_text().strip()
+    except OSError:
+        old = None
+    if old == inputs_sha256:
+        return []
+    removed: list[str] = []
+    if old is not None and root.is_dir():
+        for path in sorted(root.iterdir()):
+            if path.is_dir() and _CHECKPOINT_RE.match(path.name):
+                shutil.rmtree(path)
+                removed.append(path.name)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{INPUTS_STAMP}.tmp"
+    tmp.write_text(inputs_sha256 + "\n")
+    os.replace(tmp, stamp)
+    return removed
 
 
 # Top-level files of a Trainer checkpoint that make up the trained weights (the rest is optimizer/RNG state).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from ftplan.context import Context, Inputs
 from ftplan.lineage import trace
 from ftplan.plan import build_plan
 from ftplan.render import render
-from ftplan.render.serialize import sha256_text
 from ftplan.schemas import Pipeline
 from ftplan.write import write_plan
 
@@ -32,6 +32,13 @@ FAKE = """#!/bin/bash
 # Records its name, arguments and the EVIL_* variables, NUL-separated, then succeeds.
 printf '%s\\0' "$#" "$(basename "$0")" "$@" "${EVIL_A-}" "${EVIL_B-}" "${EVIL_C-}" >> "$FTLOG"
 """
+FAKE_PYTHON = """#!/bin/bash
+# The runtime's own checks (importable? packages installed? stage complete?) run in the real Python; a stage
+# launch is only recorded.
+case "${1-} ${2-}" in
+  "-c import ftplan_runtime"|"-m ftplan_runtime.stamps"|"-m ftplan_runtime.installed") exec "$REAL_PYTHON" "$@" ;;
+esac
+""" + FAKE.split("\n", 1)[1]
 FAKE_SBATCH = FAKE + 'echo "$(( $(tr -cd "\\\\0" < "$FTLOG" | wc -c) ))"\n'
 FAKE_SRUN = """#!/bin/bash
 # Drops srun's options and runs the task the way one node would: SLURM_NODEID is set for the task only.
@@ -78,7 +85,9 @@ def read_calls(log: Path) -> list[tuple[str, list[str], list[str]]]:
 
 
 def pwned(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, _, names in os.walk(root) for n in names if "pwned" in n]
+    """Files a hostile string created (the tests' own data files named after the dataset paths aside)."""
+    return [os.path.join(d, n) for d, _, names in os.walk(root) for n in names
+            if "pwned" in n and n not in (HOSTILE, HOSTILE + ".p")]
 
 
 @pytest.fixture
@@ -95,7 +104,7 @@ def project(tmp_path):
     write_plan(files, root / PLAN_DIR)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in {"accelerate": FAKE, "python": FAKE, "module": FAKE, "sbatch": FAKE_SBATCH,
+    for name, text in {"accelerate": FAKE, "python": FAKE_PYTHON, "module": FAKE, "sbatch": FAKE_SBATCH,
                        "srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL}.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -105,7 +114,7 @@ def project(tmp_path):
     (tmp_path / "home").mkdir()
     (tmp_path / "elsewhere").mkdir()
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path / "home"), "FTLOG": str(tmp_path / "log"),
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", "REAL_PYTHON": sys.executable}
     return {"root": root, "plan": plan, "files": files, "env": env, "log": tmp_path / "log", "tmp": tmp_path}
 
 
@@ -120,22 +129,44 @@ def test_every_script_parses(project):
         assert r.returncode == 0, (path.name, r.stderr)
 
 
-def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project):
-    root, env, log = project["root"], project["env"], project["log"]
-    shas = {s.id: sha256_text(project["files"][f"{s.dir}/args.json"]) for s in project["plan"].stages}
-    done = root / OUTPUT_DIR / "sft"
-    done.mkdir(parents=True)
-    (done / "_COMPLETE").write_text(shas["sft"] + "\n")  # finished with these arguments: skipped
-    stale = root / OUTPUT_DIR / "data"
-    stale.mkdir(parents=True)
-    (stale / "_COMPLETE").write_text("0" * 64 + "\n")  # finished with other arguments: runs again
+def _stage_args(project, stage: str) -> str:
+    name = next(s.dir for s in project["plan"].stages if s.id == stage)
+    return f"{PLAN_DIR}/{name}/args.json"
 
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "run.sh")], cwd=project["tmp"] / "elsewhere", env=env,
-                       capture_output=True, text=True)
+
+def _complete(project, stage: str, monkeypatch) -> None:
+    """What a successful run of the stage leaves: its completion stamp over its current inputs."""
+    from ftplan_runtime import stamps
+
+    monkeypatch.chdir(project["root"])
+    args, sha = stamps.read_args(_stage_args(project, stage))
+    stamps.finish(stamps.begin(args, sha))
+
+
+def _run_sh(project) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(project["root"] / PLAN_DIR / "run.sh")], cwd=project["tmp"] / "elsewhere",
+                          env=project["env"], capture_output=True, text=True, timeout=120)
+
+
+def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project, monkeypatch):
+    from ftplan_runtime.stamps import show
+
+    root, env, log = project["root"], project["env"], project["log"]
+    (root / HOSTILE).write_text('{"messages": []}\n')  # the data stage's first dataset is a local file
+    _complete(project, "data", monkeypatch)  # finished, and its inputs are unchanged: skipped
+    stale = root / OUTPUT_DIR / "sft"
+    stale.mkdir(parents=True)
+    (stale / "_COMPLETE").write_text(json.dumps({"format": 1, "args_sha256": "0" * 64, "inputs": {}}))
+
+    r = _run_sh(project)
     assert r.returncode == 0, r.stderr
     assert pwned(project["tmp"]) == []
     assert Path(str(log) + ".venv").read_text() == "activated\n"
     assert Path(str(log) + ".setup").read_text() == "setup ran\n"
+    assert r.stdout.splitlines()[:3] == [
+        "ftplan: stage 01-data is complete; skipping",
+        "ftplan: stage 02-sft: its arguments changed since it last ran",  # finished with other arguments
+        "ftplan: stage 03-dpo: upstream stage sft must run first (its arguments changed since it last ran)"]
 
     calls = read_calls(log)
     assert [(prog, argv) for prog, argv, _ in calls[:2]] == [("module", ["load", MODULES[0]]),
@@ -143,7 +174,8 @@ def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project):
     launches = [(prog, argv) for prog, argv, _ in calls[2:]]
     stage = f"{PLAN_DIR}/stages"
     assert launches == [
-        ("python", ["-m", "ftplan_runtime", f"{stage}/01-data/args.json"]),
+        ("accelerate", ["launch", "--config_file", f"{stage}/02-sft/accelerate.yaml", "-m", "ftplan_runtime",
+                        f"{stage}/02-sft/args.json"]),
         ("accelerate", ["launch", "--config_file", f"{stage}/03-dpo/accelerate.yaml", "-m", "ftplan_runtime",
                         f"{stage}/03-dpo/args.json"]),
         ("python", ["-m", "ftplan_runtime", f"{stage}/04-merge/args.json"]),
@@ -157,21 +189,124 @@ def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project):
     acc = (root / f"{stage}/03-dpo/accelerate.yaml").read_text()
     assert (root / PLAN_DIR / "stages/03-dpo/deepspeed.json").is_file() and "deepspeed_config_file" in acc
 
+    # the hostile data file changes: the reason names it on one line, and it runs again, verbatim
+    (root / HOSTILE).write_text('{"messages": [1]}\n')
+    log.unlink()
+    r = _run_sh(project)
+    assert r.returncode == 0, r.stderr
+    assert pwned(project["tmp"]) == []
+    assert r.stdout.splitlines()[0] == f"ftplan: stage 01-data: {show(HOSTILE)} changed since it last ran"
+    assert [argv for prog, argv, _ in read_calls(log) if prog == "python"][0] == [
+        "-m", "ftplan_runtime", f"{stage}/01-data/args.json"]
+
+
+def test_run_sh_without_the_runtime_is_one_line_and_starts_nothing(project):
+    """A Python that cannot import ftplan_runtime: one line with the install command, no traceback."""
+    bin_dir = project["tmp"] / "bin"
+    (bin_dir / "python").write_text(
+        '#!/bin/bash\necho "Traceback (most recent call last):" >&2\n'
+        'echo "ModuleNotFoundError: No module named \'transformers\'" >&2\nexit 1\n')
+    r = _run_sh(project)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"ftplan: this Python ({bin_dir}/python) cannot import the ftplan runtime; install it with: pip install "
+        "'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)"]
+    assert not any(prog in ("python", "accelerate") for prog, _, _ in read_calls(project["log"]))
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system Python")
+def test_run_sh_with_a_plain_system_python_is_one_line(project):
+    """The user report: a machine without the runtime (here the system Python, which has no ftplan)."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import ftplan_runtime"], capture_output=True).returncode == 0:
+        pytest.skip("the system Python has the runtime")
+    (project["tmp"] / "bin" / "python").unlink()
+    (project["tmp"] / "bin" / "python").symlink_to("/usr/bin/python3")
+    r = _run_sh(project)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]'" in r.stderr
+
+
+def test_run_sh_names_missing_packages_before_any_stage(project):
+    """The `accelerate` command is missing: one line naming it, the stages that need it and the install
+    command; no stage starts."""
+    (project["tmp"] / "bin" / "accelerate").unlink()
+    r = _run_sh(project)
+    assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"ftplan: this Python ({sys.executable}) cannot run the plan: missing the `accelerate` "
+                           "command (stages sft, dpo); install with: pip install 'ftplan[runtime,gpu]'")
+    assert not any(prog in ("python", "accelerate") for prog, _, _ in read_calls(project["log"]))
+
+
+def test_a_stage_that_cannot_be_judged_stops_the_job(project):
+    """An unreadable upstream args file is no "must run": the job stops before launching anything."""
+    root, env, log = project["root"], project["env"], project["log"]
+    (root / _stage_args(project, "data")).write_text("{broken")
+    job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
+               "SLURM_CPUS_ON_NODE": "2"}
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/02-sft.sbatch")], cwd=root, env=job_env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not a valid ftplan arguments file" in r.stderr and "cannot tell whether the stage of" in r.stderr
+    assert not any(prog in ("srun", "accelerate") for prog, _, _ in read_calls(log))
+
 
 def test_submit_sh_chains_hostile_paths_verbatim(project):
     root, env, log = project["root"], project["env"], project["log"]
     r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), "--extra=1"],
-                       cwd=project["tmp"] / "elsewhere", env=env, capture_output=True, text=True)
+                       cwd=project["tmp"] / "elsewhere", env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert pwned(project["tmp"]) == []
     assert (root / "logs").is_dir()
     sbatch = [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
-    assert len(sbatch) == 5
+    jobs = [line.split(": job ")[1] for line in r.stdout.splitlines() if ": job " in line]
+    assert len(sbatch) == len(jobs) == 5
+    assert r.stdout.splitlines()[0] == "01-data: must run: it has not run yet"
     assert sbatch[0] == ["--parsable", f"--chdir={root}", "--extra=1", f"{PLAN_DIR}/slurm/01-data.sbatch"]
     for i, argv in enumerate(sbatch[1:], start=1):
-        assert argv[2] == "--dependency=afterok:" + r.stdout.splitlines()[i - 1].split("job ")[1]
+        assert argv[2] == "--dependency=afterok:" + jobs[i - 1]
         assert argv[3:] == ["--kill-on-invalid-dep=yes", "--extra=1", f"{PLAN_DIR}/slurm/"
                             + ["02-sft", "03-dpo", "04-merge", "05-gguf"][i - 1] + ".sbatch"]
+
+
+def test_submit_sh_skips_complete_stages_and_submits_what_is_built_on_a_changed_one(project, monkeypatch):
+    """Decided before any job runs: the data stage is complete, sft is not, so everything after sft is
+    submitted too (its stamps are complete but built on sft's old output)."""
+    root, env, log = project["root"], project["env"], project["log"]
+    for stage in ("data", "sft", "dpo", "merge", "gguf"):
+        _complete(project, stage, monkeypatch)
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh")], cwd=project["tmp"] / "elsewhere",
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{s}: complete, skipped" for s in
+                                     ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf")]
+    assert not [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
+    doc = json.loads((root / _stage_args(project, "sft")).read_text())
+    doc["stage"]["learning_rate"] = 3e-4  # sft's arguments change (an edited, recompiled plan)
+    (root / _stage_args(project, "sft")).write_text(json.dumps(doc, indent=2))
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh")], cwd=project["tmp"] / "elsewhere",
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "01-data: complete, skipped"
+    assert lines[1] == "02-sft: must run: its arguments changed since it last ran"
+    assert "03-dpo: must run: upstream stage sft must run first (its arguments changed since it last ran)" in lines
+    sbatch = [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
+    assert [a[-1].rsplit("/", 1)[1] for a in sbatch] == ["02-sft.sbatch", "03-dpo.sbatch", "04-merge.sbatch",
+                                                          "05-gguf.sbatch"]
+    assert not any(a.startswith("--dependency") for a in sbatch[0]) and sbatch[1][2].startswith("--dependency")
+
+
+def test_sbatch_of_a_complete_stage_has_nothing_to_do(project, monkeypatch):
+    root, env, log = project["root"], project["env"], project["log"]
+    _complete(project, "data", monkeypatch)
+    job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
+               "SLURM_CPUS_ON_NODE": "2"}
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/01-data.sbatch")], cwd=root, env=job_env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ftplan: stage 01-data is complete; nothing to do"]
+    assert not any(prog in ("srun", "python") for prog, _, _ in read_calls(log))
 
 
 def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
@@ -179,9 +314,10 @@ def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
     job_env = {**env, "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "4"}
     r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/02-sft.sbatch")], cwd=root, env=job_env,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert pwned(project["tmp"]) == []
+    assert r.stdout.splitlines()[0] == "ftplan: stage 02-sft: upstream stage data must run first (it has not run yet)"
     calls = [(prog, argv) for prog, argv, _ in read_calls(log)]
     assert ("scontrol", ["show", "hostnames", "node-[a-b]"]) in calls
     srun = next(argv for prog, argv in calls if prog == "srun")
@@ -194,7 +330,7 @@ def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
 
 def test_sbatch_requeues_on_the_requeue_exit_code(project):
     root, env, log = project["root"], project["env"], project["log"]
-    (project["tmp"] / "bin" / "python").write_text(FAKE + "exit 75\n")
+    (project["tmp"] / "bin" / "python").write_text(FAKE_PYTHON + "exit 75\n")
     job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "2"}
     r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/01-data.sbatch")], cwd=root, env=job_env,

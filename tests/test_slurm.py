@@ -10,6 +10,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ftplan.schemas.runtime_args import REQUEUE_EXIT_CODE
 from ftplan.write import write_plan
 
 HERE = Path(__file__).resolve().parent
+VENV_BIN = str(Path(sys.executable).parent)
+"""Where the scripts' `python` (with the runtime, for the completion and package checks) and `accelerate` are."""
 PLAN_DIR = "plans/chain"
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -130,7 +133,8 @@ def _stub_sbatch(tmp_path: Path) -> dict:
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$SBATCH_LOG"\necho 42\n')
     (bin_dir / "sbatch").chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log")}
+    return {**os.environ, "PATH": f"{bin_dir}:{VENV_BIN}:{os.environ['PATH']}",
+            "SBATCH_LOG": str(tmp_path / "sbatch.log")}
 
 
 @pytest.mark.parametrize("option", [["--nodes=1"], ["-N", "1"], ["-N1"], ["--ntasks=4"], ["--gpus-per-node=4"],
@@ -156,6 +160,36 @@ def test_submit_passes_other_options_to_every_sbatch_call(tmp_path):
     assert r.returncode == 0, r.stderr
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
     assert len(calls) == 5 and all("--qos=high --nice=5" in c for c in calls)
+    assert r.stdout.splitlines()[:2] == ["01-data: must run: it has not run yet", "01-data: job 42"]
+
+
+def test_submit_skips_complete_stages_and_submits_the_rest_as_one_chain(tmp_path, monkeypatch):
+    """Which stages run is decided before any job starts: complete ones are skipped, and a stage built on one
+    that must run is submitted too; the chain starts at the first submitted stage."""
+    from ftplan_runtime import stamps
+
+    root = tmp_path / "project"
+    compile_plan(root, nodes=2)
+    monkeypatch.chdir(root)
+    for n in ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"):
+        args, sha = stamps.read_args(f"{PLAN_DIR}/stages/{n}/args.json")
+        stamps.finish(stamps.begin(args, sha))
+    (root / "outputs/dpo/adapter").mkdir(parents=True)  # dpo's output changes under merge: merge and gguf rerun
+    (root / "outputs/dpo/adapter/adapter_model.safetensors").write_text("retrained")
+    env = _stub_sbatch(tmp_path)
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "01-data: complete, skipped", "02-sft: complete, skipped", "03-dpo: complete, skipped",
+        "04-merge: must run: outputs/dpo/adapter/adapter_model.safetensors is new since it last ran",
+        "04-merge: job 42",
+        "05-gguf: must run: upstream stage merge must run first (outputs/dpo/adapter/adapter_model.safetensors is "
+        "new since it last ran)",
+        "05-gguf: job 42"]
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert [c.split()[-1].rsplit("/", 1)[1] for c in calls] == ["04-merge.sbatch", "05-gguf.sbatch"]
+    assert "--dependency" not in calls[0] and "--dependency=afterok:42" in calls[1]
 
 
 def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
@@ -177,9 +211,10 @@ def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
     (stub / "scontrol").write_text("#!/bin/sh\n")
     (stub / "scontrol").chmod(0o755)
     env = {**os.environ, "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "16", "SLURM_JOB_NODELIST": "",
-           "PATH": f"{stub}:{os.environ['PATH']}"}
+           "PATH": f"{stub}:{VENV_BIN}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert "compiled for" not in r.stderr and "no head node" in r.stderr, r.stderr
+    assert "ftplan: stage 02-sft: upstream stage data must run first (it has not run yet)" in r.stdout
 
 
 def test_every_slurm_script_parses():
@@ -217,6 +252,10 @@ def cluster(tmp_path_factory):
 
 STUB = """#!/bin/bash
 # Stands in for accelerate/python: logs the stage and its arguments, then fails, asks for a requeue or succeeds.
+# The runtime's own checks (importable? packages installed? stage complete?) run in the real Python.
+case "${1-} ${2-}" in
+  "-c import ftplan_runtime"|"-m ftplan_runtime.stamps"|"-m ftplan_runtime.installed") exec "$REAL_PYTHON" "$@" ;;
+esac
 args=${@: -1}
 stage=$(basename "$(dirname "$args")")
 echo "$(basename "$0") $stage job=${SLURM_JOB_ID:-} restart=${SLURM_RESTART_COUNT:-0} node=${SLURM_NODEID:-} $*" >> "$FTLOG"
@@ -236,8 +275,8 @@ def chain(cluster, tmp_path):
     for name in ("accelerate", "python"):
         (bin_dir / name).write_text(STUB)
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "SLURM_CONF": cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "FTLOG": str(tmp_path / "stages.log")}
+    env = {**os.environ, "SLURM_CONF": cluster, "PATH": f"{bin_dir}:{VENV_BIN}:{os.environ['PATH']}",
+           "FTLOG": str(tmp_path / "stages.log"), "REAL_PYTHON": sys.executable}
     return root, env, tmp_path / "stages.log"
 
 

@@ -1,5 +1,5 @@
-"""Resolving one stage into its ``RuntimeArgs`` (``args.json``): defaults filled, paths and model source
-computed from the stage graph, and the hardware promise the runtime verifies before it starts.
+"""Resolving one stage into its ``RuntimeArgs`` (``args.json``): defaults filled, paths, model source and the
+stages it consumes computed from the stage graph, and the hardware promise the runtime verifies before it starts.
 
 Folders, all relative to the project root: a stage writes into ``<output_dir>/<id>/``; a trained adapter is
 saved in its ``adapter/`` subfolder and full weights (full fine-tune, merge) in its ``model/`` subfolder.
@@ -8,12 +8,13 @@ saved in its ``adapter/`` subfolder and full weights (full fine-tune, merge) in 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 
 from ..estimate.types import StageEstimate
 from ..lineage import AdapterLink, Result, StageLink
 from ..schemas import (DataStage, DistributedSpec, DpoStage, GgufStage, HardwareSpec, MergeStage, Pipeline,
                        SftStage)
-from ..schemas.runtime_args import AdapterRef, ModelSource, Promise, RuntimeArgs
+from ..schemas.runtime_args import AdapterRef, ModelSource, Promise, RuntimeArgs, UpstreamRef
 from .accelerate import DISTRIBUTED_TYPES
 from .deepspeed import zero_stage
 
@@ -99,6 +100,29 @@ def model_source(pipeline: Pipeline, stage, link: StageLink) -> ModelSource | No
     )
 
 
+def consumed_stages(stage, link: StageLink) -> list[str]:
+    """Ids of the earlier stages whose outputs ``stage`` reads, in order, without repeats: its data stage, the
+    stage that wrote the weights it starts from, the stages whose adapters it merges or continues.
+
+    Every adapter of the input's chain is read (merged first or continued), whatever the hand-off; a GGUF stage
+    reads merged weights only. The single place that decides ``RuntimeArgs.upstream``."""
+    ids: list[str] = []
+    if isinstance(stage, (SftStage, DpoStage)):
+        ids.append(stage.data)
+    src = link.input
+    if src is not None and not isinstance(stage, DataStage):
+        if src.weights is not None:
+            ids.append(src.weights)
+        ids.extend(a.stage for a in src.adapters)
+    return list(dict.fromkeys(ids))
+
+
+def upstream_refs(stage, link: StageLink, args_paths: Mapping[str, str]) -> list[UpstreamRef]:
+    """``RuntimeArgs.upstream``: each consumed stage with its args file (``args_paths``: stage id -> the path of
+    its ``args.json`` relative to the project root)."""
+    return [UpstreamRef(stage=sid, args=args_paths[sid]) for sid in consumed_stages(stage, link)]
+
+
 def promise(stage, hardware: HardwareSpec, gpu, estimate: StageEstimate | None) -> Promise:
     """What the plan assumes about the machine the stage runs on."""
     on_gpu = hardware.device == "cuda"
@@ -120,8 +144,10 @@ def promise(stage, hardware: HardwareSpec, gpu, estimate: StageEstimate | None) 
                    attention=attention, kernels="none")
 
 
-def runtime_args(pipeline: Pipeline, stage, link: StageLink, gpu, estimate: StageEstimate | None) -> RuntimeArgs:
-    """The complete ``args.json`` contents of one stage."""
+def runtime_args(pipeline: Pipeline, stage, link: StageLink, gpu, estimate: StageEstimate | None,
+                 args_paths: Mapping[str, str] | None = None) -> RuntimeArgs:
+    """The complete ``args.json`` contents of one stage; ``args_paths`` maps stage ids to their ``args.json``
+    relative to the project root (needed for stages that consume others)."""
     data_dir = (stage_output_dir(pipeline, stage.data) if isinstance(stage, (SftStage, DpoStage)) else None)
     peak = None
     if estimate is not None and estimate.peak_bytes > 0:
@@ -131,4 +157,5 @@ def runtime_args(pipeline: Pipeline, stage, link: StageLink, gpu, estimate: Stag
         source=model_source(pipeline, stage, link), data_dir=data_dir,
         output_dir=stage_output_dir(pipeline, stage.id),
         promise=promise(stage, pipeline.hardware, gpu, estimate), estimate_peak_gib=peak,
+        upstream=upstream_refs(stage, link, args_paths or {}),
     )

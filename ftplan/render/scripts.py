@@ -5,6 +5,16 @@ Every user-controlled string reaches a script through the ``shq`` filter (one sh
 filter (inside ``#`` lines); ``hardware.setup`` lines are the one exception, verbatim code by design.
 ``#SBATCH`` lines hold literal values only: Slurm reads them without a shell, and the schema restricts their
 values to characters that need no quoting.
+
+What every script does before a stage:
+
+* it checks that this Python can import the runtime (``python -c 'import ftplan_runtime'``, whose failure is
+  one line with the install command, never a traceback) and the packages the stages need
+  (``python -m ftplan_runtime.installed ARGS...``, which derives them from the args files);
+* it asks ``python -m ftplan_runtime.stamps check ARGS`` whether the stage is complete (exit 0), must run
+  (exit 1, the reason printed with the stage's name) or cannot be judged (any other exit stops the script).
+  ``run.sh`` skips complete stages, each sbatch job exits at its start with "nothing to do", and ``submit.sh``
+  submits only the stages that must run, all decided before any job starts.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from ..schemas import DataStage, GgufStage, MergeStage
-from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE
+from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RUNTIME_INSTALL
 from ..describe import size
 from .shell import comment, shq
 
@@ -75,36 +85,43 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
     return lines
 
 
-def _stage_view(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
+def _stage_view(plan: "Plan", s: "PlanStage") -> dict[str, Any]:
     return {
         "nn": f"{s.index:02d}", "id": s.id, "kind": s.kind, "name": s.name, "launcher": s.launcher,
-        "output_dir": s.output_dir, "sha": sha, "comment": stage_comment(plan, s),
+        "output_dir": s.output_dir, "comment": stage_comment(plan, s),
         "args": plan.path(s.dir, "args.json"), "config": plan.path(s.dir, "accelerate.yaml"),
         "sbatch": plan.path("slurm", f"{s.name}.sbatch"),
         "nodes": s.resources.nodes, "gpus_per_node": s.resources.gpus_per_node,
     }
 
 
+# A constant, not a user string: written inside a double-quoted echo, so it must need no escaping there.
+assert not any(ch in RUNTIME_INSTALL for ch in '"$`\\!'), RUNTIME_INSTALL
+
+
 def _common(plan: "Plan") -> dict[str, Any]:
     hw = plan.hardware
     return {
         "version": plan.provenance.ftplan_version, "pipeline_file": plan.provenance.pipeline_file,
-        "plan_dir": plan.plan_dir, "name": plan.name, "marker": COMPLETE_MARKER,
+        "plan_dir": plan.plan_dir, "name": plan.name, "marker": COMPLETE_MARKER, "install": RUNTIME_INSTALL,
+        "check_args": [plan.path(s.dir, "args.json") for s in plan.stages],
         "env": sorted(hw.env.items()), "modules": list(hw.modules), "venv": hw.venv, "setup": list(hw.setup),
         "run_path": plan.path("run.sh"), "submit_path": plan.path("slurm", "submit.sh"),
     }
 
 
-def render_run(plan: "Plan", shas: dict[str, str]) -> str:
-    """``run.sh``: every stage on this machine, in order, skipping completed ones."""
+def render_run(plan: "Plan", shas: dict[str, str] | None = None) -> str:
+    """``run.sh``: every stage on this machine, in order, skipping complete ones. (``shas``, the args files'
+    digests, are not needed: completion is checked against each stage's stamp.)"""
     nodes = max((s.resources.nodes for s in plan.stages), default=1)
     return environment().get_template("run.sh.j2").render(
         **_common(plan), root=plan.root_from_plan_dir, nodes=nodes,
-        stages=[_stage_view(plan, s, shas[s.id]) for s in plan.stages])
+        stages=[_stage_view(plan, s) for s in plan.stages])
 
 
-def render_sbatch(plan: "Plan", s: "PlanStage", sha: str) -> str:
-    """``slurm/NN-<id>.sbatch``: one stage as one Slurm job."""
+def render_sbatch(plan: "Plan", s: "PlanStage", sha: str | None = None) -> str:
+    """``slurm/NN-<id>.sbatch``: one stage as one Slurm job, which exits at its start when the stage is complete.
+    (``sha`` is not needed, as for ``render_run``.)"""
     slurm = plan.slurm
     if slurm is None:
         raise ValueError("the pipeline has no hardware.slurm section")
@@ -113,17 +130,19 @@ def render_sbatch(plan: "Plan", s: "PlanStage", sha: str) -> str:
                                    ("reservation", slurm.reservation), ("mem", slurm.mem)) if v is not None]
     options += sorted(slurm.extra.items())
     srun_cpus = str(slurm.cpus_per_task) if slurm.cpus_per_task else '"$SLURM_CPUS_ON_NODE"'
+    common = {**_common(plan), "check_args": [plan.path(s.dir, "args.json")]}
     return environment().get_template("stage.sbatch.j2").render(
-        **_common(plan), s=_stage_view(plan, s, sha), slurm=slurm, options=options,
+        **common, s=_stage_view(plan, s), slurm=slurm, options=options,
         job_name=f"{plan.name}-{s.id}", srun_cpus=srun_cpus, port=plan.hardware.main_process_port,
         requeue_code=REQUEUE_EXIT_CODE)
 
 
-def render_submit(plan: "Plan", shas: dict[str, str]) -> str:
-    """``slurm/submit.sh``: the stages submitted in order as an ``afterok`` chain."""
+def render_submit(plan: "Plan", shas: dict[str, str] | None = None) -> str:
+    """``slurm/submit.sh``: the stages that must run, submitted in order as an ``afterok`` chain. (``shas`` is not
+    needed, as for ``render_run``.)"""
     if plan.slurm is None:
         raise ValueError("the pipeline has no hardware.slurm section")
     root = posixpath.normpath(posixpath.join("..", plan.root_from_plan_dir))
     return environment().get_template("submit.sh.j2").render(
         **_common(plan), root=root, logs_dir=plan.slurm.logs_dir,
-        stages=[_stage_view(plan, s, shas[s.id]) for s in plan.stages])
+        stages=[_stage_view(plan, s) for s in plan.stages])

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import FtplanModel, NonEmptyStr
+from .base import FtplanModel, NonEmptyStr, StageId
 from .model import ModelSpec
 from .stages import Stage
 
@@ -70,6 +70,15 @@ class ModelSource(FtplanModel):
     """Tokenizer hub id or folder."""
 
 
+class UpstreamRef(FtplanModel):
+    """An earlier stage whose output this stage reads."""
+
+    stage: StageId
+    """Id of that stage."""
+    args: NonEmptyStr
+    """Its ``args.json``, relative to the project root (``<plan folder>/stages/NN-<id>/args.json``)."""
+
+
 class RuntimeArgs(FtplanModel):
     """Everything one stage run needs."""
 
@@ -91,11 +100,22 @@ class RuntimeArgs(FtplanModel):
     """What the runtime must verify before starting."""
     estimate_peak_gib: float | None = None
     """The plan's peak-memory estimate per GPU (for the metrics report)."""
+    upstream: list[UpstreamRef] = Field(default_factory=list)
+    """The earlier stages whose outputs this stage reads (its data stage, the stage that wrote its weights, the
+    stages whose adapters it merges or continues), in that order. The stage counts as complete only while each
+    of them is complete too (``ftplan_runtime.stamps``)."""
 
 REQUEUE_EXIT_CODE = 75
 """Exit code of a stage that saved a checkpoint on SIGTERM/SIGUSR1 (preemption or time limit) and wants to be
 requeued; the sbatch script turns it into ``scontrol requeue``. (75 is EX_TEMPFAIL.)"""
 
 COMPLETE_MARKER = "_COMPLETE"
-"""File a stage writes into its output folder when it finished; it holds the sha256 of the stage's
-``args.json``, so ``run.sh`` skips exactly the stages that completed with the same arguments."""
+"""The completion stamp: a JSON file a stage writes into its output folder last, after its outputs. It records
+the sha256 of the stage's ``args.json`` and the size, mtime and sha256 of every local file the stage read
+(datasets, tokenizer and chat-template files, base weights, the outputs of the stages it consumes). The stage is
+complete while the stamp matches those files and every stage it consumes is complete
+(``python -m ftplan_runtime.stamps check ARGS``); a run removes it before it starts writing."""
+
+RUNTIME_INSTALL = "pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)"
+"""How to install the runtime and the packages its stages need; the launch scripts and
+``python -m ftplan_runtime.installed`` say it when something is missing."""

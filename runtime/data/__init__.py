@@ -2,7 +2,8 @@
 
 Output layout (in the stage's ``output_dir``): ``sft/train``, ``sft/validation``, ``preference/...``,
 ``kto/...`` (``datasets`` folders; only groups that exist, validation only when ``val_fraction > 0``),
-``manifest.json`` and the completion marker. See ``output`` for the columns and ``stage`` for caching.
+``manifest.json``, ``metrics.json`` and the completion stamp (``ftplan_runtime.stamps``). See ``output`` for the
+columns and ``stage`` for the atomic write.
 """
 
 from .errors import BadRow, DataError

@@ -3,6 +3,7 @@ atomic output."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -62,9 +63,9 @@ def tokenizer():
 def test_every_format_end_to_end(project):
     m = run_data_stage(fx.make_args(ALL), "a" * 64)
     out = project / "out" / "data"
-    assert sorted(p.name for p in out.iterdir()) == [COMPLETE_MARKER, "kto", "manifest.json", "preference", "sft"]
+    assert sorted(p.name for p in out.iterdir()) == ["kto", "manifest.json", "preference", "sft"]
     assert sorted(p.name for p in (out / "sft").iterdir()) == ["train"]
-    assert (out / COMPLETE_MARKER).read_text() == "a" * 64
+    assert not (out / COMPLETE_MARKER).exists()  # the entry point writes the completion stamp, last
     text = (out / "manifest.json").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     assert Manifest.read(out) == m
@@ -218,28 +219,55 @@ def test_fingerprint_follows_template_data_and_settings_only(project):
     assert fingerprint() != base
 
 
-def test_cached_rerun_is_a_no_op(project, capsys):
-    args = fx.make_args(ALL)
-    first = run_data_stage(args, "s1")
-    stamp = (project / "out/data/manifest.json").stat().st_mtime_ns
+def _stage_args_file(project: Path, args) -> str:
+    path = project / "stages" / "01-data" / "args.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(args.model_dump_json(indent=2))
+    return "stages/01-data/args.json"
+
+
+def test_a_complete_stage_is_not_redone_and_an_edit_redoes_it(project, capsys):
+    """The data stage has no skip of its own: the entry point skips it while its completion stamp matches the
+    args file, the data files, the tokenizer files and the template; an edited data file runs it again."""
+    from ftplan_runtime.__main__ import main
+    from ftplan_runtime.stamps import TOKENIZER_FILES
+
+    path = _stage_args_file(project, fx.make_args(ALL))
+    assert main([path]) == 0
+    out = project / "out/data"
+    first = Manifest.read(out)
+    stamp = json.loads((out / COMPLETE_MARKER).read_text())
+    assert stamp["args_sha256"] == hashlib.sha256((project / path).read_bytes()).hexdigest()
+    tok = [f"tok/{n}" for n in TOKENIZER_FILES if (project / "tok" / n).is_file()]
+    assert tok and sorted(stamp["inputs"]) == sorted(
+        [f"data/{n}.jsonl" for n in ("alpaca", "chat", "kto", "pc", "pref", "sharegpt", "text")] + tok)
+    mtime = (out / "manifest.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert run_data_stage(args, "s1") == first
-    assert "is up to date" in capsys.readouterr().err
-    assert (project / "out/data/manifest.json").stat().st_mtime_ns == stamp
-    run_data_stage(args, "s2")  # another args file: redone, new marker
-    assert (project / "out/data" / COMPLETE_MARKER).read_text() == "s2"
-    assert "is up to date" not in capsys.readouterr().err
+    assert main([path]) == 0
+    assert "stage 'data' is complete; nothing to do" in capsys.readouterr().err
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    data = project / "data" / "chat.jsonl"
+    data.write_bytes(data.read_bytes().replace(b"The answer is 3.", b"The answer is 3!"))
+    assert main([path]) == 0
+    assert "data/chat.jsonl changed since it last ran" in capsys.readouterr().err
+    assert Manifest.read(out).fingerprint != first.fingerprint  # the manifest keeps it, as information
 
 
-def test_failed_rerun_leaves_previous_output_intact(project):
-    args = fx.make_args(ALL)
-    run_data_stage(args, "s1")
+def test_failed_rerun_leaves_previous_output_intact_but_incomplete(project, capsys):
+    """A rerun that fails on a new bad row keeps the previous output but removes its completion stamp, so
+    nothing built on the old output counts as complete."""
+    from ftplan_runtime.__main__ import main
+    from ftplan_runtime.stamps import check
+
+    path = _stage_args_file(project, fx.make_args(ALL))
+    assert main([path]) == 0
     before = (project / "out/data/manifest.json").read_text()
     fx.write_jsonl(project / "data" / "chat.jsonl", CHAT + [{"messages": "oops"}])
-    with pytest.raises(DataError, match="data/chat.jsonl line 9: 'messages' is a string, not a non-empty list"):
-        run_data_stage(args, "s2")
+    assert main([path]) == 1
+    assert "data/chat.jsonl line 9" in capsys.readouterr().err
     assert (project / "out/data/manifest.json").read_text() == before
-    assert (project / "out/data" / COMPLETE_MARKER).read_text() == "s1"
+    assert not (project / "out/data" / COMPLETE_MARKER).exists()
+    assert check(path).reason == "its last run did not finish"
     assert sorted(p.name for p in (project / "out").iterdir()) == ["data"]  # no temp folder left
 
 

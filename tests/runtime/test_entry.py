@@ -1,5 +1,5 @@
-"""The entry point `python -m ftplan_runtime args.json`: argument errors, exit codes, markers, and a whole
-data -> sft -> dpo -> merge chain driven through the command line."""
+"""The entry point `python -m ftplan_runtime args.json`: argument errors, exit codes, completion stamps, and a
+whole data -> sft -> dpo -> merge chain driven through the command line."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_bad_args_from_the_command_line_has_no_traceback(tmp_path):
 
 
 def test_stage_failure_is_exit_1_and_clears_a_stale_marker(tmp_path, capsys, monkeypatch):
-    """A stage error (data folder missing) is one line with exit 1; an old completion marker is removed."""
+    """A stage error (data folder missing) is one line with exit 1; an old completion stamp is removed."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out" / "sft"
     out.mkdir(parents=True)
@@ -97,6 +97,105 @@ def test_stage_failure_is_exit_1_and_clears_a_stale_marker(tmp_path, capsys, mon
     line = _one_line_error(capsys.readouterr().err)
     assert "stage 'sft'" in line and "run the data stage 'prep' first" in line
     assert not (out / COMPLETE_MARKER).exists()
+
+
+def _data_args(root: Path, **over) -> dict:
+    doc = {"pipeline": "t", "model": {"base": "tok"}, "output_dir": "out/prep", "promise": CPU_PROMISE,
+           "stage": {"id": "prep", "kind": "data", "max_seq_len": 64,
+                     "datasets": [{"path": "d.jsonl", "format": "text"}]}}
+    doc.update(over)
+    return doc
+
+
+def _project(root: Path, monkeypatch) -> dict[str, str]:
+    """A data stage and an SFT stage that reads it (``upstream``), as args files; cwd = ``root``."""
+    monkeypatch.chdir(root)
+    (root / "d.jsonl").write_text('{"text": "hello"}\n')
+    (root / "stages/01-prep").mkdir(parents=True)
+    (root / "stages/02-sft").mkdir(parents=True)
+    (root / "stages/01-prep/args.json").write_text(json.dumps(_data_args(root)))
+    sft = _sft_args(root, upstream=[{"stage": "prep", "args": "stages/01-prep/args.json"}])
+    (root / "stages/02-sft/args.json").write_text(json.dumps(sft))
+    return {"prep": "stages/01-prep/args.json", "sft": "stages/02-sft/args.json"}
+
+
+def _fake_stage(monkeypatch, calls: list, fail: bool = False):
+    """Replace the stage's work: record the call, write an output (or fail)."""
+    import ftplan_runtime.__main__ as entry
+    from ftplan_runtime.preflight import StageError
+
+    def run(args, sha):
+        calls.append(args.stage.id)
+        if fail:
+            raise StageError("bad row 9")
+        Path(args.output_dir, "result.txt").parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_dir, "result.txt").write_text("done")
+
+    monkeypatch.setattr(entry, "run_stage", run)
+
+
+def test_a_complete_stage_says_so_and_does_nothing(tmp_path, capsys, monkeypatch):
+    paths = _project(tmp_path, monkeypatch)
+    calls: list = []
+    _fake_stage(monkeypatch, calls)
+    assert _main([paths["prep"]]) == 0 and calls == ["prep"]
+    stamp = json.loads((tmp_path / "out/prep" / COMPLETE_MARKER).read_text())
+    assert stamp["args_sha256"] == hashlib.sha256((tmp_path / paths["prep"]).read_bytes()).hexdigest()
+    assert list(stamp["inputs"]) == ["d.jsonl"]
+    capsys.readouterr()
+    assert _main([paths["prep"]]) == 0 and calls == ["prep"]
+    assert "stage 'prep' is complete; nothing to do" in capsys.readouterr().err
+    (tmp_path / "d.jsonl").write_text('{"text": "hello again"}\n')
+    assert _main([paths["prep"]]) == 0 and calls == ["prep", "prep"]
+    assert "d.jsonl changed since it last ran" in capsys.readouterr().err
+
+
+def test_a_stage_refuses_to_run_on_an_incomplete_upstream_stage(tmp_path, capsys, monkeypatch):
+    paths = _project(tmp_path, monkeypatch)
+    calls: list = []
+    _fake_stage(monkeypatch, calls)
+    assert _main([paths["sft"]]) == 1 and calls == []
+    line = _one_line_error(capsys.readouterr().err)
+    assert "stage 'sft': upstream stage prep must run first (it has not run yet)" in line
+    assert _main([paths["prep"]]) == 0 and _main([paths["sft"]]) == 0 and calls == ["prep", "sft"]
+    (tmp_path / "d.jsonl").write_text("{}\n")  # the data changed: sft must not run on the old output
+    capsys.readouterr()
+    assert _main([paths["sft"]]) == 1 and calls == ["prep", "sft"]
+    assert "upstream stage prep must run first (d.jsonl changed since it last ran)" in capsys.readouterr().err
+
+
+def test_a_failed_run_removes_the_stamp_first(tmp_path, capsys, monkeypatch):
+    from ftplan_runtime.stamps import check
+
+    paths = _project(tmp_path, monkeypatch)
+    calls: list = []
+    _fake_stage(monkeypatch, calls)
+    assert _main([paths["prep"]]) == 0 and _main([paths["sft"]]) == 0
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    (tmp_path / "out/.prep.tmp-999").mkdir()  # what a killed run left
+    _fake_stage(monkeypatch, calls, fail=True)
+    assert _main([paths["prep"]]) == 1
+    assert not (tmp_path / "out/prep" / COMPLETE_MARKER).exists()
+    assert not (tmp_path / "out/.prep.tmp-999").exists()
+    assert (tmp_path / "out/prep/result.txt").exists()  # the old output stays, no longer complete
+    assert check(paths["prep"]).reason == "its last run did not finish"
+    assert check(paths["sft"]).reason == "upstream stage prep must run first (its last run did not finish)"
+
+
+def test_only_the_main_process_touches_the_stamp(tmp_path, capsys, monkeypatch):
+    """Other ranks agree on "complete" and run when the stage must run, but never remove or write the stamp."""
+    paths = _project(tmp_path, monkeypatch)
+    calls: list = []
+    _fake_stage(monkeypatch, calls)
+    assert _main([paths["prep"]]) == 0
+    stamp = (tmp_path / "out/prep" / COMPLETE_MARKER).read_text()
+    monkeypatch.setenv("RANK", "1")
+    capsys.readouterr()
+    assert _main([paths["prep"]]) == 0 and calls == ["prep"]  # complete: every rank agrees, nothing runs
+    assert capsys.readouterr().err == ""
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    assert _main([paths["prep"]]) == 0 and calls == ["prep", "prep"]
+    assert (tmp_path / "out/prep" / COMPLETE_MARKER).read_text() == stamp  # rank 1 neither removes nor writes it
 
 
 def test_preflight_failure_is_exit_3(tmp_path, capsys, monkeypatch):
@@ -167,7 +266,8 @@ def _run_chain(root: Path, promise: dict, train: dict) -> None:
         proc = _stage(root, name)
         assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
         out = root / stage_args.output_dir
-        assert (out / COMPLETE_MARKER).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+        stamp = json.loads((out / COMPLETE_MARKER).read_text())
+        assert stamp["args_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["stage"] == stage_args.stage.id and metrics["kind"] == stage_args.stage.kind
     sft = json.loads((root / "outputs/sft/metrics.json").read_text())
@@ -194,14 +294,14 @@ def _chain_project(tmp_path_factory, tiny_base: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_data_sft_dpo_merge_through_the_command_line(tmp_path_factory, tiny_base):
     """Four stages on CPU (fp32), each `python -m ftplan_runtime stages/NN-id/args.json` from the project root;
-    every stage leaves metrics.json and a completion marker with its args file's sha256; the merged model
+    every stage leaves metrics.json and a completion stamp with its args file's sha256; the merged model
     equals the base with the DPO adapter (which continued the SFT adapter)."""
     pytest.importorskip("torch")
     root = _chain_project(tmp_path_factory, tiny_base, "e2e")
     _run_chain(root, CPU_PROMISE, {"precision": "fp32", "micro_batch": 2, "logging_steps": 1, "report_to": [],
                                    "gradient_checkpointing": False})
-    again = _stage(root, "01-prep")  # the data stage keeps its up-to-date output
-    assert again.returncode == 0 and "up to date" in again.stderr
+    again = _stage(root, "01-prep")  # a complete stage is not redone
+    assert again.returncode == 0 and "stage 'prep' is complete; nothing to do" in again.stderr
 
 
 @pytest.mark.gpu

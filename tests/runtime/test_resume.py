@@ -105,7 +105,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(project):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     metrics = json.loads((root / "out-killed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= step and metrics["steps"] == 60
-    assert (root / "out-killed" / COMPLETE_MARKER).read_text().strip() == \
+    assert json.loads((root / "out-killed" / COMPLETE_MARKER).read_text())["args_sha256"] == \
         __import__("hashlib").sha256(args_path.read_bytes()).hexdigest()
 
     want, got = _adapter(root / "out-clean"), _adapter(root / "out-killed")
@@ -188,3 +188,20 @@ def test_a_checkpoint_at_the_last_step_is_published_not_trained_past(project):
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert (out / "adapter" / "tokenizer.json").is_file() and not (out / "adapter" / "optimizer.pt").exists()
+
+
+def test_checkpoints_trained_from_other_inputs_are_retired(tmp_path):
+    """Checkpoints of a run over other input files (an edited dataset, a retrained upstream adapter) are removed
+    before training, so a rerun trains on the new inputs instead of resuming or publishing the old run."""
+    from ftplan_runtime.preemption import INPUTS_STAMP, retire_stale_checkpoints
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "checkpoint-2").mkdir(parents=True)
+    assert retire_stale_checkpoints(ckpt, "a" * 64) == []  # no record (an older runtime): kept
+    assert (ckpt / "checkpoint-2").is_dir() and (ckpt / INPUTS_STAMP).read_text().strip() == "a" * 64
+    assert retire_stale_checkpoints(ckpt, "a" * 64) == []  # the same inputs: resumed later
+    (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "ARGS_SHA256").write_text("c" * 64)
+    assert retire_stale_checkpoints(ckpt, "b" * 64) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["ARGS_SHA256", INPUTS_STAMP]
+    assert (ckpt / INPUTS_STAMP).read_text().strip() == "b" * 64

@@ -4,25 +4,45 @@
 #
 # Runs every stage of pipeline llama70b-lora on this machine, in order:
 #   bash ../plans/llama3-70b-lora-8xh100/run.sh
-# A stage whose output folder holds _COMPLETE with the sha256 of its args.json has finished with exactly
-# these arguments and is skipped; delete that file to run the stage again.
+# A stage is skipped while it is complete: the stamp (_COMPLETE) it wrote into its output folder after its
+# outputs still matches its args.json and the content of every file it read (datasets, tokenizer, chat template,
+# base weights, earlier stages' outputs), and the stages it reads from are complete. Anything else runs it again,
+# and what was built on it after it. Delete a stage's _COMPLETE to run it again by hand.
 set -euo pipefail
 cd "$(dirname "$0")"/../../examples
 
 # ---- environment (hardware: env, modules, venv, setup) ----
 export NCCL_NVLS_ENABLE=0
 
-# stage_complete DIR SHA: true when DIR/_COMPLETE holds SHA, i.e. the stage finished with these arguments.
+# The runtime and the packages these stages need must be importable by this Python, or nothing starts.
+if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
+  echo "ftplan: this Python ($(command -v python || echo 'none on PATH')) cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)" >&2
+  exit 1
+fi
+python -m ftplan_runtime.installed \
+  ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json
+
+# stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
+# file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
+# False when it must run, with the reason in $why; any other answer (an unreadable args file) stops the script.
 stage_complete() {
-  [ -f "$1/_COMPLETE" ] && [ "$(tr -d '[:space:]' < "$1/_COMPLETE")" = "$2" ]
+  local rc=0
+  why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?
+  case $rc in
+    0) return 0 ;;
+    1) return 1 ;;
+    *) echo "ftplan: cannot tell whether the stage of $1 is complete" >&2; exit "$rc" ;;
+  esac
 }
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 1 dataset(s) into rows of at most 4096 tokens (packed); writes outputs/data
-if stage_complete outputs/data f45044fbeac8d27bef7db4c261d1fabd67113731e1cea01e9d39a21e5a3b291f; then
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json; then
   echo "ftplan: stage 01-data is complete; skipping"
 else
-  echo "ftplan: stage 01-data"
+  echo "ftplan: stage 01-data: $why"
   python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json
 fi
 
@@ -31,20 +51,20 @@ fi
 # effective batch 1 micro × 4 accum × 8 processes = 32 sequences; 131,072 tokens/step
 # estimated peak 31.3 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft 8bc7d48c687b17c63ddf8c664e75dbe3e3d92433b6168be4dab3eadfacd11e04; then
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft"
+  echo "ftplan: stage 02-sft: $why"
   accelerate launch --config_file ../plans/llama3-70b-lora-8xh100/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json
 fi
 
 # ---- stage 03: merge (merge) ----
 # merges the adapters of sft into meta-llama/Llama-3.3-70B-Instruct as bf16, on the CPU (about 133.4 GiB of host memory)
 # writes outputs/merge
-if stage_complete outputs/merge 96d5267554c63f40d736fcb1454554357ff72ea4595dd7f870571d52a0f4ab7e; then
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json; then
   echo "ftplan: stage 03-merge is complete; skipping"
 else
-  echo "ftplan: stage 03-merge"
+  echo "ftplan: stage 03-merge: $why"
   python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json
 fi
 

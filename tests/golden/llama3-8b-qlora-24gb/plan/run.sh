@@ -4,22 +4,44 @@
 #
 # Runs every stage of pipeline support-bot on this machine, in order:
 #   bash ../plans/llama3-8b-qlora-24gb/run.sh
-# A stage whose output folder holds _COMPLETE with the sha256 of its args.json has finished with exactly
-# these arguments and is skipped; delete that file to run the stage again.
+# A stage is skipped while it is complete: the stamp (_COMPLETE) it wrote into its output folder after its
+# outputs still matches its args.json and the content of every file it read (datasets, tokenizer, chat template,
+# base weights, earlier stages' outputs), and the stages it reads from are complete. Anything else runs it again,
+# and what was built on it after it. Delete a stage's _COMPLETE to run it again by hand.
 set -euo pipefail
 cd "$(dirname "$0")"/../../examples
 
-# stage_complete DIR SHA: true when DIR/_COMPLETE holds SHA, i.e. the stage finished with these arguments.
+# The runtime and the packages these stages need must be importable by this Python, or nothing starts.
+if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
+  echo "ftplan: this Python ($(command -v python || echo 'none on PATH')) cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)" >&2
+  exit 1
+fi
+python -m ftplan_runtime.installed \
+  ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json
+
+# stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
+# file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
+# False when it must run, with the reason in $why; any other answer (an unreadable args file) stops the script.
 stage_complete() {
-  [ -f "$1/_COMPLETE" ] && [ "$(tr -d '[:space:]' < "$1/_COMPLETE")" = "$2" ]
+  local rc=0
+  why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?
+  case $rc in
+    0) return 0 ;;
+    1) return 1 ;;
+    *) echo "ftplan: cannot tell whether the stage of $1 is complete" >&2; exit "$rc" ;;
+  esac
 }
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 2 dataset(s) into rows of at most 2048 tokens; writes outputs/data
-if stage_complete outputs/data be132b4c4739542e1021a8554fcbbe499062e1f3adbecbc801e7461752ca97c1; then
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json; then
   echo "ftplan: stage 01-data is complete; skipping"
 else
-  echo "ftplan: stage 01-data"
+  echo "ftplan: stage 01-data: $why"
   python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json
 fi
 
@@ -28,10 +50,10 @@ fi
 # effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 32,768 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft 3698f0852c22f3092d337b6acadd71152c755368e2f1814c80135b64134e2b1d; then
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft"
+  echo "ftplan: stage 02-sft: $why"
   accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json
 fi
 
@@ -40,29 +62,29 @@ fi
 # effective batch 1 micro × 16 accum × 1 processes = 16 sequences; 65,536 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/dpo
-if stage_complete outputs/dpo cebdc036bada9cad49f82a43ec5e09f0f8246e5bde924183c7c73cb0816c4398; then
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json; then
   echo "ftplan: stage 03-dpo is complete; skipping"
 else
-  echo "ftplan: stage 03-dpo"
+  echo "ftplan: stage 03-dpo: $why"
   accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/03-dpo/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json
 fi
 
 # ---- stage 04: merge (merge) ----
 # merges the adapters of dpo into meta-llama/Llama-3.1-8B-Instruct as bf16, on the CPU (about 15.9 GiB of host memory)
 # writes outputs/merge
-if stage_complete outputs/merge d4344bab4adcdd66b171966822a7ec8bcb958d1134f850700d3843cff7a894d1; then
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json; then
   echo "ftplan: stage 04-merge is complete; skipping"
 else
-  echo "ftplan: stage 04-merge"
+  echo "ftplan: stage 04-merge: $why"
   python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json
 fi
 
 # ---- stage 05: gguf (gguf) ----
 # CPU: exports outputs/merge/model to GGUF q8_0, q4_k_m; writes outputs/gguf
-if stage_complete outputs/gguf c9b68a565c383f2536d52778f5c96a0b3fca7e465105508683f400d39df7e9f6; then
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json; then
   echo "ftplan: stage 05-gguf is complete; skipping"
 else
-  echo "ftplan: stage 05-gguf"
+  echo "ftplan: stage 05-gguf: $why"
   python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json
 fi
 

@@ -4,8 +4,10 @@
 #
 # Runs every stage of pipeline llama8b-full on this machine, in order:
 #   bash ../plans/slurm-2node-full/run.sh
-# A stage whose output folder holds _COMPLETE with the sha256 of its args.json has finished with exactly
-# these arguments and is skipped; delete that file to run the stage again.
+# A stage is skipped while it is complete: the stamp (_COMPLETE) it wrote into its output folder after its
+# outputs still matches its args.json and the content of every file it read (datasets, tokenizer, chat template,
+# base weights, earlier stages' outputs), and the stages it reads from are complete. Anything else runs it again,
+# and what was built on it after it. Delete a stage's _COMPLETE to run it again by hand.
 set -euo pipefail
 cd "$(dirname "$0")"/../../examples
 
@@ -18,17 +20,35 @@ export NCCL_DEBUG=WARN
 module load cuda/12.4
 source .venv/bin/activate
 
-# stage_complete DIR SHA: true when DIR/_COMPLETE holds SHA, i.e. the stage finished with these arguments.
+# The runtime and the packages these stages need must be importable by this Python, or nothing starts.
+if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
+  echo "ftplan: this Python ($(command -v python || echo 'none on PATH')) cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)" >&2
+  exit 1
+fi
+python -m ftplan_runtime.installed \
+  ../plans/slurm-2node-full/stages/01-data/args.json \
+  ../plans/slurm-2node-full/stages/02-sft/args.json \
+  ../plans/slurm-2node-full/stages/03-gguf/args.json
+
+# stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
+# file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
+# False when it must run, with the reason in $why; any other answer (an unreadable args file) stops the script.
 stage_complete() {
-  [ -f "$1/_COMPLETE" ] && [ "$(tr -d '[:space:]' < "$1/_COMPLETE")" = "$2" ]
+  local rc=0
+  why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?
+  case $rc in
+    0) return 0 ;;
+    1) return 1 ;;
+    *) echo "ftplan: cannot tell whether the stage of $1 is complete" >&2; exit "$rc" ;;
+  esac
 }
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 1 dataset(s) into rows of at most 4096 tokens (packed); writes outputs/data
-if stage_complete outputs/data eb96ee0cbc3c29ba62bcd556fe1cd41aad6d3c1e31e2d2fc0adafb350a19b4e5; then
+if stage_complete ../plans/slurm-2node-full/stages/01-data/args.json; then
   echo "ftplan: stage 01-data is complete; skipping"
 else
-  echo "ftplan: stage 01-data"
+  echo "ftplan: stage 01-data: $why"
   python -m ftplan_runtime ../plans/slurm-2node-full/stages/01-data/args.json
 fi
 
@@ -37,19 +57,19 @@ fi
 # effective batch 2 micro × 4 accum × 16 processes = 128 sequences; 524,288 tokens/step
 # estimated peak 22.1 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete outputs/sft b67be4f02684b7ec2f345100982220d80d9a3468fcce347dc7d0e0e3da6d1986; then
+if stage_complete ../plans/slurm-2node-full/stages/02-sft/args.json; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft"
+  echo "ftplan: stage 02-sft: $why"
   accelerate launch --config_file ../plans/slurm-2node-full/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/slurm-2node-full/stages/02-sft/args.json
 fi
 
 # ---- stage 03: gguf (gguf) ----
 # CPU: exports outputs/sft/model to GGUF bf16, q8_0; writes outputs/gguf
-if stage_complete outputs/gguf 3fcfa35929718c6ad8cf85380736f3cf08a4a93cbd5dba28085efbca6defde6c; then
+if stage_complete ../plans/slurm-2node-full/stages/03-gguf/args.json; then
   echo "ftplan: stage 03-gguf is complete; skipping"
 else
-  echo "ftplan: stage 03-gguf"
+  echo "ftplan: stage 03-gguf: $why"
   python -m ftplan_runtime ../plans/slurm-2node-full/stages/03-gguf/args.json
 fi
 

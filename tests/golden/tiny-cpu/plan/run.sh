@@ -4,22 +4,44 @@
 #
 # Runs every stage of pipeline tiny-cpu on this machine, in order:
 #   bash ../plans/tiny-cpu/run.sh
-# A stage whose output folder holds _COMPLETE with the sha256 of its args.json has finished with exactly
-# these arguments and is skipped; delete that file to run the stage again.
+# A stage is skipped while it is complete: the stamp (_COMPLETE) it wrote into its output folder after its
+# outputs still matches its args.json and the content of every file it read (datasets, tokenizer, chat template,
+# base weights, earlier stages' outputs), and the stages it reads from are complete. Anything else runs it again,
+# and what was built on it after it. Delete a stage's _COMPLETE to run it again by hand.
 set -euo pipefail
 cd "$(dirname "$0")"/../../examples
 
-# stage_complete DIR SHA: true when DIR/_COMPLETE holds SHA, i.e. the stage finished with these arguments.
+# The runtime and the packages these stages need must be importable by this Python, or nothing starts.
+if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
+  echo "ftplan: this Python ($(command -v python || echo 'none on PATH')) cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)" >&2
+  exit 1
+fi
+python -m ftplan_runtime.installed \
+  ../plans/tiny-cpu/stages/01-data/args.json \
+  ../plans/tiny-cpu/stages/02-sft/args.json \
+  ../plans/tiny-cpu/stages/03-dpo/args.json \
+  ../plans/tiny-cpu/stages/04-merge/args.json \
+  ../plans/tiny-cpu/stages/05-gguf/args.json
+
+# stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
+# file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
+# False when it must run, with the reason in $why; any other answer (an unreadable args file) stops the script.
 stage_complete() {
-  [ -f "$1/_COMPLETE" ] && [ "$(tr -d '[:space:]' < "$1/_COMPLETE")" = "$2" ]
+  local rc=0
+  why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?
+  case $rc in
+    0) return 0 ;;
+    1) return 1 ;;
+    *) echo "ftplan: cannot tell whether the stage of $1 is complete" >&2; exit "$rc" ;;
+  esac
 }
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 2 dataset(s) into rows of at most 256 tokens; writes ../.demo/outputs/data
-if stage_complete ../.demo/outputs/data 4b616d377d19e9cd81669f35535f7ef87a8d7ce21eb16f86ca525e3886df5a2e; then
+if stage_complete ../plans/tiny-cpu/stages/01-data/args.json; then
   echo "ftplan: stage 01-data is complete; skipping"
 else
-  echo "ftplan: stage 01-data"
+  echo "ftplan: stage 01-data: $why"
   python -m ftplan_runtime ../plans/tiny-cpu/stages/01-data/args.json
 fi
 
@@ -27,10 +49,10 @@ fi
 # 1 process on the CPU, strategy none
 # effective batch 8 micro × 1 accum × 1 processes = 8 sequences; 2,048 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/sft
-if stage_complete ../.demo/outputs/sft bf79b7c05f5118d4b3dc4bfbb6492524765cf4c52a09cd5af12d271998d0233d; then
+if stage_complete ../plans/tiny-cpu/stages/02-sft/args.json; then
   echo "ftplan: stage 02-sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft"
+  echo "ftplan: stage 02-sft: $why"
   accelerate launch --config_file ../plans/tiny-cpu/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/02-sft/args.json
 fi
 
@@ -38,29 +60,29 @@ fi
 # 1 process on the CPU, strategy none
 # effective batch 2 micro × 1 accum × 1 processes = 2 sequences; 1,024 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/dpo
-if stage_complete ../.demo/outputs/dpo 72135915fe40b8f1eddb9c7e94f87896bc78c0aee48b4fc925c8b32b6b900a9b; then
+if stage_complete ../plans/tiny-cpu/stages/03-dpo/args.json; then
   echo "ftplan: stage 03-dpo is complete; skipping"
 else
-  echo "ftplan: stage 03-dpo"
+  echo "ftplan: stage 03-dpo: $why"
   accelerate launch --config_file ../plans/tiny-cpu/stages/03-dpo/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/03-dpo/args.json
 fi
 
 # ---- stage 04: merge (merge) ----
 # merges the adapters of dpo into ../.demo/tiny-model as fp32, on the CPU (about 673.2 KiB of host memory)
 # writes ../.demo/outputs/merge
-if stage_complete ../.demo/outputs/merge a5c1662da16c317b83be59c841edb42af42888ac38d1c625d931860f690bf645; then
+if stage_complete ../plans/tiny-cpu/stages/04-merge/args.json; then
   echo "ftplan: stage 04-merge is complete; skipping"
 else
-  echo "ftplan: stage 04-merge"
+  echo "ftplan: stage 04-merge: $why"
   python -m ftplan_runtime ../plans/tiny-cpu/stages/04-merge/args.json
 fi
 
 # ---- stage 05: gguf (gguf) ----
 # CPU: exports ../.demo/outputs/merge/model to GGUF f16, q8_0, q4_k_m; writes ../.demo/outputs/gguf
-if stage_complete ../.demo/outputs/gguf fb62836897fc2ed865c748913ee6031613d0a290a04bb50d14b8b02bb93539f4; then
+if stage_complete ../plans/tiny-cpu/stages/05-gguf/args.json; then
   echo "ftplan: stage 05-gguf is complete; skipping"
 else
-  echo "ftplan: stage 05-gguf"
+  echo "ftplan: stage 05-gguf: $why"
   python -m ftplan_runtime ../plans/tiny-cpu/stages/05-gguf/args.json
 fi
 

@@ -3,8 +3,10 @@
 # regenerate with: ftplan compile slurm-2node-full.yaml -o ../plans/slurm-2node-full
 #
 # Submits the stages of llama8b-full as a chain of Slurm jobs: each starts only after the previous one
-# succeeded (afterok), and a failed stage cancels the ones after it. Finished stages (their _COMPLETE
-# holds the sha256 of their args.json) are skipped. Extra arguments go to every sbatch call, e.g.
+# succeeded (afterok), and a failed stage cancels the ones after it. Complete stages are skipped: their stamp
+# (_COMPLETE) still matches their args.json and the content of every file they read, and the stages they read
+# from are complete. Which stages run is decided here, before any job starts: a stage built on one that must run
+# runs too. Extra arguments go to every sbatch call, e.g.
 #   bash ../plans/slurm-2node-full/slurm/submit.sh --wait
 set -euo pipefail
 # The plan fixes each stage's nodes, tasks and GPUs (its accelerate config holds the world size): refuse options
@@ -20,9 +22,34 @@ ROOT=$(cd "$(dirname "$0")"/../../../examples && pwd)
 cd "$ROOT"
 mkdir -p logs
 
-# stage_complete DIR SHA: true when DIR/_COMPLETE holds SHA, i.e. the stage finished with these arguments.
+# ---- environment (hardware: env, modules, venv, setup) ----
+# The jobs' environment, here too: deciding which stages are complete needs the runtime.
+export HF_HUB_OFFLINE=1
+export NCCL_DEBUG=WARN
+module load cuda/12.4
+source .venv/bin/activate
+
+# The runtime and the packages these stages need must be importable by this Python, or nothing starts.
+if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
+  echo "ftplan: this Python ($(command -v python || echo 'none on PATH')) cannot import the ftplan runtime; install it with: pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)" >&2
+  exit 1
+fi
+python -m ftplan_runtime.installed \
+  ../plans/slurm-2node-full/stages/01-data/args.json \
+  ../plans/slurm-2node-full/stages/02-sft/args.json \
+  ../plans/slurm-2node-full/stages/03-gguf/args.json
+
+# stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
+# file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
+# False when it must run, with the reason in $why; any other answer (an unreadable args file) stops the script.
 stage_complete() {
-  [ -f "$1/_COMPLETE" ] && [ "$(tr -d '[:space:]' < "$1/_COMPLETE")" = "$2" ]
+  local rc=0
+  why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?
+  case $rc in
+    0) return 0 ;;
+    1) return 1 ;;
+    *) echo "ftplan: cannot tell whether the stage of $1 is complete" >&2; exit "$rc" ;;
+  esac
 }
 
 prev=""
@@ -39,25 +66,28 @@ submit() {
 }
 
 # stage 01: data (data)
-if stage_complete outputs/data eb96ee0cbc3c29ba62bcd556fe1cd41aad6d3c1e31e2d2fc0adafb350a19b4e5; then
+if stage_complete ../plans/slurm-2node-full/stages/01-data/args.json; then
   echo "01-data: complete, skipped"
 else
+  echo "01-data: must run: $why"
   submit ../plans/slurm-2node-full/slurm/01-data.sbatch "$@"
   echo "01-data: job $prev"
 fi
 
 # stage 02: sft (sft)
-if stage_complete outputs/sft b67be4f02684b7ec2f345100982220d80d9a3468fcce347dc7d0e0e3da6d1986; then
+if stage_complete ../plans/slurm-2node-full/stages/02-sft/args.json; then
   echo "02-sft: complete, skipped"
 else
+  echo "02-sft: must run: $why"
   submit ../plans/slurm-2node-full/slurm/02-sft.sbatch "$@"
   echo "02-sft: job $prev"
 fi
 
 # stage 03: gguf (gguf)
-if stage_complete outputs/gguf 3fcfa35929718c6ad8cf85380736f3cf08a4a93cbd5dba28085efbca6defde6c; then
+if stage_complete ../plans/slurm-2node-full/stages/03-gguf/args.json; then
   echo "03-gguf: complete, skipped"
 else
+  echo "03-gguf: must run: $why"
   submit ../plans/slurm-2node-full/slurm/03-gguf.sbatch "$@"
   echo "03-gguf: job $prev"
 fi
