@@ -150,7 +150,7 @@ def test_usage_of_argparse_goes_to_the_given_consoles(project, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")  # argparse wraps help to the terminal width
     status, out, err = run("check")
     assert (status, out) == (2, "")
-    assert err.splitlines() == ["usage: ftplan check [-h] [--json] [-v] pipeline",
+    assert err.splitlines() == ["usage: ftplan check [-h] [--json] [-v] [--full-data] pipeline",
                                 "ftplan check: error: the following arguments are required: pipeline"]
     status, out, err = run("--help")
     assert (status, err) == (0, "")
@@ -364,7 +364,7 @@ def test_check_json_of_an_invalid_pipeline(project):
     assert (status, err) == (1, "")
     report = json.loads(out)
     assert report == {
-        "ok": False, "file": "pipeline.yaml", "pipeline": None, "stages": [],
+        "ok": False, "file": "pipeline.yaml", "pipeline": None, "stages": [], "datasets": [],
         "diagnostics": [{"code": "FT004", "severity": "error", "file": "pipeline.yaml", "line": 15, "col": 20,
                          "path": "stages[sft].learning_rate", "message": "must be > 0 (got -0.0001)",
                          "hint": "write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak "
