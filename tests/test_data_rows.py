@@ -237,3 +237,21 @@ def test_kto_bad_label(value):
 def test_groups():
     assert [group_of(f) for f in ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference",
                                   "kto")] == ["sft"] * 5 + ["preference", "kto"]
+
+
+def test_the_hint_for_unmapped_turn_keys_of_a_preference_file_is_a_mapping_the_schema_takes():
+    """The runtime used to suggest ``columns.role`` for preference files, which the schema refused."""
+    row = {"prompt": [{"from": "human", "value": "Q"}], "chosen": "good", "rejected": "bad"}
+    p = refusal(spec(format="preference"), row)
+    assert p.code == "FT504" and p.hint.startswith("map it with `columns: {role: <key>}`")
+    fixed = spec(format="preference", columns={"role": "from", "content": "value"})  # validates
+    assert record(fixed, row).prompt == [{"role": "user", "content": "Q"}]
+
+
+def test_empty_adapter_targets_are_refused():
+    from pydantic import ValidationError
+
+    from ftplan.schemas.adapters import LoraAdapter
+
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        LoraAdapter.model_validate({"type": "lora", "targets": []})
