@@ -19,10 +19,10 @@ from typing import Any
 
 from ftplan.schemas.runtime_args import RuntimeArgs
 
-from .stamps import METRICS_FILE, args_sha256
+from .stamps import METRICS_FILE
 
-__all__ = ["METRICS_FILE", "StageRecorder", "TokenCountingMixin", "args_sha256", "count_tokens", "loss_summary",
-           "package_versions", "reduce_tokens"]
+__all__ = ["METRICS_FILE", "StageRecorder", "TokenCountingMixin", "count_tokens", "loss_summary", "package_versions",
+           "reduce_tokens"]
 
 _GIB = 2**30
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes")

@@ -24,10 +24,12 @@ when all of these hold:
    size and mtime are unchanged keeps its recorded digest (``touch`` alone does not force a rerun); any other
    file is hashed again.
 
-A run (``begin``, main process only) computes the input digests before the stage reads anything, reusing the
-digests recorded by upstream stamps and by this stage's previous run for files of the same size and mtime, then
-removes the stamp and the leftovers of an interrupted run before the stage writes; ``finish`` writes the stamp
-with the digests taken at the start, so a file edited during the run makes the next check fail.
+A run (``begin``, main process only, before the stage reads or writes anything) removes the stamp and the
+leftovers of an interrupted run, and takes the input digests, reusing those recorded by upstream stamps and by
+this stage's previous run for files of the same size and mtime (a 16 GB base model is hashed once, not by every
+stage); ``finish`` writes the stamp with the digests taken at the start, so a file edited during the run makes
+the next check fail. A check never writes: a touched file (new mtime, same content) is hashed again by each
+check until the stage runs again.
 
 This module is light: it imports neither torch nor transformers nor datasets.
 
@@ -134,8 +136,11 @@ class Build:
     """A stage run in progress: what ``finish`` records in the stamp."""
 
     args: RuntimeArgs
+    """The stage's arguments."""
     args_sha256: str
+    """sha256 of its args file."""
     inputs: dict[str, Digest]
+    """Its input files as they were when the run started."""
     removed: list[str] = field(default_factory=list)
     """Leftovers of an interrupted run that ``begin`` removed."""
 

@@ -1,5 +1,6 @@
 """The README's first command, end to end: tiny model, compile, run.sh through all five stages, llama.cpp."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ def test_demo_runs_every_stage_and_llama_cpp_completes_from_the_gguf(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     outputs = tmp_path / ".demo" / "outputs"
     for stage in ("data", "sft", "dpo", "merge", "gguf"):
-        assert (outputs / stage / "_COMPLETE").is_file(), stage
+        stamp = json.loads((outputs / stage / "_COMPLETE").read_text())  # the completion stamp, written last
+        assert stamp["format"] == 1 and stamp["stage"] == stage and stamp["inputs"], stage
         assert (outputs / stage / "metrics.json").is_file(), stage
     assert sorted(p.name for p in (outputs / "gguf").glob("*.gguf")) == [
         "tiny-cpu-f16.gguf", "tiny-cpu-q4_k_m.gguf", "tiny-cpu-q8_0.gguf"]
