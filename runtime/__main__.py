@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"stage '{stage.id}': {e}")
         return e.exit_code
     if build is not None:
-        stamps.finish(build)
+        try:
+            stamps.finish(build)
+        except OSError as e:
+            _err(f"stage '{stage.id}': its outputs are written but the completion stamp is not: cannot write "
+                 f"{stamps.show(str(e.filename or stamps.stamp_path(args.output_dir)))}: {e.strerror or e}")
+            return 1
         print(f"ftplan_runtime: stage '{stage.id}' complete", file=sys.stderr, flush=True)
     return 0
 
@@ -157,6 +162,10 @@ def _begin(args: RuntimeArgs, sha: str, checker: stamps.Checker) -> stamps.Build
         raise StageError(str(e)) from None
     except stamps.StampError as e:
         raise _BadArgs(str(e)) from None
+    except OSError as e:  # the output folder: no permission, a read-only or full file system
+        where = f"{stamps.show(str(e.filename))}: " if e.filename else ""
+        raise StageError(f"cannot prepare the output folder {stamps.show(args.output_dir)} ({where}"
+                         f"{e.strerror or e}); check that it is a writable folder") from None
     if build.removed:
         _log(f"removed what an interrupted run left: {', '.join(stamps.show(p) for p in build.removed)}")
     if args.stage.kind in ("sft", "dpo"):
