@@ -18,7 +18,14 @@ CODES = {
     "FT305": "bitsandbytes (QLoRA, 8-bit optimizers) on hardware where it is limited",
     "FT306": "DeepSpeed or FSDP with `device: cpu`",
     "FT307": "packing with an attention backend that has no variable-length kernel",
+    "FT308": "the model family has no implementation of this attention backend",
 }
+
+UNSUPPORTED_ATTENTION: dict[str, dict[str, str]] = {
+    "gemma2": {"sdpa": "Gemma 2 soft-caps its attention logits, which torch's scaled_dot_product_attention cannot "
+               "do (transformers' Gemma2 declares no sdpa support and refuses to load with it)"},
+}
+"""Family -> attention backend -> why transformers (5.17) cannot load the family with it."""
 
 VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flex_attention")
 """Attention backends that keep packed examples apart (variable-length / block-masked kernels)."""
@@ -39,6 +46,7 @@ def check(ctx: Context) -> list[Diagnostic]:
                                f"{gpu.name} is {sm(gpu)}",
                                hint="set `precision: fp16` (mixed precision with loss scaling) for this GPU"))
         diags += _attention(stage, here, gpu, cpu)
+        diags += _family_attention(ctx, stage, here)
         diags += _packing(ctx, stage, here, cpu)
         diags += _kernels(ctx, stage, here, cpu)
         diags += _bitsandbytes(ctx, stage, here, gpu, cpu)
@@ -72,6 +80,15 @@ def _attention(stage, here, gpu, cpu: bool) -> list[Diagnostic]:
                       hint="use `attention: flash_attention_2`" if gpu.flash_attention_2 else
                       "use `attention: sdpa`")]
     return []
+
+
+def _family_attention(ctx: Context, stage, here) -> list[Diagnostic]:
+    why = UNSUPPORTED_ATTENTION.get(ctx.shape.family, {}).get(stage.attention) if ctx.shape is not None else None
+    if why is None:
+        return []
+    return [error("FT308", here + ("attention",), f"`attention: {stage.attention}` cannot load a "
+                  f"{ctx.shape.family} model: {why}",
+                  hint="set `attention: eager` (or `flex_attention`; `flash_attention_2` on GPUs that run it)")]
 
 
 def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:

@@ -81,3 +81,15 @@ def test_ft307_packing_needs_a_varlen_backend(check, tools):
     for backend in ("flash_attention_2", "flex_attention"):
         assert not tools.codes(check(data={"packing": True}, sft={"attention": backend}), "FT307")
     assert not tools.codes(check(), "FT307")
+
+
+def test_ft308_gemma2_cannot_load_with_sdpa(check, tools):
+    """The runtime failed at model load ("Gemma2ForCausalLM does not support ... scaled_dot_product_attention");
+    check accepted the default `attention: sdpa`."""
+    gemma = {"base": "google/gemma-2-2b"}
+    d, dpo = tools.codes(check(tools.build(model=gemma)), "FT308")  # both training stages
+    assert (d.path, dpo.path) == (("stages", 1, "attention"), ("stages", 2, "attention"))
+    assert d.path == ("stages", 1, "attention") and "soft-caps" in d.message and "attention: eager" in d.hint
+    assert not tools.codes(check(tools.build(model=gemma, sft={"attention": "eager"}, dpo={"attention": "eager"})),
+                           "FT308")
+    assert not tools.codes(check(), "FT308")  # Llama loads with sdpa
