@@ -60,12 +60,16 @@ def check(ctx: Context) -> list[Diagnostic]:
 def _attention(stage, here, gpu, cpu: bool) -> list[Diagnostic]:
     attn = stage.attention
     path = here + ("attention",)
+    if attn == "flex_attention" and cpu:
+        return [error("FT302", path, "FlexAttention has no backward pass on the CPU (torch raises "
+                      "NotImplementedError at the first step), so it cannot train on `device: cpu`",
+                      hint="use `attention: sdpa` (with `packing: false` on the data stage) for CPU runs")]
     if attn not in ("flash_attention_2", "flash_attention_3"):
         return []
     label = "FlashAttention-2" if attn == "flash_attention_2" else "FlashAttention-3"
     if cpu:
         return [error("FT302", path, f"{label} needs a CUDA GPU; this pipeline runs on `device: cpu`",
-                      hint="use `attention: sdpa` (or `flex_attention` with packing)")]
+                      hint="use `attention: sdpa` (with `packing: false` on the data stage)")]
     if stage.precision == "fp32":
         return [error("FT302", path, f"{label} runs in fp16/bf16 only; this stage trains in fp32",
                       hint="set `precision: bf16` (or fp16), or use `attention: sdpa`")]
@@ -102,11 +106,15 @@ def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
         return []
     if stage.attention in VARLEN_BACKENDS:
         return []
-    fix = "`attention: flex_attention`" if cpu or (ctx.gpu is not None and not ctx.gpu.flash_attention_2) else (
-        "`attention: flash_attention_2` (or `flex_attention`)")
+    if cpu:
+        hint = f"set `packing: false` on '{found[1].id}' (no variable-length attention trains on the CPU)"
+    else:
+        fix = "`attention: flex_attention`" if ctx.gpu is not None and not ctx.gpu.flash_attention_2 else (
+            "`attention: flash_attention_2` (or `flex_attention`)")
+        hint = f"use {fix}, or set `packing: false` on '{found[1].id}'"
     return [error("FT307", here + ("attention",), f"data stage '{found[1].id}' packs examples padding-free, but "
                   f"`attention: {stage.attention}` has no variable-length kernel: packed examples would attend "
-                  "to each other", hint=f"use {fix}, or set `packing: false` on '{found[1].id}'")]
+                  "to each other", hint=hint)]
 
 
 def _kernels(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:

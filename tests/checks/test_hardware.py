@@ -77,10 +77,22 @@ def test_ft307_packing_needs_a_varlen_backend(check, tools):
     assert "sdpa" in d.message and "flash_attention_2" in d.hint and "packing: false" in d.hint
     [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, data={"packing": True},
                             sft={"attention": "eager"}), "FT307")
+    # on the CPU no varlen backend trains (FlexAttention has no CPU backward): the fix is to stop packing
+    assert "packing: false" in d.hint and "flex_attention" not in d.hint and "flash_attention_2" not in d.hint
+    [d] = tools.codes(check(hardware={"gpu": "t4"}, data={"packing": True}, sft={"precision": "fp16"},
+                            dpo={"precision": "fp16"}), "FT307")
     assert "flex_attention" in d.hint and "flash_attention_2" not in d.hint
     for backend in ("flash_attention_2", "flex_attention"):
         assert not tools.codes(check(data={"packing": True}, sft={"attention": backend}), "FT307")
     assert not tools.codes(check(), "FT307")
+
+
+def test_flex_attention_cannot_train_on_the_cpu(check, tools):
+    """FlexAttention's backward raises NotImplementedError on the CPU at the first step; check accepted it (and
+    FT307 even suggested it for CPU packing)."""
+    [d] = tools.codes(check(hardware={"device": "cpu", "gpu": None}, sft={"attention": "flex_attention"}), "FT302")
+    assert "no backward pass on the CPU" in d.message and "attention: sdpa" in d.hint
+    assert not tools.codes(check(sft={"attention": "flex_attention"}), "FT302")
 
 
 def test_ft308_gemma2_cannot_load_with_sdpa(check, tools):
