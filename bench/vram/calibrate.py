@@ -1,0 +1,240 @@
+"""Measure peak GPU memory of compiled plans against ``ftplan check``'s estimate, on one H100 or H200.
+
+For every point of a shard (``points.py``) this writes the point's pipeline, takes the estimate exactly as
+``ftplan check --json`` reports it, compiles the plan with ``ftplan compile`` and runs its ``run.sh`` (the real data
+stage, the real runtime, a few optimizer steps), then appends one JSON line to ``OUT/vram-<shard>.jsonl``: the
+settings, the card, the package versions, the estimate (peak and terms) and the measured peaks (device used,
+torch reserved and allocated) from the stage's ``metrics.json``. Boundary probes find the largest micro-batch
+``check`` says fits, run it, then run the next one up (``check`` refuses to compile it, so its args file is the
+fitting plan's with the micro-batch raised) and record whether it ran out of memory.
+
+    python bench/vram/calibrate.py --shard small --out $OUT [--budget-s 540]
+    python bench/vram/calibrate.py --shard small --out /tmp/r --rehearse   # the same flow, toy shapes, CPU
+
+Lines are written as each point finishes, so a run stopped at its time limit keeps what it measured. Points left
+for lack of time are listed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import points as P  # noqa: E402
+
+from ftplan.api import check_file  # noqa: E402
+from ftplan.console import check_json  # noqa: E402
+
+WORK = Path(os.environ.get("CALIB_WORK", "/tmp/calib"))
+POINT_SECONDS = 45
+"""Time a point is given at least; a point is not started when less than this is left of the budget."""
+
+
+def card() -> tuple[str | None, str]:
+    """(catalog key, name) of this machine's GPU; (None, "cpu") without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None, "cpu"
+    return ("h200-sxm-141gb" if "H200" in out else "h100-sxm-80gb"), out
+
+
+def rehearsal(p: P.Point) -> P.Point:
+    """The same point at toy size on the CPU (no 4-bit, no 8-bit optimizers, no Triton kernels)."""
+    return dataclasses.replace(p, adapter="lora" if p.adapter == "qlora" else p.adapter, seq=min(p.seq, 128),
+                               optimizer="adamw", kernels="none", packing=False, attention="eager")
+
+
+def pipeline_text(p: P.Point, gpu: str | None) -> str:
+    text = P.pipeline_yaml(p, gpu or "h100-sxm-80gb")
+    if gpu is None:  # rehearsal: the CPU
+        doc = json.loads(text)
+        doc["hardware"] = {"device": "cpu"}
+        for s in doc["stages"]:
+            if s["kind"] in ("sft", "dpo"):
+                s["precision"] = "fp32"
+        text = json.dumps(doc, indent=1) + "\n"
+    return text
+
+
+def estimate(path: Path, stage_id: str) -> tuple[dict, dict]:
+    """(the stage's entry of ``check --json``, the whole report)."""
+    report = check_json(check_file(path))
+    stage = next((s for s in report["stages"] if s["id"] == stage_id), {})
+    return stage, report
+
+
+def sh(cmd: list[str], log: Path, timeout: float) -> tuple[int, str]:
+    """Run a command from the work folder with this Python first on PATH (the plans' scripts call ``python``);
+    (exit code, last lines of its output), the output kept in ``log``."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(cmd, cwd=WORK, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                                env=env).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    text = log.read_text(errors="replace")
+    return rc, "\n".join(text.splitlines()[-15:])
+
+
+def measured(stage_id: str) -> dict | None:
+    path = WORK / "out" / stage_id / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    keep = ("device_used_peak_gib", "torch_peak_reserved_gib", "torch_peak_allocated_gib", "gpu_name",
+            "gpu_total_gib", "versions", "steps", "tokens_per_s", "train_time_s", "wall_time_s", "peak_rss_gib")
+    return {k: m.get(k) for k in keep}
+
+
+def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_batch_to: int | None = None) -> dict:
+    """Estimate, compile and run one point; its results row. ``micro_batch_to``: run with this micro-batch
+    instead (a boundary probe's step past what ``check`` accepts)."""
+    pipe = WORK / "pipelines" / f"{p.name}.yaml"
+    pipe.parent.mkdir(parents=True, exist_ok=True)
+    pipe.write_text(pipeline_text(p, gpu))
+    est, report = estimate(pipe, p.stage_id)
+    row = {"point": P.describe(p), "estimate": est,
+           "errors": [d["message"] for d in report["diagnostics"] if d["severity"] == "error"]}
+    if not report["ok"]:
+        row["outcome"] = "refused by check"
+        return row
+    plan = WORK / "plans" / p.name
+    rc, tail = sh([sys.executable, "-m", "ftplan", "compile", str(pipe), "-o", str(plan)], logs / f"{p.name}.compile.log",
+                  120)
+    if rc:
+        row.update(outcome="compile failed", log=tail)
+        return row
+    if micro_batch_to is not None:
+        stage_dir = next(plan.glob(f"stages/*-{p.stage_id}"))
+        args = json.loads((stage_dir / "args.json").read_text())
+        args["stage"]["micro_batch"] = micro_batch_to
+        (stage_dir / "args.json").write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)
+    start = time.monotonic()
+    rc, tail = sh(["bash", str(plan / "run.sh")], logs / f"{p.name}.run.log", timeout)
+    row["run_s"] = round(time.monotonic() - start, 1)
+    m = measured(p.stage_id)
+    oom = "out of memory" in (logs / f"{p.name}.run.log").read_text(errors="replace").lower()
+    row.update(outcome="ok" if rc == 0 and m else "oom" if oom else f"failed (exit {rc})", measured=m)
+    if rc and not oom:
+        row["log"] = tail
+    if m and est.get("peak_gib"):
+        row["error_pct"] = round(100 * (est["peak_gib"] - m["device_used_peak_gib"]) / m["device_used_peak_gib"], 2)
+    shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)  # adapters and checkpoints: disk is small
+    return row
+
+
+def boundary(b: P.Boundary, gpu: str | None) -> tuple[P.Point, int] | None:
+    """The point at the largest micro-batch ``check`` says fits (``fits`` or ``tight``) whose next is ``oom``."""
+    pipe = WORK / "pipelines" / "probe.yaml"
+    pipe.parent.mkdir(parents=True, exist_ok=True)
+    best = None
+    for mb in range(1, 129):
+        p = dataclasses.replace(b.point, micro_batch=mb)
+        pipe.write_text(pipeline_text(p, gpu))
+        verdict = estimate(pipe, p.stage_id)[0].get("verdict")
+        if verdict in ("fits", "tight"):
+            best = p
+        elif verdict == "oom":
+            return (best, mb) if best is not None else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shard", required=True, choices=sorted(P.SHARDS))
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--budget-s", type=float, default=540)
+    parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
+    parser.add_argument("--only", help="comma-separated point names")
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.budget_s
+    gpu, name = (None, "cpu") if args.rehearse else card()
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results = args.out / f"vram-{args.shard}.jsonl"
+    points, bounds = P.shard_points(args.shard)
+    if args.only:
+        keep = set(args.only.split(","))
+        points, bounds = [p for p in points if p.name in keep], [b for b in bounds if b.point.name in keep]
+    if args.rehearse:
+        points = [rehearsal(p) for p in points]
+        bounds = [P.Boundary(rehearsal(b.point)) for b in bounds]
+    seqs = sorted({p.seq for p in points} | {b.point.seq for b in bounds})
+    subprocess.run([sys.executable, str(HERE / "models.py"), "data", str(WORK / "data"), *map(str, seqs)], check=True)
+    print(f"card: {name}; {len(points)} points, {len(bounds)} boundary probes", flush=True)
+    left: list[str] = []
+    by_model: dict[str, list] = {}
+    for p in points:
+        by_model.setdefault(p.model, []).append(p)
+    for b in bounds:
+        by_model.setdefault(b.point.model, []).append(b)
+    for model, items in by_model.items():
+        if time.monotonic() + 2 * POINT_SECONDS > deadline:
+            left += [getattr(i, "name", None) or i.point.name for i in items]
+            continue
+        t0 = time.monotonic()
+        folder = WORK / "models" / model
+        if not folder.is_dir():
+            cmd = [sys.executable, str(HERE / "models.py"), "model", model, str(folder)]
+            subprocess.run(cmd + (["--tiny"] if args.rehearse else []), check=True)
+        print(f"{model}: built in {time.monotonic() - t0:.0f} s", flush=True)
+        for item in items:
+            remaining = deadline - time.monotonic()
+            label = item.name if isinstance(item, P.Point) else item.point.name
+            if remaining < POINT_SECONDS:
+                left.append(label)
+                continue
+            rows = []
+            if isinstance(item, P.Point):
+                rows.append(run_point(item, gpu, logs, remaining - 5))
+            else:
+                found = boundary(item, gpu)
+                if found is None:
+                    rows.append({"point": P.describe(item.point), "outcome": "no boundary below 128"})
+                else:
+                    fits, over = found
+                    ok = run_point(fits, gpu, logs, (remaining - 5) / 2)
+                    ok["probe"] = "fits"
+                    rows.append(ok)
+                    if deadline - time.monotonic() > POINT_SECONDS:
+                        over_point = dataclasses.replace(fits, micro_batch=over)
+                        pipe = WORK / "pipelines" / "probe.yaml"
+                        pipe.write_text(pipeline_text(over_point, gpu))
+                        est = estimate(pipe, fits.stage_id)[0]
+                        row = run_point(fits, gpu, logs, deadline - time.monotonic() - 5, micro_batch_to=over)
+                        row.update(point=P.describe(over_point), estimate=est, probe="oom")
+                        rows.append(row)
+            with open(results, "a") as f:
+                for row in rows:
+                    row.update(card=name, shard=args.shard)
+                    f.write(json.dumps(row, sort_keys=True) + "\n")
+                    m = row.get("measured") or {}
+                    print(f"{row['point']['name']:32s} mb {row['point']['micro_batch']:>3}  {row['outcome']:16s} "
+                          f"est {row.get('estimate', {}).get('peak_gib', '-'):>7}  used "
+                          f"{m.get('device_used_peak_gib', '-')!s:>9}  err {row.get('error_pct', '-')!s:>7} %  "
+                          f"{row.get('run_s', '-')} s", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    if left:
+        print("left for lack of time: " + ", ".join(left))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
