@@ -169,3 +169,43 @@ def test_compiled_qlora_sft_dpo_run_on_an_h200():
         assert measured["gpu_name"] == "NVIDIA H200"
         predicted, used = estimates[stage].peak_bytes / GIB, measured["device_used_peak_gib"]
         assert 0 <= (predicted - used) / used <= 0.06, f"{stage}: estimate {predicted:.2f} vs measured {used:.2f}"
+
+
+def _relative_errors() -> list[tuple[str, float]]:
+    """(point, (estimate - measured) / measured) for every committed measurement above: device-used memory for
+    the baselines.md and runtime-like points, allocated tensors for the runtime-like and probe points."""
+    out = []
+    for adapter, seq, micro_batch, measured in BASELINES:
+        est = estimate_training(LLAMA_8B, H200, _stage(adapter, micro_batch), seq_len=seq, loop=BASELINE_LOOP)
+        used = (est.peak_bytes - _term(est, "CUDA context")) / GIB
+        out.append((f"baseline {adapter} s{seq} b{micro_batch} used", (used - measured) / measured))
+    outside = ("CUDA context", "CUDA libraries + cuBLAS workspaces", "allocator fragmentation")
+    for adapter, seq, micro_batch, kernels, upcast, alloc, device, _ in RUNTIME_LIKE:
+        loop = Loop(autocast=True, chunked_lm_head=False, holds_outputs=False, padded=False, kbit_upcast=upcast,
+                    name="probe")
+        est = estimate_training(LLAMA_8B, H200, _stage(adapter, micro_batch, kernels=kernels), seq_len=seq,
+                                loop=loop)
+        tensors = (est.peak_bytes - sum(_term(est, n) for n in outside)) / GIB
+        used = (est.peak_bytes - _term(est, "CUDA context")) / GIB
+        name = f"runtime {adapter} s{seq} b{micro_batch} {kernels}{' upcast' if upcast else ''}"
+        out += [(f"{name} allocated", (tensors - alloc) / alloc), (f"{name} used", (used - device) / device)]
+    for adapter, seq, micro_batch, autocast, attention, gc, measured in PROBES:
+        loop = Loop(autocast=autocast, chunked_lm_head=False, holds_outputs=True, padded=False, kbit_upcast=True,
+                    name="probe")
+        stage = _stage(adapter, micro_batch, attention=attention, gradient_checkpointing=gc)
+        est = estimate_training(dataclasses.replace(LLAMA_8B, num_layers=4), H200, stage, seq_len=seq, loop=loop)
+        tensors = (est.peak_bytes - sum(_term(est, n) for n in outside)) / GIB
+        out.append((f"probe {adapter} s{seq} b{micro_batch} allocated", (tensors - measured) / measured))
+    return out
+
+
+def test_measured_underestimate_is_the_worst_committed_point():
+    """``MEASURED_UNDERESTIMATE`` is the most the estimate reads below any committed measurement, recomputed here:
+    a new point that reads lower fails until the constant (and, past it, the tight band) is raised."""
+    from ftplan.estimate.constants import MEASURED_UNDERESTIMATE, TIGHT_FRACTION
+
+    errors = _relative_errors()
+    worst_point, worst = min(errors, key=lambda e: e[1])
+    assert -worst <= MEASURED_UNDERESTIMATE, f"{worst_point} reads {100 * worst:+.2f} %: raise the constant"
+    assert -worst >= MEASURED_UNDERESTIMATE - 0.001, f"the worst point now reads {100 * worst:+.2f} %: lower it"
+    assert 1 - TIGHT_FRACTION >= MEASURED_UNDERESTIMATE

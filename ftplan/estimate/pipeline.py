@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..catalog.gpus import GpuSpec
 from ..context import Context
 from ..diagnostics import Diagnostic, error, warning
@@ -14,7 +16,7 @@ from .types import StageEstimate
 
 CODES = {
     "FT101": "a training stage does not fit in the GPU's memory",
-    "FT102": "a training stage uses more than 90 % of the GPU's memory",
+    "FT102": "a training stage uses 90 % or more of the GPU's memory",
 }
 
 
@@ -102,10 +104,10 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Di
     notes = [f"{t.name} {gib(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib(t.bytes)}"
              for t in est.terms[:3]]  # the three largest terms, with their arithmetic
     if est.verdict == "tight":
-        pct = 100 * est.peak_bytes / cap
+        pct = math.floor(100 * est.peak_bytes / cap)  # a tight peak is below the card: never "100 %"
         hint = (f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"
                 if fits else "for headroom, lower micro_batch or use more GPUs")
-        return warning("FT102", ("stages", i), f"peak {gib(est.peak_bytes)} per GPU is {pct:.0f} % of "
+        return warning("FT102", ("stages", i), f"peak {gib(est.peak_bytes)} per GPU is {pct} % of "
                        f"{gib(cap)} ({gpu.name}): little headroom for longer batches or fragmentation",
                        hint=hint, notes=notes)
     notes += [f"would fit: {f.suggestion.change}: {f.suggestion.peak_bytes / (1 << 30):.1f} GiB of "
@@ -119,6 +121,7 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Di
                 + f"{best.suggestion.change} ({gib(best.suggestion.peak_bytes)} of {gib(cap)})")
     else:
         hint = "no combination of the usual changes fits: pick a card with more memory or more GPUs"
-    return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU > {gib(cap)} ({gpu.name})", hint=hint,
+    over = ">" if est.peak_bytes > cap else "≥"
+    return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU {over} {gib(cap)} ({gpu.name})", hint=hint,
                  notes=notes)
 

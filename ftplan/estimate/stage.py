@@ -13,19 +13,17 @@ Phases (what is alive on top of the states):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from ..catalog.gpus import GpuSpec
 from ..catalog.models import ModelShape
 from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
 from . import activations, fixed, logits, states, throughput
-from .constants import MIB
+from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
 from .fmt import gib, num
 from .resolved import Loop, Resolved, method_of, resolve_strategy, runtime_loop
 from .types import StageEstimate, Term
-
-TIGHT_FRACTION = 0.9
-"""Above this fraction of the card the verdict is ``tight``."""
 
 
 @dataclass(frozen=True)
@@ -117,13 +115,21 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
                          host_bytes=(st.host * per_node) or None, notes=tuple(notes))
 
 
+def verdict_thresholds(capacity: int) -> tuple[int, int]:
+    """The smallest peaks (bytes) that are ``tight`` and ``oom`` on a card of ``capacity`` bytes
+    (``TIGHT_FRACTION`` and ``OOM_FRACTION`` of it, rounded up)."""
+    return math.ceil(capacity * TIGHT_FRACTION), math.ceil(capacity * OOM_FRACTION)
+
+
 def verdict(peak: int, capacity: int | None) -> str:
-    """fits / tight (> 90 % of the card) / oom (> the card); n/a without a known card."""
+    """``fits`` below ``TIGHT_FRACTION`` of the card, ``tight`` from there to ``OOM_FRACTION`` (the whole card), ``oom``
+    at or above it; ``n/a`` without a known card (see ``constants.py`` for why these fractions)."""
     if capacity is None:
         return "n/a"
-    if peak > capacity:
+    tight_from, oom_from = verdict_thresholds(capacity)
+    if peak >= oom_from:
         return "oom"
-    return "tight" if peak > TIGHT_FRACTION * capacity else "fits"
+    return "tight" if peak >= tight_from else "fits"
 
 
 def _step_transient(r: Resolved, st: states.States, cpu: bool) -> list[Term]:

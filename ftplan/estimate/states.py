@@ -1,17 +1,50 @@
 """Model states per GPU: weights, adapters, gradients, optimizer states, with sharding and CPU offload.
 
-Per trainable parameter (P_t) and strategy, in bytes (t = the trainable dtype: fp32 LoRA adapters, the weight dtype
-for full fine-tunes):
+Bytes per trainable parameter (P_t) on N GPUs, on the GPU and in host memory (per GPU's process; a node holds its
+GPUs' shares). t is the trainable dtype: fp32 LoRA adapters (PEFT ``autocast_adapter_dtype``), the weight dtype for
+full fine-tunes. Each row names its source; "DeepSpeed estimator" rows equal DeepSpeed's own model-state arithmetic
+(``estimate_zero2_model_states_mem_needs`` in ``deepspeed/runtime/zero/stage_1_and_2.py``,
+``estimate_zero3_model_states_mem_needs`` in ``deepspeed/runtime/zero/stage3.py``, 0.19.8) with
+``additional_buffer_factor=1`` and ``zero_init`` (the HF integration builds ZeRO-3 models under ``zero.Init``);
+``tests/test_estimate_states.py`` compares them at several sizes and GPU counts.
 
-    none / ddp    weights t, grads t, AdamW m+v 2t (state dtype = parameter dtype; 8-bit: 2.03),
-                  ddp adds a gradient bucket copy t (accelerate keeps ``gradient_as_bucket_view=False``)
-    zero1         weights 2, grads 2, fp32 master + m + v 12/N                 (4P + 12P/N, derived)
-    zero2         weights 2, grads 2, fp32 master + m + v + fp32 grads 16/N     (4P + 16P/N, DeepSpeed estimator)
-    zero3         weights 2/N, grads 4/N, optimizer 12/N                       (18P/N, DeepSpeed estimator)
-    fsdp2         fp32 shards (accelerate upcasts trainable params): weights 4/N, grads 4/N, m+v 8/N
+    none / ddp   GPU: weights t, grads t, AdamW m + v 2t (torch AdamW keeps its states in the parameter dtype;
+                 bitsandbytes 8-bit: 2.03); ddp adds a gradient bucket copy t (accelerate keeps
+                 ``gradient_as_bucket_view=False``).
+    zero1        GPU: 16-bit weights 2, 16-bit grads 2 (stage 1 does not partition gradients), fp32 master + m + v
+                 + the fp32 gradient partition the step builds (``single_grad_partition``, the code stage 2 runs)
+                 16/N: 4 + 16/N. Derived from ``stage_1_and_2.py``; DeepSpeed ships no stage-1 estimator.
+    zero2        GPU: 16-bit weights 2, the 16-bit gradient partition 2/N (``grads_in_partition``,
+                 contiguous_gradients), fp32 master + m + v + fp32 gradient partition 16/N: 2 + 18/N (DeepSpeed
+                 estimator). ``offload_optimizer``: GPU 2 (each reduced gradient is copied straight into the
+                 pinned fp32 partition on the host, ``copy_grads_in_partition``); host 16/N, 16 P per node (the
+                 estimator writes P × max(4 × GPUs, 16): past 4 GPUs its figure is every process's fp32 copy of
+                 the model at load, a start-up peak rather than an offloaded state).
+    zero3        GPU: 16-bit weights 2/N, gradient partitions 4/N, fp32 master + m + v 12/N: 18/N, plus the
+                 largest layer gathered (16-bit params + grads, 4 × its params; ``_sharding_buffers``) (DeepSpeed
+                 estimator). ``offload_optimizer``: GPU 2/N; host 16/N: master, m, v and the gradient partitions,
+                 which DeepSpeed keeps on the offload device (``grad_partitions_flat_buffer`` and each sub-group's
+                 fp32 ``grad`` are allocated on ``self.device``, the CPU when the optimizer is offloaded).
+                 ``offload_params`` as well: GPU only the gathered layer; host 18/N (DeepSpeed estimator).
+    fsdp2        ``fully_shard`` shards every parameter, its gradient and its optimizer state 1/N (DTensor dim-0
+                 shards, PyTorch FSDP2 docs; the test runs it); accelerate upcasts trainable parameters to fp32
+                 before sharding: weights 4/N, grads 4/N, AdamW m + v 8/N (8-bit 2.03/N). CPU offload
+                 (``CPUOffloadPolicy``; accelerate's one ``fsdp_offload_params`` flag, set by ``offload_params`` or
+                 ``offload_optimizer``) keeps sharded parameters, gradients and optimizer states on the host: GPU 0,
+                 host 16/N; what stays on the GPU is the unsharded units of the step (``_sharding_buffers``).
 
-Frozen weights are replicated except under zero3/fsdp2 (1/N); ``offload_params`` moves them to the CPU;
-``offload_optimizer`` moves master, moments and fp32 gradients to the CPU (FSDP2's CPU offload moves every shard).
+Where DeepSpeed 0.19.8's code departs from its estimators (ftplan follows the estimators; the differences are
+noted here for measurement to settle): ZeRO-3 accumulates gradient partitions in the gradient-accumulation dtype,
+the model's 16-bit dtype unless ``data_types.grad_accum_dtype`` is set (ftplan's JSON does not), 2/N kept for the
+whole run, and builds each optimizer sub-group's fp32 gradient (at most ``sub_group_size`` = 1e9 elements) only
+for the step: 2/N + 4 × min(P_t/N, 1e9) where the estimator counts 4/N. That reads up to 2/N higher for
+partitions under 1e9 parameters and lower for larger ones; with ``offload_optimizer`` both live on the host
+(2/N + 4/N there, against the estimator's 4/N). ZeRO-1/2 also build the fp32 gradient partition only for the step
+(counted here for the whole step, as the estimator does).
+
+Frozen weights (adapter methods) are replicated under none/ddp/zero1/zero2 and sharded 1/N under zero3/fsdp2, where
+``offload_params`` moves them to the host. Beyond the model states, ``_sharding_buffers`` adds what the DeepSpeed
+estimators leave out: ZeRO-3's live parameters (``stage3_max_live_parameters``) and the communication buckets.
 """
 
 from __future__ import annotations
@@ -128,19 +161,20 @@ def compute(r: Resolved) -> States:
             host += weights.bytes
         else:
             terms.append(weights)
-        per = (4 + (opt_per or 8)) + (4 if level == 2 else 0)
-        label = f"fp32 master + {opt_name} m, v" + (" + fp32 grads" if level == 2 else "")
+        # fp32 master + m, v; stages 1 and 2 also hold the fp32 gradient partition (ZeRO-3 counts it as its grads)
+        per = (4 + (opt_per or 8)) + (4 if level < 3 else 0)
+        label = f"fp32 master + {opt_name} m, v" + (" + fp32 grads" if level < 3 else "")
         opt = int(p_t * per / n)
+        grad_b, grad_n = (4, n) if level == 3 else (half, n if level == 2 else 1)
+        grads = p_t * grad_b // grad_n
         if r.offload_optimizer:
             host += opt
+            if level == 3:  # the fp32 gradient partitions are allocated on the offload device
+                host += grads
+            if level >= 2:  # ZeRO-2 copies each reduced gradient straight into the host fp32 partition
+                grads = 0
         else:
             terms.append(Term("optimizer states (DeepSpeed)", opt, f"{label}: {params(p_t)} × {per:g} B / {n}"))
-        if level == 3:
-            grads = p_t * 4 // n
-        elif level == 2 and r.offload_optimizer:
-            grads = 0
-        else:
-            grads = p_t * half
     else:  # fsdp2: accelerate upcasts trainable params to fp32 before sharding
         per = opt_per if opt_per else 8
         w, o = p_t * 4 // n, int(p_t * per / n)
@@ -152,8 +186,15 @@ def compute(r: Resolved) -> States:
             terms.append(Term(f"trainable {what} (fp32 shards)", w, f"{params(p_t)} × 4 B / {n}"))
             terms.append(Term(f"optimizer states ({opt_name})", o, f"{params(p_t)} × {per:g} B / {n}"))
 
-    grad_term = Term("gradients", grads, f"{params(p_t)} trainable params" + (
-        f", {'fp32' if r.strategy in ('zero3', 'fsdp2') else dtype(tb if not ds else half, r.half)}" if grads else ""))
+    if not grads:
+        grad_detail = f"{params(p_t)} trainable params" + (" (on the host)" if host else "")
+    elif r.strategy in ("zero2", "zero3", "fsdp2"):
+        b = 4 if r.strategy != "zero2" else half
+        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype(b, r.half)} partitions) / {n}"
+    else:
+        b = half if ds else tb
+        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype(b, r.half)})"
+    grad_term = Term("gradients", grads, grad_detail)
     early = 0
     if r.full and grads:
         early = int(grads * (pc.lm_head or pc.embedding) / pc.total)
