@@ -139,6 +139,48 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
     return row
 
 
+def prepare(points: list[P.Point], gpu: str | None, logs: Path, workers: int = 8) -> None:
+    """Compile every point's plan and run the distinct data stages they read, in parallel (CPU work): the
+    points' own ``run.sh`` then finds them complete and goes straight to training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compile_one(p: P.Point) -> Path:
+        pipe = WORK / "pipelines" / f"{p.name}.yaml"
+        pipe.parent.mkdir(parents=True, exist_ok=True)
+        pipe.write_text(pipeline_text(p, gpu))
+        plan = WORK / "plans" / p.name
+        sh([sys.executable, "-m", "ftplan", "compile", str(pipe), "-o", str(plan)], logs / f"{p.name}.compile.log", 120)
+        return plan
+
+    with ThreadPoolExecutor(workers) as pool:
+        plans = list(pool.map(compile_one, points))
+    data = {}
+    for plan in plans:
+        for args in sorted(plan.glob("stages/*-d_*/args.json")):
+            data.setdefault(args.parent.name.split("-", 1)[1], args)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+
+    def run_data(item: tuple[str, Path]) -> None:
+        name, args = item
+        with open(logs / f"{name}.data.log", "w") as f:
+            subprocess.run([sys.executable, "-m", "ftplan_runtime", str(args)], cwd=WORK / "pipelines", stdout=f,
+                           stderr=subprocess.STDOUT, env=env, timeout=600)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run_data, sorted(data.items())))
+
+
+def build_model_process(model: str, tiny: bool, on_gpu: bool = False) -> subprocess.Popen | None:
+    """Start writing the random-init model of ``model``: on the GPU when nothing else runs (``on_gpu``), else on
+    the CPU, so that a point training on the GPU meanwhile is measured alone; None when it is already there."""
+    folder = WORK / "models" / model
+    if folder.is_dir():
+        return None
+    cmd = [sys.executable, str(HERE / "models.py"), "model", model, str(folder)] + (["--tiny"] if tiny else [])
+    env = {**os.environ} if on_gpu else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def boundary(b: P.Boundary, gpu: str | None) -> tuple[P.Point, int] | None:
     """The point at the largest micro-batch ``check`` says fits (``fits`` or ``tight``) whose next is ``oom``."""
     pipe = WORK / "pipelines" / "probe.yaml"
@@ -185,16 +227,20 @@ def main(argv: list[str] | None = None) -> int:
         by_model.setdefault(p.model, []).append(p)
     for b in bounds:
         by_model.setdefault(b.point.model, []).append(b)
-    for model, items in by_model.items():
-        if time.monotonic() + 2 * POINT_SECONDS > deadline:
+    models = list(by_model)
+    building = {models[0]: build_model_process(models[0], args.rehearse, on_gpu=True)} if models else {}
+    for k, model in enumerate(models):
+        items = by_model[model]
+        t0 = time.monotonic()
+        proc = building.pop(model, None) or build_model_process(model, args.rehearse, on_gpu=True)
+        if proc is not None and proc.wait() != 0:
+            print(f"{model}: building the model failed", flush=True)
             left += [getattr(i, "name", None) or i.point.name for i in items]
             continue
-        t0 = time.monotonic()
-        folder = WORK / "models" / model
-        if not folder.is_dir():
-            cmd = [sys.executable, str(HERE / "models.py"), "model", model, str(folder)]
-            subprocess.run(cmd + (["--tiny"] if args.rehearse else []), check=True)
-        print(f"{model}: built in {time.monotonic() - t0:.0f} s", flush=True)
+        if k + 1 < len(models):  # the next model is written while this one's points train
+            building[models[k + 1]] = build_model_process(models[k + 1], args.rehearse)
+        prepare([i for i in items if isinstance(i, P.Point)], gpu, logs)
+        print(f"{model}: built and data prepared in {time.monotonic() - t0:.0f} s", flush=True)
         for item in items:
             remaining = deadline - time.monotonic()
             label = item.name if isinstance(item, P.Point) else item.point.name
@@ -230,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"est {row.get('estimate', {}).get('peak_gib', '-'):>7}  used "
                           f"{m.get('device_used_peak_gib', '-')!s:>9}  err {row.get('error_pct', '-')!s:>7} %  "
                           f"{row.get('run_s', '-')} s", flush=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(WORK / "models" / model, ignore_errors=True)
+    for proc in building.values():
+        if proc is not None:
+            proc.kill()
     if left:
         print("left for lack of time: " + ", ".join(left))
     return 0

@@ -178,8 +178,8 @@ BOUNDARIES: list[Boundary] = [
 
 SHARDS: dict[str, tuple[str, ...]] = {
     "llama-small": (L1, L3),
-    "others": (G2, PHI, M7, Q7),
-    "llama-8b": (L8,),
+    "small": (L1, L3, G2, PHI),
+    "7b-8b": (M7, Q7, L8),
 }
 """Which models each run covers; the boundary probes run in the shard of their model."""
 
