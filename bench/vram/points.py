@@ -178,7 +178,7 @@ BOUNDARIES: list[Boundary] = [
 
 SHARDS: dict[str, tuple[str, ...]] = {
     "llama-small": (L1, L3),
-    "small": (L1, L3, G2, PHI),
+    "small": (G2, PHI, L3, L1),
     "7b-8b": (M7, Q7, L8),
 }
 """Which models each run covers; the boundary probes run in the shard of their model."""
