@@ -4,6 +4,8 @@ Peak per GPU = fixed (CUDA context, libraries, NCCL) + model states (weights, ad
 sharding and offload) + the largest phase (loss, backward through a layer, DPO reference forward, optimizer step)
 + allocator fragmentation; every term is a named line item. Calibrated on one H200 against the plain HF+PEFT
 points of baselines.md (``BASELINE_LOOP``); pipelines are estimated for the loop the runtime runs (TRL trainers).
+A stage that does not fit gets "would fit" suggestions: edits of the pipeline file (``edits.py``), each applied and
+re-checked whole, schema, rules and estimate (``fit.py``), before it is offered.
 """
 
 from .pipeline import CODES, continued_adapter, estimate

@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..catalog.gpus import GpuSpec
 from ..context import Context
 from ..diagnostics import Diagnostic, error, warning
 from ..schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, SftStage
 from . import host
-from .fit import Fit, combined, suggestions
+from .constants import TIGHT_FRACTION
+from .fit import Checker, Fit, Outcome
+from .fit import suggest as suggest_changes
 from .fmt import gib
-from .stage import TIGHT_FRACTION, estimate_resolved, resolve
-from .types import StageEstimate
+from .resolved import Resolved
+from .stage import estimate_resolved, resolve
+from .types import StageEstimate, Suggestion
+
+MAX_REFUSED_NOTES = 3
+"""Changes that would fit but that the checks refuse, listed when nothing passes."""
 
 CODES = {
     "FT101": "a training stage does not fit in the GPU's memory",
-    "FT102": "a training stage uses 90 % or more of the GPU's memory",
+    "FT102": f"a training stage uses {TIGHT_FRACTION * 100:g} % or more of the GPU's memory",
 }
 
 
-def estimate(ctx: Context) -> tuple[dict[str, StageEstimate], list[Diagnostic]]:
+def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEstimate], list[Diagnostic]]:
     """Estimate every stage whose wiring is intact; FT101/FT102 for training stages that do not fit or are tight.
 
     Nothing is estimated without a model shape; stages whose graph link is broken are skipped (reported by the
-    stage-graph checks)."""
+    stage-graph checks). With ``suggest`` (the default) a stage that does not fit, or fits tightly, gets the changes
+    of the file that make it fit, each re-checked whole (``fit.py``); the re-check itself runs without."""
     if ctx.shape is None:
         return {}, []
     pipeline, hw = ctx.pipeline, ctx.pipeline.hardware
     estimates: dict[str, StageEstimate] = {}
     diags: list[Diagnostic] = []
+    checker: Checker | None = None
     for i, stage in enumerate(pipeline.stages):
         link = ctx.links.get(stage.id)
         if link is None:
@@ -45,30 +54,39 @@ def estimate(ctx: Context) -> tuple[dict[str, StageEstimate], list[Diagnostic]]:
         if isinstance(stage, GgufStage):
             estimates[stage.id] = host.gguf(ctx.shape, stage)
             continue
-        data = pipeline.stage(stage.data)
-        if not isinstance(data, DataStage) or link.input is None:
+        r = stage_setup(ctx, stage)
+        if r is None:
             continue
-        continues = stage.adapter == "continue"
-        spec = continued_adapter(pipeline, stage) if continues else stage.adapter
-        quantized_base = link.input.quantized_base if continues else (
-            isinstance(spec, LoraAdapter) and spec.type == "qlora")
-        nvls_ok = _nvls(ctx.gpu, 8, hw.env) and hw.device == "cuda"
-        r = resolve(ctx.shape, stage, seq_len=data.max_seq_len, world_size=hw.world_size, nodes=hw.nodes,
-                    quantized_base=quantized_base, adapter=spec, packed=data.packing,
-                    nvls=nvls_ok and hw.gpus_per_node > 2)
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
-            if est.verdict == "oom":
-                fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok)
-            else:
-                fits = suggestions(r, ctx.gpu, hw.gpus_per_node, nvls_ok, limit=1, fraction=TIGHT_FRACTION)
-            if est.verdict == "oom" and not fits:
-                together = combined(r, ctx.gpu, hw.gpus_per_node, nvls_ok)
-                fits = [together] if together else []
-            est = _with_suggestions(est, fits if est.verdict == "oom" else [])
-            diags.append(_diagnostic(i, est, ctx.gpu, fits))
+            fits: list[Fit] = []
+            refused: list[Outcome] = []
+            if suggest:
+                checker = checker or Checker(ctx)
+                fits, refused = suggest_changes(checker, i, r, est.verdict)
+                if est.verdict == "oom":
+                    est = replace(est, suggestions=tuple(f.suggestion for f in fits))
+            diags.append(_diagnostic(i, est, ctx.gpu, fits, refused, checker))
         estimates[stage.id] = est
     return estimates, diags
+
+
+def stage_setup(ctx: Context, stage) -> Resolved | None:
+    """A training stage of ``ctx`` resolved for the estimate, or None when its data stage or input is missing."""
+    if ctx.shape is None or not isinstance(stage, (SftStage, DpoStage)):
+        return None
+    pipeline, hw = ctx.pipeline, ctx.pipeline.hardware
+    link = ctx.links.get(stage.id)
+    data = pipeline.stage(stage.data)
+    if link is None or link.result is None or link.input is None or not isinstance(data, DataStage):
+        return None
+    continues = stage.adapter == "continue"
+    spec = continued_adapter(pipeline, stage) if continues else stage.adapter
+    quantized_base = link.input.quantized_base if continues else (
+        isinstance(spec, LoraAdapter) and spec.type == "qlora")
+    nvls = _nvls(ctx.gpu, hw.gpus_per_node, hw.env) and hw.device == "cuda"
+    return resolve(ctx.shape, stage, seq_len=data.max_seq_len, world_size=hw.world_size, nodes=hw.nodes,
+                   quantized_base=quantized_base, adapter=spec, packed=data.packing, nvls=nvls)
 
 
 def continued_adapter(pipeline, stage) -> LoraAdapter | None:
@@ -93,35 +111,54 @@ def _nvls(gpu: GpuSpec | None, gpus_per_node: int, env: dict[str, str]) -> bool:
     return env.get("NCCL_NVLS_ENABLE", "").strip() != "0"
 
 
-def _with_suggestions(est: StageEstimate, fits: list[Fit]) -> StageEstimate:
-    from dataclasses import replace
-
-    return replace(est, suggestions=tuple(f.suggestion for f in fits))
-
-
-def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit]) -> Diagnostic:
+def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit], refused: list[Outcome],
+                checker: Checker | None) -> Diagnostic:
+    """FT101 (oom) or FT102 (tight) for one stage: the three largest terms, the changes that pass the re-check and,
+    when none does, the largest term and the changes that would fit but the checks refuse. Without a ``checker``
+    (the re-check's own estimate) there are no suggestions and no hint."""
     cap = est.capacity_bytes or 0
     notes = [f"{t.name} {gib(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib(t.bytes)}"
              for t in est.terms[:3]]  # the three largest terms, with their arithmetic
     if est.verdict == "tight":
         pct = math.floor(100 * est.peak_bytes / cap)  # a tight peak is below the card: never "100 %"
-        hint = (f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"
-                if fits else "for headroom, lower micro_batch or use more GPUs")
+        hint = None
+        if fits:
+            hint = f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"
+        elif checker is not None:
+            hint = (f"no single change ftplan tried brings it under {TIGHT_FRACTION:.0%} of the card and passes the "
+                    "checks; the largest term is " + _term_text(est))
         return warning("FT102", ("stages", i), f"peak {gib(est.peak_bytes)} per GPU is {pct} % of "
                        f"{gib(cap)} ({gpu.name}): little headroom for longer batches or fragmentation",
                        hint=hint, notes=notes)
-    notes += [f"would fit: {f.suggestion.change}: {f.suggestion.peak_bytes / (1 << 30):.1f} GiB of "
-              f"{cap / (1 << 30):.1f}" for f in fits]
-    several = bool(fits) and " + " in fits[0].suggestion.change
+    notes += [f"would fit ({_fit_text(f.suggestion, cap)}): {f.suggestion.change}" for f in fits]
     path: tuple[str | int, ...] = ("stages", i)
+    hint = None
     if fits:
         best = fits[0]
-        path = best.path if best.path[0] == "hardware" else ("stages", i, *best.path[:1])
-        hint = (("no single change fits; together: " if several else "")
+        path = best.path
+        hint = (("no single change fits; together: " if best.several else "")
                 + f"{best.suggestion.change} ({gib(best.suggestion.peak_bytes)} of {gib(cap)})")
-    else:
-        hint = "no combination of the usual changes fits: pick a card with more memory or more GPUs"
+    elif checker is not None:
+        hint = ("nothing ftplan tried fits and passes the checks; the largest term is " + _term_text(est)
+                + ": it needs a card with more memory, or a strategy that shards it over more GPUs")
+        notes += [f"refused by {', '.join(o.errors)} ({gib(o.peak)} of {gib(cap)}): {checker.text(o.edit)}"
+                  for o in refused[:MAX_REFUSED_NOTES]]
     over = ">" if est.peak_bytes > cap else "≥"
     return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU {over} {gib(cap)} ({gpu.name})", hint=hint,
                  notes=notes)
 
+
+def _fit_text(s: Suggestion, cap: int) -> str:
+    """``35.1 GiB of 40.0 GiB``, with the host memory an offload needs and the warnings the change adds."""
+    out = f"{gib(s.peak_bytes)} of {gib(cap)}"
+    if s.host_bytes:
+        out += f"; host memory {gib(s.host_bytes)} per node"
+    if s.warnings:
+        out += f"; adds warning {', '.join(s.warnings)}"
+    return out
+
+
+def _term_text(est: StageEstimate) -> str:
+    """The largest term of an estimate, named with its size."""
+    top = est.terms[0]
+    return f"{top.name}, {gib(top.bytes)}"

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Verdict = Literal["fits", "tight", "oom", "n/a"]
-"""``fits``; ``tight`` above 90 % of the card; ``oom`` above the card; ``n/a`` for stages that use no GPU."""
+"""``fits`` below ``TIGHT_FRACTION`` (90 %) of the card; ``tight`` from there up to the card; ``oom`` at or above
+the card (``OOM_FRACTION``); ``n/a`` for stages that use no GPU. The fractions and why: ``constants.py``."""
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,18 @@ class Term:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """A computed change that fits: what to change and the peak it would give."""
+    """A change of the pipeline file that was applied and re-checked whole (``fit.py``): the stage fits and the
+    change adds no error."""
 
     change: str
+    """What to write, as ``KEY OLD → NEW`` settings separated by ``, `` (``edits.py`` gives the grammar); the
+    re-checked pipeline is the same settings applied."""
     peak_bytes: int
+    """The stage's peak per GPU after the change."""
+    host_bytes: int | None = None
+    """Host memory per node the changed stage needs for offloaded states (None without offload)."""
+    warnings: tuple[str, ...] = ()
+    """Codes of warnings the change adds (e.g. FT314 for an 8-bit optimizer under ZeRO), sorted."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class StageEstimate:
     terms: tuple[Term, ...] = ()
     """Line items that add up to ``peak_bytes``, largest first."""
     suggestions: tuple[Suggestion, ...] = ()
-    """When the stage does not fit: single changes that make it fit, best first."""
+    """When the stage does not fit: changes of the file that make it fit and pass every check, best first (single
+    changes, one per kind; or one joining several kinds when no single change passes)."""
     tokens_per_step: int | None = None
     """Tokens per optimizer step over all GPUs (micro_batch × seq × grad_accum × world; ×2 for DPO pairs)."""
     step_time_s: float | None = None
