@@ -312,3 +312,12 @@ def test_flow_values_read_back_as_written():
         assert parse(f"k {flow(value)} → {flow(value)}") == [("k", value, value)]
     with pytest.raises(ValueError):
         flow("yes")  # would read back as a string in ftplan's loader but a boolean elsewhere: never written
+
+
+def test_nothing_fits_without_a_refused_change_names_the_largest_term(tmp_path):
+    path = write_pipeline(tmp_path, {"base": "meta-llama/Llama-3.1-405B", "architecture": "llama-3.1-405b"},
+                          {"gpu": "rtx-4090"}, sft({"type": "full"}))
+    d = ft101(check_file(path))
+    assert d.hint.startswith("nothing ftplan tried fits and passes the checks; the largest term is ")
+    assert d.hint.endswith(": it needs a card with more memory")
+    assert not any(n.startswith(("would fit", "refused")) for n in d.notes)

@@ -139,10 +139,12 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit], refus
         hint = (("no single change fits; together: " if best.several else "")
                 + f"{best.suggestion.change} ({gib(best.suggestion.peak_bytes)} of {gib(cap)})")
     elif checker is not None:
+        shown = refused[:MAX_REFUSED_NOTES]
         hint = ("nothing ftplan tried fits and passes the checks; the largest term is " + _term_text(est)
-                + ": it needs a card with more memory, or a strategy that shards it over more GPUs")
+                + ("; the changes noted as refused would fit, but the checks refuse them" if shown else
+                   ": it needs a card with more memory"))
         notes += [f"refused by {', '.join(o.errors)} ({gib(o.peak)} of {gib(cap)}): {checker.text(o.edit)}"
-                  for o in refused[:MAX_REFUSED_NOTES]]
+                  for o in shown]
     over = ">" if est.peak_bytes > cap else "≥"
     return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU {over} {gib(cap)} ({gpu.name})", hint=hint,
                  notes=notes)
