@@ -180,6 +180,7 @@ SHARDS: dict[str, tuple[str, ...]] = {
     "llama-small": (L1, L3),
     "small": (G2, PHI, L3, L1),
     "7b-8b": (M7, Q7, L8),
+    "mix": (L3, PHI, G2, L8, Q7, M7),
 }
 """Which models each run covers; the boundary probes run in the shard of their model."""
 
