@@ -22,7 +22,7 @@ def context(gpu: GpuSpec | None) -> Term:
     """The CUDA context created by the first CUDA call."""
     arch = arch_of(gpu)
     mib = CUDA_CONTEXT_MIB[arch]
-    how = "measured on H200, torch 2.11/cu130" if arch == "hopper" else "reported/assumed for " + arch
+    how = "measured on H100 and H200, torch 2.11/cu130" if arch == "hopper" else "reported/assumed for " + arch
     return Term(CONTEXT_TERM, mib * MIB, f"{mib} MiB ({how})")
 
 
