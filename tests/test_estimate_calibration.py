@@ -1,0 +1,111 @@
+"""The estimator against every measured calibration point (``bench/results/vram/*.jsonl``, ``bench/vram``).
+
+Each point is a compiled plan that ran through its ``run.sh`` on one H100 or H200 (random-init weights of a
+catalog shape, the real data stage and runtime, three optimizer steps). Here each point's pipeline is rebuilt from
+its recorded settings and estimated by the current code; the estimate must stay within the targets of the
+measured device-used peak (CUDA context included, as the estimate includes it), and a boundary probe's fitting
+side must be estimated to fit and its next step up to not fit. A change that makes any point worse than the
+targets fails CI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftplan.api import check_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = sorted((ROOT / "bench" / "results" / "vram").glob("*.jsonl"))
+
+_spec = importlib.util.spec_from_file_location("calib_points", ROOT / "bench" / "vram" / "points.py")
+P = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = P
+_spec.loader.exec_module(P)
+
+MAX_ERROR_PCT = 7.0
+"""Largest |estimate - measured| / measured of any point."""
+MEAN_ERROR_PCT = 3.0
+"""Largest mean |error| over all points."""
+
+KNOWN_MISSES: dict[str, tuple[float, str]] = {
+    "l1-lora-s16384-b1-k": (-17.0, "Llama-3.2-1B's activations at 16k tokens: measured ~255 KB per token against "
+                            "~180 estimated, and 0.8 GiB of fragmentation against 0.47"),
+    "l1-qlora-s2048-b4": (11.0, "fragmentation: 0.20 GiB measured against 0.47 estimated, on a 3.6 GiB peak"),
+}
+"""Points still outside ``MAX_ERROR_PCT``: (the error they must not exceed, in the direction they miss, and why).
+A known miss that gets worse fails; one that comes within the target fails too, so that it leaves this list."""
+GIB = 1 << 30
+
+
+def _rows() -> list[dict]:
+    return [json.loads(line) for path in RESULTS for line in path.read_text().splitlines() if line.strip()]
+
+
+ROWS = _rows()
+MEASURED = [r for r in ROWS if r.get("outcome") == "ok" and r.get("probe") != "oom"]
+
+
+def _card(row: dict) -> str:
+    return "h200-sxm-141gb" if "H200" in row["card"] else "h100-sxm-80gb"
+
+
+def estimate(row: dict, tmp: Path):
+    """The current estimate of a recorded point (peak bytes and verdict)."""
+    p = P.Point(**row["point"])
+    result = check_text(P.pipeline_yaml(p, _card(row)), "calibration.yaml", tmp)
+    return result.estimates[p.stage_id]
+
+
+def _error(row: dict, tmp: Path) -> float:
+    measured = row["measured"]["device_used_peak_gib"]
+    return 100 * (estimate(row, tmp).peak_bytes / GIB - measured) / measured
+
+
+def test_there_are_measured_points():
+    assert len(MEASURED) >= 8, "bench/results/vram holds no calibration points"
+
+
+@pytest.mark.parametrize("row", MEASURED, ids=[f"{r['point']['name']}-{r['card'].split()[1]}" for r in MEASURED])
+def test_each_point_within_the_target(row, tmp_path):
+    name, error = row["point"]["name"], _error(row, tmp_path)
+    if name in KNOWN_MISSES:
+        bound, why = KNOWN_MISSES[name]
+        assert abs(error) > MAX_ERROR_PCT, f"{name} is now within the target ({error:+.1f} %): drop it from KNOWN_MISSES"
+        assert abs(error) <= abs(bound) and error * bound > 0, f"{name}: {error:+.1f} %, worse than {bound} % ({why})"
+    else:
+        assert abs(error) <= MAX_ERROR_PCT, f"{name}: {error:+.1f} %"
+
+
+def test_mean_error(tmp_path):
+    """The mean over the points within the target must meet ``MEAN_ERROR_PCT``; over all points it is reported."""
+    errors = {r["point"]["name"]: abs(_error(r, tmp_path)) for r in MEASURED}
+    inside = [e for name, e in errors.items() if name not in KNOWN_MISSES]
+    print(f"mean |error| {sum(errors.values()) / len(errors):.2f} % over {len(errors)} points, "
+          f"{sum(inside) / len(inside):.2f} % without the {len(KNOWN_MISSES)} known misses")
+    assert sum(inside) / len(inside) <= MEAN_ERROR_PCT
+
+
+PROBES = [r for r in ROWS if r.get("probe")]
+
+
+@pytest.mark.parametrize("row", PROBES, ids=[f"{r['point']['name']}-mb{r['point']['micro_batch']}-{r['probe']}"
+                                             for r in PROBES])
+def test_boundary_probes_fall_on_the_side_check_says(row, tmp_path):
+    verdict = estimate(row, tmp_path).verdict
+    if row["probe"] == "fits":
+        assert row["outcome"] == "ok" and verdict in ("fits", "tight")
+    else:
+        assert row["outcome"] == "oom" and verdict == "oom"
+
+
+def test_no_point_that_check_says_fits_ran_out_of_memory(tmp_path):
+    for row in ROWS:
+        if row.get("outcome") == "oom" and row.get("probe") != "oom":
+            raise AssertionError(f"{row['point']['name']} ran out of memory")
+        if row.get("outcome") == "oom":
+            assert estimate(row, tmp_path).verdict == "oom", row["point"]["name"]
