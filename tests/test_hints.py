@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -26,20 +27,11 @@ from ftplan.sourcemap import classify_type
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
-BASE: dict[str, Any] = {
-    "name": "demo",
-    "model": {"base": "meta-llama/Llama-3.1-8B-Instruct"},
-    "hardware": {"gpu": "h100-sxm-80gb"},
-    "stages": [
-        {"id": "data", "kind": "data", "max_seq_len": 2048,
-         "datasets": [{"path": "data/chat.jsonl", "format": "messages"},
-                      {"path": "data/pairs.jsonl", "format": "preference"}]},
-        {"id": "sft", "kind": "sft", "data": "data", "learning_rate": 2e-4, "adapter": {"type": "lora"}},
-        {"id": "dpo", "kind": "dpo", "input": "sft", "data": "data", "learning_rate": 5e-6, "adapter": "continue"},
-        {"id": "merge", "kind": "merge", "input": "dpo"},
-        {"id": "gguf", "kind": "gguf", "input": "merge", "quant": ["q8_0"]},
-    ],
-}
+_spec = importlib.util.spec_from_file_location("checks_conftest", ROOT / "tests" / "checks" / "conftest.py")
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+BASE: dict[str, Any] = _conftest.BASE
+"""The rule tests' clean SFT -> DPO -> merge -> GGUF pipeline (``tests/checks/conftest.py``)."""
 """A clean SFT -> DPO -> merge -> GGUF pipeline; the corpus patches it."""
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -254,16 +254,7 @@ def _json_list_rows(text: _Text, decoder: json.JSONDecoder, *, top: bool = False
         return
     while True:
         n += 1
-        line = text.line_at(text.pos)
-        try:
-            value = text.value(decoder)
-        except json.JSONDecodeError as exc:
-            raise FileProblem(f"item {n} ({text.where(exc.pos)}) is not valid JSON: {exc.msg}; the rest of the "
-                              "file cannot be read") from None
-        except (RecursionError, ValueError) as exc:
-            raise FileProblem(f"item {n} (line {line}) is {_json_problem(exc)}; the rest of the file cannot be "
-                              "read") from None
-        yield RawRow(n, line, "item", value)
+        yield _item(text, decoder, n)
         nxt = text.skip_ws()
         if nxt == ",":
             text.pos += 1
@@ -345,15 +336,21 @@ def _lines_as_items(text: _Text, decoder: json.JSONDecoder) -> Iterator[RawRow]:
     n = 1
     while text.skip_ws():
         n += 1
-        line = text.line_at(text.pos)
-        try:
-            value = text.value(decoder)
-        except json.JSONDecodeError as exc:
-            raise FileProblem(f"item {n} ({text.where(exc.pos)}) is not valid JSON: {exc.msg}; the rest of the "
-                              "file cannot be read") from None
-        except (RecursionError, ValueError) as exc:
-            raise FileProblem(f"item {n} (line {line}) is {_json_problem(exc)}") from None
-        yield RawRow(n, line, "item", value)
+        yield _item(text, decoder, n)
+
+
+def _item(text: _Text, decoder: json.JSONDecoder, n: int) -> RawRow:
+    """Item ``n``, decoded at the reading position; a value that does not decode stops the file."""
+    line = text.line_at(text.pos)
+    try:
+        value = text.value(decoder)
+    except json.JSONDecodeError as exc:
+        raise FileProblem(f"item {n} ({text.where(exc.pos)}) is not valid JSON: {exc.msg}; the rest of the file "
+                          "cannot be read") from None
+    except (RecursionError, ValueError) as exc:
+        raise FileProblem(f"item {n} (line {line}) is {_json_problem(exc)}; the rest of the file cannot be "
+                          "read") from None
+    return RawRow(n, line, "item", value)
 
 
 # ------------------------------------------------------------------------------------------------ CSV
