@@ -135,6 +135,20 @@ def _coverage_words(read: int, total: int | None, complete: bool) -> str:
     return f"rows 1–{read:,}{of} checked (--full-data checks every row)"
 
 
+def accuracy_lines(result: CheckResult) -> list[str]:
+    """How far the GPU estimates can be trusted: the measured points overall, then each training stage's."""
+    from .estimate.accuracy import overall
+
+    ctx = result.ctx
+    stages = [(s.id, result.estimates[s.id].accuracy) for s in (ctx.pipeline.stages if ctx else ())
+              if s.id in result.estimates and result.estimates[s.id].accuracy is not None]
+    if not stages:
+        return []
+    lines = [f"estimate accuracy on compiled plans measured on one GPU: {overall().text()}"]
+    lines += [f"  {sid}: {acc.text()}" for sid, acc in stages]
+    return lines
+
+
 def data_table(result: CheckResult) -> Table | None:
     """Per local dataset: how many of its rows ``check`` read and judged."""
     rows = dataset_rows(result)
@@ -161,6 +175,10 @@ def print_check(result: CheckResult, out: Console, err: Console, *, verbose: boo
         data = data_table(result)
         if data is not None:
             out.print(data)
+            out.print()
+        accuracy = accuracy_lines(result)
+        if accuracy:
+            out.print(Text("\n".join(accuracy)))
             out.print()
     print_diagnostics(result, err, verbose=verbose)
     if any(verbose or d.severity is not Severity.INFO for d in result.diagnostics):
@@ -215,6 +233,11 @@ def _stage_json(stage, verdict: str, result: CheckResult) -> dict[str, Any]:
             "step_time_s": est.step_time_s,
             "terms": [{"name": t.name, "gib": round(gib(t.bytes), 3), "detail": t.detail} for t in est.terms],
         })
+        if est.accuracy is not None:
+            a = est.accuracy
+            out["accuracy"] = {"points": a.points, "mean_error_pct": a.mean_error_pct,
+                               "max_error_pct": a.max_error_pct, "cards": list(a.cards),
+                               "extrapolated": a.extrapolated}
     return out
 
 

@@ -109,3 +109,28 @@ def test_no_point_that_check_says_fits_ran_out_of_memory(tmp_path):
             raise AssertionError(f"{row['point']['name']} ran out of memory")
         if row.get("outcome") == "oom":
             assert estimate(row, tmp_path).verdict == "oom", row["point"]["name"]
+
+
+def test_the_accuracy_table_check_prints_is_up_to_date():
+    """``ftplan/estimate/measured.py`` holds the current estimator's error on every point: regenerate it with
+    ``python bench/vram/summarize.py`` after a change to the estimator or the results."""
+    spec = importlib.util.spec_from_file_location("calib_summarize", ROOT / "bench" / "vram" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    assert summarize.main(["--check"]) == 0
+
+
+def test_a_stage_says_how_far_its_estimate_is_measured():
+    from ftplan.estimate.accuracy import accuracy_of
+    from ftplan.estimate.measured import POINTS
+
+    family, method, kind, seq = POINTS[0][:4]
+    like = [p for p in POINTS if p[:3] == (family, method, kind)]
+    a = accuracy_of(family, method, kind, seq, 1)
+    assert a.extrapolated is None and a.points == len(like)
+    assert a.max_error_pct == round(max(abs(p[6]) for p in like), 1)
+    assert "measured run" in a.text()
+    assert "no multi-GPU point" in accuracy_of(family, method, kind, seq, 8).text()
+    assert "no gemma3 LoRA DPO point" in accuracy_of("gemma3", "lora", "dpo", 2048, 1).text()
+    longest = max(p[3] for p in like)
+    assert f"measured up to {longest:,} tokens" in accuracy_of(family, method, kind, 2 * longest, 1).text()

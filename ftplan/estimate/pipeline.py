@@ -10,6 +10,7 @@ from ..context import Context
 from ..diagnostics import Diagnostic, error, warning
 from ..schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, SftStage
 from . import host
+from .accuracy import accuracy_of
 from .constants import TIGHT_FRACTION
 from .fit import Checker, Fit, Outcome
 from .fit import suggest as suggest_changes
@@ -58,6 +59,9 @@ def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEsti
         if r is None:
             continue
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
+        if hw.device == "cuda":
+            est = replace(est, accuracy=accuracy_of(r.shape.family, r.method, "dpo" if r.dpo else "sft", r.seq,
+                                                    r.world))
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
             fits: list[Fit] = []
             refused: list[Outcome] = []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .accuracy import Accuracy
 
 Verdict = Literal["fits", "tight", "oom", "n/a"]
 """``fits`` below ``TIGHT_FRACTION`` (90 %) of the card; ``tight`` from there up to the card; ``oom`` at or above
@@ -57,3 +60,5 @@ class StageEstimate:
     host_bytes: int | None = None
     """Host (CPU) memory the stage needs, for stages that work on the CPU (merge, export) or offload."""
     notes: tuple[str, ...] = field(default=())
+    accuracy: "Accuracy | None" = None
+    """What the measured calibration points say about this estimate (training stages on a GPU)."""
