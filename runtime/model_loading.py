@@ -29,15 +29,11 @@ from ftplan.schemas.model import ModelSpec
 from ftplan.schemas.runtime_args import AdapterRef, ModelSource, RuntimeArgs
 
 from .preflight import StageError
+from .stamps import TOKENIZER_FILES
 
 MERGED_INPUT_DIR = "merged_input"
 """Stage-local folder of the 16-bit merge a QLoRA stage reloads in 4-bit (deleted once loaded)."""
 
-# Files that make up a saved tokenizer (copied verbatim when the tokenizer is unchanged).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
-)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ftplan.data.rows import needs_chat_template
 from ftplan.schemas.runtime_args import RuntimeArgs
 from ftplan.schemas.stages import DataStage
 
+from ..stamps import TOKENIZER_FILES
 from .collect import Collected, collect
 from .errors import DataError
 from .manifest import MANIFEST_FORMAT, Manifest, TemplateReport, fingerprint
@@ -29,9 +30,6 @@ from .readers import file_sha256, source_digest
 from .templates import ChatTemplate, resolve_template
 from .tokenize import Encoder
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
-"""Tokenizer files whose bytes enter the fingerprint (those that exist)."""
 
 
 def run_data_stage(args: RuntimeArgs, args_sha256: str) -> Manifest:
