@@ -26,13 +26,27 @@ def _banner(text: str) -> None:
     print(f"\n# ---- {text} " + "-" * max(0, 70 - len(text)), flush=True)
 
 
+class StepFailed(Exception):
+    """A demo step's command failed; it has printed why."""
+
+
 def _run(cmd: list[str], env: dict[str, str], root: Path) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=root, env=env, check=True)
+    rc = subprocess.run(cmd, cwd=root, env=env).returncode
+    if rc != 0:
+        raise StepFailed(f"`{' '.join(cmd)}` exited with code {rc} (its output above says why)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the exit code."""
+    """Run the demo; returns the exit code (that of the failing step's command, in one line, when one fails)."""
+    try:
+        return _demo(argv)
+    except StepFailed as e:
+        print(f"demo: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete .demo first and redo every stage")
     parser.add_argument("--root", type=Path, default=REPO,

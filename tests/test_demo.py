@@ -33,3 +33,15 @@ def test_demo_runs_every_stage_and_llama_cpp_completes_from_the_gguf(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("is complete; skipping") == 5
+
+
+def test_a_failing_step_ends_the_demo_in_one_line(tmp_path):
+    """A step that fails (here: compile, with no examples/ in the project) stops the demo with one line naming the
+    command and its exit code, not a Python traceback."""
+    (tmp_path / ".demo" / "tiny-model").mkdir(parents=True)
+    (tmp_path / ".demo" / "tiny-model" / "config.json").write_text("{}")
+    out = subprocess.run([sys.executable, "-m", "ftplan_runtime.demo", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("demo: `") and "exited with code" in out.stderr
