@@ -27,11 +27,14 @@ def merge(shape: ModelShape, stage: MergeStage) -> StageEstimate:
 
 
 def gguf(shape: ModelShape, stage: GgufStage) -> StageEstimate:
-    """The largest output file held while it is written (q4_k_m is quantized from an f16 export)."""
+    """The largest output file held while it is written (q4_k_m is quantized from an f16 export); with ``verify``,
+    the HF model loaded in fp32 beside it (``gguf_verify`` compares llama.cpp's logits with it)."""
     total = param_counts(shape).total
     outputs = set(stage.quant) | ({"f16"} if "q4_k_m" in stage.quant else set())
     name = max(outputs, key=lambda q: GGUF_BYTES_PER_PARAM[q])
     per = GGUF_BYTES_PER_PARAM[name]
     terms = (Term(f"largest output ({name})", int(total * per), f"{params(total)} params × {per:.3g} B"),)
-    return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=terms[0].bytes,
+    if stage.verify:
+        terms += (Term("HF model for verification (fp32)", total * 4, f"{params(total)} params × 4 B"),)
+    return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=sum(t.bytes for t in terms),
                          notes=("runs on the CPU: host memory",))
