@@ -47,7 +47,7 @@ def check_text(text: str, filename: str, root: Path, *, full_data: bool = False)
     """Check pipeline source ``text`` (named ``filename`` in messages) whose local paths are relative to
     ``root``: schema, stage graph, pre-launch rules and the VRAM estimate; ``full_data`` checks every row of
     every local dataset file, whatever its size."""
-    from .checks import run_checks
+    from .checks import check_jobs, run_checks
     from .estimate import estimate
     from .inputs import read_inputs
     from .loader import load_yaml
@@ -66,7 +66,7 @@ def check_text(text: str, filename: str, root: Path, *, full_data: bool = False)
     ctx, resolve_diags = resolve(pipeline, inputs, pipeline_path=filename, pipeline_sha256=sha)
     diags = [*diags, *resolve_diags, *run_checks(ctx)]
     estimates, estimate_diags = estimate(ctx)
-    diags += estimate_diags
+    diags += estimate_diags + check_jobs(ctx, estimates)
     return CheckResult(filename, data, source_map, ctx, estimates, _finish(diags, source_map, filename))
 
 

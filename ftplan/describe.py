@@ -28,6 +28,17 @@ def size(n_bytes: float) -> str:
     return f"{int(n_bytes)} B"
 
 
+def format_duration(seconds: float) -> str:
+    """``35 s``, ``12 min``, ``3.4 h`` or ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def adapter_text(adapter) -> str:
     """``QLoRA r16 α32`` or ``full fine-tune``."""
     if isinstance(adapter, FullFinetune):
@@ -97,3 +108,42 @@ def bar(used: int, capacity: int) -> str:
     if used > 0 and filled == 0:
         filled = 1
     return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / 2**30:.1f} / {capacity / 2**30:.1f} GiB"
+
+
+def job_memory(job) -> str:
+    """A Slurm job's memory request in words: ``168 GiB per node``, ``all of each node's``, ``40 GiB per GPU``."""
+    if job.mem_per_gpu:
+        per_gpu = job.mem_bytes // max(1, job.gpus_per_node) if job.mem_bytes else None
+        return f"{size(per_gpu)} per GPU" if per_gpu else "all of each node's"
+    if job.mem_bytes is None:
+        return "all of each node's"
+    return f"{size(job.mem_bytes)} per node"
+
+
+def job_gpus(job) -> str:
+    """``2 nodes × 8 GPUs``, ``1 node × 1 GPU`` or ``no GPU``."""
+    if not job.gpus_per_node:
+        return "no GPU"
+    nodes = f"{job.nodes} node{'s' if job.nodes > 1 else ''}"
+    return f"{nodes} × {job.gpus_per_node} GPU{'s' if job.gpus_per_node > 1 else ''}"
+
+
+def job_cpus(job) -> str:
+    """``64 CPUs per node`` or ``all CPUs`` (whole nodes)."""
+    return f"{job.cpus_per_task} CPUs per node" if job.cpus_per_task else "all CPUs of each node"
+
+
+def job_container(job) -> str:
+    """``pyxis nvcr.io#nvidia/pytorch:25.01-py3`` or ``—``."""
+    return f"{job.container.runtime} {job.container.image}" if job.container else "—"
+
+
+def job_lines(job) -> list[str]:
+    """The job shape in words, with where each figure comes from (sbatch comments, plan.md)."""
+    where = f"partition {job.partition}" if job.partition else "the default partition"
+    whole = "whole nodes" if job.exclusive else "shared nodes"
+    return [
+        f"job: {job_gpus(job)} ({whole}: {job.exclusive_reason}), {job_cpus(job)}, on {where}",
+        f"memory: {job_memory(job)} ({job.mem_reason})",
+        f"time limit: {job.time} ({job.time_reason})",
+    ]

@@ -3,12 +3,9 @@
 ``build_plan`` decides, for every stage: its compiled folder (``stages/NN-<id>``; ``NN`` is the only thing taken
 from the list position), its output folder, how it launches (``accelerate launch`` for training stages,
 ``python -m ftplan_runtime`` otherwise), its accelerate and DeepSpeed configs, its fully resolved
-``RuntimeArgs``, and what it asks a scheduler for:
-
-* training stages: every node and GPU of the target (one process per GPU);
-* data and GGUF stages: one node, no GPU (tokenizing and exporting are CPU work);
-* merge stages: one node and one GPU when the estimate says the model fits the card, otherwise the CPU
-  (the merge is then slower but cannot run out of GPU memory).
+``RuntimeArgs``, what it needs (``jobs.Resources``: nodes, GPUs, host memory, run time) and, with
+``hardware.slurm``, the shape of its sbatch job (``jobs.SlurmJob``: partition, GPUs, CPUs, memory, time, whole
+nodes, container). ``jobs.py`` says how those are derived.
 
 Rendering (``ftplan.render``) turns a ``Plan`` into file texts; nothing here touches the disk.
 """
@@ -24,28 +21,17 @@ from .catalog import param_counts
 from .context import Context, LocalFile
 from .diagnostics import Diagnostic, Severity, sort_key
 from .estimate.types import StageEstimate
+from .jobs import Resources, SlurmJob, slurm_job, stage_resources
 from .render.accelerate import accelerate_config
-from .render.args import merge_on_gpu, resolve_distributed, runtime_args, stage_output_dir
+from .render.args import resolve_distributed, runtime_args, stage_output_dir
 from .describe import method as describe_method
 from .render.deepspeed import deepspeed_config, zero_stage
-from .schemas import DataStage, DpoStage, HardwareSpec, MergeStage, Pipeline, SftStage, SlurmSpec
+from .schemas import DataStage, DpoStage, HardwareSpec, Pipeline, SftStage, SlurmSpec
 from .schemas.runtime_args import RuntimeArgs
 from .versions import PINNED_VERSIONS
 
 PLAN_FORMAT = 1
 """Version of the compiled plan's layout and ``plan.json``; bumped on incompatible changes."""
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one stage asks the scheduler for."""
-
-    device: Literal["cuda", "cpu"]
-    """Where the stage computes."""
-    nodes: int
-    """Nodes (one launcher task each)."""
-    gpus_per_node: int
-    """GPUs per node; 0 for CPU-only stages."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +77,9 @@ class PlanStage:
     estimate: StageEstimate | None
     """The estimator's result for this stage."""
     resources: Resources
-    """Scheduler request."""
+    """What the stage needs: device, nodes, GPUs, host memory, run time."""
+    job: SlurmJob | None
+    """Its Slurm job (with ``hardware.slurm``): the one place its job shape is decided."""
     depends_on: str | None
     """The previous stage's id (stages run in file order)."""
     method: str
@@ -281,17 +269,14 @@ def _plan_stage(ctx: Context, index: int, stage, estimate: StageEstimate | None,
             deepspeed_file=posixpath.join(plan_dir, folder, "deepspeed.json") if deepspeed else None,
             zero3_init=zero_stage(spec) == 3 and not qlora, family=shape.family if shape else None)
         batch = _batch(pipeline, stage, hw.world_size, estimate)
-        resources = (Resources("cuda", hw.nodes, hw.gpus_per_node) if hw.device == "cuda"
-                     else Resources("cpu", 1, 0))
         launcher: Literal["accelerate", "python"] = "accelerate"
     else:
         launcher = "python"
-        gpu_merge = isinstance(stage, MergeStage) and merge_on_gpu(hw, estimate)
-        resources = Resources("cuda", 1, 1) if gpu_merge else Resources("cpu", 1, 0)
+    resources = stage_resources(ctx, stage, estimate)
     return PlanStage(
         index=index, id=stage.id, kind=stage.kind, dir=folder, output_dir=stage_output_dir(pipeline, stage.id),
         launcher=launcher, accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate,
-        resources=resources, depends_on=previous, method=describe_method(stage, link, strategy), strategy=strategy,
+        resources=resources, job=slurm_job(ctx, index, stage, resources), depends_on=previous, method=describe_method(stage, link, strategy), strategy=strategy,
         batch=batch,
     )
 

@@ -90,7 +90,7 @@ def test_examples_validate():
     ("  gpu: h100", "  gpus: h100",
      ("5:3", "FT003", "hardware: unknown key 'gpus'", "did you mean 'gpu'?")),
     ("    partition: gpu", "    partiton: gpu",
-     ("7:5", "FT003", "hardware.slurm: unknown key 'partiton'", "did you mean 'partition'?")),
+     ("7:5", "FT003", "hardware.slurm: unknown key 'partiton'", "did you mean 'partition' or 'cpu_partition'?")),
     ("    learning_rate: 2.0e-4", "    learning_rat: 2.0e-4",
      ("17:5", "FT003", "stages[sft]: unknown key 'learning_rat'", "did you mean 'learning_rate'?")),
     ("r: 16}", "alhpa: 16}",
@@ -110,7 +110,8 @@ def test_unknown_key_at_every_level(old, new, expected):
 def test_unknown_key_without_close_match_lists_the_allowed_keys():
     assert run(edit("  gpu: h100-sxm-80gb", "  gpu: h100-sxm-80gb\n  colour: red")) == [
         ("6:3", "FT003", "hardware: unknown key 'colour'",
-         "allowed keys: device, env, gpu, gpus_per_node, main_process_port, modules, nodes, setup, slurm, venv")]
+         "allowed keys: container, device, env, gpu, gpus_per_node, main_process_port, modules, nodes, setup, slurm, "
+         "venv")]
 
 
 def test_unknown_key_of_another_stage_kind_says_where_it_belongs():
@@ -122,7 +123,7 @@ def test_key_at_the_wrong_level_says_where_it_belongs():
     assert run(edit("  gpu: h100-sxm-80gb", "  gpu: h100-sxm-80gb\n  partition: gpu",
                     "    learning_rate: 5.0e-6", "    learning_rate: 5.0e-6\n    path: x")) == [
         ("6:3", "FT003", "hardware: unknown key 'partition'",
-         "'partition' is a key of hardware.slurm (check the indentation)"),
+         "'partition' is a key of hardware.slurm and of stages[].slurm (check the indentation)"),
         ("26:5", "FT003", "stages[dpo]: unknown key 'path'",
          "'path' is a key of stages[].datasets[] (check the indentation)"),
     ]

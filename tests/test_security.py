@@ -321,7 +321,8 @@ def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
     calls = [(prog, argv) for prog, argv, _ in read_calls(log)]
     assert ("scontrol", ["show", "hostnames", "node-[a-b]"]) in calls
     srun = next(argv for prog, argv in calls if prog == "srun")
-    assert srun[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=4"]
+    # the job's own CPUs: 2 of a node's 8 GPUs share the node, with 8 cores per GPU
+    assert srun[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=16"]
     acc = next(argv for prog, argv in calls if prog == "accelerate")
     assert acc == ["launch", "--config_file", f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", "--num_machines", "2",
                    "--machine_rank", "0", "--main_process_ip", "node-a", "--main_process_port", "29500",

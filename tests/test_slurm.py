@@ -80,16 +80,18 @@ def test_sbatch_directives_are_literal_and_complete():
         directives = sbatch_lines(text)
         assert not any("$" in d or "`" in d or "'" in d or '"' in d for d in directives), name
         assert text.startswith("#!/usr/bin/env bash\n# ---------- SBATCH ---------- #\n")
-        stage = name.split("-", 1)[1][: -len(".sbatch")]
+        nn, stage = name[len("slurm/"):-len(".sbatch")].split("-", 1)
         gpu_stage = stage in ("sft", "dpo", "merge")
+        whole = stage in ("sft", "dpo")  # 2 nodes: whole nodes; the 1-GPU merge and the CPU stages share theirs
         expected = [f"#SBATCH --job-name=chain-{stage}",
-                    f"#SBATCH --nodes={2 if stage in ('sft', 'dpo') else 1}",
+                    f"#SBATCH --nodes={2 if whole else 1}",
                     "#SBATCH --ntasks-per-node=1",
                     *([f"#SBATCH --gpus-per-node={1 if stage == 'merge' else 8}"] if gpu_stage else []),
-                    "#SBATCH --cpus-per-task=48", "#SBATCH --time=1-00:00:00", "#SBATCH --partition=gpu",
-                    "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --constraint=h100&ib",
-                    "#SBATCH --reservation=res", "#SBATCH --mem=480G", "#SBATCH --comment=ftplan",
-                    "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive", "#SBATCH --output=logs/%x-%j.out",
+                    "#SBATCH --cpus-per-task=48", "#SBATCH --mem=480G", "#SBATCH --time=1-00:00:00",
+                    "#SBATCH --partition=gpu", "#SBATCH --account=proj-1", "#SBATCH --qos=high",
+                    "#SBATCH --constraint=h100&ib", "#SBATCH --reservation=res", "#SBATCH --comment=ftplan",
+                    "#SBATCH --mail-type=END,FAIL", *(["#SBATCH --exclusive"] if whole else []),
+                    f"#SBATCH --output=logs/chain/{nn}-{stage}-%j.out", f"#SBATCH --error=logs/chain/{nn}-{stage}-%j.err",
                     "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@600"]
         assert directives == expected, name
         assert "localhost" not in text and "127.0.0.1" not in text
@@ -329,7 +331,8 @@ def test_chain_runs_in_order_with_wait(chain):
     head = socket.gethostname().split(".")[0]
     assert "--machine_rank 0 " in sft and f"--main_process_ip {head} " in sft and "--num_machines 1 " in sft
     assert f"--config_file {PLAN_DIR}/stages/02-sft/accelerate.yaml" in sft and "node=0" in sft
-    assert (root / "logs").is_dir() and len(list((root / "logs").glob("chain-*.out"))) == 5
+    logs = root / "logs" / "chain"
+    assert sorted(p.name for p in logs.iterdir()) == sorted(f"{n}-{jobs[n]}.{ext}" for n in jobs for ext in ("out", "err"))
 
 
 @pytest.mark.slow
@@ -398,5 +401,5 @@ def test_the_time_limit_signal_checkpoints_and_requeues_a_training_stage(chain):
     assert Path(str(log) + ".signalled").exists()
     assert log.read_text().splitlines()[1:] == ["accelerate 02-sft restart=0", "accelerate 02-sft restart=1",
                                                 "accelerate 03-dpo restart=0"]
-    out = (root / "logs" / f"chain-sft-{jobs['02-sft']}.out").read_text()
+    out = (root / "logs" / "chain" / f"02-sft-{jobs['02-sft']}.out").read_text()
     assert "asking stage 02-sft to save a checkpoint" in out and "requeueing job" in out

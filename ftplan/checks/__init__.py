@@ -1,8 +1,8 @@
 """Offline pre-launch rules, checked against the declared hardware and the local files' snapshot.
 
 Each rule module exports ``CODES`` (code -> one-line title) and ``check(ctx)``. Code ranges: FT3xx hardware and
-launch topology (FT32x: combinations the runtime refuses at start), FT4xx model and tokenizer, FT5xx data, FT6xx
-training configuration.
+launch topology (FT32x: combinations the runtime refuses at start; FT33x: Slurm jobs, whose memory and time rules
+run after the estimate, ``check_jobs``), FT4xx model and tokenizer, FT5xx data, FT6xx training configuration.
 """
 
 from __future__ import annotations
@@ -10,17 +10,22 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic
 
-from . import data, hardware, model, runtime_limits, tokenizer, topology, training
+from . import data, hardware, model, runtime_limits, slurm, tokenizer, topology, training
 from .tokenizer import BUILTIN_TEMPLATES
 
-RULE_MODULES = (hardware, topology, runtime_limits, model, tokenizer, data, training)
+RULE_MODULES = (hardware, topology, runtime_limits, slurm, model, tokenizer, data, training)
 """Rule modules in the order they run."""
 
 CODES: dict[str, str] = {code: title for module in RULE_MODULES for code, title in module.CODES.items()}
 """Every pre-launch rule code with its one-line title, sorted by code."""
 CODES = dict(sorted(CODES.items()))
 
-__all__ = ["BUILTIN_TEMPLATES", "CODES", "RULE_MODULES", "run_checks"]
+__all__ = ["BUILTIN_TEMPLATES", "CODES", "RULE_MODULES", "check_jobs", "run_checks"]
+
+
+def check_jobs(ctx: Context, estimates) -> list[Diagnostic]:
+    """The rules that judge each stage's Slurm job against its estimate (run after the estimate)."""
+    return slurm.check_jobs(ctx, estimates)
 
 
 def run_checks(ctx: Context) -> list[Diagnostic]:

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 from ftplan.context import Context
 from ftplan.schemas import DataStage, DpoStage, LoraAdapter, SftStage
+from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
 from ftplan.suggest import did_you_mean
 
 __all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "adapter_type", "data_stage_of", "data_stages",
-           "declared_adapter", "did_you_mean", "sm", "strategy", "strategy_path", "train_stages", "world_size"]
+           "declared_adapter", "did_you_mean", "known_rows", "sm", "strategy", "strategy_path", "train_stages", "world_size"]
 
 ZERO = ("zero1", "zero2", "zero3")
 """DeepSpeed ZeRO strategies."""
@@ -41,6 +42,30 @@ def data_stage_of(ctx: Context, stage: SftStage | DpoStage) -> tuple[int, DataSt
         return None
     i, other = found[0]
     return (i, other) if isinstance(other, DataStage) else None
+
+
+def known_rows(ctx: Context, stage: SftStage | DpoStage) -> int | None:
+    """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
+    bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules). Examples before
+    packing; DPO stages count pairs."""
+    found = data_stage_of(ctx, stage)
+    if found is None:
+        return None
+    i, data = found
+    want = PREFERENCE_FORMATS if isinstance(stage, DpoStage) else SFT_FORMATS
+    if not any(d.format in want for d in data.datasets):
+        return None  # no data of this stage's kind at all: FT205
+    total = 0
+    for j, d in enumerate(data.datasets):
+        if d.format not in want:
+            continue
+        scan = ctx.inputs.datasets.get((i, j))
+        if scan is None or not scan.checked or scan.file_problem is not None or not scan.complete:
+            return None
+        if scan.bad_rows and data.on_bad_row == "error":
+            return None
+        total += scan.rows_read - scan.bad_rows
+    return int(total * (1.0 - data.val_fraction))
 
 
 def world_size(ctx: Context) -> int:

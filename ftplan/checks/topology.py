@@ -68,11 +68,13 @@ def _hardware(ctx: Context) -> list[Diagnostic]:
         diags.append(error("FT312", ("hardware", "nodes"), f"`nodes: {hw.nodes}` needs a launcher that starts one "
                            "process group per node; ftplan generates it for Slurm only",
                            hint="add a `slurm:` block under `hardware` (partition, time, ...), or set `nodes: 1`"))
-    if hw.slurm is not None and not valid_slurm_time(hw.slurm.time):
-        diags.append(error("FT316", ("hardware", "slurm", "time"), f"Slurm time limit '{hw.slurm.time}' is not in "
-                           "a format sbatch accepts", hint="write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                           "D-HH:MM:SS, e.g. `time: \"12:00:00\"` for 12 hours or `time: "
-                           "\"1-00:00:00\"` for one day"))
+    times = [(("hardware", "slurm", "time"), hw.slurm.time if hw.slurm else None)]
+    times += [(("stages", i, "slurm", "time"), s.slurm.time) for i, s in enumerate(ctx.pipeline.stages) if s.slurm]
+    for path, value in times:
+        if value is not None and not valid_slurm_time(value):
+            diags.append(error("FT316", path, f"Slurm time limit '{value}' is not in a format sbatch accepts",
+                               hint="write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, e.g. `time: "
+                               "\"12:00:00\"` for 12 hours or `time: \"1-00:00:00\"` for one day"))
     if hw.device == "cuda" and hw.gpus_per_node > 8:
         diags.append(warning("FT317", ("hardware", "gpus_per_node"), f"`gpus_per_node: {hw.gpus_per_node}` is "
                              "unusual: most GPU nodes have at most 8", hint="check the node type; use `nodes` "

@@ -6,9 +6,9 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, info, warning
 from ftplan.schemas import DpoStage, LoraAdapter
-from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
+from ftplan.schemas.datasets import SFT_FORMATS
 
-from ._common import adapter_type, data_stage_of, strategy, train_stages, world_size
+from ._common import adapter_type, data_stage_of, known_rows, strategy, train_stages, world_size
 
 CODES = {
     "FT601": "both warmup_ratio and warmup_steps are set",
@@ -63,36 +63,13 @@ def _batch(ctx: Context, i: int, stage) -> list[Diagnostic]:
                   f"{gpus} × micro_batch {stage.micro_batch} × grad_accum {stage.grad_accum}",
                   hint="when the GPU count changes, scale `grad_accum` to keep this batch (and the tuned learning "
                   "rate) the same")]
-    rows = _known_rows(ctx, stage)
+    rows = known_rows(ctx, stage)
     if rows is not None and rows < total:
         what = "pairs" if isinstance(stage, DpoStage) else "examples"
         diags.append(warning("FT604", ("stages", i, "micro_batch"), f"'{stage.data}' has {rows} training {what}, "
                              f"fewer than one effective batch ({total}): an epoch is less than one optimizer step",
                              hint="lower `micro_batch` or `grad_accum`, or add data"))
     return diags
-
-
-def _known_rows(ctx: Context, stage) -> int | None:
-    """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
-    bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules)."""
-    found = data_stage_of(ctx, stage)
-    if found is None:
-        return None
-    i, data = found
-    want = PREFERENCE_FORMATS if isinstance(stage, DpoStage) else SFT_FORMATS
-    if not any(d.format in want for d in data.datasets):
-        return None  # no data of this stage's kind at all: FT205
-    total = 0
-    for j, d in enumerate(data.datasets):
-        if d.format not in want:
-            continue
-        scan = ctx.inputs.datasets.get((i, j))
-        if scan is None or not scan.checked or scan.file_problem is not None or not scan.complete:
-            return None
-        if scan.bad_rows and data.on_bad_row == "error":
-            return None
-        total += scan.rows_read - scan.bad_rows
-    return int(total * (1.0 - data.val_fraction))
 
 
 def _eval_save(ctx: Context, i: int, stage) -> list[Diagnostic]:

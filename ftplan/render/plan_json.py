@@ -69,7 +69,19 @@ def _stage_json(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
         "args_sha256": sha, "args": s.args.model_dump(mode="json"),
         "accelerate": s.accelerate, "deepspeed": s.deepspeed, "estimate": estimate_json(s.estimate),
         "slurm_job": f"slurm/{s.name}.sbatch" if plan.slurm else None,
+        "slurm": job_json(s.job) if s.job else None,
     }
+
+
+def job_json(job) -> dict[str, Any]:
+    """A stage's Slurm job shape, as its sbatch script asks for it."""
+    data = asdict(job)
+    data["container"] = job.container.model_dump(mode="json") if job.container else None
+    data["gpu_option"] = list(job.gpu_option) if job.gpu_option else None
+    data["extra"] = dict(job.extra)
+    data["sbatch"] = [f"--{k}={v}" if v is not None else f"--{k}" for k, v in job.directives]
+    data["gpu_hours"] = round(job.gpu_hours, 2)
+    return data
 
 
 def resolved_pipeline(plan: "Plan") -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..describe import bar, size
+from ..describe import bar, format_duration, job_container, job_cpus, job_gpus, job_lines, job_memory, size
 from .plan_json import key_path_text
 from .shell import comment, shq
 
@@ -86,6 +86,24 @@ def _stage_table(plan: "Plan") -> list[str]:
     return lines
 
 
+def _jobs_table(plan: "Plan") -> list[str]:
+    """One row per sbatch job: what it books, so a change's cost shows in the diff."""
+    lines = ["| # | stage | partition | GPUs | CPUs | memory | time limit | whole nodes | container | GPU hours at the "
+             "limit |", "|---|---|---|---|---|---|---|---|---|---:|"]
+    total = 0.0
+    for s in plan.stages:
+        job = s.job
+        if job is None:
+            continue
+        total += job.gpu_hours
+        lines.append(f"| {s.index:02d} | {s.id} | {job.partition or '(default)'} | {job_gpus(job)} | "
+                     f"{job_cpus(job)} | {job_memory(job)} | {job.time} | {'yes' if job.exclusive else 'no'} | "
+                     f"{md(job_container(job))} | {f'{job.gpu_hours:,.1f}' if job.gpus_per_node else '—'} |")
+    if total:
+        lines += ["", f"At most {total:,.1f} GPU hours in all, if every job ran to its time limit."]
+    return lines
+
+
 def _launch(plan: "Plan", s: "PlanStage") -> str:
     """The stage's launch command, as run from the project root.
 
@@ -120,16 +138,24 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
     if s.args.data_dir:
         out.append(f"- data: {code(s.args.data_dir)}")
     out.append(f"- output: {code(s.output_dir)}")
+    est = s.estimate
     r = s.resources
     where = f"{r.nodes} node(s) × {r.gpus_per_node} GPU" if r.device == "cuda" else "CPU only"
     out.append(f"- runs on: {where}")
+    if r.run_time_s is not None and est is not None and est.step_time_s:
+        bound = "at most " if r.steps_at_most else ""
+        out.append(f"- estimated run time: {bound}{r.steps:,} steps × {est.step_time_s:.2f} s ≈ "
+                   f"{format_duration(r.run_time_s)}" + (" (examples counted before packing)" if r.steps_at_most
+                                                          else ""))
+    if s.job is not None:
+        out += [f"- Slurm {md(line)}" for line in job_lines(s.job)]
+        out.append(f"- Slurm logs: {code(s.job.output)} (stdout), {code(s.job.error)} (stderr)")
     b = s.batch
     if b is not None:
         seq = f" × {b.seq_len:,} tokens" if b.seq_len else ""
         tokens = f" = {b.tokens_per_step:,} tokens/step" if b.tokens_per_step else ""
         out.append(f"- batch: {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes = "
                    f"{b.effective_batch} sequences{seq}{tokens}")
-    est = s.estimate
     if est is not None:
         if est.capacity_bytes and est.peak_bytes > 0:
             step = f"; about {est.step_time_s:.2f} s per step" if est.step_time_s else ""
@@ -172,6 +198,7 @@ def render_plan_md(plan: "Plan") -> str:
         f"Compiled by ftplan {prov.ftplan_version} from {code(prov.pipeline_file)} (sha256 "
         f"`{prov.pipeline_sha256}`). Generated: do not edit; regenerate with {code(regen)} from the project folder.",
         "", "## Stages", "", *_stage_table(plan),
+        *(["", "## Slurm jobs", "", *_jobs_table(plan)] if plan.slurm is not None else []),
         "", "## Stage details", *[line for s in plan.stages for line in _stage_details(plan, s)],
         "", "## Warnings and notes", *_diagnostics(plan),
         "", "## Inputs", "",

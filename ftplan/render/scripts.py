@@ -27,7 +27,7 @@ import jinja2
 
 from ..schemas import DataStage, GgufStage, MergeStage
 from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RUNTIME_INSTALL
-from ..describe import size
+from ..describe import job_lines, job_memory, size
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,6 +102,7 @@ assert not any(ch in RUNTIME_INSTALL for ch in '"$`\\!'), RUNTIME_INSTALL
 def _common(plan: "Plan") -> dict[str, Any]:
     hw = plan.hardware
     return {
+        "packages_here": True,
         "version": plan.provenance.ftplan_version, "pipeline_file": plan.provenance.pipeline_file,
         "plan_dir": plan.plan_dir, "name": plan.name, "marker": COMPLETE_MARKER, "install": RUNTIME_INSTALL,
         "check_args": [plan.path(s.dir, "args.json") for s in plan.stages],
@@ -121,19 +122,16 @@ def render_run(plan: "Plan", shas: dict[str, str] | None = None) -> str:
 
 def render_sbatch(plan: "Plan", s: "PlanStage", sha: str | None = None) -> str:
     """``slurm/NN-<id>.sbatch``: one stage as one Slurm job, which exits at its start when the stage is complete.
-    (``sha`` is not needed, as for ``render_run``.)"""
-    slurm = plan.slurm
-    if slurm is None:
+    (``sha`` is not needed, as for ``render_run``.) Its ``#SBATCH`` lines are the stage's ``SlurmJob``."""
+    job = s.job
+    if job is None:
         raise ValueError("the pipeline has no hardware.slurm section")
-    options = [(k, v) for k, v in (("partition", slurm.partition), ("account", slurm.account),
-                                   ("qos", slurm.qos), ("constraint", slurm.constraint),
-                                   ("reservation", slurm.reservation), ("mem", slurm.mem)) if v is not None]
-    options += sorted(slurm.extra.items())
-    srun_cpus = str(slurm.cpus_per_task) if slurm.cpus_per_task else '"$SLURM_CPUS_ON_NODE"'
-    common = {**_common(plan), "check_args": [plan.path(s.dir, "args.json")]}
+    srun_cpus = str(job.cpus_per_task) if job.cpus_per_task else '"$SLURM_CPUS_ON_NODE"'
+    common = {**_common(plan), "check_args": [plan.path(s.dir, "args.json")],
+              "packages_here": job.container is None}
     return environment().get_template("stage.sbatch.j2").render(
-        **common, s=_stage_view(plan, s), slurm=slurm, options=options,
-        job_name=f"{plan.name}-{s.id}", srun_cpus=srun_cpus, port=plan.hardware.main_process_port,
+        **common, s=_stage_view(plan, s), job=job, job_lines=job_lines(job), container=job.container,
+        mem_text=job_memory(job) + " memory", srun_cpus=srun_cpus, port=plan.hardware.main_process_port,
         requeue_code=REQUEUE_EXIT_CODE)
 
 
@@ -143,6 +141,7 @@ def render_submit(plan: "Plan", shas: dict[str, str] | None = None) -> str:
     if plan.slurm is None:
         raise ValueError("the pipeline has no hardware.slurm section")
     root = posixpath.normpath(posixpath.join("..", plan.root_from_plan_dir))
+    log_dirs = sorted({posixpath.dirname(p) for s in plan.stages if s.job for p in (s.job.output, s.job.error)})
+    common = {**_common(plan), "packages_here": plan.hardware.container is None}
     return environment().get_template("submit.sh.j2").render(
-        **_common(plan), root=root, logs_dir=plan.slurm.logs_dir,
-        stages=[_stage_view(plan, s) for s in plan.stages])
+        **common, root=root, log_dirs=log_dirs, stages=[_stage_view(plan, s) for s in plan.stages])

@@ -2,14 +2,14 @@
 
 from .adapters import AdapterSpec, FullFinetune, LoraAdapter
 from .datasets import PREFERENCE_FORMATS, SFT_FORMATS, DatasetSpec
-from .hardware import HardwareSpec, SlurmSpec
+from .hardware import ContainerSpec, HardwareSpec, SlurmSpec, StageSlurmSpec
 from .model import ModelSpec
 from .pipeline import Pipeline
 from .stages import DataStage, DpoStage, GgufStage, MergeStage, SftStage, Stage, TrainStage
 from .training import DistributedSpec, TrainingArgs
 
 __all__ = [
-    "AdapterSpec", "DataStage", "DatasetSpec", "DistributedSpec", "DpoStage", "FullFinetune", "GgufStage",
+    "AdapterSpec", "ContainerSpec", "DataStage", "DatasetSpec", "DistributedSpec", "DpoStage", "FullFinetune", "GgufStage",
     "HardwareSpec", "LoraAdapter", "MergeStage", "ModelSpec", "PREFERENCE_FORMATS", "Pipeline", "SFT_FORMATS",
-    "SftStage", "SlurmSpec", "Stage", "TrainStage", "TrainingArgs",
+    "SftStage", "SlurmSpec", "Stage", "StageSlurmSpec", "TrainStage", "TrainingArgs",
 ]

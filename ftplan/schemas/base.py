@@ -40,3 +40,16 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,12
 
 ShellLine = Annotated[str, StringConstraints(pattern=r"^[^\n\r]+$")]
 """One line of shell code (no line breaks)."""
+
+MemSize = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,12}[KMGTkmgt]?)$")]
+"""A Slurm memory size: a whole number with an optional unit K, M, G or T, such as ``64G`` (megabytes without a
+unit, and ``0`` for all of a node's memory)."""
+
+GresTypeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+"""A GPU type as the site's ``gres.conf`` names it: letters, digits, '.', '_' and '-' (no ':'), such as ``h100``."""
+
+ContainerImage = Annotated[str, StringConstraints(pattern=r"^\S{1,1000}$")]
+"""A container image (registry reference, ``docker://`` address or image file): no whitespace."""
+
+ContainerMount = Annotated[str, StringConstraints(pattern=r"^[^\s,]{1,1000}$")]
+"""A container mount ``SRC[:DST[:FLAGS]]``: no whitespace or commas."""

@@ -13,12 +13,16 @@ from pydantic import Field
 from .adapters import AdapterSpec
 from .base import FtplanModel, StageId
 from .datasets import DatasetSpec
+from .hardware import StageSlurmSpec
 from .training import TrainingArgs
 
 
 class _StageBase(FtplanModel):
     id: StageId
     """Unique stage name; outputs go to ``<output_dir>/<id>/`` and compiled files to ``stages/NN-<id>/``."""
+
+    slurm: StageSlurmSpec | None = Field(default=None, exclude=True)
+    """This stage's own Slurm job settings (partition, time, memory, CPUs, ...), over ``hardware.slurm``."""
 
 
 class DataStage(_StageBase):

@@ -20,14 +20,20 @@ for arg in "$@"; do
 done
 ROOT=$(cd "$(dirname "$0")"/../../../examples && pwd)
 cd "$ROOT"
-mkdir -p logs
+mkdir -p logs/llama8b-full  # the jobs' --output and --error folders
 
 # ---- environment (hardware: env, modules, venv, setup) ----
 # The jobs' environment, here too: deciding which stages are complete needs the runtime.
 export HF_HUB_OFFLINE=1
 export NCCL_DEBUG=WARN
+# Module systems (Lmod, environment-modules) and activation scripts read variables that may be unset: they run
+# with `set -u` off.
+set +u
+# a batch shell may start without the `module` function, which the login profile defines
+if ! type module >/dev/null 2>&1 && [ -r /etc/profile ]; then . /etc/profile; fi
 module load cuda/12.4
 source .venv/bin/activate
+set -u
 
 # The runtime and the packages these stages need must be importable by this Python, or nothing starts.
 if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then

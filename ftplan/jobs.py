@@ -1,0 +1,415 @@
+"""JOBS: what each stage needs (``Resources``) and what it asks Slurm for (``SlurmJob``), decided once.
+
+``plan.build_plan`` stores both on every ``PlanStage``; the sbatch scripts, ``submit.sh``, ``plan.md`` and
+``plan.json`` only print them, and the Slurm rules (``checks/slurm.py``) judge the same values.
+
+What a stage needs:
+
+* training stages: every node and GPU of the target (one process per GPU), or one CPU process;
+* data and GGUF stages: one node, no GPU (tokenizing and exporting are CPU work);
+* merge stages: one node and one GPU when the estimate says the model fits the card, otherwise the CPU.
+
+What its Slurm job asks for, each value taken from the stage's own ``slurm:`` block, else from
+``hardware.slurm``, else derived here:
+
+* **GPUs**: ``--gpus-per-node=[TYPE:]N`` or ``--gres=gpu[:TYPE]:N`` (``gpu_request``, ``gpu_type``); none for a
+  CPU-only stage, which goes to ``cpu_partition`` when one is set.
+* **whole nodes** (``--exclusive``): only for a job over several nodes or over every GPU of a node
+  (``node_gpus``).
+* **CPUs** (``--cpus-per-task``, one launcher task per node): all of them on whole nodes, ``CPUS_PER_GPU`` per
+  GPU for a GPU job on part of a node, ``CPU_STAGE_CPUS`` for a CPU-only stage.
+* **memory** (``--mem`` per node): all of it on whole nodes (``--mem=0``); otherwise the estimator's host figure
+  (``StageEstimate.host_bytes``: the merge or export working set, the offloaded states of a node, the whole
+  estimate of a stage on the CPU) plus, per process, ``RUNTIME_PROCESS_BYTES`` and, for a training process on a
+  GPU, the weights it loads through host memory; times ``MEM_HEADROOM``, rounded up to a GiB. A declared size
+  below the estimator's figure is an error (FT330).
+* **time** (``--time``): for a training stage whose steps and step time are estimated, steps × step time ×
+  ``TIME_MARGIN`` + ``TIME_ALLOWANCE_S`` rounded up to the hour; otherwise ``DEFAULT_TIME`` of its kind. An
+  estimated run time above a declared limit is a warning (FT331).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .catalog import param_counts
+from .describe import format_duration, size
+from .checks._common import known_rows
+from .estimate.types import StageEstimate
+from .render.args import merge_on_gpu, resolve_distributed
+from .schemas import ContainerSpec, DpoStage, MergeStage, SftStage, SlurmSpec, StageSlurmSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import Context
+
+GIB = 1 << 30
+
+RUNTIME_PROCESS_BYTES = 2 * GIB
+"""Host memory of one runtime process beyond what the estimator counts: the interpreter, torch and the stage's
+libraries. Measured peak RSS: 0.84 GiB for a data stage (``bench/results/llama8b-qlora-data-metrics.json``) and
+1.07 GiB beside the loaded weights in training processes (``bench/results/vram``: 3.37 GiB with Llama-3.2-1B's
+2.30 GiB, 16.03 GiB with Llama-3.1-8B's 14.96 GiB); rounded up for tokenizer, data-loader and logging buffers."""
+
+MEM_HEADROOM = 1.25
+"""Factor on the host-memory need of a job that does not take whole nodes: a job over its ``--mem`` is killed."""
+
+CPUS_PER_GPU = 8
+"""CPU cores per GPU of a GPU job on part of a node (data loading, the launcher, NCCL's proxy threads)."""
+
+CPU_STAGE_CPUS = 8
+"""CPU cores of a CPU-only stage (tokenizing, merging, GGUF export and quantization)."""
+
+TIME_MARGIN = 1.5
+"""Factor on a training stage's estimated run time (the step time is a planning figure, +-30 %)."""
+
+TIME_ALLOWANCE_S = 1800
+"""Seconds added to a training stage's estimated run time: loading the model, evaluation, checkpoint saves."""
+
+DEFAULT_TIME = {"data": "04:00:00", "merge": "04:00:00", "gguf": "04:00:00", "sft": "1-00:00:00",
+                "dpo": "1-00:00:00"}
+"""Time limit of a stage whose run time is not estimated (no step time, or an unknown number of steps)."""
+
+_TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
+                   r"|(\d+)-(\d{1,2})(?::(\d{1,2})(?::(\d{1,2}))?)?)$")
+_MEM = re.compile(r"^(0|[1-9][0-9]*)([KMGTkmgt]?)$")
+_MEM_UNITS = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one stage needs, whatever launches it."""
+
+    device: Literal["cuda", "cpu"]
+    """Where the stage computes."""
+    nodes: int
+    """Nodes (one launcher task each)."""
+    gpus_per_node: int
+    """GPUs per node; 0 for CPU-only stages."""
+    processes_per_node: int
+    """Runtime processes on each node: one per GPU for a training stage on GPUs, otherwise 1."""
+    host_bytes: int | None
+    """The estimator's host-memory figure per node (``StageEstimate.host_bytes``), when it has one."""
+    steps: int | None
+    """Optimizer steps of a training stage: ``max_steps``, or epochs × the training rows (when every dataset file
+    was read whole) over the effective batch."""
+    steps_at_most: bool
+    """``steps`` counts examples before packing, so it is an upper bound."""
+    run_time_s: float | None
+    """Estimated run time: steps × the estimated step time (training stages on a GPU)."""
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """What one stage's sbatch job asks Slurm for, and why."""
+
+    name: str
+    """Job name: ``<pipeline>-<stage id>``."""
+    partition: str | None
+    """``--partition``."""
+    account: str | None
+    """``--account``."""
+    qos: str | None
+    """``--qos``."""
+    constraint: str | None
+    """``--constraint``."""
+    reservation: str | None
+    """``--reservation``."""
+    nodes: int
+    """``--nodes``."""
+    gpus_per_node: int
+    """GPUs per node (0: a CPU-only job)."""
+    gpu_option: tuple[str, str] | None
+    """The GPU request: (``gpus-per-node``, ``[TYPE:]N``) or (``gres``, ``gpu[:TYPE]:N``)."""
+    exclusive: bool
+    """Whole nodes (``--exclusive``)."""
+    exclusive_reason: str
+    """Why (or why not) whole nodes."""
+    cpus_per_task: int | None
+    """``--cpus-per-task`` (None: every CPU of the whole nodes)."""
+    mem: str | None
+    """``--mem`` per node (``0``: all of it); None when ``mem_per_gpu`` is used."""
+    mem_per_gpu: str | None
+    """``--mem-per-gpu``."""
+    mem_bytes: int | None
+    """Memory per node the job asks for in bytes (None: all of the node's)."""
+    mem_need_bytes: int | None
+    """The memory need per node this request was derived from or is checked against: the estimator's host
+    figure plus the runtime processes."""
+    mem_reason: str
+    """Where the memory request comes from."""
+    mem_set_in: Literal["stage", "hardware"] | None
+    """Where the request was declared: the stage's ``slurm`` block or ``hardware.slurm`` (None: derived)."""
+    time: str
+    """``--time``."""
+    time_s: int | None
+    """The limit in seconds (None: no limit, ``0``)."""
+    time_reason: str
+    """Where the time limit comes from."""
+    time_set_in: Literal["stage", "hardware"] | None
+    """Where the limit was declared (None: derived)."""
+    requeue: bool
+    """Requeue on preemption or at the time limit (``--requeue``, ``--signal=B:USR1@lead``)."""
+    signal_lead_s: int
+    """Seconds before the end at which the job gets SIGUSR1."""
+    output: str
+    """``--output``: the job's stdout file, relative to the project root."""
+    error: str
+    """``--error``: the job's stderr file."""
+    extra: tuple[tuple[str, str], ...]
+    """Further ``#SBATCH`` options, sorted by name."""
+    container: ContainerSpec | None
+    """The container the stage's launcher runs in."""
+
+    @property
+    def directives(self) -> tuple[tuple[str, str | None], ...]:
+        """Every ``#SBATCH`` option in order, as (long name, value or None for a flag)."""
+        out: list[tuple[str, str | None]] = [("job-name", self.name), ("nodes", str(self.nodes)),
+                                             ("ntasks-per-node", "1")]
+        if self.gpu_option:
+            out.append(self.gpu_option)
+        if self.cpus_per_task:
+            out.append(("cpus-per-task", str(self.cpus_per_task)))
+        out.append(("mem-per-gpu", self.mem_per_gpu) if self.mem_per_gpu else ("mem", self.mem or "0"))
+        out.append(("time", self.time))
+        out += [(k, v) for k, v in (("partition", self.partition), ("account", self.account), ("qos", self.qos),
+                                    ("constraint", self.constraint), ("reservation", self.reservation)) if v]
+        out += list(self.extra)
+        if self.exclusive:
+            out.append(("exclusive", None))
+        out += [("output", self.output), ("error", self.error)]
+        if self.requeue:
+            out += [("open-mode", "append"), ("requeue", None), ("signal", f"B:USR1@{self.signal_lead_s}")]
+        return tuple(out)
+
+    @property
+    def gpu_hours(self) -> float:
+        """GPU hours booked at the time limit: whole nodes count every GPU of the node."""
+        if self.gpus_per_node == 0 or self.time_s is None:
+            return 0.0
+        return self.nodes * self.gpus_per_node * self.time_s / 3600
+
+
+# --- what a stage needs --------------------------------------------------------------------------------------------
+
+def stage_resources(ctx: "Context", stage, estimate: StageEstimate | None) -> Resources:
+    """What ``stage`` needs: device, nodes, GPUs, processes, the estimator's host figure and its run time."""
+    hw = ctx.pipeline.hardware
+    host = estimate.host_bytes if estimate is not None and estimate.host_bytes else None
+    if isinstance(stage, (SftStage, DpoStage)):
+        steps, at_most = optimizer_steps(ctx, stage)
+        step_time = estimate.step_time_s if estimate is not None else None
+        run_time = steps * step_time if steps is not None and step_time else None
+        if hw.device == "cuda":
+            return Resources("cuda", hw.nodes, hw.gpus_per_node, hw.gpus_per_node, host, steps, at_most, run_time)
+        return Resources("cpu", 1, 0, 1, host, steps, at_most, None)
+    if isinstance(stage, MergeStage) and merge_on_gpu(hw, estimate):
+        return Resources("cuda", 1, 1, 1, host, None, False, None)
+    return Resources("cpu", 1, 0, 1, host, None, False, None)
+
+
+def optimizer_steps(ctx: "Context", stage: SftStage | DpoStage) -> tuple[int | None, bool]:
+    """(optimizer steps, whether that is an upper bound): ``max_steps``, or the epochs over the training rows when
+    every dataset file was read whole (examples before packing: an upper bound when the data stage packs)."""
+    if stage.max_steps is not None:
+        return stage.max_steps, False
+    rows = known_rows(ctx, stage)
+    if rows is None:
+        return None, False
+    effective = stage.micro_batch * stage.grad_accum * ctx.pipeline.hardware.world_size
+    epochs = stage.epochs if stage.epochs is not None else 1.0
+    steps = max(1, math.ceil(epochs * math.ceil(rows / effective)))
+    data = ctx.pipeline.stage(stage.data)
+    return steps, bool(getattr(data, "packing", False))
+
+
+# --- what its Slurm job asks for -----------------------------------------------------------------------------------
+
+def slurm_job(ctx: "Context", index: int, stage, res: Resources) -> SlurmJob | None:
+    """The sbatch job of the stage at 1-based position ``index`` (None without ``hardware.slurm``)."""
+    hw = ctx.pipeline.hardware
+    top = hw.slurm
+    if top is None:
+        return None
+    own = stage.slurm or StageSlurmSpec()
+    gpu = res.gpus_per_node > 0
+    partition, constraint = _partition(top, own, gpu)
+    exclusive, why = _exclusive(top, own, res)
+    cpus = _pick(own.cpus_per_task, top.cpus_per_task)
+    if cpus is None and not exclusive:
+        cpus = CPUS_PER_GPU * res.gpus_per_node if gpu else CPU_STAGE_CPUS
+    mem, mem_per_gpu, mem_bytes, need, mem_reason, mem_set_in = _memory(ctx, stage, top, own, res, exclusive)
+    time, time_s, time_reason, time_set_in = _time(stage, top, own, res)
+    requeue = own.requeue if own.requeue is not None else top.requeue
+    name = f"{index:02d}-{stage.id}"
+    logs = f"{top.logs_dir.rstrip('/')}/{ctx.pipeline.name}/{name}-%j"
+    return SlurmJob(
+        name=f"{ctx.pipeline.name}-{stage.id}", partition=partition, account=_pick(own.account, top.account),
+        qos=_pick(own.qos, top.qos), constraint=constraint, reservation=_pick(own.reservation, top.reservation),
+        nodes=res.nodes, gpus_per_node=res.gpus_per_node, gpu_option=_gpu_option(top, res.gpus_per_node),
+        exclusive=exclusive, exclusive_reason=why, cpus_per_task=cpus, mem=mem, mem_per_gpu=mem_per_gpu,
+        mem_bytes=mem_bytes, mem_need_bytes=need, mem_reason=mem_reason, mem_set_in=mem_set_in, time=time,
+        time_s=time_s, time_reason=time_reason, time_set_in=time_set_in, requeue=requeue, signal_lead_s=top.signal_lead_s, output=f"{logs}.out",
+        error=f"{logs}.err", extra=tuple(sorted({**top.extra, **own.extra}.items())), container=hw.container,
+    )
+
+
+def _pick(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _partition(top: SlurmSpec, own: StageSlurmSpec, gpu: bool) -> tuple[str | None, str | None]:
+    """(partition, constraint): a CPU-only stage goes to ``cpu_partition`` when set, without the GPU nodes'
+    constraint."""
+    to_cpu_partition = not gpu and top.cpu_partition is not None
+    partition = _pick(own.partition, top.cpu_partition if to_cpu_partition else top.partition)
+    constraint = _pick(own.constraint, None if to_cpu_partition else top.constraint)
+    return partition, constraint
+
+
+def _exclusive(top: SlurmSpec, own: StageSlurmSpec, res: Resources) -> tuple[bool, str]:
+    if own.exclusive is not None:
+        return own.exclusive, "set in the stage's slurm block"
+    if top.exclusive is not None:
+        return top.exclusive, "hardware.slurm.exclusive"
+    if res.nodes > 1:
+        return True, f"{res.nodes} nodes"
+    if res.gpus_per_node and res.gpus_per_node >= top.node_gpus:
+        return True, f"all {top.node_gpus} GPUs of a node"
+    if res.gpus_per_node:
+        return False, f"{res.gpus_per_node} of {top.node_gpus} GPUs of a node"
+    return False, "a CPU-only stage"
+
+
+def _gpu_option(top: SlurmSpec, gpus: int) -> tuple[str, str] | None:
+    if not gpus:
+        return None
+    typed = f"{top.gpu_type}:" if top.gpu_type else ""
+    if top.gpu_request == "gres":
+        return "gres", f"gpu:{typed}{gpus}"
+    return "gpus-per-node", f"{typed}{gpus}"
+
+
+def memory_need(ctx: "Context", stage, res: Resources) -> int:
+    """Host memory per node a stage needs: the estimator's figure, plus ``RUNTIME_PROCESS_BYTES`` per runtime
+    process, plus for a training stage on GPUs the weights loaded through host memory before they move to the
+    GPUs (``loaded_weights``)."""
+    host, weights, _ = _need_parts(ctx, stage, res)
+    return host + res.processes_per_node * RUNTIME_PROCESS_BYTES + weights
+
+
+def loaded_weights(ctx: "Context", stage, res: Resources) -> tuple[int, str]:
+    """(bytes per node, how) of the weights a training stage on GPUs loads through host memory, at its precision
+    (16-bit, or 32-bit at ``precision: fp32``; a QLoRA base is loaded 16-bit and quantized on the GPU): every
+    process loads all of them, except under ZeRO-3, which builds the model partitioned (``zero3_init``: each
+    process holds its share), and FSDP2, whose ``cpu_ram_efficient_loading`` loads them on the first process only."""
+    if not isinstance(stage, (SftStage, DpoStage)) or res.device != "cuda" or ctx.shape is None:
+        return 0, ""
+    full = param_counts(ctx.shape).total * (4 if stage.precision == "fp32" else 2)
+    strategy = resolve_distributed(stage, ctx.pipeline.hardware).strategy
+    world = res.nodes * res.gpus_per_node
+    if strategy == "zero3":
+        share = res.processes_per_node * full // world
+        return share, f"{size(share)} weights (this node's ZeRO-3 shares)"
+    if strategy == "fsdp2":
+        return full, f"{size(full)} weights (loaded by the first process)"
+    count = res.processes_per_node
+    return count * full, (f"{count} × " if count > 1 else "") + f"{size(full)} weights"
+
+
+def _need_parts(ctx: "Context", stage, res: Resources) -> tuple[int, int, str]:
+    """(the estimator's host bytes per node, weights loaded per node, how)."""
+    weights, how = loaded_weights(ctx, stage, res)
+    return res.host_bytes or 0, weights, how
+
+
+def _memory(ctx: "Context", stage, top: SlurmSpec, own: StageSlurmSpec, res: Resources, exclusive: bool):
+    """(mem, mem_per_gpu, bytes per node, need per node, reason, where declared)."""
+    need = memory_need(ctx, stage, res)
+    gpu = res.gpus_per_node > 0
+    for level, spec in (("stage", own), ("hardware", top)):
+        where = "the stage's slurm block" if level == "stage" else "hardware.slurm"
+        if spec.mem is not None:
+            return spec.mem, None, mem_bytes(spec.mem), need, f"{where}: mem {spec.mem}", level
+        if spec.mem_per_gpu is not None and gpu:
+            per_gpu = mem_bytes(spec.mem_per_gpu)
+            total = per_gpu * res.gpus_per_node if per_gpu is not None else None
+            return None, spec.mem_per_gpu, total, need, f"{where}: mem_per_gpu {spec.mem_per_gpu}", level
+    if exclusive:
+        return "0", None, None, need, "whole nodes: all of their memory", None
+    mem = derived_mem(need)
+    parts = need_text(ctx, stage, res)
+    total = f" = {size(need)}" if " + " in parts else ""
+    reason = f"{parts}{total}, + {MEM_HEADROOM - 1:.0%} headroom"
+    return mem, None, mem_bytes(mem), need, reason, None
+
+
+def need_text(ctx: "Context", stage, res: Resources) -> str:
+    """What ``memory_need`` adds up: ``host estimate 133.4 GiB + 2.0 GiB runtime``."""
+    host, weights, how = _need_parts(ctx, stage, res)
+    count = res.processes_per_node
+    parts = [(f"{count} × " if count > 1 else "") + f"{size(RUNTIME_PROCESS_BYTES)} runtime"]
+    if host:
+        parts.insert(0, f"host estimate {size(host)}")
+    if weights:
+        parts.append(how)
+    return " + ".join(parts)
+
+
+def derived_mem(need: int) -> str:
+    """The ``--mem`` ftplan asks for a need of ``need`` bytes per node: with headroom, in whole GiB."""
+    return f"{max(1, math.ceil(need * MEM_HEADROOM / GIB))}G"
+
+
+def _time(stage, top: SlurmSpec, own: StageSlurmSpec, res: Resources):
+    """(limit, seconds, reason, where declared)."""
+    for level, spec in (("stage", own), ("hardware", top)):
+        if spec.time is not None:
+            where = "the stage's slurm block" if level == "stage" else "hardware.slurm"
+            return spec.time, time_seconds(spec.time), f"{where}: time {spec.time}", level
+    if res.run_time_s is not None:
+        seconds = math.ceil((res.run_time_s * TIME_MARGIN + TIME_ALLOWANCE_S) / 3600) * 3600
+        text = format_time(seconds)
+        bound = "at most " if res.steps_at_most else ""
+        return text, seconds, (f"estimated run time {bound}{format_duration(res.run_time_s)} × {TIME_MARGIN:g} + "
+                               f"{TIME_ALLOWANCE_S // 60} min, rounded up to the hour"), None
+    default = DEFAULT_TIME[stage.kind]
+    why = "without a run-time estimate" if stage.kind in ("sft", "dpo") else ", which have no run-time estimate"
+    return default, time_seconds(default), f"the default for {stage.kind} stages{' ' if why[0] != ',' else ''}{why}", None
+
+
+def time_seconds(value: str) -> int | None:
+    """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``);
+    None for ``0`` (no limit) or a value Slurm does not accept."""
+    m = _TIME.match(value)
+    if not m:
+        return None
+    g = [int(x) if x is not None else None for x in m.groups()]
+    if g[0] is not None:
+        seconds = g[0] * 60
+    elif g[1] is not None:
+        seconds = g[1] * 60 + g[2]
+    elif g[3] is not None:
+        seconds = g[3] * 3600 + g[4] * 60 + g[5]
+    else:
+        seconds = g[6] * 86400 + g[7] * 3600 + (g[8] or 0) * 60 + (g[9] or 0)
+    return seconds or None
+
+
+def format_time(seconds: int) -> str:
+    """``HH:MM:SS``, or ``D-HH:MM:SS`` from a day up (what sbatch reads)."""
+    days, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def mem_bytes(value: str) -> int | None:
+    """Bytes of a Slurm memory size (``64G``; megabytes without a unit); None for ``0`` (all of a node's)."""
+    m = _MEM.match(value)
+    if not m or m.group(1) == "0":
+        return None
+    return int(m.group(1)) * _MEM_UNITS[m.group(2).upper()]
+
