@@ -121,11 +121,12 @@ def job_memory(job) -> str:
 
 
 def job_gpus(job) -> str:
-    """``2 nodes × 8 GPUs``, ``1 node × 1 GPU`` or ``no GPU``."""
+    """``2 nodes × 8 GPUs``, ``1 node × 8 h100 GPUs`` (a typed request) or ``no GPU``."""
     if not job.gpus_per_node:
         return "no GPU"
     nodes = f"{job.nodes} node{'s' if job.nodes > 1 else ''}"
-    return f"{nodes} × {job.gpus_per_node} GPU{'s' if job.gpus_per_node > 1 else ''}"
+    kind = f"{job.gpu_type} " if job.gpu_type else ""
+    return f"{nodes} × {job.gpus_per_node} {kind}GPU{'s' if job.gpus_per_node > 1 else ''}"
 
 
 def job_cpus(job) -> str:

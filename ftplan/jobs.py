@@ -121,6 +121,8 @@ class SlurmJob:
     """``--nodes``."""
     gpus_per_node: int
     """GPUs per node (0: a CPU-only job)."""
+    gpu_type: str | None
+    """The GPU type the request names (``hardware.slurm.gpu_type``), if any."""
     gpu_option: tuple[str, str] | None
     """The GPU request: (``gpus-per-node``, ``[TYPE:]N``) or (``gres``, ``gpu[:TYPE]:N``)."""
     exclusive: bool
@@ -248,7 +250,8 @@ def slurm_job(ctx: "Context", index: int, stage, res: Resources) -> SlurmJob | N
     return SlurmJob(
         name=f"{ctx.pipeline.name}-{stage.id}", partition=partition, account=_pick(own.account, top.account),
         qos=_pick(own.qos, top.qos), constraint=constraint, reservation=_pick(own.reservation, top.reservation),
-        nodes=res.nodes, gpus_per_node=res.gpus_per_node, gpu_option=_gpu_option(top, res.gpus_per_node),
+        nodes=res.nodes, gpus_per_node=res.gpus_per_node,
+        gpu_type=top.gpu_type if gpu else None, gpu_option=_gpu_option(top, res.gpus_per_node),
         exclusive=exclusive, exclusive_reason=why, cpus_per_task=cpus, mem=mem, mem_per_gpu=mem_per_gpu,
         mem_bytes=mem_bytes, mem_need_bytes=need, mem_reason=mem_reason, mem_set_in=mem_set_in, time=time,
         time_s=time_s, time_reason=time_reason, time_set_in=time_set_in, requeue=requeue, signal_lead_s=top.signal_lead_s, output=f"{logs}.out",
@@ -337,12 +340,16 @@ def _memory(ctx: "Context", stage, top: SlurmSpec, own: StageSlurmSpec, res: Res
             per_gpu = mem_bytes(spec.mem_per_gpu)
             total = per_gpu * res.gpus_per_node if per_gpu is not None else None
             return None, spec.mem_per_gpu, total, need, f"{where}: mem_per_gpu {spec.mem_per_gpu}", level
-    if exclusive:
-        return "0", None, None, need, "whole nodes: all of their memory", None
-    mem = derived_mem(need)
     parts = need_text(ctx, stage, res)
     total = f" = {size(need)}" if " + " in parts else ""
+    if exclusive:
+        return "0", None, None, need, f"whole nodes: all of their memory; the stage needs {parts}{total}", None
     reason = f"{parts}{total}, + {MEM_HEADROOM - 1:.0%} headroom"
+    if gpu and top.mem_request == "mem-per-gpu":
+        per_gpu = f"{max(1, math.ceil(need * MEM_HEADROOM / res.gpus_per_node / GIB))}G"
+        return None, per_gpu, mem_bytes(per_gpu) * res.gpus_per_node, need, f"{reason}, over {res.gpus_per_node} " \
+            f"GPU(s)", None
+    mem = derived_mem(need)
     return mem, None, mem_bytes(mem), need, reason, None
 
 

@@ -106,3 +106,41 @@ def pytest_addoption(parser):
     """``--update-golden`` rewrites tests/golden/ from the current compiler output (review the diff)."""
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="rewrite the golden compiled plans instead of comparing against them")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """The test Slurm cluster of tests/slurm_cluster.sh (partitions cpu and gpu, 8 fake h100 GPUs, cgroup memory
+    enforcement where this machine allows it), started once for the session and stopped after; or the one
+    ``SLURM_CONF`` names when that script started it. Skips when Slurm is missing or it cannot be started."""
+    import os
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    missing = [t for t in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol") if not shutil.which(t)
+               and not Path("/usr/sbin", t).exists()]
+    if missing:
+        pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}); "
+                    "apt-get install slurm-wlm munge to run these tests")
+    script = Path(__file__).resolve().parent / "slurm_cluster.sh"
+    conf = os.environ.get("SLURM_CONF")
+    started = None
+    if not (conf and (Path(conf).parent / "memory_enforcement").is_file()
+            and subprocess.run(["sinfo", "-h"], capture_output=True, env={**os.environ}).returncode == 0):
+        if os.geteuid() != 0:
+            pytest.skip("starting a test Slurm cluster needs root (munged, slurmd, fake GPU devices)")
+        started = tmp_path_factory.mktemp("slurm")
+        r = subprocess.run(["bash", str(script), str(started), "up"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        conf = str(started / "slurm.conf")
+    state = Path(conf).parent
+    enforcement = (state / "memory_enforcement").read_text().strip()
+    try:
+        yield SimpleNamespace(conf=conf, state=state, enforcement=enforcement,
+                              env={**os.environ, "SLURM_CONF": conf},
+                              # the second node is never started: jobs that must run stay off it
+                              run_options=["--exclude=ftplan-n2"])
+    finally:
+        if started is not None:
+            subprocess.run(["bash", str(script), str(started), "down"], capture_output=True, timeout=60)

@@ -351,8 +351,8 @@ def test_text_outputs_keep_hostile_strings_on_one_line(project):
                 assert line.endswith("; do not edit.") and "\\n'q'.yaml" in line
 
 
-@pytest.mark.parametrize("field", ["partition", "account", "qos", "time", "constraint", "reservation", "mem",
-                                   "logs_dir"])
+@pytest.mark.parametrize("field", ["partition", "cpu_partition", "account", "qos", "time", "constraint",
+                                   "reservation", "mem", "mem_per_gpu", "gpu_type", "logs_dir"])
 @pytest.mark.parametrize("value", ["$(touch pwned)", "`touch pwned`", "a;b", "a b", "a\nb", "'q'", '"q"', "a\\b",
                                    "${HOME}", ""])
 def test_schema_rejects_hostile_slurm_values(field, value):
@@ -360,6 +360,11 @@ def test_schema_rejects_hostile_slurm_values(field, value):
     data["hardware"]["slurm"] = {field: value}
     with pytest.raises(ValidationError):
         Pipeline.model_validate(data)
+    if field not in ("cpu_partition", "gpu_type", "logs_dir"):  # a stage's own block has the job's values only
+        data = pipeline_data()
+        data["stages"][1]["slurm"] = {field: value}
+        with pytest.raises(ValidationError):
+            Pipeline.model_validate(data)
 
 
 def test_schema_rejects_hostile_names_and_lines():
@@ -374,3 +379,59 @@ def test_schema_rejects_hostile_names_and_lines():
     bad_id["stages"][0]["id"] = "data$(x)"
     with pytest.raises(ValidationError):
         Pipeline.model_validate(bad_id)
+
+
+IMAGE = "img$(touch${IFS}pwned)`touch${IFS}pwned`;&&'q'\"dq\"\\bs|*"
+MOUNT = "/data$(touch${IFS}pwned):/d;`touch${IFS}pwned`'q'"
+OPTION = "--x=" + HOSTILE
+FAKE_APPTAINER = """#!/bin/bash
+# Records its arguments, then runs the command after the image, as `apptainer exec` would inside it.
+printf '%s\\0' "$#" apptainer "$@" "" "" "" >> "$FTLOG"
+while [ "$1" != "$FAKE_IMAGE" ]; do shift; done
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_container_options_reach_srun_and_apptainer_verbatim(project, tmp_path, runtime):
+    """Image, mounts and options are user strings on the srun line: each arrives as one word, and the stage inside
+    the container checks its packages and starts with the plan's arguments."""
+    data = pipeline_data()
+    data["hardware"]["container"] = {"runtime": runtime, "image": IMAGE, "mounts": [MOUNT], "options": [OPTION]}
+    p = Pipeline.model_validate(data)
+    links, _ = trace(p)
+    root = project["root"]
+    ctx = Context(p, str(root / PIPELINE_FILE), "0" * 64, Inputs(), get_gpu("h100"), None, "", links)
+    files = render(build_plan(ctx, {}, [], plan_dir_from_root=PLAN_DIR, ftplan_version="0.1.0"))
+    write_plan(files, root / PLAN_DIR)
+    bin_dir = project["tmp"] / "bin"
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    env = {**project["env"], "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42",
+           "FAKE_IMAGE": IMAGE}
+    for stage in ("02-sft", "04-merge"):
+        r = subprocess.run(["bash", str(root / PLAN_DIR / f"slurm/{stage}.sbatch")], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert pwned(project["tmp"]) == []
+    calls = [(prog, argv) for prog, argv, _ in read_calls(project["log"])]
+    sruns = [argv for prog, argv in calls if prog == "srun"]
+    stages = f"{PLAN_DIR}/stages"
+    if runtime == "pyxis":
+        for argv in sruns:
+            assert argv[3:7] == [f"--container-image={IMAGE}", f"--container-mounts={root}:{root},{MOUNT}",
+                                 f"--container-workdir={root}", OPTION]
+    else:
+        inner = [argv for prog, argv in calls if prog == "apptainer"]
+        assert inner[0][:6] == ["exec", "--nv", "--bind", MOUNT, OPTION, IMAGE]  # the GPU stage gets --nv
+        assert inner[1][:5] == ["exec", "--bind", MOUNT, OPTION, IMAGE]  # the CPU merge does not
+    launched = [(prog, argv) for prog, argv in calls if prog in ("accelerate", "python")]
+    assert launched == [
+        ("accelerate", ["launch", "--config_file", f"{stages}/02-sft/accelerate.yaml", "--num_machines", "2",
+                        "--machine_rank", "0", "--main_process_ip", "node-a", "--main_process_port", "29500",
+                        "-m", "ftplan_runtime", f"{stages}/02-sft/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stages}/04-merge/args.json"])]
+    # outside the container only ftplan itself is needed: the package check runs inside it
+    text = files["slurm/submit.sh"]
+    assert "python -m ftplan_runtime.installed" not in text and "install it here with: pip install ftplan" in text

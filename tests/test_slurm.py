@@ -4,6 +4,7 @@ with stub launchers: order and afterok, a failure cancelling the rest, and exit 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -42,10 +43,11 @@ STAGES = [
 ]
 
 
-def compile_plan(root: Path, *, stages=STAGES, slurm=None, gpus=2, nodes=1, estimates=None) -> dict[str, str]:
+def compile_plan(root: Path, *, stages=STAGES, slurm=None, gpus=2, nodes=1, estimates=None,
+                 **hardware) -> dict[str, str]:
     data = {"name": "chain", "model": {"base": "meta-llama/Llama-3.1-8B-Instruct"},
             "hardware": {"gpu": "h100", "gpus_per_node": gpus, "nodes": nodes,
-                         "slurm": {"time": "10", "exclusive": True} if slurm is None else slurm},
+                         "slurm": {"time": "10", "exclusive": True} if slurm is None else slurm, **hardware},
             "stages": stages}
     p = Pipeline.model_validate(data)
     links, diags = trace(p)
@@ -219,6 +221,31 @@ def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
     assert "ftplan: stage 02-sft: upstream stage data must run first (it has not run yet)" in r.stdout
 
 
+def test_module_loads_and_setup_lines_run_with_set_u_off(tmp_path):
+    """Lmod's `module` (a shell function) and activation scripts read variables that may be unset: under
+    `set -u` they would stop the job; the generated scripts turn it off around them, and back on after."""
+    root = tmp_path / "project"
+    compile_plan(root, modules=["cuda/12.4"], setup=['echo "setup saw ${UNSET_BY_SITE}" >> "$FTLOG"'])
+    log = tmp_path / "log"
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text("#!/bin/sh\nexit 3\n")  # stops the script at its runtime check, after the setup
+    (stub / "python").chmod(0o755)
+    env = {**os.environ, "FTLOG": str(log), "PATH": f"{stub}:{os.environ['PATH']}",
+           "BASH_FUNC_module%%": '() { : "$LMOD_NOT_SET"; echo "module $*" >> "$FTLOG"; }'}
+    env.pop("UNSET_BY_SITE", None)
+    env.pop("LMOD_NOT_SET", None)
+    text = (root / PLAN_DIR / "slurm/01-data.sbatch").read_text()
+    assert "set +u\n" in text and "module load cuda/12.4\n" in text and "\nset -u\n" in text
+    for script in ("slurm/01-data.sbatch", "slurm/submit.sh", "run.sh"):
+        log.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(root / PLAN_DIR / script)], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert "unbound variable" not in r.stderr and r.returncode == 1, (script, r.stderr)
+        assert log.read_text() == "module load cuda/12.4\nsetup saw \n", script
+        assert "cannot import the ftplan runtime" in r.stderr, script
+
+
 def test_every_slurm_script_parses():
     for name, text in compile_plan(None).items():
         if name.startswith("slurm/"):
@@ -228,28 +255,10 @@ def test_every_slurm_script_parses():
 
 # --- a real single-node cluster ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """SLURM_CONF of a running test cluster: the one in the environment, or one started here and stopped after."""
-    missing = [t for t in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol") if not shutil.which(t)
-               and not Path("/usr/sbin", t).exists()]
-    if missing:
-        pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}); "
-                    "apt-get install slurm-wlm munge to run these tests")
-    conf = os.environ.get("SLURM_CONF")
-    if conf and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0:
-        yield conf
-        return
-    if os.geteuid() != 0:
-        pytest.skip("starting a test Slurm cluster needs root (munged, slurmd, fake GPU devices)")
-    state = tmp_path_factory.mktemp("slurm")
-    script = HERE / "slurm_cluster.sh"
-    r = subprocess.run(["bash", str(script), str(state), "up"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    try:
-        yield str(state / "slurm.conf")
-    finally:
-        subprocess.run(["bash", str(script), str(state), "down"], capture_output=True, timeout=60)
+@pytest.fixture
+def cluster(slurm_cluster):
+    """SLURM_CONF of the session's test cluster (tests/conftest.py)."""
+    return slurm_cluster.conf
 
 
 STUB = """#!/bin/bash
@@ -262,6 +271,9 @@ args=${@: -1}
 stage=$(basename "$(dirname "$args")")
 echo "$(basename "$0") $stage job=${SLURM_JOB_ID:-} restart=${SLURM_RESTART_COUNT:-0} node=${SLURM_NODEID:-} $*" >> "$FTLOG"
 [ "$stage" = "${FTFAIL:-}" ] && exit 1
+if [ "$stage" = "${FTOOM:-}" ]; then  # more memory than the job asked for
+  exec "$REAL_PYTHON" -c "import time; a = bytearray(1 << 30); time.sleep(10)"
+fi
 if [ "$stage" = "${FTREQUEUE:-}" ] && [ ! -e "$FTLOG.requeued" ]; then touch "$FTLOG.requeued"; exit 75; fi
 sleep "${FTSLEEP:-0}"
 exit 0
@@ -283,8 +295,9 @@ def chain(cluster, tmp_path):
 
 
 def submit(root: Path, env: dict, *args: str) -> dict[str, str]:
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), *args], env=env, capture_output=True,
-                       text=True, timeout=240)
+    """Run submit.sh with ``args`` (and off the cluster's node that never starts); {stage: job id}."""
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/submit.sh"), "--exclude=ftplan-n2", *args], env=env,
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, (r.stdout, r.stderr)
     jobs = dict(line.split(": job ") for line in r.stdout.splitlines() if ": job " in line)
     assert jobs, r.stdout
@@ -321,12 +334,23 @@ def test_every_sbatch_file_passes_test_only(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_chain_runs_in_order_with_wait(chain):
+    """Each stage a job of its own shape: the GPU stages on the gpu partition with their 2 GPUs, the CPU stages on
+    the cpu partition without any, each with the memory and time its plan gives it."""
     root, env, log = chain
-    compile_plan(root)
+    files = compile_plan(root, slurm={"partition": "gpu", "cpu_partition": "cpu"})
     jobs = submit(root, env, "--wait")
     assert list(jobs) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
     assert logged_stages(log) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
-    assert all(v["JobState"] == "COMPLETED" for v in wait_all(env, jobs.values()).values())
+    info = wait_all(env, jobs.values())
+    assert all(v["JobState"] == "COMPLETED" for v in info.values())
+    planned = {s["dir"].split("/")[-1]: s["slurm"] for s in json.loads(files["plan.json"])["stages"]}
+    for name, job_id in jobs.items():
+        got, want = info[job_id], planned[name]
+        assert got["Partition"] == ("gpu" if name in ("02-sft", "03-dpo") else "cpu"), name
+        assert got["Partition"] == want["partition"] and got["TimeLimit"] == want["time"], name
+        assert got["MinMemoryNode"] == want["mem"] and got["MinCPUsNode"] == str(want["cpus_per_task"]), name
+        assert got.get("TresPerNode", "") == ("gres:gpu:2" if want["gpus_per_node"] else ""), name
+        assert got["OverSubscribe"] != "NO", name  # 2 of a node's 8 GPUs: the node is shared
     sft = next(line for line in log.read_text().splitlines() if " 02-sft " in line)
     head = socket.gethostname().split(".")[0]
     assert "--machine_rank 0 " in sft and f"--main_process_ip {head} " in sft and "--num_machines 1 " in sft
@@ -347,6 +371,28 @@ def test_a_failed_stage_cancels_the_rest_of_the_afterok_chain(chain):
     assert [info[i]["JobState"] for i in ids] == ["COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
     assert info[ids[2]]["Reason"] == info[ids[3]]["Reason"] == "DependencyNeverSatisfied"
     assert logged_stages(log) == ["01-data", "02-sft"]
+
+
+@pytest.mark.slow
+def test_a_stage_over_its_memory_is_killed_and_the_rest_cancelled(chain, slurm_cluster):
+    """cgroup memory enforcement: the data stage's job asks for 400 MiB, its stage takes 1 GiB. Slurm kills it, the
+    job log says it ran out of memory and what to change, and the stages after it are cancelled, not run."""
+    if not slurm_cluster.enforcement.startswith("cgroup/"):
+        pytest.skip("this machine's Slurm cannot enforce job memory: " + slurm_cluster.enforcement.split(": ", 1)[1])
+    root, env, log = chain
+    stages = [{**STAGES[0], "slurm": {"mem": "400M"}}, *STAGES[1:3]]
+    compile_plan(root, stages=stages, slurm={"partition": "gpu", "cpu_partition": "cpu"})
+    jobs = submit(root, {**env, "FTOOM": "01-data"})
+    ids = list(jobs.values())
+    info = wait_all(env, ids)
+    assert info[ids[0]]["MinMemoryNode"] == "400M"
+    assert [info[i]["JobState"] for i in ids] == ["FAILED", "CANCELLED", "CANCELLED"]
+    assert info[ids[1]]["Reason"] == info[ids[2]]["Reason"] == "DependencyNeverSatisfied"
+    err = (root / "logs" / "chain" / f"01-data-{ids[0]}.err").read_text()
+    assert "Out Of Memory" in err, err
+    assert ("ftplan: stage 01-data ran out of memory: Slurm killed it at its job's limit (--mem=400M: 400.0 MiB per "
+            "node); give the stage a larger `mem` in its `slurm:` block and recompile") in err, err
+    assert logged_stages(log) == ["01-data"]
 
 
 @pytest.mark.slow

@@ -131,7 +131,8 @@ def render_sbatch(plan: "Plan", s: "PlanStage", sha: str | None = None) -> str:
               "packages_here": job.container is None}
     return environment().get_template("stage.sbatch.j2").render(
         **common, s=_stage_view(plan, s), job=job, job_lines=job_lines(job), container=job.container,
-        mem_text=job_memory(job) + " memory", srun_cpus=srun_cpus, port=plan.hardware.main_process_port,
+        mem_text=job_memory(job), srun_cpus=srun_cpus,
+        mem_option=f"--mem-per-gpu={job.mem_per_gpu}" if job.mem_per_gpu else f"--mem={job.mem}", port=plan.hardware.main_process_port,
         requeue_code=REQUEUE_EXIT_CODE)
 
 

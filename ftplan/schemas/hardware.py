@@ -111,6 +111,10 @@ class SlurmSpec(FtplanModel):
     mem_per_gpu: MemSize | None = None
     """Memory per allocated GPU (``--mem-per-gpu``) of the GPU stages, instead of ``mem``."""
 
+    mem_request: Literal["mem", "mem-per-gpu"] = "mem"
+    """How a GPU job on part of a node asks for the memory ftplan derives: ``mem`` (``--mem``, per node) or
+    ``mem-per-gpu`` (``--mem-per-gpu``, the need divided over its GPUs), for sites that bill memory per GPU."""
+
     exclusive: bool | None = None
     """Whole nodes for every stage (``true``, ``--exclusive``) or for none (``false``). Unset: whole nodes only
     for a job over several nodes or over every GPU of a node (``node_gpus``)."""
