@@ -150,7 +150,7 @@ def _memory(ctx: Context, i: int, stage, res, job) -> list[Diagnostic]:
                       hint=fix(" (the estimate plus the runtime, with headroom)"))]
     if job.mem_need_bytes and job.mem_bytes < job.mem_need_bytes:
         return [warning("FT331", path, f"stage '{stage.id}' asks for {size(job.mem_bytes)} per node "
-                        f"(`{key}: {declared}`), less than the about {size(job.mem_need_bytes)} its processes need "
+                        f"(`{key}: {declared}`), less than the up to {size(job.mem_need_bytes)} its processes may need "
                         f"({need_text(ctx, stage, res)})",
                         hint=fix(""))]
     return []
