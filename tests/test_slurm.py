@@ -4,6 +4,8 @@ with stub launchers: order and afterok, a failure cancelling the rest, and exit 
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import re
@@ -27,11 +29,15 @@ from ftplan.schemas import Pipeline
 from ftplan.schemas.runtime_args import REQUEUE_EXIT_CODE
 from ftplan.write import write_plan
 
+_jobs_spec = importlib.util.spec_from_file_location("ftplan_slurm_jobs", Path(__file__).with_name("slurm_jobs.py"))
+slurm_jobs = importlib.util.module_from_spec(_jobs_spec)
+_jobs_spec.loader.exec_module(slurm_jobs)
+DONE, job, wait_all = slurm_jobs.DONE, slurm_jobs.job, slurm_jobs.wait_all
+
 HERE = Path(__file__).resolve().parent
 VENV_BIN = str(Path(sys.executable).parent)
 """Where the scripts' `python` (with the runtime, for the completion and package checks) and `accelerate` are."""
 PLAN_DIR = "plans/chain"
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 STAGES = [
     {"id": "data", "kind": "data", "max_seq_len": 256,
@@ -302,21 +308,6 @@ def submit(root: Path, env: dict, *args: str) -> dict[str, str]:
     jobs = dict(line.split(": job ") for line in r.stdout.splitlines() if ": job " in line)
     assert jobs, r.stdout
     return jobs
-
-
-def job(env: dict, job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
-    return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
-
-
-def wait_all(env: dict, ids, timeout=120) -> dict[str, dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = {i: job(env, i) for i in ids}
-        if all(v.get("JobState") in DONE for v in info.values()):
-            return info
-        assert time.monotonic() < deadline, {i: v.get("JobState") for i, v in info.items()}
-        time.sleep(0.5)
 
 
 def logged_stages(log: Path) -> list[str]:

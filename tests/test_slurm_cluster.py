@@ -10,6 +10,8 @@ second node that never starts).
 
 from __future__ import annotations
 
+import importlib.util
+
 import os
 import re
 import shutil
@@ -21,9 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+_jobs_spec = importlib.util.spec_from_file_location("ftplan_slurm_jobs", Path(__file__).with_name("slurm_jobs.py"))
+slurm_jobs = importlib.util.module_from_spec(_jobs_spec)
+_jobs_spec.loader.exec_module(slurm_jobs)
+DONE, job, wait_all = slurm_jobs.DONE, slurm_jobs.job, slurm_jobs.wait_all
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = str(Path(sys.executable).parent)
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 SLURM_EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml")
                         if (yaml.safe_load(p.read_text()).get("hardware") or {}).get("slurm") is not None)
 
@@ -54,11 +60,6 @@ def jobs_table(plan_md: str) -> dict[str, dict[str, str]]:
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
     header = [h.strip() for h in rows[0]]
     return {f"{r[0].strip()}-{r[1].strip()}": dict(zip(header, (c.strip() for c in r))) for r in rows[1:]}
-
-
-def scontrol_job(env: dict, job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
-    return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
 
 
 def gib(slurm_size: str) -> float:
@@ -114,7 +115,7 @@ def test_every_example_passes_test_only_and_asks_for_what_plan_md_says(slurm_clu
                                    capture_output=True, text=True, timeout=60)
                 assert r.returncode == 0, (where, r.stderr)
                 held.append(r.stdout.strip().split(";")[0])
-                assert_asks_for(scontrol_job(env, held[-1]), row, where)
+                assert_asks_for(job(env, held[-1]), row, where)
     finally:
         if held:
             subprocess.run(["scancel", *held], env=env, capture_output=True, timeout=60)
@@ -128,16 +129,6 @@ def test_a_job_over_the_partition_limit_is_refused(slurm_cluster, project, tmp_p
     r = subprocess.run(["sbatch", "--test-only", f"--chdir={project / 'examples'}", str(over)],
                        env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "time limit" in r.stderr.lower(), r.stderr
-
-
-def wait_all(env: dict, ids, timeout: float) -> dict[str, dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = {i: scontrol_job(env, i) for i in ids}
-        if all(v.get("JobState") in DONE for v in info.values()):
-            return info
-        assert time.monotonic() < deadline, {i: v.get("JobState") for i, v in info.items()}
-        time.sleep(1)
 
 
 def test_the_tiny_pipeline_completes_under_slurm_on_the_cpu_partition(slurm_cluster, tmp_path):
@@ -156,7 +147,7 @@ def test_the_tiny_pipeline_completes_under_slurm_on_the_cpu_partition(slurm_clus
     jobs = dict(line.split(": job ") for line in r.stdout.splitlines() if ": job " in line)
     assert list(jobs) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
     for name, job_id in jobs.items():  # what each job asks for, while it waits or runs
-        assert_asks_for(scontrol_job(env, job_id), table[name], name)
+        assert_asks_for(job(env, job_id), table[name], name)
     info = wait_all(env, jobs.values(), timeout=900)
     logs = tmp_path / "examples" / "logs" / "tiny-cpu"
     states = {name: info[j]["JobState"] for name, j in jobs.items()}
