@@ -1,7 +1,8 @@
 """The public pipeline steps, composed: load -> validate -> resolve/check -> estimate -> plan -> render -> write.
 
-Each step is a pure function of the previous one's output; only ``load`` reads the pipeline and the local
-files it references, and only ``write`` (in ``compile_to``) touches the output folder. Nothing here prints.
+Each step is a pure function of the previous one's output; only loading reads the pipeline and the local files it
+references (``check_file``, ``inputs.read_inputs``), and only ``write.write_plan`` touches the output folder (the
+CLI calls it with ``plan_files``' texts). Nothing here prints.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def plan_files(result: CheckResult, plan_dir_from_root: str) -> dict[str, str]:
     from .render import render
 
     if not result.ok or result.ctx is None:
-        raise ValueError("cannot plan a pipeline with errors")
+        raise ValueError("cannot plan a pipeline with errors; check it first")
     notes = [d for d in result.diagnostics if d.severity is not Severity.ERROR]
     plan = build_plan(result.ctx, result.estimates, notes, plan_dir_from_root=plan_dir_from_root,
                       ftplan_version=__version__)

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .api import CheckResult
-from .describe import bar, effective_batch, gib, headline, method, size
+from .describe import bar, headline, method
+from .units import gib_value, size
 from .diagnostics import Diagnostic, KeyPath, Severity, Span
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -89,13 +90,11 @@ def stage_table(result: CheckResult) -> Table | None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"):
         table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left", no_wrap=True)
-    world = ctx.pipeline.hardware.world_size
-    for stage, verdict in zip(ctx.pipeline.stages, stage_verdicts(result)):
+    for stage, facts, verdict in zip(ctx.pipeline.stages, ctx.stages, stage_verdicts(result)):
         est = result.estimates.get(stage.id)
-        link = ctx.links.get(stage.id)
-        batch = effective_batch(stage, world)
+        batch = facts.train.batch.effective_batch if facts.train is not None else None
         tokens = f"{est.tokens_per_step:,}" if est and est.tokens_per_step else "—"
-        table.add_row(stage.id, stage.kind, method(stage, link, _strategy(stage, ctx)),
+        table.add_row(stage.id, stage.kind, method(stage, facts, ctx.links.get(stage.id)),
                       f"{batch:,}" if batch else "—", tokens, _memory_cell(est),
                       Text(verdict, style=_VERDICT_STYLE.get(verdict, "")))
     return table
@@ -194,7 +193,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
         "file": result.path,
         "pipeline": result.ctx.pipeline.name if result.ctx else None,
         "diagnostics": [diagnostic_json(d, result) for d in result.diagnostics],
-        "stages": [_stage_json(s, v, result) for s, v in zip(stages, stage_verdicts(result))],
+        "stages": [_stage_json(i, v, result) for i, v in enumerate(stage_verdicts(result))],
         "datasets": dataset_rows(result),
     }
 
@@ -210,28 +209,22 @@ def diagnostic_json(d: Diagnostic, result: CheckResult) -> dict[str, Any]:
     }
 
 
-def _strategy(stage, ctx) -> str | None:
-    """The resolved distributed strategy of a training stage (``auto`` made concrete), else None."""
-    from .render.args import resolve_distributed
-    from .schemas import DpoStage, SftStage
-
-    return resolve_distributed(stage, ctx.pipeline.hardware).strategy if isinstance(stage, (SftStage, DpoStage)) else None
-
-
-def _stage_json(stage, verdict: str, result: CheckResult) -> dict[str, Any]:
-    est = result.estimates.get(stage.id)
+def _stage_json(index: int, verdict: str, result: CheckResult) -> dict[str, Any]:
     ctx = result.ctx
+    assert ctx is not None
+    stage = ctx.pipeline.stages[index]
+    est = result.estimates.get(stage.id)
     out: dict[str, Any] = {"id": stage.id, "kind": stage.kind,
-                           "method": method(stage, ctx.links.get(stage.id), _strategy(stage, ctx)),
+                           "method": method(stage, ctx.stages[index], ctx.links.get(stage.id)),
                            "verdict": verdict}
     if est is not None:
         out.update({
-            "peak_gib": round(gib(est.peak_bytes), 2),
-            "capacity_gib": round(gib(est.capacity_bytes), 2) if est.capacity_bytes else None,
-            "host_gib": round(gib(est.host_bytes), 2) if est.host_bytes else None,
+            "peak_gib": gib_value(est.peak_bytes),
+            "capacity_gib": gib_value(est.capacity_bytes) if est.capacity_bytes else None,
+            "host_gib": gib_value(est.host_bytes) if est.host_bytes else None,
             "tokens_per_step": est.tokens_per_step,
             "step_time_s": est.step_time_s,
-            "terms": [{"name": t.name, "gib": round(gib(t.bytes), 3), "detail": t.detail} for t in est.terms],
+            "terms": [{"name": t.name, "gib": gib_value(t.bytes, 3), "detail": t.detail} for t in est.terms],
         })
         if est.accuracy is not None:
             a = est.accuracy

@@ -1,5 +1,5 @@
 """What the pure steps (check, estimate, plan) work on: the validated pipeline plus a snapshot of the local
-files it references, read once by ``inputs.read_inputs``.
+files it references, read once by ``inputs.read_inputs``, and every stage's derived facts (``resolved_stage``).
 
 Nothing in here touches the disk; everything downstream of loading is a pure function of a ``Context``.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
 from .data.scan import DatasetScan
+from .resolved_stage import ResolvedStage, resolve_stages
 from .schemas import Pipeline
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,6 @@ class TokenizerInfo:
     """What a local tokenizer folder tells offline: its vocabulary size and special tokens."""
 
     vocab_size: int | None = None
-    special_tokens: frozenset[str] = frozenset()
     has_chat_template: bool = False
     chat_template: str | None = None
     """The tokenizer's own chat template text (``tokenizer_config.json`` or ``chat_template.jinja``)."""
@@ -65,7 +65,10 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Context:
-    """The validated pipeline and everything resolved from it, shared by checks, estimator and planner."""
+    """The validated pipeline and everything resolved from it, shared by checks, estimator and planner.
+
+    ``stages`` holds each stage's derived facts (strategy, world size, batch, adapter, reference, placement), made
+    by ``resolved_stage.resolve_stages`` when the context is made, so no context exists without them."""
 
     pipeline: Pipeline
     pipeline_path: str
@@ -77,3 +80,13 @@ class Context:
     shape_source: str
     """Where the architecture came from: ``config.json`` or ``catalog:<key>``."""
     links: "dict[str, StageLink]"
+    stages: tuple[ResolvedStage, ...] = field(init=False)
+    """Every stage's derived facts, in file order (``resolved_stage``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", resolve_stages(self.pipeline, self.links, self.inputs))
+
+    def facts(self, stage_id: str) -> ResolvedStage | None:
+        """The resolved facts of the stage with this id (None when no stage, or several, have it)."""
+        found = [r for r in self.stages if r.id == stage_id]
+        return found[0] if len(found) == 1 else None

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .context import Context
-from .schemas import DataStage, DpoStage, FullFinetune, GgufStage, MergeStage, SftStage
+from .resolved_stage import ResolvedStage
+from .schemas import DataStage, FullFinetune, GgufStage, LoraAdapter, MergeStage, SftStage
+from .schemas.stages import Stage
+from .units import GIB, size
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .jobs import SlurmJob
     from .lineage import StageLink
 
 BAR_WIDTH = 16
@@ -15,40 +19,16 @@ BAR_WIDTH = 16
 _ADAPTER_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
 
 
-def gib(n_bytes: float) -> float:
-    """Bytes to GiB."""
-    return n_bytes / 2**30
-
-
-def size(n_bytes: float) -> str:
-    """Bytes in the largest unit that keeps the number at least 1: ``12.4 GiB``, ``512 MiB``, ``96 KiB``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{int(n_bytes)} B"
-
-
-def format_duration(seconds: float) -> str:
-    """``35 s``, ``12 min``, ``3.4 h`` or ``2.1 days``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def adapter_text(adapter) -> str:
+def adapter_text(adapter: LoraAdapter | FullFinetune) -> str:
     """``QLoRA r16 α32`` or ``full fine-tune``."""
     if isinstance(adapter, FullFinetune):
         return "full fine-tune"
     return f"{_ADAPTER_NAMES[adapter.type]} r{adapter.r} α{adapter.alpha:g}"
 
 
-def method(stage, link: "StageLink | None", strategy: str | None) -> str:
+def method(stage: Stage, facts: ResolvedStage, link: "StageLink | None") -> str:
     """What a stage does in one line (the ``method`` column): ``QLoRA r16 α32 · zero3``,
-    ``DPO β0.1 sigmoid, continues sft``, ``merge sft + dpo → bf16``. ``strategy`` is the resolved one."""
+    ``DPO β0.1 sigmoid, continues sft``, ``merge sft + dpo → bf16``, from its resolved ``facts``."""
     if isinstance(stage, DataStage):
         formats = list(dict.fromkeys(d.format for d in stage.datasets))
         return " + ".join(formats) + (", packed" if stage.packing else "") + f", ≤{stage.max_seq_len} tokens"
@@ -60,25 +40,18 @@ def method(stage, link: "StageLink | None", strategy: str | None) -> str:
     extras = []
     if stage.kernels == "ftplan":
         extras.append("kernels")
-    if strategy not in (None, "none"):
-        spec = stage.distributed_spec()
-        offload = "+offload" if spec.offload_optimizer or spec.offload_params else ""
-        extras.append(f"{strategy}{offload}")
+    t = facts.train
+    if t is not None and t.strategy != "none":
+        offload = "+offload" if t.offload_optimizer or t.offload_params else ""
+        extras.append(f"{t.strategy}{offload}")
     suffix = "".join(f" · {e}" for e in extras)
     if isinstance(stage, SftStage):
         return adapter_text(stage.adapter) + suffix
     head = f"DPO β{stage.beta:g} {stage.loss_type}"
     if stage.adapter == "continue":
         return f"{head}, continues {stage.input}{suffix}"
-    on = f" on merged {stage.input}" if link and link.merges_input else f" on {stage.input}"
+    on = f" on merged {stage.input}" if t is not None and t.merges_input else f" on {stage.input}"
     return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"
-
-
-def effective_batch(stage, world_size: int) -> int | None:
-    """Sequences (DPO: pairs) per optimizer step over all GPUs, for training stages."""
-    if isinstance(stage, (SftStage, DpoStage)):
-        return stage.micro_batch * stage.grad_accum * world_size
-    return None
 
 
 def headline(ctx: Context) -> str:
@@ -107,10 +80,10 @@ def bar(used: int, capacity: int) -> str:
     filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
     if used > 0 and filled == 0:
         filled = 1
-    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / 2**30:.1f} / {capacity / 2**30:.1f} GiB"
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / GIB:.1f} / {capacity / GIB:.1f} GiB"
 
 
-def job_memory(job) -> str:
+def job_memory(job: "SlurmJob") -> str:
     """A Slurm job's memory request in words: ``168 GiB per node``, ``all of each node's``, ``40 GiB per GPU``."""
     if job.mem_per_gpu:
         per_gpu = job.mem_bytes // max(1, job.gpus_per_node) if job.mem_bytes else None
@@ -120,7 +93,7 @@ def job_memory(job) -> str:
     return f"{size(job.mem_bytes)} per node"
 
 
-def job_gpus(job) -> str:
+def job_gpus(job: "SlurmJob") -> str:
     """``2 nodes × 8 GPUs``, ``1 node × 8 h100 GPUs`` (a typed request) or ``no GPU``."""
     if not job.gpus_per_node:
         return "no GPU"
@@ -129,17 +102,17 @@ def job_gpus(job) -> str:
     return f"{nodes} × {job.gpus_per_node} {kind}GPU{'s' if job.gpus_per_node > 1 else ''}"
 
 
-def job_cpus(job) -> str:
+def job_cpus(job: "SlurmJob") -> str:
     """``64 CPUs per node`` or ``all CPUs`` (whole nodes)."""
     return f"{job.cpus_per_task} CPUs per node" if job.cpus_per_task else "all CPUs of each node"
 
 
-def job_container(job) -> str:
+def job_container(job: "SlurmJob") -> str:
     """``pyxis nvcr.io#nvidia/pytorch:25.01-py3`` or ``—``."""
     return f"{job.container.runtime} {job.container.image}" if job.container else "—"
 
 
-def job_lines(job) -> list[str]:
+def job_lines(job: "SlurmJob") -> list[str]:
     """The job shape in words, with where each figure comes from (sbatch comments, plan.md)."""
     where = f"partition {job.partition}" if job.partition else "the default partition"
     whole = "whole nodes" if job.exclusive else "shared nodes"

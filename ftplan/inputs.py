@@ -58,7 +58,6 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow", ".tsv", ".txt"
 
 _MIB = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
 
 def file_sha256(path: Path, size: int) -> str:
@@ -208,7 +207,6 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
     if not any(isinstance(x, dict) for x in (tok, config, vocab_json)):
         return None
     ids: dict[str, int] = {}
-    special: set[str] = set()
     model = tok.get("model") if isinstance(tok, dict) else None
     vocab = model.get("vocab") if isinstance(model, dict) else vocab_json
     if isinstance(vocab, dict):
@@ -221,29 +219,18 @@ def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:
     entries += [(int(k), e) for k, e in decoder.items() if isinstance(e, dict) and str(k).isdigit()]
     for token_id, entry in entries:
         content = entry.get("content")
-        if isinstance(content, str):
-            if isinstance(token_id, int):
-                ids.setdefault(content, token_id)
-            if entry.get("special"):
-                special.add(content)
+        if isinstance(content, str) and isinstance(token_id, int):
+            ids.setdefault(content, token_id)
     eos = None
     for source in (config, special_map):
         if not isinstance(source, dict):
             continue
-        for key in _SPECIAL_KEYS:
-            text = _token_text(source.get(key))
-            if text is not None:
-                special.add(text)
-                eos = text if key == "eos_token" and eos is None else eos
-        extra = source.get("additional_special_tokens")
-        for item in extra if isinstance(extra, list) else []:
-            text = _token_text(item)
-            if text is not None:
-                special.add(text)
+        text = _token_text(source.get("eos_token"))
+        if text is not None and eos is None:
+            eos = text
     template = _template_text(jinja, config, template_file)
     has_template = bool(template) or _stat_is(jinja, "file")
-    return TokenizerInfo(vocab_size=max(ids.values()) + 1 if ids else None, special_tokens=frozenset(special),
-                         has_chat_template=has_template, chat_template=template, eos_token=eos,
+    return TokenizerInfo(vocab_size=max(ids.values()) + 1 if ids else None, has_chat_template=has_template, chat_template=template, eos_token=eos,
                          tokens=frozenset(ids))
 
 

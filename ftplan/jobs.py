@@ -5,9 +5,10 @@
 
 What a stage needs:
 
-* training stages: every node and GPU of the target (one process per GPU), or one CPU process;
-* data and GGUF stages: one node, no GPU (tokenizing and exporting are CPU work);
-* merge stages: one node and one GPU when the estimate says the model fits the card, otherwise the CPU.
+* where it runs, as ``resolved_stage.placement`` decides: a training stage on every node and GPU of the target
+  (one process per GPU) or one CPU process; data, merge and GGUF stages on one CPU process;
+* the estimator's host-memory figure and, for a training stage, its run time: optimizer steps
+  (``TrainingFacts.steps``) × the estimated step time.
 
 What its Slurm job asks for, each value taken from the stage's own ``slurm:`` block, else from
 ``hardware.slurm``, else derived here:
@@ -36,16 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .catalog import param_counts
-from .describe import format_duration, size
-from .checks._common import known_rows
 from .estimate.types import StageEstimate
-from .render.args import merge_on_gpu, resolve_distributed
-from .schemas import ContainerSpec, DpoStage, MergeStage, SftStage, SlurmSpec, StageSlurmSpec
+from .schemas import ContainerSpec, SlurmSpec, StageSlurmSpec
+from .units import GIB, format_duration, size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import Context
-
-GIB = 1 << 30
 
 RUNTIME_PROCESS_BYTES = 2 * GIB
 """Host memory of one runtime process beyond what the estimator counts: the interpreter, torch and the stage's
@@ -196,42 +193,27 @@ class SlurmJob:
 
 # --- what a stage needs --------------------------------------------------------------------------------------------
 
-def stage_resources(ctx: "Context", stage, estimate: StageEstimate | None) -> Resources:
-    """What ``stage`` needs: device, nodes, GPUs, processes, the estimator's host figure and its run time."""
-    hw = ctx.pipeline.hardware
+def stage_resources(ctx: "Context", index: int, estimate: StageEstimate | None) -> Resources:
+    """What the stage at ``index`` needs: where it runs (its ``ResolvedStage``), the estimator's host figure and
+    its run time."""
+    facts = ctx.stages[index]
     host = estimate.host_bytes if estimate is not None and estimate.host_bytes else None
-    if isinstance(stage, (SftStage, DpoStage)):
-        steps, at_most = optimizer_steps(ctx, stage)
+    steps, at_most, run_time = None, False, None
+    if facts.train is not None:
+        steps, at_most = facts.train.steps, facts.train.steps_at_most
         step_time = estimate.step_time_s if estimate is not None else None
-        run_time = steps * step_time if steps is not None and step_time else None
-        if hw.device == "cuda":
-            return Resources("cuda", hw.nodes, hw.gpus_per_node, hw.gpus_per_node, host, steps, at_most, run_time)
-        return Resources("cpu", 1, 0, 1, host, steps, at_most, None)
-    if isinstance(stage, MergeStage) and merge_on_gpu(hw, estimate):
-        return Resources("cuda", 1, 1, 1, host, None, False, None)
-    return Resources("cpu", 1, 0, 1, host, None, False, None)
-
-
-def optimizer_steps(ctx: "Context", stage: SftStage | DpoStage) -> tuple[int | None, bool]:
-    """(optimizer steps, whether that is an upper bound): ``max_steps``, or the epochs over the training rows when
-    every dataset file was read whole (examples before packing: an upper bound when the data stage packs)."""
-    if stage.max_steps is not None:
-        return stage.max_steps, False
-    rows = known_rows(ctx, stage)
-    if rows is None:
-        return None, False
-    effective = stage.micro_batch * stage.grad_accum * ctx.pipeline.hardware.world_size
-    epochs = stage.epochs if stage.epochs is not None else 1.0
-    steps = max(1, math.ceil(epochs * math.ceil(rows / effective)))
-    data = ctx.pipeline.stage(stage.data)
-    return steps, bool(getattr(data, "packing", False))
+        if facts.device == "cuda" and steps is not None and step_time:
+            run_time = steps * step_time
+    return Resources(facts.device, facts.nodes, facts.gpus_per_node, facts.processes_per_node, host, steps, at_most,
+                     run_time)
 
 
 # --- what its Slurm job asks for -----------------------------------------------------------------------------------
 
-def slurm_job(ctx: "Context", index: int, stage, res: Resources) -> SlurmJob | None:
-    """The sbatch job of the stage at 1-based position ``index`` (None without ``hardware.slurm``)."""
+def slurm_job(ctx: "Context", index: int, res: Resources) -> SlurmJob | None:
+    """The sbatch job of the stage at ``index`` (None without ``hardware.slurm``)."""
     hw = ctx.pipeline.hardware
+    stage = ctx.pipeline.stages[index]
     top = hw.slurm
     if top is None:
         return None
@@ -242,11 +224,10 @@ def slurm_job(ctx: "Context", index: int, stage, res: Resources) -> SlurmJob | N
     cpus = _pick(own.cpus_per_task, top.cpus_per_task)
     if cpus is None and not exclusive:
         cpus = CPUS_PER_GPU * res.gpus_per_node if gpu else CPU_STAGE_CPUS
-    mem, mem_per_gpu, mem_bytes, need, mem_reason, mem_set_in = _memory(ctx, stage, top, own, res, exclusive)
-    time, time_s, time_reason, time_set_in = _time(stage, top, own, res)
+    mem, mem_per_gpu, mem_bytes, need, mem_reason, mem_set_in = _memory(ctx, index, top, own, res, exclusive)
+    time, time_s, time_reason, time_set_in = _time(stage.kind, top, own, res)
     requeue = own.requeue if own.requeue is not None else top.requeue
-    name = f"{index:02d}-{stage.id}"
-    logs = f"{top.logs_dir.rstrip('/')}/{ctx.pipeline.name}/{name}-%j"
+    logs = f"{top.logs_dir.rstrip('/')}/{ctx.pipeline.name}/{stage.id}-%j"
     return SlurmJob(
         name=f"{ctx.pipeline.name}-{stage.id}", partition=partition, account=_pick(own.account, top.account),
         qos=_pick(own.qos, top.qos), constraint=constraint, reservation=_pick(own.reservation, top.reservation),
@@ -295,23 +276,24 @@ def _gpu_option(top: SlurmSpec, gpus: int) -> tuple[str, str] | None:
     return "gpus-per-node", f"{typed}{gpus}"
 
 
-def memory_need(ctx: "Context", stage, res: Resources) -> int:
+def memory_need(ctx: "Context", index: int, res: Resources) -> int:
     """Host memory per node a stage needs: the estimator's figure, plus ``RUNTIME_PROCESS_BYTES`` per runtime
     process, plus for a training stage on GPUs the weights loaded through host memory before they move to the
     GPUs (``loaded_weights``)."""
-    host, weights, _ = _need_parts(ctx, stage, res)
+    host, weights, _ = _need_parts(ctx, index, res)
     return host + res.processes_per_node * RUNTIME_PROCESS_BYTES + weights
 
 
-def loaded_weights(ctx: "Context", stage, res: Resources) -> tuple[int, str]:
+def loaded_weights(ctx: "Context", index: int, res: Resources) -> tuple[int, str]:
     """(bytes per node, how) of the weights a training stage on GPUs loads through host memory, at its precision
     (16-bit, or 32-bit at ``precision: fp32``; a QLoRA base is loaded 16-bit and quantized on the GPU): every
     process loads all of them, except under ZeRO-3, which builds the model partitioned (``zero3_init``: each
     process holds its share), and FSDP2, whose ``cpu_ram_efficient_loading`` loads them on the first process only."""
-    if not isinstance(stage, (SftStage, DpoStage)) or res.device != "cuda" or ctx.shape is None:
+    stage, train = ctx.pipeline.stages[index], ctx.stages[index].train
+    if train is None or res.device != "cuda" or ctx.shape is None:
         return 0, ""
-    full = param_counts(ctx.shape).total * (4 if stage.precision == "fp32" else 2)
-    strategy = resolve_distributed(stage, ctx.pipeline.hardware).strategy
+    full = param_counts(ctx.shape).total * (4 if getattr(stage, "precision", None) == "fp32" else 2)
+    strategy = train.strategy
     world = res.nodes * res.gpus_per_node
     if strategy == "zero3":
         share = res.processes_per_node * full // world
@@ -322,15 +304,16 @@ def loaded_weights(ctx: "Context", stage, res: Resources) -> tuple[int, str]:
     return count * full, (f"{count} × " if count > 1 else "") + f"{size(full)} weights"
 
 
-def _need_parts(ctx: "Context", stage, res: Resources) -> tuple[int, int, str]:
+def _need_parts(ctx: "Context", index: int, res: Resources) -> tuple[int, int, str]:
     """(the estimator's host bytes per node, weights loaded per node, how)."""
-    weights, how = loaded_weights(ctx, stage, res)
+    weights, how = loaded_weights(ctx, index, res)
     return res.host_bytes or 0, weights, how
 
 
-def _memory(ctx: "Context", stage, top: SlurmSpec, own: StageSlurmSpec, res: Resources, exclusive: bool):
+def _memory(ctx: "Context", index: int, top: SlurmSpec, own: StageSlurmSpec, res: Resources,
+            exclusive: bool) -> tuple[str | None, str | None, int | None, int, str, Literal["stage", "hardware"] | None]:
     """(mem, mem_per_gpu, bytes per node, need per node, reason, where declared)."""
-    need = memory_need(ctx, stage, res)
+    need = memory_need(ctx, index, res)
     gpu = res.gpus_per_node > 0
     for level, spec in (("stage", own), ("hardware", top)):
         where = "the stage's slurm block" if level == "stage" else "hardware.slurm"
@@ -340,7 +323,7 @@ def _memory(ctx: "Context", stage, top: SlurmSpec, own: StageSlurmSpec, res: Res
             per_gpu = mem_bytes(spec.mem_per_gpu)
             total = per_gpu * res.gpus_per_node if per_gpu is not None else None
             return None, spec.mem_per_gpu, total, need, f"{where}: mem_per_gpu {spec.mem_per_gpu}", level
-    parts = need_text(ctx, stage, res)
+    parts = need_text(ctx, index, res)
     total = f" = {size(need)}" if " + " in parts else ""
     if exclusive:
         return "0", None, None, need, f"whole nodes: all of their memory; the stage needs {parts}{total}", None
@@ -353,9 +336,9 @@ def _memory(ctx: "Context", stage, top: SlurmSpec, own: StageSlurmSpec, res: Res
     return mem, None, mem_bytes(mem), need, reason, None
 
 
-def need_text(ctx: "Context", stage, res: Resources) -> str:
+def need_text(ctx: "Context", index: int, res: Resources) -> str:
     """What ``memory_need`` adds up: ``host estimate 133.4 GiB + 2.0 GiB runtime``."""
-    host, weights, how = _need_parts(ctx, stage, res)
+    host, weights, how = _need_parts(ctx, index, res)
     count = res.processes_per_node
     parts = [(f"{count} × " if count > 1 else "") + f"{size(RUNTIME_PROCESS_BYTES)} runtime"]
     if host:
@@ -370,7 +353,8 @@ def derived_mem(need: int) -> str:
     return f"{max(1, math.ceil(need * MEM_HEADROOM / GIB))}G"
 
 
-def _time(stage, top: SlurmSpec, own: StageSlurmSpec, res: Resources):
+def _time(kind: str, top: SlurmSpec, own: StageSlurmSpec,
+          res: Resources) -> tuple[str, int | None, str, Literal["stage", "hardware"] | None]:
     """(limit, seconds, reason, where declared)."""
     for level, spec in (("stage", own), ("hardware", top)):
         if spec.time is not None:
@@ -382,9 +366,9 @@ def _time(stage, top: SlurmSpec, own: StageSlurmSpec, res: Resources):
         bound = "at most " if res.steps_at_most else ""
         return text, seconds, (f"estimated run time {bound}{format_duration(res.run_time_s)} × {TIME_MARGIN:g} + "
                                f"{TIME_ALLOWANCE_S // 60} min, rounded up to the hour"), None
-    default = DEFAULT_TIME[stage.kind]
-    why = "without a run-time estimate" if stage.kind in ("sft", "dpo") else ", which have no run-time estimate"
-    return default, time_seconds(default), f"the default for {stage.kind} stages{' ' if why[0] != ',' else ''}{why}", None
+    default = DEFAULT_TIME[kind]
+    why = "without a run-time estimate" if kind in ("sft", "dpo") else ", which have no run-time estimate"
+    return default, time_seconds(default), f"the default for {kind} stages{' ' if why[0] != ',' else ''}{why}", None
 
 
 def time_seconds(value: str) -> int | None:

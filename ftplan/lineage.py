@@ -14,6 +14,7 @@ from typing import Literal
 from .diagnostics import Diagnostic, error
 from .schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, Pipeline, SftStage
 from .schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
+from .suggest import did_you_mean
 
 CODES = {
     "FT201": "a stage id is used twice",
@@ -32,10 +33,19 @@ ResultKind = Literal["data", "model", "gguf"]
 
 @dataclass(frozen=True)
 class AdapterLink:
-    """One adapter in a chain: the stage that trained it and its type."""
+    """One adapter in a chain: the stage that trained it last, its declared spec and the stage that declared it."""
 
     stage: str
-    type: Literal["lora", "qlora", "dora"]
+    """The stage whose output holds the adapter (the last one that trained it)."""
+    spec: LoraAdapter
+    """The adapter as declared (type, rank, alpha, targets); a ``continue`` stage keeps training this spec."""
+    origin: str
+    """The stage that declared it (``stage`` itself unless later stages continued it)."""
+
+    @property
+    def type(self) -> Literal["lora", "qlora", "dora"]:
+        """The adapter type."""
+        return self.spec.type
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,7 @@ def trace(pipeline: Pipeline) -> tuple[dict[str, StageLink], list[Diagnostic]]:
         path = ("stages", i, field)
         if target not in all_ids:
             diags.append(error("FT202", path, f"no stage is named '{target}'",
-                               hint=_did_you_mean(target, list(all_ids)) or "stage ids: " + ", ".join(all_ids)))
+                               hint=did_you_mean(target, list(all_ids)) or "stage ids: " + ", ".join(all_ids)))
             return None
         if target not in seen_index:
             diags.append(error("FT203", path, f"stage '{target}' does not run before this stage",
@@ -205,7 +215,7 @@ def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
                                hint="declare a new adapter, e.g. `adapter: {type: lora, r: 16}`"))
             return StageLink(src, data, None)
         last = src.adapters[-1]
-        chain = src.adapters[:-1] + (AdapterLink(stage.id, last.type),)
+        chain = src.adapters[:-1] + (AdapterLink(stage.id, last.spec, last.origin),)
         return StageLink(src, data, Result(kind="model", weights=src.weights, adapters=chain),
                          continues_adapter=True)
 
@@ -226,14 +236,8 @@ def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
 
     if isinstance(adapter, LoraAdapter):
         result = Result(kind="model", weights=src.weights,
-                        adapters=src.adapters + (AdapterLink(stage.id, adapter.type),))
+                        adapters=src.adapters + (AdapterLink(stage.id, adapter, stage.id),))
     else:
         result = Result(kind="model", weights=stage.id)
     return StageLink(src, data, result, merges_input=merge_input)
 
-
-def _did_you_mean(word: str, choices: list[str]) -> str | None:
-    from difflib import get_close_matches
-
-    close = get_close_matches(word, choices, n=2, cutoff=0.6)
-    return ("did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else None

@@ -11,7 +11,7 @@ Ownership is recorded in the marker file ``.ftplan-files`` (``MARKER``) at the t
     plan.json
     plan.md
     run.sh
-    stages/01-data/args.json
+    stages/data/args.json
 
 One comment line, then the plan's files as relative POSIX paths, sorted, one a line, LF line ends, exactly one
 trailing newline, no timestamps: the same plan gives the same bytes. Lines starting with ``#`` are comments. A
@@ -161,7 +161,8 @@ class _Folder:
 
 
 def _group(path: str) -> str:
-    """``02-sft`` for ``stages/02-sft/args.json`` and ``slurm/02-sft.sbatch``; ``plan`` otherwise."""
+    """``sft`` for ``stages/sft/args.json`` and ``slurm/sft.sbatch`` (``02-sft`` in a plan an older ftplan named by
+    position); ``plan`` otherwise."""
     parts = PurePosixPath(path).parts
     if len(parts) >= 3 and parts[0] == "stages":
         return parts[1]

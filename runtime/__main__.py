@@ -1,6 +1,6 @@
-"""Entry point of a compiled stage: ``python -m ftplan_runtime stages/NN-id/args.json``.
+"""Entry point of a compiled stage: ``python -m ftplan_runtime stages/<id>/args.json``.
 
-Training stages run under ``accelerate launch --config_file stages/NN-id/accelerate.yaml -m ftplan_runtime ...``;
+Training stages run under ``accelerate launch --config_file stages/<id>/accelerate.yaml -m ftplan_runtime ...``;
 data, merge and gguf stages under plain ``python -m``. The current directory is the project root (every path
 in the args file is relative to it).
 
@@ -31,7 +31,7 @@ from . import stamps
 from .metrics import StageRecorder
 from .preflight import Requeue, StageError, prepare_kernel_import
 
-USAGE = "usage: python -m ftplan_runtime stages/NN-<id>/args.json"
+USAGE = "usage: python -m ftplan_runtime stages/<id>/args.json"
 BAD_ARGS_EXIT = 2
 
 

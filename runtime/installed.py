@@ -36,7 +36,7 @@ LLAMA_CPP_INSTALL = (
 """How to build llama-cpp-python with portable CPU flags (it is not part of the runtime extras; a native
 ``-march=native`` build can die with SIGILL on CPUs and sandboxes that advertise but forbid AMX)."""
 
-USAGE = "usage: python -m ftplan_runtime.installed stages/NN-<id>/args.json..."
+USAGE = "usage: python -m ftplan_runtime.installed stages/<id>/args.json..."
 DIRECT_GGUF_TYPES = ("f16", "bf16", "q8_0")
 """GGUF types written without llama.cpp (``gguf_stage.DIRECT_TYPES``)."""
 

@@ -19,7 +19,7 @@ from .metrics import StageRecorder
 from .model_loading import (require_adapter, fit_embeddings, load_tokenizer, load_weights, save_tokenizer,
                             torch_dtype)
 from .preflight import StageError, check_device
-from .train_common import MODEL_DIR
+from .train_common import result_dir
 
 REL_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 4e-2}
 """Allowed max |adapter logits − merged logits| / max(1, max |adapter logits|), per merge dtype."""
@@ -103,7 +103,7 @@ def run_merge(args: RuntimeArgs, sha256: str) -> dict[str, Any]:
     tolerance = REL_TOLERANCE[stage.dtype]
     model, worst, rows = merge_chain(model, chain, verify=stage.verify, probe=probe_batch(tok), tolerance=tolerance)
 
-    dest = Path(args.output_dir) / MODEL_DIR
+    dest = result_dir(args)
     model.to("cpu").save_pretrained(str(dest), safe_serialization=True)
     save_tokenizer(tok, src.tokenizer, dest, changed=changed)
     extra = {

@@ -124,7 +124,7 @@ def check_distributed(promise: Promise, training_args) -> None:
         actual = "DEEPSPEED"
     if not _same_distributed_type(promise, actual):
         _fail("distributed type", promise.distributed_type, actual,
-              "launch with the compiled accelerate config (`accelerate launch --config_file stages/NN-id/"
+              "launch with the compiled accelerate config (`accelerate launch --config_file stages/<id>/"
               "accelerate.yaml`), or " + FIX_PLAN)
     stage = zero_stage(training_args)
     if promise.zero_stage is not None or stage is not None:

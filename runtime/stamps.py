@@ -72,7 +72,7 @@ TOKENIZER_FILES = (
 )
 """Files that make up a saved tokenizer: the inputs a tokenizer folder contributes (not its weights)."""
 
-USAGE = "usage: python -m ftplan_runtime.stamps check stages/NN-<id>/args.json"
+USAGE = "usage: python -m ftplan_runtime.stamps check stages/<id>/args.json"
 COMPLETE_EXIT, MUST_RUN_EXIT, BAD_ARGS_EXIT = 0, 1, 2
 
 _CHUNK = 1 << 20

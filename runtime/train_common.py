@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftplan.schemas.adapters import LoraAdapter
-from ftplan.schemas.runtime_args import RuntimeArgs
+from ftplan.schemas.runtime_args import ADAPTER_SUBDIR, MODEL_SUBDIR, RuntimeArgs
 from transformers import TrainerCallback
 
 from .metrics import StageRecorder, TokenCountingMixin, loss_summary, reduce_tokens
@@ -33,10 +33,10 @@ from .progress import ProgressLogger, interactive
 
 CHECKPOINTS_DIR = "checkpoints"
 """Trainer checkpoints (resumable) inside the stage output folder."""
-ADAPTER_DIR = "adapter"
-"""Final adapter (PEFT folder + tokenizer) of an adapter stage."""
-MODEL_DIR = "model"
-"""Final full weights (+ tokenizer) of a full fine-tune or a merge."""
+ADAPTER_DIR = ADAPTER_SUBDIR
+"""Final adapter (PEFT folder + tokenizer) of an adapter stage (the contract's name)."""
+MODEL_DIR = MODEL_SUBDIR
+"""Final full weights (+ tokenizer) of a full fine-tune or a merge (the contract's name)."""
 LOGS_DIR = "logs"
 """TensorBoard event files."""
 
@@ -254,12 +254,20 @@ def _step_of(checkpoint: str | None) -> int:
     return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
 
 
+def result_dir(args: RuntimeArgs) -> Path:
+    """Where a stage's result is saved: ``<output_dir>/adapter`` for a stage that trains an adapter (its own or a
+    continued one), ``<output_dir>/model`` for full weights (a full fine-tune or a merge). The compiler points
+    the next stage at the same folder (``ftplan.plan.args``; tests/runtime/test_contract.py)."""
+    adapter = getattr(args.stage, "adapter", None)
+    trains_adapter = adapter == "continue" or isinstance(adapter, LoraAdapter)
+    return Path(args.output_dir) / (ADAPTER_DIR if trains_adapter else MODEL_DIR)
+
+
 def _publish_finished(args: RuntimeArgs, prep: Prepared) -> dict[str, Any]:
     """The newest checkpoint is at the last step: its weights are the result (no training, no model load)."""
     state = prep.config.distributed_state
     stage = args.stage
-    full = not (stage.adapter == "continue" or isinstance(stage.adapter, LoraAdapter))
-    dest = Path(args.output_dir) / (MODEL_DIR if full else ADAPTER_DIR)
+    dest = result_dir(args)
     ckpt = checkpoint_state(prep.resume_from)
     if state.is_main_process:
         publish_checkpoint(result_checkpoint(prep.resume_from, best=stage.load_best_model_at_end), dest)
@@ -293,10 +301,12 @@ class _MemorySampler(TrainerCallback):
 def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
     """Save the final adapter (``<out>/adapter``) or full weights (``<out>/model``) plus tokenizer; returns the
     folder. Under ZeRO-3 the parameters are gathered first, and the written tensors are checked to be real."""
-    out = Path(args.output_dir)
     acc = trainer.accelerator
+    dest = result_dir(args)
+    if loaded.peft != (dest.name == ADAPTER_DIR):
+        raise AssertionError(f"stage '{args.stage.id}' loaded {'an adapter' if loaded.peft else 'full weights'} "
+                             f"but its result folder is {dest}")
     if loaded.peft:
-        dest = out / ADAPTER_DIR
         # the DeepSpeed engine (not the bare module) gathers ZeRO-3 shards
         state_dict = acc.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
         if acc.is_main_process:
@@ -304,7 +314,6 @@ def save_result(trainer, loaded: LoadedModel, args: RuntimeArgs) -> str:
             model.save_pretrained(str(dest), state_dict=state_dict, selected_adapters=["default"],
                                   safe_serialization=True)
     else:
-        dest = out / MODEL_DIR
         trainer.save_model(str(dest))
     acc.wait_for_everyone()
     if acc.is_main_process:

@@ -53,8 +53,8 @@ stages:
 
 ROWS = "".join(json.dumps({"instruction": f"question {i}", "output": f"answer {i}"}) + "\n" for i in range(8))
 
-PLAN_FILES = ["plan.json", "plan.md", "run.sh", "stages/01-prep/args.json", "stages/02-sft/accelerate.yaml",
-              "stages/02-sft/args.json"]
+PLAN_FILES = ["plan.json", "plan.md", "run.sh", "stages/prep/args.json", "stages/sft/accelerate.yaml",
+              "stages/sft/args.json"]
 """What ``compile`` writes for ``PIPELINE`` (no Slurm block)."""
 
 
@@ -184,10 +184,10 @@ def test_compile_check_exits_3_on_drift_and_writes_nothing(project):
 
     run("compile", "pipeline.yaml", "-o", "plan")
     assert snapshot(plan) == clean
-    notes = plan / "stages" / "02-sft" / "notes.txt"
+    notes = plan / "stages" / "sft" / "notes.txt"
     notes.write_text("mine\n", encoding="utf-8")  # a file ftplan did not write is no drift, and compile keeps it
     assert run("compile", "pipeline.yaml", "-o", "plan", "--check") == (
-        0, "plan: up to date; kept 1 file ftplan did not write: stages/02-sft/notes.txt\n", "")
+        0, "plan: up to date; kept 1 file ftplan did not write: stages/sft/notes.txt\n", "")
     run("compile", "pipeline.yaml", "-o", "plan")
     assert notes.read_text(encoding="utf-8") == "mine\n"
     notes.unlink()
@@ -413,7 +413,7 @@ def test_compile_json_reports_the_changes(project):
     assert (report["changes"]["changed"], report["changes"]["removed"], report["changes"]["clean"]) == (
         [], [], False)
     assert [(s["symbol"], s["stage"]) for s in report["changes"]["stages"]] == [
-        ("+", "plan"), ("+", "01-prep"), ("+", "02-sft")]
+        ("+", "plan"), ("+", "prep"), ("+", "sft")]
     again = json.loads(run("compile", "--json", "pipeline.yaml", "-o", "plan")[1])
     assert again["changes"] == {"added": [], "changed": [], "removed": [], "clean": True, "stages": []}
     assert {k: v for k, v in again.items() if k != "changes"} == {
@@ -570,8 +570,8 @@ def test_compile_writes_the_plan_layout_and_reports_it(project):
     assert out.splitlines()[-5:] == [
         "plan:",
         "  + plan: plan.json, plan.md, run.sh",
-        "  + 01-prep: stages/01-prep/args.json",
-        "  + 02-sft: stages/02-sft/accelerate.yaml, stages/02-sft/args.json",
+        "  + prep: stages/prep/args.json",
+        "  + sft: stages/sft/accelerate.yaml, stages/sft/args.json",
         "Plan: 6 to add, 0 to change, 0 to remove.",
     ]
     assert err == "0 errors, 0 warnings, 1 note (-v shows them).\n"
@@ -631,14 +631,14 @@ def test_compile_a_slurm_example_makes_its_scripts_executable(tmp_path, monkeypa
     assert run("compile", "pipeline.yaml", "-o", "plan")[0] == 0
     files = snapshot(tmp_path / "plan")
     scripts = sorted(p for p in files if p.endswith((".sh", ".sbatch")))
-    assert scripts == ["run.sh", "slurm/01-data.sbatch", "slurm/02-sft.sbatch", "slurm/03-gguf.sbatch",
+    assert scripts == ["run.sh", "slurm/data.sbatch", "slurm/gguf.sbatch", "slurm/sft.sbatch",
                        "slurm/submit.sh"]
     for path, (content, mode) in files.items():
         assert mode == (0o755 if path in scripts else 0o644), path
         if path in scripts:
             assert content.startswith(b"#!"), path
-    assert {"stages/01-data/args.json", "stages/02-sft/args.json", "stages/03-gguf/args.json"} <= set(files)
-    assert any(p.startswith("stages/02-sft/") and p.endswith(".json") and "deepspeed" in p for p in files)
+    assert {"stages/data/args.json", "stages/sft/args.json", "stages/gguf/args.json"} <= set(files)
+    assert any(p.startswith("stages/sft/") and p.endswith(".json") and "deepspeed" in p for p in files)
     assert shell("bash", "-n", str(tmp_path / "plan" / "run.sh")).returncode == 0
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ftplan.render import render
-from ftplan.render.deepspeed import KNOWN_TOP_LEVEL_KEYS, unknown_top_level_keys
+from ftplan.plan.deepspeed import KNOWN_TOP_LEVEL_KEYS, unknown_top_level_keys
 
 _spec = importlib.util.spec_from_file_location("ftplan_plan_builders", pathlib.Path(__file__).with_name("plan_builders.py"))
 plan_builders = importlib.util.module_from_spec(_spec)
@@ -42,7 +42,7 @@ def test_deepspeed_accepts_every_generated_config(monkeypatch, strategy, offload
     world = gpus * nodes
     monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: world)
     monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
-    data = json.loads(files["stages/02-train/deepspeed.json"])
+    data = json.loads(files["stages/train/deepspeed.json"])
     cfg = dsc.DeepSpeedConfig(data)
     assert cfg.zero_optimization_stage == int(strategy[-1])
     assert (cfg.train_micro_batch_size_per_gpu, cfg.gradient_accumulation_steps, cfg.train_batch_size) == \
@@ -93,12 +93,12 @@ ACCELERATE_CASES = [
 def test_accelerate_loads_every_generated_yaml(tmp_path, strategy, offload, gpus, dtype):
     _, files = compiled({"strategy": strategy, **offload}, gpus=gpus, adapter={"type": "lora"})
     path = tmp_path / "accelerate.yaml"
-    path.write_text(files["stages/02-train/accelerate.yaml"])
+    path.write_text(files["stages/train/accelerate.yaml"])
     cfg = config_args.load_config_from_file(str(path))
     assert cfg.distributed_type.value == dtype and cfg.num_processes == gpus and cfg.num_machines == 1
     assert cfg.compute_environment.value == "LOCAL_MACHINE" and cfg.use_cpu is False
     if dtype == "DEEPSPEED":
-        assert cfg.deepspeed_config["deepspeed_config_file"] == "plan/stages/02-train/deepspeed.json"
+        assert cfg.deepspeed_config["deepspeed_config_file"] == "plan/stages/train/deepspeed.json"
         assert cfg.mixed_precision is None  # accelerate refuses it next to a DeepSpeed config file
     else:
         assert cfg.mixed_precision == "bf16"
@@ -109,7 +109,7 @@ def test_accelerate_loads_every_generated_yaml(tmp_path, strategy, offload, gpus
 def test_accelerate_loads_the_cpu_yaml(tmp_path):
     _, files = compiled("auto", device="cpu", precision="fp32", gpus=1)
     path = tmp_path / "accelerate.yaml"
-    path.write_text(files["stages/02-train/accelerate.yaml"])
+    path.write_text(files["stages/train/accelerate.yaml"])
     cfg = config_args.load_config_from_file(str(path))
     assert cfg.use_cpu is True and cfg.distributed_type.value == "NO" and cfg.mixed_precision == "no"
 
@@ -118,7 +118,7 @@ def test_fsdp2_keys_are_accelerate_launch_options():
     launch = pytest.importorskip("accelerate.commands.launch")
     options = {a.dest for a in launch.launch_command_parser()._actions}
     _, files = compiled({"strategy": "fsdp2", "offload_optimizer": True}, gpus=8)
-    fsdp = yaml.safe_load(files["stages/02-train/accelerate.yaml"])["fsdp_config"]
+    fsdp = yaml.safe_load(files["stages/train/accelerate.yaml"])["fsdp_config"]
     assert set(fsdp) <= options  # accelerate copies fsdp_config.<key> onto the launch option of that name
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] in ("FULL_STATE_DICT", "SHARDED_STATE_DICT")

@@ -27,7 +27,7 @@ import yaml
 
 from ftplan.catalog import get_model
 from ftplan.render import render
-from ftplan.render.accelerate import DECODER_LAYER_CLASSES
+from ftplan.plan.accelerate import DECODER_LAYER_CLASSES
 
 _spec = importlib.util.spec_from_file_location("ftplan_plan_builders", pathlib.Path(__file__).with_name("plan_builders.py"))
 plan_builders = importlib.util.module_from_spec(_spec)
@@ -36,7 +36,7 @@ _spec.loader.exec_module(plan_builders)
 launch = pytest.importorskip("accelerate.commands.launch", reason="accelerate is not installed")
 from accelerate.utils import launch as launch_utils  # noqa: E402
 
-STAGE = "stages/02-train"
+STAGE = "stages/train"
 
 
 def free_port() -> int:
@@ -57,7 +57,7 @@ def compile_to(root: pathlib.Path, distributed: dict, **kw):
 
 
 def launcher_view(root: pathlib.Path, monkeypatch, extra: tuple[str, ...] = ()):
-    """What ``accelerate launch --config_file plan/stages/02-train/accelerate.yaml [extra] -m ftplan_runtime ...``
+    """What ``accelerate launch --config_file plan/stages/train/accelerate.yaml [extra] -m ftplan_runtime ...``
     decides, run from the project root: (the launcher's kind, its resolved arguments, the environment it gives
     the training processes, the command it would run instead of torchrun, if any)."""
     monkeypatch.chdir(root)
@@ -229,7 +229,7 @@ def test_fsdp2_wraps_each_decoder_layer_of_every_family(tmp_path, monkeypatch, f
     assert len(wrapped) == 2 and {type(m).__name__ for m in wrapped} == {DECODER_LAYER_CLASSES[family]}
 
 
-def sbatch_launch_line(plan_root: pathlib.Path, stage_name: str = "02-train") -> list[str]:
+def sbatch_launch_line(plan_root: pathlib.Path, stage_name: str = "train") -> list[str]:
     """The ``accelerate launch`` arguments of a stage's sbatch script (its ``bash -c '...'`` program)."""
     text = (plan_root / "plan" / "slurm" / f"{stage_name}.sbatch").read_text()
     program = re.search(r"bash -c '([^']*exec accelerate launch[^']*)'", text).group(1)

@@ -18,8 +18,9 @@ from ftplan.estimate.types import StageEstimate, Term
 from ftplan.lineage import trace
 from ftplan.plan import build_plan
 from ftplan.render import render
-from ftplan.describe import bar, size as size_text
-from ftplan.render.plan_md import params_text
+from ftplan.describe import bar
+from ftplan.units import size as size_text
+from ftplan.units import params_text
 from ftplan.render.serialize import sha256_text
 from ftplan.render.shell import comment, shq
 from ftplan.schemas import Pipeline
@@ -73,11 +74,11 @@ def files(tmp_path):
 def test_layout(tmp_path, files):
     assert sorted(files) == [
         "plan.json", "plan.md", "run.sh",
-        "slurm/01-data.sbatch", "slurm/02-sft.sbatch", "slurm/03-dpo.sbatch", "slurm/04-merge.sbatch",
-        "slurm/05-gguf.sbatch", "slurm/submit.sh",
-        "stages/01-data/args.json", "stages/02-sft/accelerate.yaml", "stages/02-sft/args.json",
-        "stages/03-dpo/accelerate.yaml", "stages/03-dpo/args.json", "stages/04-merge/args.json",
-        "stages/05-gguf/args.json",
+        "slurm/data.sbatch", "slurm/dpo.sbatch", "slurm/gguf.sbatch", "slurm/merge.sbatch",
+        "slurm/sft.sbatch", "slurm/submit.sh",
+        "stages/data/args.json", "stages/dpo/accelerate.yaml", "stages/dpo/args.json",
+        "stages/gguf/args.json", "stages/merge/args.json", "stages/sft/accelerate.yaml",
+        "stages/sft/args.json",
     ]
     no_slurm = {**PIPELINE, "hardware": {"gpu": "rtx4090"}}
     assert not any(k.startswith("slurm/") for k in compile_files(tmp_path, data=no_slurm)[1])
@@ -126,7 +127,7 @@ def test_json_and_yaml_keys_are_sorted(files):
 
 
 def test_args_json_is_the_runtime_contract(files):
-    args = json.loads(files["stages/03-dpo/args.json"])
+    args = json.loads(files["stages/dpo/args.json"])
     assert args["format"] == 1 and args["pipeline"] == "support-bot" and args["output_dir"] == "outputs/dpo"
     assert args["source"]["continue_adapter"]["path"] == "outputs/sft/adapter"
     assert args["promise"]["gpu_name"] == "rtx-4090" and args["estimate_peak_gib"] == 23.5
@@ -135,21 +136,21 @@ def test_args_json_is_the_runtime_contract(files):
 
 def test_args_json_lists_the_stages_each_stage_reads(files):
     ups = {s: [(u["stage"], u["args"]) for u in json.loads(files[f"stages/{s}/args.json"])["upstream"]]
-           for s in ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf")}
+           for s in ("data", "sft", "dpo", "merge", "gguf")}
     stage = "plans/support-bot/stages"
-    assert ups == {"01-data": [], "02-sft": [("data", f"{stage}/01-data/args.json")],
-                   "03-dpo": [("data", f"{stage}/01-data/args.json"), ("sft", f"{stage}/02-sft/args.json")],
-                   "04-merge": [("dpo", f"{stage}/03-dpo/args.json")], "05-gguf": [("merge", f"{stage}/04-merge/args.json")]}
+    assert ups == {"data": [], "sft": [("data", f"{stage}/data/args.json")],
+                   "dpo": [("data", f"{stage}/data/args.json"), ("sft", f"{stage}/sft/args.json")],
+                   "merge": [("dpo", f"{stage}/dpo/args.json")], "gguf": [("merge", f"{stage}/merge/args.json")]}
 
 
 def test_scripts_skip_stages_by_their_completion_stamp(files):
     """Every script asks the runtime's one stamp check, per stage, by its args file; no digest is compiled in."""
-    for s in ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"):
+    for s in ("data", "sft", "dpo", "merge", "gguf"):
         sha = sha256_text(files[f"stages/{s}/args.json"])
         check = f"if stage_complete plans/support-bot/stages/{s}/args.json; then\n"
         assert check in files["run.sh"] and check in files["slurm/submit.sh"] and check in files[f"slurm/{s}.sbatch"]
         assert sha not in files["run.sh"] + files["slurm/submit.sh"] + files[f"slurm/{s}.sbatch"]
-    for name in ("run.sh", "slurm/submit.sh", "slurm/02-sft.sbatch"):
+    for name in ("run.sh", "slurm/submit.sh", "slurm/sft.sbatch"):
         text = files[name]
         assert 'why=$(python -m ftplan_runtime.stamps check "$1") || rc=$?' in text
         assert "if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then" in text
@@ -157,25 +158,25 @@ def test_scripts_skip_stages_by_their_completion_stamp(files):
         # the runtime check comes before any stage, after the environment that provides the Python
         assert text.index("source .venv") < text.index("python -m ftplan_runtime.installed") < text.index(
             "if stage_complete")
-    assert "python -m ftplan_runtime.installed \\\n  plans/support-bot/stages/02-sft/args.json\n" in files[
-        "slurm/02-sft.sbatch"]
+    assert "python -m ftplan_runtime.installed \\\n  plans/support-bot/stages/sft/args.json\n" in files[
+        "slurm/sft.sbatch"]
     assert "python -m ftplan_runtime.installed" + "".join(
-        f" \\\n  plans/support-bot/stages/{s}/args.json" for s in ("01-data", "02-sft", "03-dpo", "04-merge",
-                                                                    "05-gguf")) + "\n" in files["run.sh"]
+        f" \\\n  plans/support-bot/stages/{s}/args.json" for s in ("data", "sft", "dpo", "merge",
+                                                                    "gguf")) + "\n" in files["run.sh"]
     run = files["run.sh"]
     assert run.startswith("#!/usr/bin/env bash\n# generated by ftplan 0.1.0 from support-bot.yaml; do not edit.\n"
                           "# regenerate with: ftplan compile support-bot.yaml -o plans/support-bot\n")
     assert "set -euo pipefail\n" in run and 'cd "$(dirname "$0")"/../..\n' in run
     assert "# ---- stage 02: sft (sft) ----\n" in run
-    assert ("accelerate launch --config_file plans/support-bot/stages/02-sft/accelerate.yaml -m ftplan_runtime "
-            "plans/support-bot/stages/02-sft/args.json") in run
-    assert "python -m ftplan_runtime plans/support-bot/stages/04-merge/args.json" in run
+    assert ("accelerate launch --config_file plans/support-bot/stages/sft/accelerate.yaml -m ftplan_runtime "
+            "plans/support-bot/stages/sft/args.json") in run
+    assert "python -m ftplan_runtime plans/support-bot/stages/merge/args.json" in run
     assert "# effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 65,536 tokens/step" in run
     assert "export NCCL_DEBUG=WARN\n" in run and "source .venv/bin/activate\n" in run
     assert run.index("export NCCL") < run.index("source .venv") < run.index("# ---- stage 01")
 
 
-@pytest.mark.parametrize("name", ["run.sh", "slurm/submit.sh", "slurm/02-sft.sbatch", "slurm/01-data.sbatch"])
+@pytest.mark.parametrize("name", ["run.sh", "slurm/submit.sh", "slurm/sft.sbatch", "slurm/data.sbatch"])
 def test_scripts_parse(files, name):
     r = subprocess.run(["bash", "-n"], input=files[name], text=True, capture_output=True)
     assert r.returncode == 0, r.stderr
@@ -210,8 +211,8 @@ def test_plan_json_contents(files):
     sft = plan["stages"][1]
     assert sft["id"] == "sft" and sft["batch"]["effective_batch"] == 16 and sft["batch"]["tokens_per_step"] == 65_536
     assert sft["estimate"]["verdict"] == "fits" and sft["estimate"]["terms"][0]["name"] == "weights"
-    assert sft["args_sha256"] == sha256_text(files["stages/02-sft/args.json"])
-    assert sft["accelerate"]["distributed_type"] == "NO" and sft["slurm_job"] == "slurm/02-sft.sbatch"
+    assert sft["args_sha256"] == sha256_text(files["stages/sft/args.json"])
+    assert sft["accelerate"]["distributed_type"] == "NO" and sft["slurm_job"] == "slurm/sft.sbatch"
 
 
 def test_size_text():

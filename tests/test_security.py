@@ -164,9 +164,9 @@ def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project, mo
     assert Path(str(log) + ".venv").read_text() == "activated\n"
     assert Path(str(log) + ".setup").read_text() == "setup ran\n"
     assert r.stdout.splitlines()[:3] == [
-        "ftplan: stage 01-data is complete; skipping",
-        "ftplan: stage 02-sft: its arguments changed since it last ran",  # finished with other arguments
-        "ftplan: stage 03-dpo: upstream stage sft must run first (its arguments changed since it last ran)"]
+        "ftplan: stage data is complete; skipping",
+        "ftplan: stage sft: its arguments changed since it last ran",  # finished with other arguments
+        "ftplan: stage dpo: upstream stage sft must run first (its arguments changed since it last ran)"]
 
     calls = read_calls(log)
     assert [(prog, argv) for prog, argv, _ in calls[:2]] == [("module", ["load", MODULES[0]]),
@@ -174,20 +174,20 @@ def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project, mo
     launches = [(prog, argv) for prog, argv, _ in calls[2:]]
     stage = f"{PLAN_DIR}/stages"
     assert launches == [
-        ("accelerate", ["launch", "--config_file", f"{stage}/02-sft/accelerate.yaml", "-m", "ftplan_runtime",
-                        f"{stage}/02-sft/args.json"]),
-        ("accelerate", ["launch", "--config_file", f"{stage}/03-dpo/accelerate.yaml", "-m", "ftplan_runtime",
-                        f"{stage}/03-dpo/args.json"]),
-        ("python", ["-m", "ftplan_runtime", f"{stage}/04-merge/args.json"]),
-        ("python", ["-m", "ftplan_runtime", f"{stage}/05-gguf/args.json"]),
+        ("accelerate", ["launch", "--config_file", f"{stage}/sft/accelerate.yaml", "-m", "ftplan_runtime",
+                        f"{stage}/sft/args.json"]),
+        ("accelerate", ["launch", "--config_file", f"{stage}/dpo/accelerate.yaml", "-m", "ftplan_runtime",
+                        f"{stage}/dpo/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stage}/merge/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stage}/gguf/args.json"]),
     ]
     for _, _, env_values in calls:
         assert env_values == [ENV["EVIL_A"], ENV["EVIL_B"], ENV["EVIL_C"]]
     # The paths the launcher receives exist relative to the root run.sh moved to, and hold the hostile values.
-    args = json.loads((root / f"{stage}/01-data/args.json").read_text())
+    args = json.loads((root / f"{stage}/data/args.json").read_text())
     assert args["stage"]["datasets"][0]["path"] == HOSTILE and args["output_dir"] == f"{OUTPUT_DIR}/data"
-    acc = (root / f"{stage}/03-dpo/accelerate.yaml").read_text()
-    assert (root / PLAN_DIR / "stages/03-dpo/deepspeed.json").is_file() and "deepspeed_config_file" in acc
+    acc = (root / f"{stage}/dpo/accelerate.yaml").read_text()
+    assert (root / PLAN_DIR / "stages/dpo/deepspeed.json").is_file() and "deepspeed_config_file" in acc
 
     # the hostile data file changes: the reason names it on one line, and it runs again, verbatim
     (root / HOSTILE).write_text('{"messages": [1]}\n')
@@ -195,9 +195,9 @@ def test_run_sh_executes_nothing_hostile_and_passes_strings_verbatim(project, mo
     r = _run_sh(project)
     assert r.returncode == 0, r.stderr
     assert pwned(project["tmp"]) == []
-    assert r.stdout.splitlines()[0] == f"ftplan: stage 01-data: {show(HOSTILE)} changed since it last ran"
+    assert r.stdout.splitlines()[0] == f"ftplan: stage data: {show(HOSTILE)} changed since it last ran"
     assert [argv for prog, argv, _ in read_calls(log) if prog == "python"][0] == [
-        "-m", "ftplan_runtime", f"{stage}/01-data/args.json"]
+        "-m", "ftplan_runtime", f"{stage}/data/args.json"]
 
 
 def test_run_sh_without_the_runtime_is_one_line_and_starts_nothing(project):
@@ -244,7 +244,7 @@ def test_a_stage_that_cannot_be_judged_stops_the_job(project):
     (root / _stage_args(project, "data")).write_text("{broken")
     job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "2"}
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/02-sft.sbatch")], cwd=root, env=job_env,
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/sft.sbatch")], cwd=root, env=job_env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "not a valid ftplan arguments file" in r.stderr and "cannot tell whether the stage of" in r.stderr
@@ -261,12 +261,12 @@ def test_submit_sh_chains_hostile_paths_verbatim(project):
     sbatch = [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
     jobs = [line.split(": job ")[1] for line in r.stdout.splitlines() if ": job " in line]
     assert len(sbatch) == len(jobs) == 5
-    assert r.stdout.splitlines()[0] == "01-data: must run: it has not run yet"
-    assert sbatch[0] == ["--parsable", f"--chdir={root}", "--extra=1", f"{PLAN_DIR}/slurm/01-data.sbatch"]
+    assert r.stdout.splitlines()[0] == "data: must run: it has not run yet"
+    assert sbatch[0] == ["--parsable", f"--chdir={root}", "--extra=1", f"{PLAN_DIR}/slurm/data.sbatch"]
     for i, argv in enumerate(sbatch[1:], start=1):
         assert argv[2] == "--dependency=afterok:" + jobs[i - 1]
         assert argv[3:] == ["--kill-on-invalid-dep=yes", "--extra=1", f"{PLAN_DIR}/slurm/"
-                            + ["02-sft", "03-dpo", "04-merge", "05-gguf"][i - 1] + ".sbatch"]
+                            + ["sft", "dpo", "merge", "gguf"][i - 1] + ".sbatch"]
 
 
 def test_submit_sh_skips_complete_stages_and_submits_what_is_built_on_a_changed_one(project, monkeypatch):
@@ -279,7 +279,7 @@ def test_submit_sh_skips_complete_stages_and_submits_what_is_built_on_a_changed_
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{s}: complete, skipped" for s in
-                                     ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf")]
+                                     ("data", "sft", "dpo", "merge", "gguf")]
     assert not [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
     doc = json.loads((root / _stage_args(project, "sft")).read_text())
     doc["stage"]["learning_rate"] = 3e-4  # sft's arguments change (an edited, recompiled plan)
@@ -288,12 +288,12 @@ def test_submit_sh_skips_complete_stages_and_submits_what_is_built_on_a_changed_
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "01-data: complete, skipped"
-    assert lines[1] == "02-sft: must run: its arguments changed since it last ran"
-    assert "03-dpo: must run: upstream stage sft must run first (its arguments changed since it last ran)" in lines
+    assert lines[0] == "data: complete, skipped"
+    assert lines[1] == "sft: must run: its arguments changed since it last ran"
+    assert "dpo: must run: upstream stage sft must run first (its arguments changed since it last ran)" in lines
     sbatch = [argv for prog, argv, _ in read_calls(log) if prog == "sbatch"]
-    assert [a[-1].rsplit("/", 1)[1] for a in sbatch] == ["02-sft.sbatch", "03-dpo.sbatch", "04-merge.sbatch",
-                                                          "05-gguf.sbatch"]
+    assert [a[-1].rsplit("/", 1)[1] for a in sbatch] == ["sft.sbatch", "dpo.sbatch", "merge.sbatch",
+                                                          "gguf.sbatch"]
     assert not any(a.startswith("--dependency") for a in sbatch[0]) and sbatch[1][2].startswith("--dependency")
 
 
@@ -302,10 +302,10 @@ def test_sbatch_of_a_complete_stage_has_nothing_to_do(project, monkeypatch):
     _complete(project, "data", monkeypatch)
     job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "2"}
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/01-data.sbatch")], cwd=root, env=job_env,
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/data.sbatch")], cwd=root, env=job_env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["ftplan: stage 01-data is complete; nothing to do"]
+    assert r.stdout.splitlines() == ["ftplan: stage data is complete; nothing to do"]
     assert not any(prog in ("srun", "python") for prog, _, _ in read_calls(log))
 
 
@@ -313,20 +313,20 @@ def test_sbatch_body_passes_paths_and_rank_to_the_launcher(project):
     root, env, log = project["root"], project["env"], project["log"]
     job_env = {**env, "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "4"}
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/02-sft.sbatch")], cwd=root, env=job_env,
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/sft.sbatch")], cwd=root, env=job_env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert pwned(project["tmp"]) == []
-    assert r.stdout.splitlines()[0] == "ftplan: stage 02-sft: upstream stage data must run first (it has not run yet)"
+    assert r.stdout.splitlines()[0] == "ftplan: stage sft: upstream stage data must run first (it has not run yet)"
     calls = [(prog, argv) for prog, argv, _ in read_calls(log)]
     assert ("scontrol", ["show", "hostnames", "node-[a-b]"]) in calls
     srun = next(argv for prog, argv in calls if prog == "srun")
     # the job's own CPUs: 2 of a node's 8 GPUs share the node, with 8 cores per GPU
     assert srun[:3] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=16"]
     acc = next(argv for prog, argv in calls if prog == "accelerate")
-    assert acc == ["launch", "--config_file", f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", "--num_machines", "2",
+    assert acc == ["launch", "--config_file", f"{PLAN_DIR}/stages/sft/accelerate.yaml", "--num_machines", "2",
                    "--machine_rank", "0", "--main_process_ip", "node-a", "--main_process_port", "29500",
-                   "-m", "ftplan_runtime", f"{PLAN_DIR}/stages/02-sft/args.json"]
+                   "-m", "ftplan_runtime", f"{PLAN_DIR}/stages/sft/args.json"]
 
 
 def test_sbatch_requeues_on_the_requeue_exit_code(project):
@@ -334,7 +334,7 @@ def test_sbatch_requeues_on_the_requeue_exit_code(project):
     (project["tmp"] / "bin" / "python").write_text(FAKE_PYTHON + "exit 75\n")
     job_env = {**env, "SLURM_JOB_NODELIST": "node-a", "SLURM_NNODES": "1", "SLURM_JOB_ID": "42",
                "SLURM_CPUS_ON_NODE": "2"}
-    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/01-data.sbatch")], cwd=root, env=job_env,
+    r = subprocess.run(["bash", str(root / PLAN_DIR / "slurm/data.sbatch")], cwd=root, env=job_env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert ("scontrol", ["requeue", "42"]) in [(prog, argv) for prog, argv, _ in read_calls(log)]
@@ -345,7 +345,7 @@ def test_text_outputs_keep_hostile_strings_on_one_line(project):
     md = files["plan.md"]
     header = next(line for line in md.splitlines() if line.startswith("evil · "))
     assert "\\n" in header and "touch pwned" in header
-    for name in ("run.sh", "slurm/submit.sh", "slurm/02-sft.sbatch"):
+    for name in ("run.sh", "slurm/submit.sh", "slurm/sft.sbatch"):
         for line in files[name].splitlines():
             if line.startswith("# generated by"):
                 assert line.endswith("; do not edit.") and "\\n'q'.yaml" in line
@@ -410,7 +410,7 @@ def test_container_options_reach_srun_and_apptainer_verbatim(project, tmp_path, 
     (bin_dir / "apptainer").chmod(0o755)
     env = {**project["env"], "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42",
            "FAKE_IMAGE": IMAGE}
-    for stage in ("02-sft", "04-merge"):
+    for stage in ("sft", "merge"):
         r = subprocess.run(["bash", str(root / PLAN_DIR / f"slurm/{stage}.sbatch")], cwd=root, env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -428,10 +428,10 @@ def test_container_options_reach_srun_and_apptainer_verbatim(project, tmp_path, 
         assert inner[1][:5] == ["exec", "--bind", MOUNT, OPTION, IMAGE]  # the CPU merge does not
     launched = [(prog, argv) for prog, argv in calls if prog in ("accelerate", "python")]
     assert launched == [
-        ("accelerate", ["launch", "--config_file", f"{stages}/02-sft/accelerate.yaml", "--num_machines", "2",
+        ("accelerate", ["launch", "--config_file", f"{stages}/sft/accelerate.yaml", "--num_machines", "2",
                         "--machine_rank", "0", "--main_process_ip", "node-a", "--main_process_port", "29500",
-                        "-m", "ftplan_runtime", f"{stages}/02-sft/args.json"]),
-        ("python", ["-m", "ftplan_runtime", f"{stages}/04-merge/args.json"])]
+                        "-m", "ftplan_runtime", f"{stages}/sft/args.json"]),
+        ("python", ["-m", "ftplan_runtime", f"{stages}/merge/args.json"])]
     # outside the container only ftplan itself is needed: the package check runs inside it
     text = files["slurm/submit.sh"]
     assert "python -m ftplan_runtime.installed" not in text and "install it here with: pip install ftplan" in text

@@ -80,26 +80,24 @@ def test_sbatch_directives_are_literal_and_complete():
     slurm = {"partition": "gpu", "account": "proj-1", "qos": "high", "time": "1-00:00:00", "constraint": "h100&ib",
              "reservation": "res", "cpus_per_task": 48, "mem": "480G", "signal_lead_s": 600,
              "extra": {"mail-type": "END,FAIL", "comment": "ftplan"}}
-    fits = {"merge": StageEstimate("merge", 17 * 2**30, 80 * 2**30, "fits")}
-    files = compile_plan(None, slurm=slurm, gpus=8, nodes=2, estimates=fits)
+    files = compile_plan(None, slurm=slurm, gpus=8, nodes=2)
     for name, text in files.items():
         if not name.endswith(".sbatch"):
             continue
         directives = sbatch_lines(text)
         assert not any("$" in d or "`" in d or "'" in d or '"' in d for d in directives), name
         assert text.startswith("#!/usr/bin/env bash\n# ---------- SBATCH ---------- #\n")
-        nn, stage = name[len("slurm/"):-len(".sbatch")].split("-", 1)
-        gpu_stage = stage in ("sft", "dpo", "merge")
-        whole = stage in ("sft", "dpo")  # 2 nodes: whole nodes; the 1-GPU merge and the CPU stages share theirs
+        stage = name[len("slurm/"):-len(".sbatch")]
+        gpu_stage = whole = stage in ("sft", "dpo")  # 2 nodes: whole nodes; the CPU stages share theirs
         expected = [f"#SBATCH --job-name=chain-{stage}",
                     f"#SBATCH --nodes={2 if whole else 1}",
                     "#SBATCH --ntasks-per-node=1",
-                    *([f"#SBATCH --gpus-per-node={1 if stage == 'merge' else 8}"] if gpu_stage else []),
+                    *(["#SBATCH --gpus-per-node=8"] if gpu_stage else []),
                     "#SBATCH --cpus-per-task=48", "#SBATCH --mem=480G", "#SBATCH --time=1-00:00:00",
                     "#SBATCH --partition=gpu", "#SBATCH --account=proj-1", "#SBATCH --qos=high",
                     "#SBATCH --constraint=h100&ib", "#SBATCH --reservation=res", "#SBATCH --comment=ftplan",
                     "#SBATCH --mail-type=END,FAIL", *(["#SBATCH --exclusive"] if whole else []),
-                    f"#SBATCH --output=logs/chain/{nn}-{stage}-%j.out", f"#SBATCH --error=logs/chain/{nn}-{stage}-%j.err",
+                    f"#SBATCH --output=logs/chain/{stage}-%j.out", f"#SBATCH --error=logs/chain/{stage}-%j.err",
                     "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@600"]
         assert directives == expected, name
         assert "localhost" not in text and "127.0.0.1" not in text
@@ -107,14 +105,14 @@ def test_sbatch_directives_are_literal_and_complete():
 
 def test_no_requeue_lines_when_requeue_is_off():
     files = compile_plan(None, slurm={"requeue": False})
-    text = files["slurm/02-sft.sbatch"]
+    text = files["slurm/sft.sbatch"]
     assert "--requeue" not in text and "--signal" not in text and "scontrol requeue" not in text
     assert "scancel" not in text and "trap on_usr1" not in text
     assert f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]; then' in text and "resubmit to continue" in text
 
 
 def test_srun_expands_the_node_rank_inside_each_nodes_shell():
-    text = compile_plan(None, gpus=8, nodes=2)["slurm/02-sft.sbatch"]
+    text = compile_plan(None, gpus=8, nodes=2)["slurm/sft.sbatch"]
     command = re.search(r"^srun .*?(?<!\\)$", text.replace("\\\n", " "), re.M).group(0)
     words = shlex.split(command)  # what the batch shell passes to srun, after its own quote removal
     assert words[:4] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=$SLURM_CPUS_ON_NODE"]
@@ -122,7 +120,7 @@ def test_srun_expands_the_node_rank_inside_each_nodes_shell():
     for literal in ('--machine_rank "$SLURM_NODEID"', '--num_machines "$SLURM_NNODES"',
                     '--main_process_ip "$HEAD_NODE"', "--main_process_port 29500", 'trap "" USR1; exec accelerate'):
         assert literal in inner  # still unexpanded: the srun'd shell on each node expands them
-    assert words[-3:] == [f"{PLAN_DIR}/stages/02-sft/accelerate.yaml", f"{PLAN_DIR}/stages/02-sft/args.json", "&"]
+    assert words[-3:] == [f"{PLAN_DIR}/stages/sft/accelerate.yaml", f"{PLAN_DIR}/stages/sft/args.json", "&"]
     assert 'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST")' in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'scancel --signal=USR1 "$SLURM_JOB_ID"' in text
     assert "trap on_usr1 USR1\nsrun " in text
@@ -133,7 +131,7 @@ def test_submit_sh_chains_with_afterok():
     assert 'sbatch --parsable --chdir="$ROOT" --dependency="afterok:$prev" --kill-on-invalid-dep=yes' in text
     assert 'ROOT=$(cd "$(dirname "$0")"/../../.. && pwd)' in text
     order = [text.index(f"submit {PLAN_DIR}/slurm/{n}.sbatch") for n in
-             ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf")]
+             ("data", "sft", "dpo", "merge", "gguf")]
     assert order == sorted(order)
 
 
@@ -170,7 +168,7 @@ def test_submit_passes_other_options_to_every_sbatch_call(tmp_path):
     assert r.returncode == 0, r.stderr
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
     assert len(calls) == 5 and all("--qos=high --nice=5" in c for c in calls)
-    assert r.stdout.splitlines()[:2] == ["01-data: must run: it has not run yet", "01-data: job 42"]
+    assert r.stdout.splitlines()[:2] == ["data: must run: it has not run yet", "data: job 42"]
 
 
 def test_submit_skips_complete_stages_and_submits_the_rest_as_one_chain(tmp_path, monkeypatch):
@@ -181,7 +179,7 @@ def test_submit_skips_complete_stages_and_submits_the_rest_as_one_chain(tmp_path
     root = tmp_path / "project"
     compile_plan(root, nodes=2)
     monkeypatch.chdir(root)
-    for n in ("01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"):
+    for n in ("data", "sft", "dpo", "merge", "gguf"):
         args, sha = stamps.read_args(f"{PLAN_DIR}/stages/{n}/args.json")
         stamps.finish(stamps.begin(args, sha))
     (root / "outputs/dpo/adapter").mkdir(parents=True)  # dpo's output changes under merge: merge and gguf rerun
@@ -191,14 +189,14 @@ def test_submit_skips_complete_stages_and_submits_the_rest_as_one_chain(tmp_path
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
-        "01-data: complete, skipped", "02-sft: complete, skipped", "03-dpo: complete, skipped",
-        "04-merge: must run: outputs/dpo/adapter/adapter_model.safetensors is new since it last ran",
-        "04-merge: job 42",
-        "05-gguf: must run: upstream stage merge must run first (outputs/dpo/adapter/adapter_model.safetensors is "
+        "data: complete, skipped", "sft: complete, skipped", "dpo: complete, skipped",
+        "merge: must run: outputs/dpo/adapter/adapter_model.safetensors is new since it last ran",
+        "merge: job 42",
+        "gguf: must run: upstream stage merge must run first (outputs/dpo/adapter/adapter_model.safetensors is "
         "new since it last ran)",
-        "05-gguf: job 42"]
+        "gguf: job 42"]
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert [c.split()[-1].rsplit("/", 1)[1] for c in calls] == ["04-merge.sbatch", "05-gguf.sbatch"]
+    assert [c.split()[-1].rsplit("/", 1)[1] for c in calls] == ["merge.sbatch", "gguf.sbatch"]
     assert "--dependency" not in calls[0] and "--dependency=afterok:42" in calls[1]
 
 
@@ -207,7 +205,7 @@ def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
     instead of waiting for processes that never join."""
     root = tmp_path / "project"
     compile_plan(root, nodes=2, gpus=8)
-    script = str(root / PLAN_DIR / "slurm/02-sft.sbatch")
+    script = str(root / PLAN_DIR / "slurm/sft.sbatch")
     for env, words in (({"SLURM_JOB_NUM_NODES": "1"}, "compiled for 2 node(s) but this job has 1"),
                        ({"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4"},
                         "compiled for 8 GPU(s) per node but this job has only 4")):
@@ -224,7 +222,7 @@ def test_a_training_job_of_another_shape_stops_before_the_rendezvous(tmp_path):
            "PATH": f"{stub}:{VENV_BIN}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert "compiled for" not in r.stderr and "no head node" in r.stderr, r.stderr
-    assert "ftplan: stage 02-sft: upstream stage data must run first (it has not run yet)" in r.stdout
+    assert "ftplan: stage sft: upstream stage data must run first (it has not run yet)" in r.stdout
 
 
 def test_module_loads_and_setup_lines_run_with_set_u_off(tmp_path):
@@ -241,9 +239,9 @@ def test_module_loads_and_setup_lines_run_with_set_u_off(tmp_path):
            "BASH_FUNC_module%%": '() { : "$LMOD_NOT_SET"; echo "module $*" >> "$FTLOG"; }'}
     env.pop("UNSET_BY_SITE", None)
     env.pop("LMOD_NOT_SET", None)
-    text = (root / PLAN_DIR / "slurm/01-data.sbatch").read_text()
+    text = (root / PLAN_DIR / "slurm/data.sbatch").read_text()
     assert "set +u\n" in text and "module load cuda/12.4\n" in text and "\nset -u\n" in text
-    for script in ("slurm/01-data.sbatch", "slurm/submit.sh", "run.sh"):
+    for script in ("slurm/data.sbatch", "slurm/submit.sh", "run.sh"):
         log.unlink(missing_ok=True)
         r = subprocess.run(["bash", str(root / PLAN_DIR / script)], cwd=root, env=env, capture_output=True,
                            text=True, timeout=60)
@@ -330,22 +328,22 @@ def test_chain_runs_in_order_with_wait(chain):
     root, env, log = chain
     files = compile_plan(root, slurm={"partition": "gpu", "cpu_partition": "cpu"})
     jobs = submit(root, env, "--wait")
-    assert list(jobs) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
-    assert logged_stages(log) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
+    assert list(jobs) == ["data", "sft", "dpo", "merge", "gguf"]
+    assert logged_stages(log) == ["data", "sft", "dpo", "merge", "gguf"]
     info = wait_all(env, jobs.values())
     assert all(v["JobState"] == "COMPLETED" for v in info.values())
     planned = {s["dir"].split("/")[-1]: s["slurm"] for s in json.loads(files["plan.json"])["stages"]}
     for name, job_id in jobs.items():
         got, want = info[job_id], planned[name]
-        assert got["Partition"] == ("gpu" if name in ("02-sft", "03-dpo") else "cpu"), name
+        assert got["Partition"] == ("gpu" if name in ("sft", "dpo") else "cpu"), name
         assert got["Partition"] == want["partition"] and got["TimeLimit"] == want["time"], name
         assert got["MinMemoryNode"] == want["mem"] and got["MinCPUsNode"] == str(want["cpus_per_task"]), name
         assert got.get("TresPerNode", "") == ("gres:gpu:2" if want["gpus_per_node"] else ""), name
         assert got["OverSubscribe"] != "NO", name  # 2 of a node's 8 GPUs: the node is shared
-    sft = next(line for line in log.read_text().splitlines() if " 02-sft " in line)
+    sft = next(line for line in log.read_text().splitlines() if " sft " in line)
     head = socket.gethostname().split(".")[0]
     assert "--machine_rank 0 " in sft and f"--main_process_ip {head} " in sft and "--num_machines 1 " in sft
-    assert f"--config_file {PLAN_DIR}/stages/02-sft/accelerate.yaml" in sft and "node=0" in sft
+    assert f"--config_file {PLAN_DIR}/stages/sft/accelerate.yaml" in sft and "node=0" in sft
     logs = root / "logs" / "chain"
     assert sorted(p.name for p in logs.iterdir()) == sorted(f"{n}-{jobs[n]}.{ext}" for n in jobs for ext in ("out", "err"))
 
@@ -354,14 +352,14 @@ def test_chain_runs_in_order_with_wait(chain):
 def test_a_failed_stage_cancels_the_rest_of_the_afterok_chain(chain):
     root, env, log = chain
     compile_plan(root, stages=STAGES[:4])
-    jobs = submit(root, {**env, "FTFAIL": "02-sft", "FTSLEEP": "2"})
+    jobs = submit(root, {**env, "FTFAIL": "sft", "FTSLEEP": "2"})
     ids = list(jobs.values())
     assert job(env, ids[1])["Dependency"] == f"afterok:{ids[0]}(unfulfilled)"
     assert job(env, ids[2])["Dependency"] == f"afterok:{ids[1]}(unfulfilled)"
     info = wait_all(env, ids)
     assert [info[i]["JobState"] for i in ids] == ["COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
     assert info[ids[2]]["Reason"] == info[ids[3]]["Reason"] == "DependencyNeverSatisfied"
-    assert logged_stages(log) == ["01-data", "02-sft"]
+    assert logged_stages(log) == ["data", "sft"]
 
 
 @pytest.mark.slow
@@ -373,29 +371,29 @@ def test_a_stage_over_its_memory_is_killed_and_the_rest_cancelled(chain, slurm_c
     root, env, log = chain
     stages = [{**STAGES[0], "slurm": {"mem": "400M"}}, *STAGES[1:3]]
     compile_plan(root, stages=stages, slurm={"partition": "gpu", "cpu_partition": "cpu"})
-    jobs = submit(root, {**env, "FTOOM": "01-data"})
+    jobs = submit(root, {**env, "FTOOM": "data"})
     ids = list(jobs.values())
     info = wait_all(env, ids)
     assert info[ids[0]]["MinMemoryNode"] == "400M"
     assert [info[i]["JobState"] for i in ids] == ["FAILED", "CANCELLED", "CANCELLED"]
     assert info[ids[1]]["Reason"] == info[ids[2]]["Reason"] == "DependencyNeverSatisfied"
-    err = (root / "logs" / "chain" / f"01-data-{ids[0]}.err").read_text()
+    err = (root / "logs" / "chain" / f"data-{ids[0]}.err").read_text()
     assert "Out Of Memory" in err, err
-    assert ("ftplan: stage 01-data ran out of memory: Slurm killed it at its job's limit (--mem=400M: 400.0 MiB per "
+    assert ("ftplan: stage data ran out of memory: Slurm killed it at its job's limit (--mem=400M: 400.0 MiB per "
             "node); give the stage a larger `mem` in its `slurm:` block and recompile") in err, err
-    assert logged_stages(log) == ["01-data"]
+    assert logged_stages(log) == ["data"]
 
 
 @pytest.mark.slow
 def test_the_requeue_exit_code_requeues_the_stage(chain):
     root, env, log = chain
     compile_plan(root, stages=STAGES[:3])
-    jobs = submit(root, {**env, "FTREQUEUE": "02-sft"}, "--wait")
+    jobs = submit(root, {**env, "FTREQUEUE": "sft"}, "--wait")
     info = wait_all(env, jobs.values())
     assert all(v["JobState"] == "COMPLETED" for v in info.values())
-    assert info[jobs["02-sft"]]["Restarts"] == "1"
+    assert info[jobs["sft"]]["Restarts"] == "1"
     lines = log.read_text().splitlines()
-    assert logged_stages(log) == ["01-data", "02-sft", "02-sft", "03-dpo"]
+    assert logged_stages(log) == ["data", "sft", "sft", "dpo"]
     assert "restart=0" in lines[1] and "restart=1" in lines[2]
 
 
@@ -423,20 +421,20 @@ def test_the_time_limit_signal_checkpoints_and_requeues_a_training_stage(chain):
     stub = Path(env["PATH"].split(":")[0]) / "accelerate"
     stub.write_text(TRAINER_STUB.format(python=shutil.which("python3") or "/usr/bin/python3"))
     compile_plan(root, stages=STAGES[:3])
-    jobs = submit(root, {**env, "FTWAIT": "02-sft"})
+    jobs = submit(root, {**env, "FTWAIT": "sft"})
     deadline = time.monotonic() + 60
     while not Path(str(log) + ".waiting").exists():
         assert time.monotonic() < deadline, log.read_text() if log.exists() else "no stage started"
         time.sleep(0.3)
     # what Slurm does signal_lead_s before the time limit (--signal=B:USR1@...): signal the batch script
-    r = subprocess.run(["scancel", "--batch", "--signal=USR1", jobs["02-sft"]], env=env, capture_output=True,
+    r = subprocess.run(["scancel", "--batch", "--signal=USR1", jobs["sft"]], env=env, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     info = wait_all(env, jobs.values())
     assert [info[j]["JobState"] for j in jobs.values()] == ["COMPLETED"] * 3
-    assert info[jobs["02-sft"]]["Restarts"] == "1"
+    assert info[jobs["sft"]]["Restarts"] == "1"
     assert Path(str(log) + ".signalled").exists()
-    assert log.read_text().splitlines()[1:] == ["accelerate 02-sft restart=0", "accelerate 02-sft restart=1",
-                                                "accelerate 03-dpo restart=0"]
-    out = (root / "logs" / "chain" / f"02-sft-{jobs['02-sft']}.out").read_text()
-    assert "asking stage 02-sft to save a checkpoint" in out and "requeueing job" in out
+    assert log.read_text().splitlines()[1:] == ["accelerate sft restart=0", "accelerate sft restart=1",
+                                                "accelerate dpo restart=0"]
+    out = (root / "logs" / "chain" / f"sft-{jobs['sft']}.out").read_text()
+    assert "asking stage sft to save a checkpoint" in out and "requeueing job" in out

@@ -55,11 +55,11 @@ def project(tmp_path_factory) -> Path:
 
 
 def jobs_table(plan_md: str) -> dict[str, dict[str, str]]:
-    """plan.md's "Slurm jobs" table: stage name (``NN-id``) -> column -> cell."""
+    """plan.md's "Slurm jobs" table: stage id -> column -> cell."""
     section = plan_md.split("## Slurm jobs\n", 1)[1].split("\n## ", 1)[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
     header = [h.strip() for h in rows[0]]
-    return {f"{r[0].strip()}-{r[1].strip()}": dict(zip(header, (c.strip() for c in r))) for r in rows[1:]}
+    return {r[1].strip(): dict(zip(header, (c.strip() for c in r))) for r in rows[1:]}
 
 
 def gib(slurm_size: str) -> float:
@@ -123,7 +123,7 @@ def test_every_example_passes_test_only_and_asks_for_what_plan_md_says(slurm_clu
 
 def test_a_job_over_the_partition_limit_is_refused(slurm_cluster, project, tmp_path):
     """The limits are real: a stage whose time is over its partition's limit is refused at submission."""
-    plan = (project / "plans" / "tiny-cpu" / "slurm" / "01-data.sbatch").read_text()
+    plan = (project / "plans" / "tiny-cpu" / "slurm" / "data.sbatch").read_text()
     over = tmp_path / "over.sbatch"
     over.write_text(plan.replace("#SBATCH --time=04:00:00", "#SBATCH --time=2-00:00:00"))
     r = subprocess.run(["sbatch", "--test-only", f"--chdir={project / 'examples'}", str(over)],
@@ -145,7 +145,7 @@ def test_the_tiny_pipeline_completes_under_slurm_on_the_cpu_partition(slurm_clus
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     jobs = dict(line.split(": job ") for line in r.stdout.splitlines() if ": job " in line)
-    assert list(jobs) == ["01-data", "02-sft", "03-dpo", "04-merge", "05-gguf"]
+    assert list(jobs) == ["data", "sft", "dpo", "merge", "gguf"]
     for name, job_id in jobs.items():  # what each job asks for, while it waits or runs
         assert_asks_for(job(env, job_id), table[name], name)
     info = wait_all(env, jobs.values(), timeout=900)

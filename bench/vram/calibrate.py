@@ -120,13 +120,14 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
         row.update(outcome="compile failed", log=tail)
         return row
     if micro_batch_to is not None:
-        stage_dir = next(plan.glob(f"stages/*-{p.stage_id}"))
+        stage_dir = next(plan.glob(f"stages/{p.stage_id}"))
         args = json.loads((stage_dir / "args.json").read_text())
         args["stage"]["micro_batch"] = micro_batch_to
         (stage_dir / "args.json").write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)
     start = time.monotonic()
-    rc, tail = sh(["bash", str(plan / "run.sh")], logs / f"{p.name}.run.log", timeout)
+    rc, tail = sh(["bash", "-c", "PS4='+ [$EPOCHREALTIME] '; set -x; . \"$0\"", str(plan / "run.sh")],
+                  logs / f"{p.name}.run.log", timeout)  # xtrace: when each command of run.sh started
     row["run_s"] = round(time.monotonic() - start, 1)
     m = measured(p.stage_id)
     oom = "out of memory" in (logs / f"{p.name}.run.log").read_text(errors="replace").lower()
@@ -156,8 +157,8 @@ def prepare(points: list[P.Point], gpu: str | None, logs: Path, workers: int = 8
         plans = list(pool.map(compile_one, points))
     data = {}
     for plan in plans:
-        for args in sorted(plan.glob("stages/*-d_*/args.json")):
-            data.setdefault(args.parent.name.split("-", 1)[1], args)
+        for args in sorted(plan.glob("stages/d_*/args.json")):
+            data.setdefault(args.parent.name, args)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 
     def run_data(item: tuple[str, Path]) -> None:
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
     parser.add_argument("--only", help="comma-separated point names")
+    parser.add_argument("--skip-measured", type=Path, metavar="DIR",
+                        help="leave out points with an ok row in DIR/*.jsonl (measured by an earlier run)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     gpu, name = (None, "cpu") if args.rehearse else card()
@@ -215,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keep = set(args.only.split(","))
         points, bounds = [p for p in points if p.name in keep], [b for b in bounds if b.point.name in keep]
+    if args.skip_measured:
+        done = {json.loads(line)["point"]["name"] for f in sorted(args.skip_measured.glob("*.jsonl"))
+                for line in f.read_text().splitlines() if line.strip() and '"outcome": "ok"' in line}
+        points = [p for p in points if p.name not in done]
     if args.rehearse:
         points = [rehearsal(p) for p in points]
         bounds = [P.Boundary(rehearsal(b.point)) for b in bounds]
@@ -282,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
     if left:
         print("left for lack of time: " + ", ".join(left))
+    shutil.copytree(logs, args.out / "logs", dirs_exist_ok=True)
     return 0
 
 

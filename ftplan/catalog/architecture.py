@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ftplan.catalog.models import ModelShape
+from ftplan.schemas.runtime_args import GGUF_FAMILIES as _CONTRACT_GGUF_FAMILIES
 
 __all__ = [
     "LinearModule", "ParamCounts", "linear_modules", "param_counts", "lora_params", "unknown_targets",
@@ -20,8 +21,8 @@ __all__ = [
 ]
 
 ALL_LINEAR = "all-linear"
-GGUF_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2"})
-"""Families the GGUF export stage supports."""
+GGUF_FAMILIES: frozenset[str] = frozenset(_CONTRACT_GGUF_FAMILIES)
+"""Families the GGUF export stage supports (the contract's ``schemas.runtime_args.GGUF_FAMILIES``)."""
 
 # Targets outside the decoder layers that PEFT can adapt: (module path, counted once).
 _OUTER_TARGETS = {"lm_head": ("lm_head",), "embed_tokens": ("model", "embed_tokens")}

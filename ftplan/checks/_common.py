@@ -1,16 +1,21 @@
-"""Small helpers shared by the rule modules: stage iteration, resolved strategy and adapter type, suggestions."""
+"""Small helpers shared by the rule modules: stage iteration with each training stage's resolved facts, key paths,
+the GPU label. The facts themselves (strategy, world size, batch, adapter) are computed once, in
+``ftplan.resolved_stage``; rules only read them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ftplan.catalog.gpus import GpuSpec
 from ftplan.context import Context
+from ftplan.diagnostics import KeyPath
+from ftplan.resolved_stage import TrainingFacts
+from ftplan.resolved_stage import data_stage_of as _data_stage_of
 from ftplan.schemas import DataStage, DpoStage, LoraAdapter, SftStage
-from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
 from ftplan.suggest import did_you_mean
 
-__all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "adapter_type", "data_stage_of", "data_stages",
-           "declared_adapter", "did_you_mean", "known_rows", "sm", "strategy", "strategy_path", "train_stages", "world_size"]
+__all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "data_stage_of", "data_stages", "declared_adapter",
+           "did_you_mean", "sm", "strategy_path", "train_stages"]
 
 ZERO = ("zero1", "zero2", "zero3")
 """DeepSpeed ZeRO strategies."""
@@ -20,11 +25,12 @@ EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 """bitsandbytes optimizers."""
 
 
-def train_stages(ctx: Context) -> Iterator[tuple[int, SftStage | DpoStage]]:
-    """(index, stage) of every training stage, in file order."""
+def train_stages(ctx: Context) -> Iterator[tuple[int, SftStage | DpoStage, TrainingFacts]]:
+    """(index, stage, resolved facts) of every training stage, in file order."""
     for i, stage in enumerate(ctx.pipeline.stages):
-        if isinstance(stage, (SftStage, DpoStage)):
-            yield i, stage
+        facts = ctx.stages[i].train
+        if isinstance(stage, (SftStage, DpoStage)) and facts is not None:
+            yield i, stage, facts
 
 
 def data_stages(ctx: Context) -> Iterator[tuple[int, DataStage]]:
@@ -35,67 +41,14 @@ def data_stages(ctx: Context) -> Iterator[tuple[int, DataStage]]:
 
 
 def data_stage_of(ctx: Context, stage: SftStage | DpoStage) -> tuple[int, DataStage] | None:
-    """The data stage a training stage reads, or None when the reference is broken or ambiguous (two stages
-    share the id: FT201 reports it, and no rule guesses which one is meant)."""
-    found = [(i, other) for i, other in enumerate(ctx.pipeline.stages) if other.id == stage.data]
-    if len(found) != 1:
-        return None
-    i, other = found[0]
-    return (i, other) if isinstance(other, DataStage) else None
+    """The data stage a training stage reads, or None when the reference is broken or ambiguous."""
+    return _data_stage_of(ctx.pipeline, stage)
 
 
-def known_rows(ctx: Context, stage: SftStage | DpoStage) -> int | None:
-    """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
-    bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules). Examples before
-    packing; DPO stages count pairs."""
-    found = data_stage_of(ctx, stage)
-    if found is None:
-        return None
-    i, data = found
-    want = PREFERENCE_FORMATS if isinstance(stage, DpoStage) else SFT_FORMATS
-    if not any(d.format in want for d in data.datasets):
-        return None  # no data of this stage's kind at all: FT205
-    total = 0
-    for j, d in enumerate(data.datasets):
-        if d.format not in want:
-            continue
-        scan = ctx.inputs.datasets.get((i, j))
-        if scan is None or not scan.checked or scan.file_problem is not None or not scan.complete:
-            return None
-        if scan.bad_rows and data.on_bad_row == "error":
-            return None
-        total += scan.rows_read - scan.bad_rows
-    return int(total * (1.0 - data.val_fraction))
-
-
-def world_size(ctx: Context) -> int:
-    """Training processes the plan launches."""
-    return ctx.pipeline.hardware.world_size
-
-
-def strategy(ctx: Context, stage: SftStage | DpoStage) -> str:
-    """The stage's distributed strategy with ``auto`` resolved: ``none`` on one process, ``ddp`` on more."""
-    name = stage.distributed_spec().strategy
-    if name == "auto":
-        return "none" if world_size(ctx) == 1 else "ddp"
-    return name
-
-
-def strategy_path(i: int, stage: SftStage | DpoStage) -> tuple:
+def strategy_path(i: int, stage: SftStage | DpoStage) -> KeyPath:
     """Key path of the stage's strategy (``distributed`` or ``distributed.strategy``)."""
     return ("stages", i, "distributed") if isinstance(stage.distributed, str) else (
         "stages", i, "distributed", "strategy")
-
-
-def adapter_type(ctx: Context, stage: SftStage | DpoStage) -> str | None:
-    """``lora``/``qlora``/``dora``/``full`` for what this stage trains; for ``adapter: continue`` the type of the
-    continued adapter (None when the stage graph is broken)."""
-    if stage.adapter == "continue":
-        link = ctx.links.get(stage.id)
-        if link is None or link.result is None or not link.result.adapters:
-            return None
-        return link.result.adapters[-1].type
-    return stage.adapter.type
 
 
 def declared_adapter(stage: SftStage | DpoStage) -> LoraAdapter | None:
@@ -103,7 +56,7 @@ def declared_adapter(stage: SftStage | DpoStage) -> LoraAdapter | None:
     return stage.adapter if isinstance(stage.adapter, LoraAdapter) else None
 
 
-def sm(gpu) -> str:
+def sm(gpu: GpuSpec) -> str:
     """``sm80``-style label of a GPU's compute capability (its architecture name for AMD)."""
     if gpu.compute_capability is None:
         return gpu.arch

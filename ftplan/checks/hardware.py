@@ -3,12 +3,14 @@ bitsandbytes and the CPU device. Checked against ``hardware.gpu`` from the catal
 
 from __future__ import annotations
 
+from ftplan.catalog.gpus import GpuSpec
 from ftplan.context import Context
-from ftplan.diagnostics import Diagnostic, error, warning
-from ftplan.schemas import SftStage
+from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
+from ftplan.resolved_stage import TrainingFacts
+from ftplan.schemas import DpoStage, SftStage
+from ftplan.schemas.runtime_args import KERNEL_FAMILIES
 
-from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, adapter_type, data_stage_of, sm, strategy, strategy_path, \
-    train_stages
+from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, sm, strategy_path, train_stages
 
 CODES = {
     "FT301": "the precision is not supported by the target GPU",
@@ -30,16 +32,13 @@ UNSUPPORTED_ATTENTION: dict[str, dict[str, str]] = {
 VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flex_attention")
 """Attention backends that keep packed examples apart (variable-length / block-masked kernels)."""
 
-KERNEL_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
-"""Model families the fused ``ftplan`` kernels patch."""
-
 
 def check(ctx: Context) -> list[Diagnostic]:
     """Every hardware rule for every training stage."""
     diags: list[Diagnostic] = []
     cpu = ctx.pipeline.hardware.device == "cpu"
     gpu = ctx.gpu
-    for i, stage in train_stages(ctx):
+    for i, stage, facts in train_stages(ctx):
         here = ("stages", i)
         if gpu is not None and stage.precision == "bf16" and not gpu.bf16:
             diags.append(error("FT301", here + ("precision",), f"bf16 needs compute capability 8.0 or newer; "
@@ -49,9 +48,9 @@ def check(ctx: Context) -> list[Diagnostic]:
         diags += _family_attention(ctx, stage, here)
         diags += _packing(ctx, stage, here, cpu)
         diags += _kernels(ctx, stage, here, cpu)
-        diags += _bitsandbytes(ctx, stage, here, gpu, cpu)
-        if cpu and strategy(ctx, stage) in SHARDED:
-            diags.append(error("FT306", strategy_path(i, stage), f"`{strategy(ctx, stage)}` needs GPUs; "
+        diags += _bitsandbytes(stage, facts, here, gpu, cpu)
+        if cpu and facts.strategy in SHARDED:
+            diags.append(error("FT306", strategy_path(i, stage), f"`{facts.strategy}` needs GPUs; "
                                "`device: cpu` runs a single process without DeepSpeed or FSDP",
                                hint="set `distributed: none` (or `auto`), or `device: cuda` with a `gpu`"))
     return diags
@@ -132,8 +131,9 @@ def _kernels(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
     return diags
 
 
-def _bitsandbytes(ctx: Context, stage, here, gpu, cpu: bool) -> list[Diagnostic]:
-    qlora = adapter_type(ctx, stage) == "qlora"
+def _bitsandbytes(stage: SftStage | DpoStage, facts: TrainingFacts, here: KeyPath, gpu: GpuSpec | None,
+                  cpu: bool) -> list[Diagnostic]:
+    qlora = facts.method == "qlora"
     optim = stage.optimizer in EIGHT_BIT_OPTIMIZERS
     diags = []
     if gpu is not None and gpu.vendor != "nvidia" and (qlora or optim):

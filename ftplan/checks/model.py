@@ -43,7 +43,7 @@ def check(ctx: Context) -> list[Diagnostic]:
     shape = ctx.shape
     if shape is None:
         return diags
-    for i, stage in train_stages(ctx):
+    for i, stage, _ in train_stages(ctx):
         adapter = declared_adapter(stage)
         if adapter is not None:
             diags += _targets(shape, i, adapter)

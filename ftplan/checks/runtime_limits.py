@@ -14,8 +14,8 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
   (a ``NotImplementedError`` at the first SFT step). ``all-linear`` never adapts the output layer.
 * FT323 mirrors ``preflight.check_device``: fp16 mixed precision needs a CUDA device.
 * FT324 mirrors the same check for a merge stage, whose promise carries ``dtype`` as its precision and which the
-  plan runs on the CPU unless its estimate puts it on a GPU (``render.args.merge_on_gpu``). The check is aimed at
-  training's mixed precision; this rule goes when merges are no longer held to it.
+  plan runs on the CPU (``resolved_stage.placement``). The check is aimed at training's mixed precision; this rule
+  goes when merges are no longer held to it.
 * FT325 mirrors ``dpo.make_dpo_config``: TRL's sigmoid, IPO and hinge losses ignore ``label_smoothing``; only
   the robust loss reads it, so a smoothing that would silently do nothing is refused.
 """
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error
-from ftplan.estimate.host import merge as merge_estimate
+from ftplan.resolved_stage import TrainingFacts
 from ftplan.schemas import DpoStage, MergeStage, SftStage
 
-from ._common import adapter_type, declared_adapter, strategy, strategy_path, train_stages
+from ._common import declared_adapter, strategy_path, train_stages
 
 CODES = {
     "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT stage",
@@ -45,9 +45,9 @@ SMOOTHED_LOSSES = ("robust",)
 def check(ctx: Context) -> list[Diagnostic]:
     """The runtime's start-up refusals, for every training stage and every merge stage."""
     diags: list[Diagnostic] = []
-    for i, stage in train_stages(ctx):
-        diags += _fused_loss(ctx, i, stage)
-        diags += _merge_at_load(ctx, i, stage)
+    for i, stage, facts in train_stages(ctx):
+        diags += _fused_loss(i, stage, facts)
+        diags += _merge_at_load(ctx, i, stage, facts)
         diags += _cpu_fp16(ctx, i, stage)
         diags += _label_smoothing(i, stage)
     for i, stage in enumerate(ctx.pipeline.stages):
@@ -56,12 +56,12 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _fused_loss(ctx: Context, i: int, stage) -> list[Diagnostic]:
+def _fused_loss(i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
     if not isinstance(stage, SftStage) or stage.kernels != "ftplan":
         return []
     diags = []
     path = ("stages", i, "kernels")
-    name = strategy(ctx, stage)
+    name = facts.strategy
     if name == "zero3":
         diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss with a fused linear "
                            "cross-entropy that reads lm_head's whole weight, which `zero3` shards across GPUs; "
@@ -83,11 +83,11 @@ def _fused_loss(ctx: Context, i: int, stage) -> list[Diagnostic]:
     return diags
 
 
-def _merge_at_load(ctx: Context, i: int, stage) -> list[Diagnostic]:
+def _merge_at_load(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
     link = ctx.links.get(stage.id)
-    if strategy(ctx, stage) != "zero3" or link is None or link.input is None or link.result is None:
+    if facts.strategy != "zero3" or link is None or link.input is None or link.result is None:
         return []
-    if adapter_type(ctx, stage) == "qlora":
+    if facts.method == "qlora":
         return []  # merged at 16-bit before the 4-bit reload; QLoRA + ZeRO-3 itself is FT318
     adapters = link.input.adapters
     if link.merges_input:
@@ -99,7 +99,7 @@ def _merge_at_load(ctx: Context, i: int, stage) -> list[Diagnostic]:
                       f"before this one, then set `input: {_merged_id(ctx, stage.input)}` and remove `merge_input`")]
     if link.continues_adapter and len(adapters) > 1:
         chain = ", ".join(f"'{a.stage}'" for a in adapters[:-1])
-        origin = _merge_input_stage(ctx, stage)
+        origin = _merge_input_stage(ctx, adapters[-1].origin)
         fix = (f"replace `merge_input` on '{origin.id}' by a merge stage of '{origin.input}' that '{origin.id}' "
                "starts from" if origin is not None else "merge the earlier adapters in a merge stage first")
         return [error("FT321", strategy_path(i, stage), f"this stage continues the adapter of '{stage.input}' on "
@@ -116,20 +116,13 @@ def _merged_id(ctx: Context, source: str) -> str:
     return next(c for c in (base, *(f"{base}{n}" for n in range(2, 1000))) if c not in taken)
 
 
-def _merge_input_stage(ctx: Context, stage) -> DpoStage | None:
-    """The stage that started the continued adapter with ``merge_input`` (walking back through ``continue``)."""
-    current, seen = stage, set()
-    while isinstance(current, (SftStage, DpoStage)) and current.id not in seen:
-        seen.add(current.id)
-        if current.adapter != "continue":
-            return current if isinstance(current, DpoStage) and current.merge_input else None
-        if current.input is None:
-            return None
-        current = ctx.pipeline.stage(current.input)
-    return None
+def _merge_input_stage(ctx: Context, origin: str) -> DpoStage | None:
+    """The stage ``origin`` that declared the continued adapter, when it started it with ``merge_input``."""
+    stage = ctx.pipeline.stage(origin)
+    return stage if isinstance(stage, DpoStage) and stage.merge_input else None
 
 
-def _cpu_fp16(ctx: Context, i: int, stage) -> list[Diagnostic]:
+def _cpu_fp16(ctx: Context, i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
     if ctx.pipeline.hardware.device != "cpu" or stage.precision != "fp16":
         return []
     return [error("FT323", ("stages", i, "precision"), "`precision: fp16` is mixed precision with loss scaling "
@@ -138,18 +131,13 @@ def _cpu_fp16(ctx: Context, i: int, stage) -> list[Diagnostic]:
 
 
 def _merge_dtype(ctx: Context, i: int, stage: MergeStage) -> list[Diagnostic]:
-    if stage.dtype != "fp16":
-        return []
-    from ftplan.render.args import merge_on_gpu  # the plan's own placement rule (render is imported lazily)
-
-    estimate = merge_estimate(ctx.shape, stage) if ctx.shape is not None else None
-    if merge_on_gpu(ctx.pipeline.hardware, estimate):
+    if stage.dtype != "fp16" or ctx.stages[i].device != "cpu":
         return []
     return [error("FT324", ("stages", i, "dtype"), "the plan runs this merge on the CPU, and the runtime refuses "
                   "an fp16 precision on a CPU device at preflight", hint="set `dtype: bf16` (or `fp32`)")]
 
 
-def _label_smoothing(i: int, stage) -> list[Diagnostic]:
+def _label_smoothing(i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
     if not isinstance(stage, DpoStage) or stage.label_smoothing == 0 or stage.loss_type in SMOOTHED_LOSSES:
         return []
     return [error("FT325", ("stages", i, "label_smoothing"), f"`label_smoothing: {stage.label_smoothing:g}` has no "

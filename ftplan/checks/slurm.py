@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, warning
 from ftplan.estimate.types import StageEstimate
+from ftplan.schemas.stages import Stage
 
-from ..describe import format_duration, size
+if TYPE_CHECKING:  # pragma: no cover
+    from ftplan.jobs import Resources, SlurmJob
+
+from ..units import format_duration, size
 
 CODES = {
     "FT330": "a declared Slurm memory size below the stage's host-memory estimate",
@@ -73,13 +78,13 @@ def check_jobs(ctx: Context, estimates: dict[str, StageEstimate]) -> list[Diagno
     for i, stage in enumerate(ctx.pipeline.stages):
         if ctx.links.get(stage.id) is None or ids.count(stage.id) > 1:
             continue  # a broken or ambiguous stage graph is reported by the graph checks
-        res = stage_resources(ctx, stage, estimates.get(stage.id))
+        res = stage_resources(ctx, i, estimates.get(stage.id))
         if stage.slurm is not None and stage.slurm.mem_per_gpu is not None and not res.gpus_per_node:
             diags.append(error("FT334", ("stages", i, "slurm", "mem_per_gpu"), f"stage '{stage.id}' uses no GPU, "
                                f"so `mem_per_gpu: {stage.slurm.mem_per_gpu}` asks for no memory",
                                hint=f"write `mem: {stage.slurm.mem_per_gpu}` (memory per node) instead"))
             continue
-        job = slurm_job(ctx, i + 1, stage, res)
+        job = slurm_job(ctx, i, res)
         if job is not None:
             diags += _memory(ctx, i, stage, res, job) + _time(i, stage, res, job)
     return _one_per_key(diags)
@@ -117,7 +122,7 @@ def _key(i: int, level: str | None, key: str) -> tuple:
     return ("stages", i, "slurm", key) if level == "stage" else ("hardware", "slurm", key)
 
 
-def _memory(ctx: Context, i: int, stage, res, job) -> list[Diagnostic]:
+def _memory(ctx: Context, i: int, stage: Stage, res: Resources, job: SlurmJob) -> list[Diagnostic]:
     from ftplan.jobs import derived_mem, need_text
 
     if job.mem_set_in is None:
@@ -151,12 +156,12 @@ def _memory(ctx: Context, i: int, stage, res, job) -> list[Diagnostic]:
     if job.mem_need_bytes and job.mem_bytes < job.mem_need_bytes:
         return [warning("FT331", path, f"stage '{stage.id}' asks for {size(job.mem_bytes)} per node "
                         f"(`{key}: {declared}`), less than the up to {size(job.mem_need_bytes)} its processes may need "
-                        f"({need_text(ctx, stage, res)})",
+                        f"({need_text(ctx, i, res)})",
                         hint=fix(""))]
     return []
 
 
-def _time(i: int, stage, res, job) -> list[Diagnostic]:
+def _time(i: int, stage: Stage, res: Resources, job: SlurmJob) -> list[Diagnostic]:
     if job.time_s is None or job.time_set_in is None:
         return []
     path = _key(i, job.time_set_in, "time")

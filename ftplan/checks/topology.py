@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 
 from ftplan.context import Context
-from ftplan.diagnostics import Diagnostic, error, warning
-from ftplan.schemas import DpoStage
+from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
+from ftplan.resolved_stage import TrainingFacts
+from ftplan.schemas import DistributedSpec, DpoStage, SftStage
 
-from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, ZERO, adapter_type, strategy, strategy_path, train_stages, \
-    world_size
+from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, ZERO, strategy_path, train_stages
 
 CODES = {
     "FT310": "`distributed: none` with more than one GPU",
@@ -45,8 +45,8 @@ _TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
 def check(ctx: Context) -> list[Diagnostic]:
     """Pipeline-level topology rules, then the per-stage ones."""
     diags = _hardware(ctx)
-    for i, stage in train_stages(ctx):
-        diags += _stage(ctx, i, stage)
+    for i, stage, facts in train_stages(ctx):
+        diags += _stage(ctx, i, stage, facts)
     return diags
 
 
@@ -82,11 +82,11 @@ def _hardware(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _stage(ctx: Context, i: int, stage) -> list[Diagnostic]:
+def _stage(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
     diags = []
-    world = world_size(ctx)
+    world = facts.batch.world_size
     spec = stage.distributed_spec()
-    name = strategy(ctx, stage)
+    name = facts.strategy
     spath = strategy_path(i, stage)
     offload = spec.offload_optimizer or spec.offload_params
     if name == "none" and world > 1:
@@ -105,11 +105,11 @@ def _stage(ctx: Context, i: int, stage) -> list[Diagnostic]:
                            f"`zero2`, `zero3` or `fsdp2`; this stage uses `{name}`",
                            hint="set `strategy: zero2`, or remove `offload_optimizer`"))
     diags += _optimizer(stage, i, name, spec)
-    diags += _quantized(ctx, stage, i, name, spath)
+    diags += _quantized(stage, facts, i, name, spath)
     return diags
 
 
-def _optimizer(stage, i: int, name: str, spec) -> list[Diagnostic]:
+def _optimizer(stage: SftStage | DpoStage, i: int, name: str, spec: DistributedSpec) -> list[Diagnostic]:
     if stage.optimizer not in EIGHT_BIT_OPTIMIZERS:
         return []
     path = ("stages", i, "optimizer")
@@ -130,8 +130,9 @@ def _optimizer(stage, i: int, name: str, spec) -> list[Diagnostic]:
     return []
 
 
-def _quantized(ctx: Context, stage, i: int, name: str, spath) -> list[Diagnostic]:
-    if adapter_type(ctx, stage) != "qlora":
+def _quantized(stage: SftStage | DpoStage, facts: TrainingFacts, i: int, name: str,
+               spath: KeyPath) -> list[Diagnostic]:
+    if facts.method != "qlora":
         return []
     if name == "zero3":
         return [error("FT318", spath, "QLoRA with `zero3` is refused: ZeRO-3 partitions parameters, and the "

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, info, warning
-from ftplan.schemas import DpoStage, LoraAdapter
+from ftplan.resolved_stage import TrainingFacts
+from ftplan.schemas import DpoStage, SftStage
 from ftplan.schemas.datasets import SFT_FORMATS
 
-from ._common import adapter_type, data_stage_of, known_rows, strategy, train_stages, world_size
+from ._common import data_stage_of, train_stages
 
 CODES = {
     "FT601": "both warmup_ratio and warmup_steps are set",
@@ -24,11 +25,10 @@ CODES = {
 }
 
 
-
 def check(ctx: Context) -> list[Diagnostic]:
     """Every training-configuration rule for every training stage."""
     diags: list[Diagnostic] = []
-    for i, stage in train_stages(ctx):
+    for i, stage, facts in train_stages(ctx):
         here = ("stages", i)
         if stage.warmup_ratio is not None and stage.warmup_steps is not None:
             diags.append(error("FT601", here + ("warmup_steps",), f"both `warmup_ratio: {stage.warmup_ratio}` and "
@@ -37,33 +37,28 @@ def check(ctx: Context) -> list[Diagnostic]:
         if stage.epochs is not None and stage.max_steps is not None:
             diags.append(error("FT602", here + ("max_steps",), f"both `epochs: {stage.epochs:g}` and `max_steps: "
                                f"{stage.max_steps}` are set. Choose one.", hint="remove `epochs` or `max_steps`"))
-        diags += _batch(ctx, i, stage)
+        diags += _batch(ctx, i, stage, facts)
         diags += _eval_save(ctx, i, stage)
-        if strategy(ctx, stage) == "zero3" and adapter_type(ctx, stage) not in (None, "full"):
+        if facts.strategy == "zero3" and facts.method not in (None, "full"):
             diags.append(info("FT608", here + ("distributed",), "ZeRO-3 with an adapter: the generated DeepSpeed "
                               "config sets `stage3_gather_16bit_weights_on_model_save: true`, so the saved adapter "
                               "holds the gathered 16-bit weights, not empty ZeRO-3 placeholders",
                               hint="nothing to do; saving gathers the partitioned weights on every save"))
         if isinstance(stage, DpoStage):
-            diags += _dpo(ctx, i, stage)
+            diags += _dpo(ctx, i, stage, facts)
     return diags
 
 
-def effective_batch(ctx: Context, stage) -> int:
-    """Sequences (DPO: pairs) per optimizer step over all GPUs: world x micro_batch x grad_accum."""
-    return world_size(ctx) * stage.micro_batch * stage.grad_accum
-
-
-def _batch(ctx: Context, i: int, stage) -> list[Diagnostic]:
-    world = world_size(ctx)
-    total = effective_batch(ctx, stage)
+def _batch(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
+    world = facts.batch.world_size
+    total = facts.batch.effective_batch
     unit = ("pair" if isinstance(stage, DpoStage) else "sequence") + ("s" if total != 1 else "")
     gpus = f"{world} GPU{'s' if world > 1 else ''}" if ctx.pipeline.hardware.device == "cuda" else "1 CPU process"
     diags = [info("FT603", ("stages", i, "micro_batch"), f"effective batch {total} {unit} per optimizer step = "
                   f"{gpus} × micro_batch {stage.micro_batch} × grad_accum {stage.grad_accum}",
                   hint="when the GPU count changes, scale `grad_accum` to keep this batch (and the tuned learning "
                   "rate) the same")]
-    rows = known_rows(ctx, stage)
+    rows = facts.rows
     if rows is not None and rows < total:
         what = "pairs" if isinstance(stage, DpoStage) else "examples"
         diags.append(warning("FT604", ("stages", i, "micro_batch"), f"'{stage.data}' has {rows} training {what}, "
@@ -72,7 +67,7 @@ def _batch(ctx: Context, i: int, stage) -> list[Diagnostic]:
     return diags
 
 
-def _eval_save(ctx: Context, i: int, stage) -> list[Diagnostic]:
+def _eval_save(ctx: Context, i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
     diags = []
     here = ("stages", i)
     found = data_stage_of(ctx, stage)
@@ -106,7 +101,7 @@ def _eval_save(ctx: Context, i: int, stage) -> list[Diagnostic]:
     return diags
 
 
-def _dpo(ctx: Context, i: int, stage: DpoStage) -> list[Diagnostic]:
+def _dpo(ctx: Context, i: int, stage: DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
     diags = []
     found = data_stage_of(ctx, stage)
     if found is not None and found[1].packing:
@@ -118,7 +113,7 @@ def _dpo(ctx: Context, i: int, stage: DpoStage) -> list[Diagnostic]:
                                                  else ", so `packing` has no effect here"),
                              hint="keep `packing` for supervised data; split preference data into its own data "
                              "stage without packing" if sft_too else "remove `packing: true`"))
-    text = reference_model(ctx, stage)
+    text = reference_model(ctx, stage, facts)
     if text is not None:
         diags.append(info("FT610", ("stages", i, "reference"), text,
                           hint="`reference: precomputed` computes the reference once before training and frees "
@@ -126,8 +121,9 @@ def _dpo(ctx: Context, i: int, stage: DpoStage) -> list[Diagnostic]:
     return diags
 
 
-def reference_model(ctx: Context, stage: DpoStage) -> str | None:
-    """One sentence naming the reference policy of a DPO stage (None when its input is broken)."""
+def reference_model(ctx: Context, stage: DpoStage, facts: TrainingFacts) -> str | None:
+    """One sentence naming the reference policy of a DPO stage (``TrainingFacts.reference``; None when its input
+    is broken)."""
     link = ctx.links.get(stage.id)
     if link is None or link.input is None:
         return None
@@ -136,14 +132,14 @@ def reference_model(ctx: Context, stage: DpoStage) -> str | None:
         f"the weights '{src.weights}' wrote")
     chain = ", ".join(f"'{a.stage}'" for a in src.adapters)
     when = ("computed once before training" if stage.reference == "precomputed" else "computed live at every step")
-    if stage.adapter == "continue" and src.adapters:
-        how = ("a frozen copy of the adapter kept next to the trained one" if stage.reference == "live" else
+    if facts.reference == "adapter_copy" and src.adapters:
+        how = ("a frozen copy of the adapter kept next to the trained one" if facts.reference_live else
                "the adapter as the input stage left it")
         return (f"reference model: {weights} with adapter(s) {chain} ({how}), i.e. the result of "
                 f"'{stage.input}'; log-probs {when}")
-    if isinstance(stage.adapter, LoraAdapter):
+    if facts.reference == "adapter":
         merged = f" with adapter(s) {chain} merged in" if src.adapters else ""
         return (f"reference model: {weights}{merged}, i.e. the result of '{stage.input}', with the new adapter "
                 f"switched off; log-probs {when}")
-    copy = "a frozen second copy of the full model" if stage.reference == "live" else "the starting weights"
+    copy = "a frozen second copy of the full model" if facts.reference_live else "the starting weights"
     return f"reference model: {copy} ({weights}, the result of '{stage.input}'); log-probs {when}"

@@ -8,12 +8,12 @@ A stage that does not fit gets "would fit" suggestions: edits of the pipeline fi
 re-checked whole, schema, rules and estimate (``fit.py``), before it is offered.
 """
 
-from .pipeline import CODES, continued_adapter, estimate
+from .pipeline import CODES, estimate
 from .resolved import BASELINE_LOOP, Loop, Resolved, runtime_loop
 from .stage import estimate_resolved, estimate_training, resolve, verdict
 from .types import StageEstimate, Suggestion, Term, Verdict
 
 __all__ = [
     "BASELINE_LOOP", "CODES", "Loop", "Resolved", "StageEstimate", "Suggestion", "Term", "Verdict",
-    "continued_adapter", "estimate", "estimate_resolved", "estimate_training", "resolve", "runtime_loop", "verdict",
+    "estimate", "estimate_resolved", "estimate_training", "resolve", "runtime_loop", "verdict",
 ]

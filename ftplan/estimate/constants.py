@@ -1,15 +1,15 @@
 """Every constant of the estimator, with where it comes from.
 
 "Measured" values were read on one H200 (torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.0, bitsandbytes
-0.50.2), with the loop of ``shared/tools/baseline_lora.py`` on a 4-layer Llama-3.1-8B-shaped model and the
+0.50.2), with the loop of the baseline script behind ``baselines.md`` (``BASELINE_LOOP``) on a 4-layer Llama-3.1-8B-shaped model and the
 full 32-layer points of ``baselines.md``. "Derived" values come from reading the library code; "assumed" ones are
 neither and say so.
 """
 
 from __future__ import annotations
 
-MIB = 1 << 20
-GIB = 1 << 30
+from ..units import GIB as GIB
+from ..units import MIB as MIB
 
 # --- Verdicts ---------------------------------------------------------------------------------------------------
 # A stage's verdict compares its estimated peak per GPU with the card's memory (the catalog's ``memory_mib``, what

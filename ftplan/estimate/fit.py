@@ -131,7 +131,7 @@ class Checker:
             return _key(d) not in before and not (d.code in ESTIMATE_CODES and d.path[:2] == own)
 
         stage = pipeline.stages[index]
-        return Outcome(edit, pipeline, stage_setup(ctx, stage), estimates.get(stage.id),
+        return Outcome(edit, pipeline, stage_setup(ctx, index), estimates.get(stage.id),
                        tuple(sorted({d.code for d in diags if d.severity is Severity.ERROR and added(d, errors)})),
                        tuple(sorted({d.code for d in diags if d.severity is Severity.WARNING
                                      and added(d, warnings)})))

@@ -8,7 +8,8 @@ from dataclasses import replace
 from ..catalog.gpus import GpuSpec
 from ..context import Context
 from ..diagnostics import Diagnostic, error, warning
-from ..schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, SftStage
+from ..resolved_stage import data_stage_of
+from ..schemas import DataStage, DpoStage, GgufStage, MergeStage, SftStage
 from . import host
 from .accuracy import accuracy_of
 from .constants import TIGHT_FRACTION
@@ -16,7 +17,7 @@ from .fit import Checker, Fit, Outcome
 from .fit import suggest as suggest_changes
 from .fmt import gib
 from .resolved import Resolved
-from .stage import estimate_resolved, resolve
+from .stage import estimate_resolved, setup
 from .types import StageEstimate, Suggestion
 
 MAX_REFUSED_NOTES = 3
@@ -55,7 +56,7 @@ def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEsti
         if isinstance(stage, GgufStage):
             estimates[stage.id] = host.gguf(ctx.shape, stage)
             continue
-        r = stage_setup(ctx, stage)
+        r = stage_setup(ctx, i)
         if r is None:
             continue
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
@@ -75,36 +76,20 @@ def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEsti
     return estimates, diags
 
 
-def stage_setup(ctx: Context, stage) -> Resolved | None:
-    """A training stage of ``ctx`` resolved for the estimate, or None when its data stage or input is missing."""
-    if ctx.shape is None or not isinstance(stage, (SftStage, DpoStage)):
+def stage_setup(ctx: Context, index: int) -> Resolved | None:
+    """The training stage at ``index`` set up for the estimate from its resolved facts (``Context.stages``), or None
+    when it is not a training stage or its data stage or input is missing."""
+    stage = ctx.pipeline.stages[index]
+    facts = ctx.stages[index]
+    if ctx.shape is None or facts.train is None or not isinstance(stage, (SftStage, DpoStage)):
         return None
-    pipeline, hw = ctx.pipeline, ctx.pipeline.hardware
     link = ctx.links.get(stage.id)
-    data = pipeline.stage(stage.data)
-    if link is None or link.result is None or link.input is None or not isinstance(data, DataStage):
+    found = data_stage_of(ctx.pipeline, stage)
+    if link is None or link.result is None or link.input is None or found is None:
         return None
-    continues = stage.adapter == "continue"
-    spec = continued_adapter(pipeline, stage) if continues else stage.adapter
-    quantized_base = link.input.quantized_base if continues else (
-        isinstance(spec, LoraAdapter) and spec.type == "qlora")
+    hw = ctx.pipeline.hardware
     nvls = _nvls(ctx.gpu, hw.gpus_per_node, hw.env) and hw.device == "cuda"
-    return resolve(ctx.shape, stage, seq_len=data.max_seq_len, world_size=hw.world_size, nodes=hw.nodes,
-                   quantized_base=quantized_base, adapter=spec, packed=data.packing, nvls=nvls)
-
-
-def continued_adapter(pipeline, stage) -> LoraAdapter | None:
-    """The adapter spec a ``continue`` stage keeps training (found by walking its inputs), or None."""
-    seen = set()
-    current = stage
-    while isinstance(current, (SftStage, DpoStage)) and current.id not in seen:
-        seen.add(current.id)
-        if isinstance(current.adapter, LoraAdapter):
-            return current.adapter
-        if current.adapter != "continue" or current.input is None:
-            return None
-        current = pipeline.stage(current.input)
-    return None
+    return setup(ctx.shape, stage, facts.train, nodes=hw.nodes, packed=found[1].packing, nvls=nvls)
 
 
 def _nvls(gpu: GpuSpec | None, gpus_per_node: int, env: dict[str, str]) -> bool:

@@ -1,7 +1,7 @@
 """A training stage reduced to what memory depends on: method, dtypes, sharding, batch, loop.
 
-``resolve(...)`` turns a ``SftStage``/``DpoStage`` plus the model shape into a ``Resolved`` record; every estimator
-module reads only that record. The dtype rules follow what the runtime does (``runtime/model_loading.py``):
+``stage.setup`` turns a training stage's ``TrainingFacts`` (``resolved_stage.py``: strategy, batch, adapter,
+reference) plus the model shape into a ``Resolved`` record; every estimator module reads only that record. The dtype rules follow what the runtime does (``runtime/model_loading.py``):
 weights load at the stage precision (fp16 full fine-tunes at fp32, as AMP masters), a QLoRA base keeps its
 embeddings, lm_head and norms at the compute dtype (the plain HF+PEFT loop runs ``prepare_model_for_kbit_training``,
 which upcasts them to fp32, hence an fp32 residual stream: ``Loop.kbit_upcast``), and LoRA adapters are fp32
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..catalog.models import ModelShape
-from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
+from ..resolved_stage import Method, Strategy
+from ..schemas import DpoStage, LoraAdapter, SftStage
 
-Method = Literal["full", "lora", "qlora", "dora"]
-Strategy = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp2"]
+__all__ = ["BASELINE_LOOP", "Loop", "LossPath", "Method", "Resolved", "Strategy", "runtime_loop"]
+
 LossPath = Literal["hf", "trl_chunked", "fused"]
 
 
@@ -42,7 +43,7 @@ class Loop:
 
 BASELINE_LOOP = Loop(autocast=False, chunked_lm_head=False, holds_outputs=True, padded=False, kbit_upcast=True,
                      name="plain HF+PEFT step (baselines.md)")
-"""The loop of ``shared/tools/baseline_lora.py``: no autocast, ``out = model(ids, labels=ids)`` kept while
+"""The loop of the baseline script the measured points of baselines.md were taken with: no autocast, ``out = model(ids, labels=ids)`` kept while
 ``out.loss.backward()`` runs, unpadded random ids, QLoRA through ``prepare_model_for_kbit_training``. The
 measured points in baselines.md use it."""
 
@@ -69,6 +70,8 @@ class Resolved:
     grad_accum: int
     sequences: int
     """Sequences per micro-step per GPU (DPO: chosen + rejected = 2 × micro_batch)."""
+    tokens_per_step: int
+    """Tokens per optimizer step over all GPUs (``Batch.tokens_per_step``)."""
     gc: bool
     attention: str
     kernels: Literal["ftplan", "none"]
@@ -170,21 +173,3 @@ class Resolved:
     def sharded_weights(self) -> bool:
         """Weights are partitioned across GPUs (ZeRO-3, FSDP2)."""
         return self.strategy in ("zero3", "fsdp2")
-
-
-def resolve_strategy(name: str, world: int) -> Strategy:
-    """``auto``: none on one GPU, ddp on more."""
-    if name == "auto":
-        return "none" if world == 1 else "ddp"
-    return name  # type: ignore[return-value]
-
-
-def method_of(adapter: LoraAdapter | FullFinetune | None, quantized_base: bool) -> Method:
-    """The training method: full, lora, qlora or dora (a continued adapter on a 4-bit base is qlora)."""
-    if isinstance(adapter, FullFinetune):
-        return "full"
-    if adapter is None:
-        return "qlora" if quantized_base else "lora"
-    if adapter.type == "qlora" or quantized_base:
-        return "qlora"
-    return adapter.type

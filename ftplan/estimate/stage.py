@@ -22,7 +22,8 @@ from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
 from . import activations, fixed, logits, states, throughput
 from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
 from .fmt import gib, num
-from .resolved import Loop, Resolved, method_of, resolve_strategy, runtime_loop
+from ..resolved_stage import TrainingFacts, method_of, training_facts
+from .resolved import Loop, Resolved, runtime_loop
 from .types import StageEstimate, Term
 
 
@@ -42,25 +43,36 @@ class Phase:
 def resolve(shape: ModelShape, stage: SftStage | DpoStage, *, seq_len: int, world_size: int = 1, nodes: int = 1,
             quantized_base: bool = False, adapter: LoraAdapter | FullFinetune | None = None,
             loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
-    """Reduce a stage to the quantities memory depends on (see ``resolved.py``)."""
-    dpo = isinstance(stage, DpoStage)
+    """Reduce a stage outside a pipeline to the quantities memory depends on: its ``TrainingFacts`` for
+    ``world_size`` processes at ``seq_len`` tokens (``adapter`` overrides the stage's own: the spec of a continued
+    adapter), then ``setup``."""
     spec = adapter if adapter is not None else (None if stage.adapter == "continue" else stage.adapter)
-    method = method_of(spec, quantized_base)
-    lora = spec if isinstance(spec, LoraAdapter) else (
-        LoraAdapter(type=method) if method != "full" else None)  # continued adapter of unknown shape: defaults
-    dist = stage.distributed_spec()
-    reference = "none"
-    if dpo and stage.reference == "live":
-        reference = "model_copy" if method == "full" else ("adapter_copy" if stage.adapter == "continue" else "adapter")
+    facts = training_facts(stage, world_size=world_size, seq_len=seq_len, adapter=spec,
+                           quantized_base=quantized_base)
+    return setup(shape, stage, facts, nodes=nodes, loop=loop, packed=packed, nvls=nvls)
+
+
+def setup(shape: ModelShape, stage: SftStage | DpoStage, facts: TrainingFacts, *, nodes: int,
+          loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
+    """The quantities memory depends on (see ``resolved.py``), read from the stage's resolved ``facts``; a
+    continued adapter of unknown shape counts with LoRA's defaults."""
+    dpo = isinstance(stage, DpoStage)
+    seq = facts.batch.seq_len
+    tokens = facts.batch.tokens_per_step
+    if seq is None or tokens is None:
+        raise AssertionError(f"stage '{stage.id}' has no sequence length to estimate")
+    method = facts.method or method_of(None, facts.quantized_base)
+    spec = facts.adapter
+    lora = spec if isinstance(spec, LoraAdapter) else (LoraAdapter(type=method) if method != "full" else None)
     return Resolved(
         shape=shape, method=method, lora=lora, precision=stage.precision,
         loop=loop if loop is not None else runtime_loop(stage, packed=packed),
-        seq=seq_len, micro_batch=stage.micro_batch, grad_accum=stage.grad_accum,
-        sequences=stage.micro_batch * (2 if dpo else 1), gc=stage.gradient_checkpointing,
-        attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
-        strategy=resolve_strategy(dist.strategy, world_size), offload_optimizer=dist.offload_optimizer,
-        offload_params=dist.offload_params, world=world_size, nodes=nodes, dpo=dpo, reference=reference, nvls=nvls,
-        continues=stage.adapter == "continue")
+        seq=seq, micro_batch=facts.batch.micro_batch, grad_accum=facts.batch.grad_accum,
+        sequences=facts.batch.micro_batch * (2 if dpo else 1), tokens_per_step=tokens,
+        gc=stage.gradient_checkpointing, attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
+        strategy=facts.strategy, offload_optimizer=facts.offload_optimizer, offload_params=facts.offload_params,
+        world=facts.batch.world_size, nodes=nodes, dpo=dpo, reference=facts.reference_in_step, nvls=nvls,
+        continues=facts.continues_adapter)
 
 
 def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: SftStage | DpoStage, *, seq_len: int,
@@ -84,7 +96,7 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     loss = logits.compute(r)
     phases = _phases(r, st, acts, loss, cpu=device == "cpu")
     peak_phase = max(phases, key=lambda p: p.bytes)
-    tokens = r.micro_batch * r.seq * r.grad_accum * r.world * (2 if r.dpo else 1)
+    tokens = r.tokens_per_step
     cpu = device == "cpu"
     base: list[Term] = [] if cpu else [fixed.context(gpu), fixed.libraries(gpu), *fixed.nccl(r.world, gpu, r.nvls)]
     body = list(st.terms) + list(peak_phase.terms)

@@ -4,13 +4,14 @@ Pure and byte-stable: the same plan renders to the same bytes on every machine. 
 serialisers (``serialize``), scripts through Jinja templates with shell quoting (``scripts``). Every text ends
 with exactly one newline and uses LF line ends.
 
-Layout (``NN`` is the stage's position, ``<id>`` its id)::
+Nothing here decides anything: every value comes from the ``Plan`` (``ftplan.plan``). Layout (``<id>`` is the
+stage's id; the run order is the file's, as plan.md, run.sh and submit.sh list it)::
 
     plan.md  plan.json  run.sh
-    stages/NN-<id>/args.json        every stage
-    stages/NN-<id>/accelerate.yaml  training stages
-    stages/NN-<id>/deepspeed.json   ZeRO stages
-    slurm/NN-<id>.sbatch  slurm/submit.sh   when hardware.slurm is set
+    stages/<id>/args.json        every stage
+    stages/<id>/accelerate.yaml  training stages
+    stages/<id>/deepspeed.json   ZeRO stages
+    slurm/<id>.sbatch  slurm/submit.sh   when hardware.slurm is set
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def render(plan: "Plan") -> dict[str, str]:
             files[f"{s.dir}/accelerate.yaml"] = to_yaml(s.accelerate)
         if s.deepspeed is not None:
             files[f"{s.dir}/deepspeed.json"] = to_json(s.deepspeed)
-    files["run.sh"] = render_run(plan, shas)
+    files["run.sh"] = render_run(plan)
     if plan.slurm is not None:
         for s in plan.stages:
-            files[f"slurm/{s.name}.sbatch"] = render_sbatch(plan, s, shas[s.id])
-        files["slurm/submit.sh"] = render_submit(plan, shas)
+            files[f"slurm/{s.name}.sbatch"] = render_sbatch(plan, s)
+        files["slurm/submit.sh"] = render_submit(plan)
     files["plan.json"] = render_plan_json(plan, shas)
     files["plan.md"] = render_plan_md(plan)
     for path, text in files.items():

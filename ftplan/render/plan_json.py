@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import Diagnostic
 from ..estimate.types import StageEstimate
+from ..units import gib_value as gib
 from .serialize import to_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,11 +31,6 @@ def key_path_text(plan: "Plan", path: tuple) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "(file)"
-
-
-def gib(n: int | None) -> float | None:
-    """Bytes as GiB, rounded to 2 decimals."""
-    return None if n is None else round(n / 2**30, 2)
 
 
 def estimate_json(est: StageEstimate | None) -> dict[str, Any] | None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..describe import bar, format_duration, job_container, job_cpus, job_gpus, job_lines, job_memory, size
+from ..describe import bar, job_container, job_cpus, job_gpus, job_lines, job_memory
+from ..units import format_duration, gib_text, params_text, size
 from .plan_json import key_path_text
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan import Plan, PlanStage
 
-"""Cells in a memory bar."""
 TOP_TERMS = 5
 """Largest memory terms listed per stage."""
 
@@ -32,16 +32,6 @@ def code(text: object) -> str:
     fence = "`" * (longest + 1)
     pad = " " if s.startswith("`") or s.endswith("`") else ""
     return f"{fence}{pad}{s}{pad}{fence}"
-
-
-def params_text(n: int | None) -> str:
-    """``8.03 B``, ``136.8 M`` or ``139.6 K`` parameters."""
-    if n is None:
-        return "size unknown"
-    for scale, suffix, digits in ((1e9, "B", 2), (1e6, "M", 1), (1e3, "K", 1)):
-        if n >= scale:
-            return f"{n / scale:.{digits}f} {suffix}"
-    return f"{n} params"
 
 
 def header_line(plan: "Plan") -> str:
@@ -159,7 +149,7 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
     if est is not None:
         if est.capacity_bytes and est.peak_bytes > 0:
             step = f"; about {est.step_time_s:.2f} s per step" if est.step_time_s else ""
-            out.append(f"- peak VRAM per GPU: {est.peak_bytes / 2**30:.1f} / {est.capacity_bytes / 2**30:.1f} GiB "
+            out.append(f"- peak VRAM per GPU: {gib_text(est.peak_bytes, unit=False)} / {gib_text(est.capacity_bytes)} "
                        f"({est.verdict}){step}")
         if est.host_bytes:
             out.append(f"- host memory: {size(est.host_bytes)}")
@@ -169,9 +159,6 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
             out += ["", "| largest terms | size | how |", "|---|---:|---|"]
             for t in sorted(est.terms, key=lambda t: -t.bytes)[:TOP_TERMS]:
                 out.append(f"| {md(t.name)} | {size(t.bytes)} | {md(t.detail)} |")
-        if est.suggestions:
-            out += ["", "Changes that would fit:", ""]
-            out += [f"- {md(x.change)}: {x.peak_bytes / 2**30:.1f} GiB" for x in est.suggestions]
     return out
 
 

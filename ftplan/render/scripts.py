@@ -1,4 +1,4 @@
-"""The bash launch scripts: ``run.sh`` (every stage on this machine) and the Slurm chain (``slurm/NN-<id>.sbatch``
+"""The bash launch scripts: ``run.sh`` (every stage on this machine) and the Slurm chain (``slurm/<id>.sbatch``
 and ``slurm/submit.sh``), rendered from ``ftplan/templates/*.j2``.
 
 Every user-controlled string reaches a script through the ``shq`` filter (one shell word) or the ``comment``
@@ -27,7 +27,8 @@ import jinja2
 
 from ..schemas import DataStage, GgufStage, MergeStage
 from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RUNTIME_INSTALL
-from ..describe import job_lines, job_memory, size
+from ..describe import job_lines, job_memory
+from ..units import gib_text, size
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,10 +47,6 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f}"
-
-
 def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
     """The lines explaining a stage's numbers: processes, batch arithmetic, memory estimate, folders."""
     est, args, lines = s.estimate, s.args, []
@@ -65,7 +62,7 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
         lines.append(f"effective batch {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes "
                      f"= {b.effective_batch} sequences{tokens}")
         if est is not None and est.capacity_bytes:
-            lines.append(f"estimated peak {_gib(est.peak_bytes)} / {_gib(est.capacity_bytes)} GiB per GPU "
+            lines.append(f"estimated peak {gib_text(est.peak_bytes, unit=False)} / {gib_text(est.capacity_bytes)} per GPU "
                          f"({est.verdict})")
         lines.append(f"reads {args.data_dir}; writes {s.output_dir}")
         return lines
@@ -111,21 +108,21 @@ def _common(plan: "Plan") -> dict[str, Any]:
     }
 
 
-def render_run(plan: "Plan", shas: dict[str, str] | None = None) -> str:
-    """``run.sh``: every stage on this machine, in order, skipping complete ones. (``shas``, the args files'
-    digests, are not needed: completion is checked against each stage's stamp.)"""
+def render_run(plan: "Plan") -> str:
+    """``run.sh``: every stage on this machine, in order, skipping complete ones (each stage's stamp says whether
+    it is complete)."""
     nodes = max((s.resources.nodes for s in plan.stages), default=1)
     return environment().get_template("run.sh.j2").render(
         **_common(plan), root=plan.root_from_plan_dir, nodes=nodes,
         stages=[_stage_view(plan, s) for s in plan.stages])
 
 
-def render_sbatch(plan: "Plan", s: "PlanStage", sha: str | None = None) -> str:
-    """``slurm/NN-<id>.sbatch``: one stage as one Slurm job, which exits at its start when the stage is complete.
-    (``sha`` is not needed, as for ``render_run``.) Its ``#SBATCH`` lines are the stage's ``SlurmJob``."""
+def render_sbatch(plan: "Plan", s: "PlanStage") -> str:
+    """``slurm/<id>.sbatch``: one stage as one Slurm job, which exits at its start when the stage is complete. Its
+    ``#SBATCH`` lines are the stage's ``SlurmJob``."""
     job = s.job
     if job is None:
-        raise ValueError("the pipeline has no hardware.slurm section")
+        raise AssertionError("the pipeline has no hardware.slurm section")
     srun_cpus = str(job.cpus_per_task) if job.cpus_per_task else '"$SLURM_CPUS_ON_NODE"'
     common = {**_common(plan), "check_args": [plan.path(s.dir, "args.json")],
               "packages_here": job.container is None}
@@ -136,11 +133,10 @@ def render_sbatch(plan: "Plan", s: "PlanStage", sha: str | None = None) -> str:
         requeue_code=REQUEUE_EXIT_CODE)
 
 
-def render_submit(plan: "Plan", shas: dict[str, str] | None = None) -> str:
-    """``slurm/submit.sh``: the stages that must run, submitted in order as an ``afterok`` chain. (``shas`` is not
-    needed, as for ``render_run``.)"""
+def render_submit(plan: "Plan") -> str:
+    """``slurm/submit.sh``: the stages that must run, submitted in order as an ``afterok`` chain."""
     if plan.slurm is None:
-        raise ValueError("the pipeline has no hardware.slurm section")
+        raise AssertionError("the pipeline has no hardware.slurm section")
     root = posixpath.normpath(posixpath.join("..", plan.root_from_plan_dir))
     log_dirs = sorted({posixpath.dirname(p) for s in plan.stages if s.job for p in (s.job.output, s.job.error)})
     common = {**_common(plan), "packages_here": plan.hardware.container is None}

@@ -138,7 +138,7 @@ class SlurmSpec(FtplanModel):
     """Seconds before the time limit (or preemption) at which Slurm sends SIGUSR1 to the stage."""
 
     logs_dir: SafeToken = "logs"
-    """Folder (relative to the project root) for the jobs' logs: ``<logs_dir>/<pipeline>/NN-<id>-<job id>.out``
+    """Folder (relative to the project root) for the jobs' logs: ``<logs_dir>/<pipeline>/<id>-<job id>.out``
     (stdout) and ``.err`` (stderr)."""
 
     extra: dict[SbatchExtraKey, SafeToken] = Field(default_factory=dict)

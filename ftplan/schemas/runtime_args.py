@@ -1,8 +1,14 @@
-"""The arguments file a compiled stage hands to the runtime (``stages/NN-<id>/args.json``).
+"""The arguments file a compiled stage hands to the runtime (``stages/<id>/args.json``), and every fact the
+compiler and the runtime must agree on.
 
 It is the contract between the compiler and ``ftplan_runtime``: the fully resolved stage, where to read and
 write, and what the plan promised about the hardware, which the runtime asserts before it does any work. All
 paths are relative to the project root (the folder of the pipeline file), where the launch scripts ``cd``.
+
+Beside the file's format, this module names what both sides use: the output subfolders (``ADAPTER_SUBDIR``,
+``MODEL_SUBDIR``), the model families the GGUF exporter and the fused kernels support (``GGUF_FAMILIES``,
+``KERNEL_FAMILIES``), the requeue exit code, the completion stamp and the install command. The compiler's checks
+and the runtime read them from here; ``tests/test_contract.py`` holds both sides to them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,19 @@ from .stages import Stage
 
 ARGS_FORMAT = 1
 """Version of this file's format; bumped on incompatible changes."""
+
+ADAPTER_SUBDIR = "adapter"
+"""Subfolder of a stage's output folder holding its trained PEFT adapter (and tokenizer)."""
+
+MODEL_SUBDIR = "model"
+"""Subfolder of a stage's output folder holding full weights (a full fine-tune or a merge), with the tokenizer."""
+
+GGUF_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2")
+"""Model families (HF ``model_type``) the GGUF exporter writes; check refuses a GGUF stage for any other (FT412)."""
+
+KERNEL_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+"""Model families ``kernels: ftplan`` patches (RMSNorm, SwiGLU, RoPE) among those the compiler knows; check refuses
+``kernels: ftplan`` for any other (FT303)."""
 
 
 class Promise(FtplanModel):
@@ -76,7 +95,7 @@ class UpstreamRef(FtplanModel):
     stage: StageId
     """Id of that stage."""
     args: NonEmptyStr
-    """Its ``args.json``, relative to the project root (``<plan folder>/stages/NN-<id>/args.json``)."""
+    """Its ``args.json``, relative to the project root (``<plan folder>/stages/<id>/args.json``)."""
 
 
 class RuntimeArgs(FtplanModel):

@@ -19,7 +19,7 @@ from .training import TrainingArgs
 
 class _StageBase(FtplanModel):
     id: StageId
-    """Unique stage name; outputs go to ``<output_dir>/<id>/`` and compiled files to ``stages/NN-<id>/``."""
+    """Unique stage name; outputs go to ``<output_dir>/<id>/`` and compiled files to ``stages/<id>/``."""
 
     slurm: StageSlurmSpec | None = Field(default=None, exclude=True)
     """This stage's own Slurm job settings (partition, time, memory, CPUs, ...), over ``hardware.slurm``."""

@@ -101,8 +101,7 @@ LLAMA_TOKENS = frozenset({"<|begin_of_text|>", "<|end_of_text|>", "<|start_heade
 
 def llama_tokenizer(**kw) -> TokenizerInfo:
     """A local tokenizer snapshot shaped like Llama 3's."""
-    values = dict(vocab_size=128256, special_tokens=frozenset({"<|begin_of_text|>", "<|eot_id|>"}),
-                  has_chat_template=True, eos_token="<|eot_id|>", tokens=LLAMA_TOKENS)
+    values = dict(vocab_size=128256, has_chat_template=True, eos_token="<|eot_id|>", tokens=LLAMA_TOKENS)
     values.update(kw)
     return TokenizerInfo(**values)
 

@@ -69,8 +69,8 @@ def test_run_sh_reruns_the_data_stage_and_sft_after_the_data_file_changed(tmp_pa
     assert c.returncode == 0, c.stdout + c.stderr
 
     first = _run(root, env)
-    assert "ftplan: stage 01-data: it has not run yet" in first.stdout
-    assert "ftplan: stage 02-sft: it has not run yet" in first.stdout
+    assert "ftplan: stage data: it has not run yet" in first.stdout
+    assert "ftplan: stage sft: it has not run yet" in first.stdout
     adapter = root / "out/sft/adapter/adapter_model.safetensors"
     old_adapter = _sha(adapter)
     assert (root / "out/sft/checkpoints/checkpoint-2").is_dir()  # a finished run's checkpoints stay
@@ -81,8 +81,8 @@ def test_run_sh_reruns_the_data_stage_and_sft_after_the_data_file_changed(tmp_pa
     assert kept[0] != rows[0]
     data.write_text("\n".join(kept) + "\n")
     second = _run(root, env)
-    assert "ftplan: stage 01-data: data/chat.jsonl changed since it last ran" in second.stdout
-    assert "ftplan: stage 02-sft: out/data/manifest.json changed since it last ran" in second.stdout
+    assert "ftplan: stage data: data/chat.jsonl changed since it last ran" in second.stdout
+    assert "ftplan: stage sft: out/data/manifest.json changed since it last ran" in second.stdout
     assert "is complete; skipping" not in second.stdout
     assert "were trained from other inputs; training starts over" in second.stderr
     manifest = json.loads((root / "out/data/manifest.json").read_text())
@@ -94,6 +94,6 @@ def test_run_sh_reruns_the_data_stage_and_sft_after_the_data_file_changed(tmp_pa
     assert _sha(adapter) != old_adapter
 
     third = _run(root, env)
-    assert third.stdout.splitlines() == ["ftplan: stage 01-data is complete; skipping",
-                                         "ftplan: stage 02-sft is complete; skipping",
+    assert third.stdout.splitlines() == ["ftplan: stage data is complete; skipping",
+                                         "ftplan: stage sft is complete; skipping",
                                          "ftplan: every stage of rerun is complete"]

@@ -20,9 +20,9 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json \
-  ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json \
-  ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json
+  ../plans/llama3-70b-lora-8xh100/stages/data/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/sft/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/merge/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -39,11 +39,11 @@ stage_complete() {
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 1 dataset(s) into rows of at most 4096 tokens (packed); writes outputs/data
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json; then
-  echo "ftplan: stage 01-data is complete; skipping"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/data/args.json; then
+  echo "ftplan: stage data is complete; skipping"
 else
-  echo "ftplan: stage 01-data: $why"
-  python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json
+  echo "ftplan: stage data: $why"
+  python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/data/args.json
 fi
 
 # ---- stage 02: sft (sft) ----
@@ -51,21 +51,21 @@ fi
 # effective batch 1 micro × 4 accum × 8 processes = 32 sequences; 131,072 tokens/step
 # estimated peak 31.2 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json; then
-  echo "ftplan: stage 02-sft is complete; skipping"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/sft/args.json; then
+  echo "ftplan: stage sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft: $why"
-  accelerate launch --config_file ../plans/llama3-70b-lora-8xh100/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json
+  echo "ftplan: stage sft: $why"
+  accelerate launch --config_file ../plans/llama3-70b-lora-8xh100/stages/sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/sft/args.json
 fi
 
 # ---- stage 03: merge (merge) ----
 # merges the adapters of sft into meta-llama/Llama-3.3-70B-Instruct as bf16, on the CPU (about 133.4 GiB of host memory)
 # writes outputs/merge
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json; then
-  echo "ftplan: stage 03-merge is complete; skipping"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/merge/args.json; then
+  echo "ftplan: stage merge is complete; skipping"
 else
-  echo "ftplan: stage 03-merge: $why"
-  python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json
+  echo "ftplan: stage merge: $why"
+  python -m ftplan_runtime ../plans/llama3-70b-lora-8xh100/stages/merge/args.json
 fi
 
 echo "ftplan: every stage of llama70b-lora is complete"

@@ -17,11 +17,11 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json
+  ../plans/llama3-8b-qlora-24gb/stages/data/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/sft/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/merge/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/gguf/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -38,11 +38,11 @@ stage_complete() {
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 2 dataset(s) into rows of at most 2048 tokens; writes outputs/data
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json; then
-  echo "ftplan: stage 01-data is complete; skipping"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/data/args.json; then
+  echo "ftplan: stage data is complete; skipping"
 else
-  echo "ftplan: stage 01-data: $why"
-  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json
+  echo "ftplan: stage data: $why"
+  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/data/args.json
 fi
 
 # ---- stage 02: sft (sft) ----
@@ -50,11 +50,11 @@ fi
 # effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 32,768 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json; then
-  echo "ftplan: stage 02-sft is complete; skipping"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/sft/args.json; then
+  echo "ftplan: stage sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft: $why"
-  accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json
+  echo "ftplan: stage sft: $why"
+  accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/sft/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/sft/args.json
 fi
 
 # ---- stage 03: dpo (dpo) ----
@@ -62,30 +62,30 @@ fi
 # effective batch 1 micro × 16 accum × 1 processes = 16 sequences; 65,536 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/dpo
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json; then
-  echo "ftplan: stage 03-dpo is complete; skipping"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json; then
+  echo "ftplan: stage dpo is complete; skipping"
 else
-  echo "ftplan: stage 03-dpo: $why"
-  accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/03-dpo/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json
+  echo "ftplan: stage dpo: $why"
+  accelerate launch --config_file ../plans/llama3-8b-qlora-24gb/stages/dpo/accelerate.yaml -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json
 fi
 
 # ---- stage 04: merge (merge) ----
 # merges the adapters of dpo into meta-llama/Llama-3.1-8B-Instruct as bf16, on the CPU (about 15.9 GiB of host memory)
 # writes outputs/merge
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json; then
-  echo "ftplan: stage 04-merge is complete; skipping"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/merge/args.json; then
+  echo "ftplan: stage merge is complete; skipping"
 else
-  echo "ftplan: stage 04-merge: $why"
-  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json
+  echo "ftplan: stage merge: $why"
+  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/merge/args.json
 fi
 
 # ---- stage 05: gguf (gguf) ----
 # CPU: exports outputs/merge/model to GGUF q8_0, q4_k_m; writes outputs/gguf
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json; then
-  echo "ftplan: stage 05-gguf is complete; skipping"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/gguf/args.json; then
+  echo "ftplan: stage gguf is complete; skipping"
 else
-  echo "ftplan: stage 05-gguf: $why"
-  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json
+  echo "ftplan: stage gguf: $why"
+  python -m ftplan_runtime ../plans/llama3-8b-qlora-24gb/stages/gguf/args.json
 fi
 
 echo "ftplan: every stage of support-bot is complete"

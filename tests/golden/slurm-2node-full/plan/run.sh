@@ -32,9 +32,9 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/slurm-2node-full/stages/01-data/args.json \
-  ../plans/slurm-2node-full/stages/02-sft/args.json \
-  ../plans/slurm-2node-full/stages/03-gguf/args.json
+  ../plans/slurm-2node-full/stages/data/args.json \
+  ../plans/slurm-2node-full/stages/sft/args.json \
+  ../plans/slurm-2node-full/stages/gguf/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -51,11 +51,11 @@ stage_complete() {
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 1 dataset(s) into rows of at most 4096 tokens (packed); writes outputs/data
-if stage_complete ../plans/slurm-2node-full/stages/01-data/args.json; then
-  echo "ftplan: stage 01-data is complete; skipping"
+if stage_complete ../plans/slurm-2node-full/stages/data/args.json; then
+  echo "ftplan: stage data is complete; skipping"
 else
-  echo "ftplan: stage 01-data: $why"
-  python -m ftplan_runtime ../plans/slurm-2node-full/stages/01-data/args.json
+  echo "ftplan: stage data: $why"
+  python -m ftplan_runtime ../plans/slurm-2node-full/stages/data/args.json
 fi
 
 # ---- stage 02: sft (sft) ----
@@ -63,20 +63,20 @@ fi
 # effective batch 2 micro × 4 accum × 16 processes = 128 sequences; 524,288 tokens/step
 # estimated peak 22.0 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
-if stage_complete ../plans/slurm-2node-full/stages/02-sft/args.json; then
-  echo "ftplan: stage 02-sft is complete; skipping"
+if stage_complete ../plans/slurm-2node-full/stages/sft/args.json; then
+  echo "ftplan: stage sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft: $why"
-  accelerate launch --config_file ../plans/slurm-2node-full/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/slurm-2node-full/stages/02-sft/args.json
+  echo "ftplan: stage sft: $why"
+  accelerate launch --config_file ../plans/slurm-2node-full/stages/sft/accelerate.yaml -m ftplan_runtime ../plans/slurm-2node-full/stages/sft/args.json
 fi
 
 # ---- stage 03: gguf (gguf) ----
 # CPU: exports outputs/sft/model to GGUF bf16, q8_0; writes outputs/gguf
-if stage_complete ../plans/slurm-2node-full/stages/03-gguf/args.json; then
-  echo "ftplan: stage 03-gguf is complete; skipping"
+if stage_complete ../plans/slurm-2node-full/stages/gguf/args.json; then
+  echo "ftplan: stage gguf is complete; skipping"
 else
-  echo "ftplan: stage 03-gguf: $why"
-  python -m ftplan_runtime ../plans/slurm-2node-full/stages/03-gguf/args.json
+  echo "ftplan: stage gguf: $why"
+  python -m ftplan_runtime ../plans/slurm-2node-full/stages/gguf/args.json
 fi
 
 echo "ftplan: every stage of llama8b-full is complete"

@@ -17,11 +17,11 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/tiny-cpu/stages/01-data/args.json \
-  ../plans/tiny-cpu/stages/02-sft/args.json \
-  ../plans/tiny-cpu/stages/03-dpo/args.json \
-  ../plans/tiny-cpu/stages/04-merge/args.json \
-  ../plans/tiny-cpu/stages/05-gguf/args.json
+  ../plans/tiny-cpu/stages/data/args.json \
+  ../plans/tiny-cpu/stages/sft/args.json \
+  ../plans/tiny-cpu/stages/dpo/args.json \
+  ../plans/tiny-cpu/stages/merge/args.json \
+  ../plans/tiny-cpu/stages/gguf/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -38,52 +38,52 @@ stage_complete() {
 
 # ---- stage 01: data (data) ----
 # CPU: formats and tokenizes 2 dataset(s) into rows of at most 256 tokens; writes ../.demo/outputs/data
-if stage_complete ../plans/tiny-cpu/stages/01-data/args.json; then
-  echo "ftplan: stage 01-data is complete; skipping"
+if stage_complete ../plans/tiny-cpu/stages/data/args.json; then
+  echo "ftplan: stage data is complete; skipping"
 else
-  echo "ftplan: stage 01-data: $why"
-  python -m ftplan_runtime ../plans/tiny-cpu/stages/01-data/args.json
+  echo "ftplan: stage data: $why"
+  python -m ftplan_runtime ../plans/tiny-cpu/stages/data/args.json
 fi
 
 # ---- stage 02: sft (sft) ----
 # 1 process on the CPU, strategy none
 # effective batch 8 micro × 1 accum × 1 processes = 8 sequences; 2,048 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/sft
-if stage_complete ../plans/tiny-cpu/stages/02-sft/args.json; then
-  echo "ftplan: stage 02-sft is complete; skipping"
+if stage_complete ../plans/tiny-cpu/stages/sft/args.json; then
+  echo "ftplan: stage sft is complete; skipping"
 else
-  echo "ftplan: stage 02-sft: $why"
-  accelerate launch --config_file ../plans/tiny-cpu/stages/02-sft/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/02-sft/args.json
+  echo "ftplan: stage sft: $why"
+  accelerate launch --config_file ../plans/tiny-cpu/stages/sft/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/sft/args.json
 fi
 
 # ---- stage 03: dpo (dpo) ----
 # 1 process on the CPU, strategy none
 # effective batch 2 micro × 1 accum × 1 processes = 2 sequences; 1,024 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/dpo
-if stage_complete ../plans/tiny-cpu/stages/03-dpo/args.json; then
-  echo "ftplan: stage 03-dpo is complete; skipping"
+if stage_complete ../plans/tiny-cpu/stages/dpo/args.json; then
+  echo "ftplan: stage dpo is complete; skipping"
 else
-  echo "ftplan: stage 03-dpo: $why"
-  accelerate launch --config_file ../plans/tiny-cpu/stages/03-dpo/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/03-dpo/args.json
+  echo "ftplan: stage dpo: $why"
+  accelerate launch --config_file ../plans/tiny-cpu/stages/dpo/accelerate.yaml -m ftplan_runtime ../plans/tiny-cpu/stages/dpo/args.json
 fi
 
 # ---- stage 04: merge (merge) ----
 # merges the adapters of dpo into ../.demo/tiny-model as fp32, on the CPU (about 673.2 KiB of host memory)
 # writes ../.demo/outputs/merge
-if stage_complete ../plans/tiny-cpu/stages/04-merge/args.json; then
-  echo "ftplan: stage 04-merge is complete; skipping"
+if stage_complete ../plans/tiny-cpu/stages/merge/args.json; then
+  echo "ftplan: stage merge is complete; skipping"
 else
-  echo "ftplan: stage 04-merge: $why"
-  python -m ftplan_runtime ../plans/tiny-cpu/stages/04-merge/args.json
+  echo "ftplan: stage merge: $why"
+  python -m ftplan_runtime ../plans/tiny-cpu/stages/merge/args.json
 fi
 
 # ---- stage 05: gguf (gguf) ----
 # CPU: exports ../.demo/outputs/merge/model to GGUF f16, q8_0, q4_k_m; writes ../.demo/outputs/gguf
-if stage_complete ../plans/tiny-cpu/stages/05-gguf/args.json; then
-  echo "ftplan: stage 05-gguf is complete; skipping"
+if stage_complete ../plans/tiny-cpu/stages/gguf/args.json; then
+  echo "ftplan: stage gguf is complete; skipping"
 else
-  echo "ftplan: stage 05-gguf: $why"
-  python -m ftplan_runtime ../plans/tiny-cpu/stages/05-gguf/args.json
+  echo "ftplan: stage gguf: $why"
+  python -m ftplan_runtime ../plans/tiny-cpu/stages/gguf/args.json
 fi
 
 echo "ftplan: every stage of tiny-cpu is complete"

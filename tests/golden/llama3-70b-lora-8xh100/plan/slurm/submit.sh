@@ -32,9 +32,9 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json \
-  ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json \
-  ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json
+  ../plans/llama3-70b-lora-8xh100/stages/data/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/sft/args.json \
+  ../plans/llama3-70b-lora-8xh100/stages/merge/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -63,28 +63,28 @@ submit() {
 }
 
 # stage 01: data (data)
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/01-data/args.json; then
-  echo "01-data: complete, skipped"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/data/args.json; then
+  echo "data: complete, skipped"
 else
-  echo "01-data: must run: $why"
-  submit ../plans/llama3-70b-lora-8xh100/slurm/01-data.sbatch "$@"
-  echo "01-data: job $prev"
+  echo "data: must run: $why"
+  submit ../plans/llama3-70b-lora-8xh100/slurm/data.sbatch "$@"
+  echo "data: job $prev"
 fi
 
 # stage 02: sft (sft)
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/02-sft/args.json; then
-  echo "02-sft: complete, skipped"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/sft/args.json; then
+  echo "sft: complete, skipped"
 else
-  echo "02-sft: must run: $why"
-  submit ../plans/llama3-70b-lora-8xh100/slurm/02-sft.sbatch "$@"
-  echo "02-sft: job $prev"
+  echo "sft: must run: $why"
+  submit ../plans/llama3-70b-lora-8xh100/slurm/sft.sbatch "$@"
+  echo "sft: job $prev"
 fi
 
 # stage 03: merge (merge)
-if stage_complete ../plans/llama3-70b-lora-8xh100/stages/03-merge/args.json; then
-  echo "03-merge: complete, skipped"
+if stage_complete ../plans/llama3-70b-lora-8xh100/stages/merge/args.json; then
+  echo "merge: complete, skipped"
 else
-  echo "03-merge: must run: $why"
-  submit ../plans/llama3-70b-lora-8xh100/slurm/03-merge.sbatch "$@"
-  echo "03-merge: job $prev"
+  echo "merge: must run: $why"
+  submit ../plans/llama3-70b-lora-8xh100/slurm/merge.sbatch "$@"
+  echo "merge: job $prev"
 fi

@@ -28,11 +28,11 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json \
-  ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json
+  ../plans/llama3-8b-qlora-24gb/stages/data/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/sft/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/merge/args.json \
+  ../plans/llama3-8b-qlora-24gb/stages/gguf/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -61,46 +61,46 @@ submit() {
 }
 
 # stage 01: data (data)
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/01-data/args.json; then
-  echo "01-data: complete, skipped"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/data/args.json; then
+  echo "data: complete, skipped"
 else
-  echo "01-data: must run: $why"
-  submit ../plans/llama3-8b-qlora-24gb/slurm/01-data.sbatch "$@"
-  echo "01-data: job $prev"
+  echo "data: must run: $why"
+  submit ../plans/llama3-8b-qlora-24gb/slurm/data.sbatch "$@"
+  echo "data: job $prev"
 fi
 
 # stage 02: sft (sft)
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/02-sft/args.json; then
-  echo "02-sft: complete, skipped"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/sft/args.json; then
+  echo "sft: complete, skipped"
 else
-  echo "02-sft: must run: $why"
-  submit ../plans/llama3-8b-qlora-24gb/slurm/02-sft.sbatch "$@"
-  echo "02-sft: job $prev"
+  echo "sft: must run: $why"
+  submit ../plans/llama3-8b-qlora-24gb/slurm/sft.sbatch "$@"
+  echo "sft: job $prev"
 fi
 
 # stage 03: dpo (dpo)
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/03-dpo/args.json; then
-  echo "03-dpo: complete, skipped"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json; then
+  echo "dpo: complete, skipped"
 else
-  echo "03-dpo: must run: $why"
-  submit ../plans/llama3-8b-qlora-24gb/slurm/03-dpo.sbatch "$@"
-  echo "03-dpo: job $prev"
+  echo "dpo: must run: $why"
+  submit ../plans/llama3-8b-qlora-24gb/slurm/dpo.sbatch "$@"
+  echo "dpo: job $prev"
 fi
 
 # stage 04: merge (merge)
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/04-merge/args.json; then
-  echo "04-merge: complete, skipped"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/merge/args.json; then
+  echo "merge: complete, skipped"
 else
-  echo "04-merge: must run: $why"
-  submit ../plans/llama3-8b-qlora-24gb/slurm/04-merge.sbatch "$@"
-  echo "04-merge: job $prev"
+  echo "merge: must run: $why"
+  submit ../plans/llama3-8b-qlora-24gb/slurm/merge.sbatch "$@"
+  echo "merge: job $prev"
 fi
 
 # stage 05: gguf (gguf)
-if stage_complete ../plans/llama3-8b-qlora-24gb/stages/05-gguf/args.json; then
-  echo "05-gguf: complete, skipped"
+if stage_complete ../plans/llama3-8b-qlora-24gb/stages/gguf/args.json; then
+  echo "gguf: complete, skipped"
 else
-  echo "05-gguf: must run: $why"
-  submit ../plans/llama3-8b-qlora-24gb/slurm/05-gguf.sbatch "$@"
-  echo "05-gguf: job $prev"
+  echo "gguf: must run: $why"
+  submit ../plans/llama3-8b-qlora-24gb/slurm/gguf.sbatch "$@"
+  echo "gguf: job $prev"
 fi

@@ -41,9 +41,9 @@ if ! python -c 'import ftplan_runtime' >/dev/null 2>&1; then
   exit 1
 fi
 python -m ftplan_runtime.installed \
-  ../plans/slurm-2node-full/stages/01-data/args.json \
-  ../plans/slurm-2node-full/stages/02-sft/args.json \
-  ../plans/slurm-2node-full/stages/03-gguf/args.json
+  ../plans/slurm-2node-full/stages/data/args.json \
+  ../plans/slurm-2node-full/stages/sft/args.json \
+  ../plans/slurm-2node-full/stages/gguf/args.json
 
 # stage_complete ARGS: true when the stage of ARGS is complete: the stamp in its output folder matches its args
 # file and every input file it read, and the stages it consumes are complete (python -m ftplan_runtime.stamps).
@@ -72,28 +72,28 @@ submit() {
 }
 
 # stage 01: data (data)
-if stage_complete ../plans/slurm-2node-full/stages/01-data/args.json; then
-  echo "01-data: complete, skipped"
+if stage_complete ../plans/slurm-2node-full/stages/data/args.json; then
+  echo "data: complete, skipped"
 else
-  echo "01-data: must run: $why"
-  submit ../plans/slurm-2node-full/slurm/01-data.sbatch "$@"
-  echo "01-data: job $prev"
+  echo "data: must run: $why"
+  submit ../plans/slurm-2node-full/slurm/data.sbatch "$@"
+  echo "data: job $prev"
 fi
 
 # stage 02: sft (sft)
-if stage_complete ../plans/slurm-2node-full/stages/02-sft/args.json; then
-  echo "02-sft: complete, skipped"
+if stage_complete ../plans/slurm-2node-full/stages/sft/args.json; then
+  echo "sft: complete, skipped"
 else
-  echo "02-sft: must run: $why"
-  submit ../plans/slurm-2node-full/slurm/02-sft.sbatch "$@"
-  echo "02-sft: job $prev"
+  echo "sft: must run: $why"
+  submit ../plans/slurm-2node-full/slurm/sft.sbatch "$@"
+  echo "sft: job $prev"
 fi
 
 # stage 03: gguf (gguf)
-if stage_complete ../plans/slurm-2node-full/stages/03-gguf/args.json; then
-  echo "03-gguf: complete, skipped"
+if stage_complete ../plans/slurm-2node-full/stages/gguf/args.json; then
+  echo "gguf: complete, skipped"
 else
-  echo "03-gguf: must run: $why"
-  submit ../plans/slurm-2node-full/slurm/03-gguf.sbatch "$@"
-  echo "03-gguf: job $prev"
+  echo "gguf: must run: $why"
+  submit ../plans/slurm-2node-full/slurm/gguf.sbatch "$@"
+  echo "gguf: job $prev"
 fi

@@ -1,0 +1,70 @@
+"""Byte sizes, durations and counts as every view writes them: the one place numbers are formatted.
+
+``size`` (``12.4 GiB``, ``512 MiB``) picks the unit; ``gib_text`` always writes GiB (``12.3 GiB``, the estimator's
+term details and diagnostics); ``gib_value`` is the number for JSON (``12.35``); ``format_duration`` writes
+seconds as ``35 s`` … ``2.1 days``; ``num`` and ``params`` write counts (``128,256``, ``8.03B``).
+"""
+
+from __future__ import annotations
+
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def gib(n_bytes: float) -> float:
+    """Bytes to GiB."""
+    return n_bytes / GIB
+
+
+def gib_value(n_bytes: float | None, digits: int = 2) -> float | None:
+    """Bytes as GiB rounded to ``digits`` decimals, for JSON (None stays None)."""
+    return None if n_bytes is None else round(n_bytes / GIB, digits)
+
+
+def gib_text(n_bytes: float, unit: bool = True) -> str:
+    """Bytes as ``12.3 GiB`` (one decimal; without the unit when ``unit`` is false)."""
+    return f"{n_bytes / GIB:.1f}" + (" GiB" if unit else "")
+
+
+def size(n_bytes: float) -> str:
+    """Bytes in the largest unit that keeps the number at least 1: ``12.4 GiB``, ``512 MiB``, ``96 KiB``."""
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+def format_duration(seconds: float) -> str:
+    """``35 s``, ``12 min``, ``3.4 h`` or ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def num(n: float) -> str:
+    """An integer with thousands separators (``128,256``)."""
+    return f"{int(round(n)):,}"
+
+
+def params(n: float) -> str:
+    """A parameter count as ``8.03B`` / ``41.9M``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    return num(n)
+
+
+def params_text(n: int | None) -> str:
+    """A model's size as headers write it: ``8.03 B``, ``136.8 M`` or ``139.6 K`` parameters."""
+    if n is None:
+        return "size unknown"
+    for scale, suffix, digits in ((1e9, "B", 2), (1e6, "M", 1), (1e3, "K", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {suffix}"
+    return f"{n} params"

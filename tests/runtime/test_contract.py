@@ -1,0 +1,145 @@
+"""The compiler and the runtime agree on every fact they share (``ftplan/schemas/runtime_args.py``).
+
+Each test reads one fact from both sides: the output subfolders a stage writes and the next stage reads, the
+model families the GGUF exporter and the fused kernels handle, and the refusals ``check`` mirrors from the
+runtime's preflight: a configuration ``check`` accepts starts, and one the preflight stops is refused by
+``check`` first, with the rule that mirrors it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from ftplan.api import check_text
+from ftplan.catalog import MODELS
+from ftplan.plan.args import promise
+from ftplan.schemas.runtime_args import ADAPTER_SUBDIR, GGUF_FAMILIES, KERNEL_FAMILIES, MODEL_SUBDIR, RuntimeArgs
+
+torch = pytest.importorskip("torch")
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
+def test_gguf_families_are_the_exporters():
+    from ftplan_runtime import gguf_export
+
+    assert set(GGUF_FAMILIES) == set(gguf_export._ARCH) == set(gguf_export.SUPPORTED_ARCHITECTURES)
+
+
+def test_kernel_families_get_every_promised_op():
+    """A family ``check`` accepts for ``kernels: ftplan`` is one the runtime patches whole (norms, SwiGLU,
+    RoPE); a catalog family the runtime patches whole is one ``check`` accepts."""
+    from ftplan_runtime.kernels.patch import ARCHITECTURES
+    from ftplan_runtime.preflight import _ALL_KERNEL_OPS, _EXPECTED_KERNEL_OPS
+
+    whole = {f for f, spec in ARCHITECTURES.items()
+             if spec.swiglu_mlp and _EXPECTED_KERNEL_OPS.get(f, _ALL_KERNEL_OPS) == _ALL_KERNEL_OPS}
+    assert set(KERNEL_FAMILIES) <= whole
+    catalog = {m.family for m in MODELS.values()}
+    assert whole & catalog <= set(KERNEL_FAMILIES)
+
+
+def test_output_subfolders_are_where_the_runtime_writes():
+    """Every adapter or weights path a compiled stage reads is ``<output_dir>/<id>/<subfolder>`` of the stage
+    that wrote it, and that is the folder the runtime saves into (``train_common.result_dir``)."""
+    from ftplan_runtime import train_common
+
+    assert (train_common.ADAPTER_DIR, train_common.MODEL_DIR) == (ADAPTER_SUBDIR, MODEL_SUBDIR)
+    seen = 0
+    for args_file in sorted(GOLDEN.glob("*/plan/stages/*/args.json")):
+        args = RuntimeArgs.model_validate(json.loads(args_file.read_text()))
+        src = args.source
+        if src is None:
+            continue
+        refs = [*src.merge, *([src.continue_adapter] if src.continue_adapter else [])]
+        for ref in refs:
+            producer = RuntimeArgs.model_validate(json.loads((args_file.parents[1] / ref.stage / "args.json")
+                                                             .read_text()))
+            assert ref.path == f"{producer.output_dir}/{ADAPTER_SUBDIR}", args_file
+            assert str(train_common.result_dir(producer)) == ref.path, args_file
+            seen += 1
+        if src.weights.endswith(f"/{MODEL_SUBDIR}"):
+            producer_id = Path(src.weights).parent.name
+            producer = RuntimeArgs.model_validate(json.loads((args_file.parents[1] / producer_id / "args.json")
+                                                             .read_text()))
+            assert str(train_common.result_dir(producer)) == src.weights, args_file
+            seen += 1
+    assert seen >= 5
+
+
+def _pipeline(*, device: str = "gpu", precision: str = "bf16", strategy: str = "auto", kernels: str = "none",
+              attention: str = "sdpa", gpus: int = 2) -> str:
+    hardware = "hardware: {device: cpu}" if device == "cpu" else f"hardware: {{gpu: h100-sxm-80gb, gpus_per_node: {gpus}}}"
+    return f"""
+name: contract
+output_dir: out
+model: {{base: meta-llama/Llama-3.2-1B, architecture: llama-3.2-1b, revision: main}}
+{hardware}
+stages:
+  - id: data
+    kind: data
+    max_seq_len: 512
+    datasets: [{{path: hf://example/chat, format: sharegpt}}]
+  - id: sft
+    kind: sft
+    data: data
+    adapter: {{type: lora, r: 8}}
+    learning_rate: 1.0e-4
+    micro_batch: 1
+    precision: {precision}
+    attention: {attention}
+    kernels: {kernels}
+    distributed: {strategy}
+"""
+
+
+def _verdict(text: str, tmp_path: Path):
+    """(the codes of the SFT stage's errors, the promise its args file would carry)."""
+    result = check_text(text, "contract.yaml", tmp_path)
+    assert result.ctx is not None, [d.message for d in result.diagnostics]
+    facts = result.ctx.facts("sft")
+    stage = result.ctx.pipeline.stages[1]
+    gpu = result.ctx.gpu if facts.device == "cuda" else None
+    codes = {d.code for d in result.diagnostics if d.severity.value == "error"}
+    return codes, promise(stage, facts, gpu)
+
+
+def _refused(fn, *args) -> bool:
+    from ftplan_runtime.preflight import PreflightError
+
+    try:
+        fn(*args)
+    except PreflightError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("strategy,kernels", itertools.product(["ddp", "zero2", "zero3", "fsdp2"], ["none", "ftplan"]))
+def test_fused_loss_refusals_agree(strategy, kernels, tmp_path):
+    from ftplan_runtime.preflight import check_fused_loss
+
+    codes, p = _verdict(_pipeline(strategy=strategy, kernels=kernels), tmp_path)
+    assert ("FT320" in codes) == _refused(check_fused_loss, p, p.zero_stage), (strategy, kernels, codes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side of the device check")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cpu_precision_refusals_agree(precision, tmp_path):
+    from ftplan_runtime.preflight import check_device
+
+    codes, p = _verdict(_pipeline(device="cpu", precision=precision, gpus=0), tmp_path)
+    assert ("FT323" in codes) == _refused(check_device, p), (precision, codes)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flash_attention_2", "flash_attention_3"])
+def test_cpu_attention_refusals_agree(attention, tmp_path):
+    """A backend the preflight refuses on the CPU is refused by ``check`` (FT302); ``check`` refuses FlexAttention
+    on the CPU as well, whose backward fails only later, at the first step."""
+    from ftplan_runtime.preflight import check_attention_available
+
+    codes, p = _verdict(_pipeline(device="cpu", precision="fp32", attention=attention, gpus=0), tmp_path)
+    assert ("FT302" in codes) == _refused(check_attention_available, p), (attention, codes)
