@@ -1,7 +1,8 @@
 """The ``ftplan`` command line: argv in, exit code out. All logic lives in ``ftplan.api``; this only parses
 arguments and prints.
 
-Exit codes: 0 ok, 1 invalid pipeline, 2 usage error, 3 ``compile --check`` found drift.
+Exit codes: 0 ok, 1 invalid pipeline, 2 usage error, 3 ``compile --check`` found drift; ``diff`` exits 0 when
+the two plans are equal, 1 when they differ and 2 when a side cannot be read or planned (like ``diff``).
 
 With ``--json``, ``check`` and ``compile`` print one JSON report on stdout whatever happens: a missing or
 unusable pipeline file is an FT000 diagnostic, a plan folder that cannot be written and a command line that
@@ -47,12 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-v", "--verbose", action="store_true", help="also print informational notes")
     comp.add_argument("--full-data", action="store_true", help="check every row of every local dataset file")
 
+    diff = sub.add_parser("diff", help="what changes between two plans, stage by stage (exit 0 equal, 1 differ, "
+                          "2 error)")
+    for side in ("old", "new"):
+        diff.add_argument(side, help="a pipeline file, a compiled plan folder, or REV:PATH, a git revision of "
+                          "either (e.g. main:pipelines/x.yaml)")
+    diff.add_argument("--json", action="store_true", help="print a JSON document on stdout (for bots)")
+
     sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     gpus = sub.add_parser("gpus", help="list the GPU catalog")
     gpus.add_argument("--json", action="store_true", help="print JSON")
     models = sub.add_parser("models", help="list the model-architecture catalog")
     models.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("codes", help="list every diagnostic code")
+
+    report = sub.add_parser("report", help="write a compiled plan's HTML page (plan.html) from its plan.json")
+    report.add_argument("plan_dir", metavar="PLAN_DIR", help="plan folder written by `ftplan compile`")
+    report.add_argument("-o", "--out", metavar="FILE", help="write the page to FILE instead of PLAN_DIR/plan.html")
+    report.add_argument("--open", action="store_true", help="then open the page in a web browser")
     return parser
 
 
@@ -75,7 +88,8 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
         err.out(complained.getvalue(), end="", highlight=False)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
-               "codes": _codes}[args.command]
+               "codes": _codes, "diff": _diff,
+               "report": _report}[args.command]
     return handler(args, out, err)
 
 
@@ -88,8 +102,9 @@ def _console(*, stderr: bool) -> Console:
 
 
 def _wants_json(argv: list[str]) -> bool:
-    """True for a ``check`` or ``compile`` command line asking for ``--json`` (even one that does not parse)."""
-    return bool(argv) and argv[0] in ("check", "compile") and "--json" in argv
+    """True for a ``check``, ``compile`` or ``diff`` command line asking for ``--json`` (even one that does not
+    parse)."""
+    return bool(argv) and argv[0] in ("check", "compile", "diff") and "--json" in argv
 
 
 def _print_json(out: Console, report: dict) -> None:
@@ -180,9 +195,17 @@ def _compile(args, out: Console, err: Console) -> int:
         diff = diff_plan(files, out_dir)
         report["changes"] = diff.as_json()
         if args.check:
+            from .review_sources import stale_review
+
+            review = None if diff.clean else stale_review(out_dir, files["plan.json"], args.pipeline)
+            if review is not None:
+                report["review"] = review.as_json()
             if args.json:
                 _print_json(out, report)
             else:
+                if review is not None and not review.equal:
+                    _print_review(review, out)
+                    out.print()
                 out.print(Text(diff.summary(out_dir)))
             return EXIT_OK if diff.clean else EXIT_DRIFT
         write_plan(files, out_dir)
@@ -200,11 +223,41 @@ def _compile(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _schema(args, out: Console, err: Console) -> int:
-    from .schemas import Pipeline
-    from .schemas.docs import documented_json_schema
+def _diff(args, out: Console, err: Console) -> int:
+    from .review_sources import SideError, diff_sources, side_error_json
+    from .review_text import side_error_lines
 
-    out.print_json(json.dumps(documented_json_schema(Pipeline), sort_keys=True))
+    try:
+        review = diff_sources(args.old, args.new)
+    except SideError as exc:
+        if args.json:
+            out.print_json(json.dumps(side_error_json(exc), sort_keys=True))
+        else:
+            for line in side_error_lines(exc):
+                err.print(Text(line, style="bold red" if line.startswith("error") else ""))
+        return EXIT_USAGE
+    if args.json:
+        out.print_json(json.dumps(review.as_json(), sort_keys=True))
+    else:
+        _print_review(review, out)
+    return EXIT_OK if review.equal else EXIT_INVALID
+
+
+def _print_review(review, out: Console) -> None:
+    """The semantic diff, each line coloured by its marker (``+`` green, ``~`` yellow, ``-`` red)."""
+    from .review_text import diff_lines
+
+    styles = {"+": "green", "~": "yellow", "-": "red"}
+    for line in diff_lines(review):
+        marker = line.lstrip()[:1]
+        header = line.startswith(("--- ", "+++ "))
+        out.print(Text(line, style="bold" if header else styles.get(marker, "")))
+
+
+def _schema(args, out: Console, err: Console) -> int:
+    from .json_schema import pipeline_schema_text
+
+    out.out(pipeline_schema_text(), end="", highlight=False)
     return EXIT_OK
 
 
@@ -255,4 +308,24 @@ def _codes(args, out: Console, err: Console) -> int:
 
     for code, title in all_codes().items():
         out.print(Text(f"{code}  {title}"))
+    return EXIT_OK
+
+
+def _report(args, out: Console, err: Console) -> int:
+    import webbrowser
+
+    from .report import ReportError, write_report
+
+    try:
+        result = write_report(Path(args.plan_dir), Path(args.out) if args.out else None)
+    except ReportError as exc:
+        err.print(Text(f"error: {exc}"))
+        return EXIT_USAGE if exc.usage else EXIT_INVALID
+    out.print(Text(f"wrote {result.path}" if result.changed else f"{result.path}: up to date"))
+    if args.open:
+        uri = result.path.resolve().as_uri()
+        if not webbrowser.open(uri):
+            err.print(Text(f"error: no web browser could be started; open {uri} yourself"))
+            return EXIT_USAGE
+        out.print(Text(f"opened {uri}"))
     return EXIT_OK
