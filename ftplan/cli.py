@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("codes", help="list every diagnostic code")
 
+    init = sub.add_parser("init", help="write a commented starter pipeline (data -> SFT) that fits one GPU")
+    init.add_argument("--model", required=True, metavar="KEY", help="catalog model key or hub id (`ftplan models`)")
+    init.add_argument("--gpu", required=True, metavar="KEY", help="catalog GPU key (`ftplan gpus`)")
+    init.add_argument("-o", "--out", default="pipeline.yaml", metavar="FILE",
+                      help="pipeline file to create (default pipeline.yaml); an existing file is never replaced")
+    init.add_argument("--name", metavar="NAME", help="pipeline name (default: MODEL-sft)")
+
     report = sub.add_parser("report", help="write a compiled plan's HTML page (plan.html) from its plan.json")
     report.add_argument("plan_dir", metavar="PLAN_DIR", help="plan folder written by `ftplan compile`")
     report.add_argument("-o", "--out", metavar="FILE", help="write the page to FILE instead of PLAN_DIR/plan.html")
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
         err.out(complained.getvalue(), end="", highlight=False)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
-               "codes": _codes, "diff": _diff,
+               "codes": _codes, "init": _init, "diff": _diff,
                "report": _report}[args.command]
     return handler(args, out, err)
 
@@ -328,4 +335,32 @@ def _report(args, out: Console, err: Console) -> int:
             err.print(Text(f"error: no web browser could be started; open {uri} yourself"))
             return EXIT_USAGE
         out.print(Text(f"opened {uri}"))
+    return EXIT_OK
+
+
+def _init(args, out: Console, err: Console) -> int:
+    from .init import InitError, starter_pipeline, write_new_file
+
+    path = Path(args.out)
+    if path.exists():
+        err.print(Text(f"error: {path} already exists; ftplan init never replaces a file: choose another name "
+                       "with -o, or remove it"))
+        return EXIT_USAGE
+    try:
+        starter = starter_pipeline(args.model, args.gpu, path, name=args.name)
+        write_new_file(path, starter.text)
+    except InitError as exc:
+        err.print(Text(f"error: {exc.message}; {exc.hint}"))
+        return EXIT_USAGE if exc.usage else EXIT_INVALID
+    except FileExistsError:
+        err.print(Text(f"error: {path} already exists; ftplan init never replaces a file"))
+        return EXIT_USAGE
+    except OSError as exc:
+        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}; choose another file with -o"))
+        return EXIT_USAGE
+    method = {"lora": "LoRA", "qlora": "QLoRA"}[starter.recipe.adapter]
+    out.print(Text(f"wrote {path}: {starter.model.key} {method} r16, micro_batch {starter.recipe.micro_batch} × "
+                   f"grad_accum {starter.recipe.grad_accum} on 1 × {starter.gpu.name} (estimated peak "
+                   f"{starter.peak_bytes / 2**30:.1f} of {starter.gpu.memory_gib:.1f} GiB)"))
+    out.print(Text(f"next: ftplan check {path}"))
     return EXIT_OK
