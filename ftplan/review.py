@@ -42,7 +42,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from .units import format_duration, num, params_text, size
+from .units import GIB, format_duration, num, params_text, size
 
 REVIEW_FORMAT = 1
 """Version of the ``ftplan diff --json`` document; bumped on incompatible changes."""
@@ -77,6 +77,9 @@ class Fact:
     """Shown for a stage that is added or removed (the others only when they change)."""
     exact: str | None = None
     """The value in finer words, shown when two values differ but their ``text`` is the same (``810 s``)."""
+    parent: str | None = None
+    """The fact this one details (a dataset's format under the dataset): the text view leaves it out where the
+    parent itself is added or removed."""
 
 
 @dataclass(frozen=True)
@@ -235,9 +238,11 @@ def _stage_facts(stage: dict[str, Any], inputs: dict[str, dict], warnings: list[
         facts.append(Fact("strategy", "strategy", stage["strategy"], stage["strategy"], headline=True))
     resources = stage.get("resources") or {}
     launch = {"launcher": stage.get("launcher"), **resources}
+    on_gpu = resources.get("device") == "cuda"
     for key, label in _PLACEMENT_FACTS:
         if launch.get(key) is not None:
-            facts.append(Fact(key, label, launch[key], _words(launch[key]), headline=key != "launcher"))
+            facts.append(Fact(key, label, launch[key], _words(launch[key]),
+                              headline=key == "device" or (on_gpu and key != "launcher")))
     batch = stage.get("batch") or {}
     unit = "pairs" if stage.get("kind") == "dpo" else "sequences"
     for key, label in _BATCH_FACTS:
@@ -269,8 +274,9 @@ def _memory_facts(stage: dict[str, Any]) -> list[Fact]:
     """Peak memory per GPU against the card, with the verdict; or the host memory of a stage on the CPU."""
     est = stage.get("estimate") or {}
     out = []
-    if est.get("capacity_gib") is not None and (stage.get("resources") or {}).get("device") == "cuda":
-        value = {"peak_gib": est.get("peak_gib"), "capacity_gib": est["capacity_gib"], "verdict": est.get("verdict")}
+    if est.get("capacity_bytes") is not None and (stage.get("resources") or {}).get("device") == "cuda":
+        value = {"peak_bytes": est.get("peak_bytes"), "capacity_bytes": est["capacity_bytes"],
+                 "verdict": est.get("verdict")}
         out.append(Fact("peak", "peak memory per GPU", value, peak_text(value), headline=True))
     host = est.get("host_bytes")
     if host:
@@ -280,11 +286,13 @@ def _memory_facts(stage: dict[str, Any]) -> list[Fact]:
 
 def peak_text(value: dict[str, Any]) -> str:
     """``8.9 GiB of 24.0 (fits)``: a peak against the card and its verdict."""
-    return f"{_gib(value.get('peak_gib'))} GiB of {_gib(value.get('capacity_gib'))} ({value.get('verdict')})"
+    return f"{gib_number(value.get('peak_bytes'))} GiB of {gib_number(value.get('capacity_bytes'))} " \
+           f"({value.get('verdict')})"
 
 
-def _gib(x: Any) -> str:
-    return "?" if x is None else f"{x:.1f}"
+def gib_number(n_bytes: Any, digits: int = 1) -> str:
+    """Bytes as a number of GiB (``8.9``), ``?`` when unknown."""
+    return "?" if n_bytes is None else f"{n_bytes / GIB:.{digits}f}"
 
 
 def _dataset_facts(dataset: dict[str, Any], inputs: dict[str, dict]) -> list[Fact]:
@@ -296,9 +304,10 @@ def _dataset_facts(dataset: dict[str, Any], inputs: dict[str, dict]) -> list[Fac
         text = f"sha256 {str(local.get('sha256'))[:12]}, {num(local.get('size') or 0)} bytes"
     else:
         value, text = None, "not a local file (read at run time)"
-    out = [Fact(f"dataset:{path}", f"dataset {path}", value, text, headline=True)]
+    key = f"dataset:{path}"
+    out = [Fact(key, f"dataset {path}", value, f"{dataset.get('format')}, {text}", headline=True)]
     rest = _flatten({k: v for k, v in dataset.items() if k != "path"})
-    out += [Fact(f"dataset:{path}.{k}", f"dataset {path} {k}", v, _words(v)) for k, v in sorted(rest.items())]
+    out += [Fact(f"{key}.{k}", f"dataset {path} {k}", v, _words(v), parent=key) for k, v in sorted(rest.items())]
     return out
 
 
@@ -339,7 +348,8 @@ def _pipeline_facts(plan: dict[str, Any], inputs: dict[str, dict], datasets: set
              Fact("device", "device", target.get("device"), str(target.get("device")))]
     if target.get("gpu_name") is not None:
         gpu = {k: target.get(k) for k in ("gpu_name", "gpu_memory_gib", "gpu_arch")}
-        detail = ", ".join(x for x in (f"{_gib(gpu['gpu_memory_gib'])} GiB", gpu["gpu_arch"]) if x)
+        memory = None if gpu["gpu_memory_gib"] is None else f"{gpu['gpu_memory_gib']:.1f} GiB"
+        detail = ", ".join(x for x in (memory, gpu["gpu_arch"]) if x)
         facts.append(Fact("gpu", "GPU", gpu, f"{gpu['gpu_name']} ({detail})"))
     facts += [Fact("nodes", "nodes", target.get("nodes"), _words(target.get("nodes"))),
               Fact("gpus_per_node", "GPUs per node", target.get("gpus_per_node"), _words(target.get("gpus_per_node")))]

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .review import Change, ReviewDiff, StageDiff, peak_text
+from .review import Change, Fact, ReviewDiff, StageDiff, gib_number, peak_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .review_sources import SideError
 
-LABEL_WIDTH = 24
-"""Labels are padded to this width (longer ones are followed by two spaces)."""
+LABEL_WIDTH = 22
+"""Labels are padded to this width, then two spaces (a longer label just gets the two spaces)."""
 
 
 def diff_lines(diff: ReviewDiff) -> list[str]:
@@ -52,9 +52,16 @@ def stage_lines(stage: StageDiff) -> list[str]:
         method = stage.new_method if stage.new_method is not None else stage.old_method
     head = f"{stage.symbol} {stage.id}  {method}"
     if stage.symbol == "~":
-        return [head, *(_change_line(c) for c in stage.changes)]
-    facts = [c for c in stage.changes if (c.new or c.old) and (c.new or c.old).headline]  # type: ignore[union-attr]
-    return [head, *(_change_line(c) for c in facts)]
+        whole = {c.key for c in stage.changes if c.old is None or c.new is None}  # facts added or removed whole
+        return [head, *(_change_line(c) for c in stage.changes if _fact(c).parent not in whole)]
+    return [head, *(_change_line(c) for c in stage.changes if _fact(c).headline)]
+
+
+def _fact(c: Change) -> Fact:
+    """The fact a change is about (its new side, or its old side when removed)."""
+    fact = c.new or c.old
+    assert fact is not None
+    return fact
 
 
 def _change_line(c: Change) -> str:
@@ -64,8 +71,7 @@ def _change_line(c: Change) -> str:
         marker, text = "-", c.old.text
     else:
         marker, text = "~", change_text(c)
-    label = c.label.ljust(LABEL_WIDTH) if len(c.label) < LABEL_WIDTH else c.label + "  "
-    return f"    {marker} {label}{text}".rstrip()
+    return f"    {marker} {c.label:<{LABEL_WIDTH}}  {text}".rstrip()
 
 
 def change_text(c: Change) -> str:
@@ -90,15 +96,12 @@ def change_text(c: Change) -> str:
 def _peak_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     verdict = (f"{old.get('verdict')} → {new.get('verdict')}" if old.get("verdict") != new.get("verdict")
                else str(new.get("verdict")))
-    if old.get("capacity_gib") != new.get("capacity_gib"):
-        return (f"{peak_text(old).rsplit(' (', 1)[0]} → {peak_text(new).rsplit(' (', 1)[0]} ({verdict})")
-    digits = 1 if _one(old.get("peak_gib")) != _one(new.get("peak_gib")) else 2
-    return (f"{_one(old.get('peak_gib'), digits)} → {_one(new.get('peak_gib'), digits)} GiB of "
-            f"{_one(new.get('capacity_gib'))} ({verdict})")
-
-
-def _one(x: Any, digits: int = 1) -> str:
-    return "?" if x is None else f"{x:.{digits}f}"
+    if old.get("capacity_bytes") != new.get("capacity_bytes"):
+        return f"{peak_text(old).rsplit(' (', 1)[0]} → {peak_text(new).rsplit(' (', 1)[0]} ({verdict})"
+    a, b = old.get("peak_bytes"), new.get("peak_bytes")
+    digits = 1 if gib_number(a) != gib_number(b) else 2
+    card = gib_number(new.get("capacity_bytes"))
+    return f"{gib_number(a, digits)} → {gib_number(b, digits)} GiB of {card} ({verdict})"
 
 
 def _raw(value: Any) -> str:
