@@ -300,3 +300,14 @@ def test_the_wheel_ships_the_schema_file(tmp_path):
     (wheel,) = tmp_path.glob("ftplan-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("ftplan/schemas/pipeline.schema.json") == SCHEMA_FILE.read_bytes()
+
+
+def test_the_readme_annotated_pipeline_validates_and_passes_check(validator):
+    from ftplan.api import check_text
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "yaml-language-server" in b]
+    assert errors_of(validator, yaml.safe_load(block)) == []
+    result = check_text(block, "README.md", ROOT / "examples")  # its datasets are the examples' files
+    assert result.ok, [d.message for d in result.diagnostics]
+    assert list(result.estimates) == ["data", "sft", "dpo", "merge", "gguf"]
