@@ -427,3 +427,20 @@ def _compiled_plan_json(example: str, fix: bool = False) -> dict:
     result = check_text(_replace(text, TOO_BIG_FIX) if fix else text, f"{example}.yaml", ROOT / "examples")
     assert result.ok
     return compiled_plan(result)
+
+
+def test_the_readme_diff_is_what_ftplan_diff_prints(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [block] = [b for b in readme.split("```console\n")[1:] if b.startswith("$ ftplan diff ")]
+    command, *expected = block.split("```", 1)[0].splitlines()
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns(".*"))
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "examples")
+    path = tmp_path / "examples" / "slurm-2node-full.yaml"
+    path.write_text(_replace(path.read_text(encoding="utf-8"), EDITS["slurm-2node-full"]["micro-batch"][0]),
+                    encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run(*command.split()[2:])
+    assert status == 1
+    assert out.splitlines() == expected
