@@ -471,3 +471,53 @@ def write_plan(files: dict[str, str], out_dir: Path) -> WriteResult:
         changes.rollback()
         raise
     return result
+
+
+def write_plan_file(out_dir: Path, path: str, text: str) -> bool:
+    """Write one file into a plan folder ftplan wrote (``ftplan report`` refreshing ``plan.html``), keeping the
+    rest of the folder as it is; True when the file changed.
+
+    The folder must hold the marker (``.ftplan-files``); ``path`` must be ftplan's (listed there) or free. A path
+    not yet listed is added to the marker before the file is written, so it stays ftplan's after a crash. The
+    file is replaced atomically; on failure the folder ends as it was."""
+    out_dir = Path(out_dir)
+    _check_relpath(path)
+    folder = _inspect(out_dir)
+    if folder.marker is None:
+        raise WriteError(f"{out_dir} holds no {MARKER}, so ftplan cannot tell which files in it are its own "
+                         "(a plan an older ftplan wrote, or not a plan folder); compile the plan again with this "
+                         "ftplan")
+    _, listed = _read_marker(out_dir / MARKER)
+    want = _wanted({path: text})
+    _check_room(want, out_dir, folder)
+    if folder.owned.get(path) == want[path] and path in listed:
+        return False
+    changes = _Changes(out_dir, {**folder.owned, MARKER: folder.marker})
+    try:
+        if path not in listed:
+            changes.put(MARKER, marker_text(listed | {path}).encode("utf-8"), 0o644)
+        changes.put(path, *want[path])
+    except BaseException:
+        changes.rollback()
+        raise
+    return True
+
+
+def write_file(path: Path, text: str) -> bool:
+    """Write one file outside any plan folder (``ftplan report -o FILE``), replacing it atomically: a temporary
+    file next to it, flushed, then renamed over it (mode 0644). True when the file changed."""
+    path = Path(path)
+    data = text.encode("utf-8")
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder; name a file to write")
+    if path.is_file() and not path.is_symlink() and path.read_bytes() == data:
+        return False
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    try:
+        _write_file(temp, data, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        _remove(temp)
+        raise
+    _fsync_dir(path.parent)
+    return True

@@ -53,8 +53,8 @@ stages:
 
 ROWS = "".join(json.dumps({"instruction": f"question {i}", "output": f"answer {i}"}) + "\n" for i in range(8))
 
-PLAN_FILES = ["plan.json", "plan.md", "run.sh", "stages/prep/args.json", "stages/sft/accelerate.yaml",
-              "stages/sft/args.json"]
+PLAN_FILES = ["plan.html", "plan.json", "plan.md", "run.sh", "stages/prep/args.json",
+              "stages/sft/accelerate.yaml", "stages/sft/args.json"]
 """What ``compile`` writes for ``PIPELINE`` (no Slurm block)."""
 
 
@@ -168,7 +168,7 @@ def test_compile_check_exits_3_on_drift_and_writes_nothing(project):
     status, out, _ = run("compile", "pipeline.yaml", "-o", "plan", "--check")
     assert status == 3
     assert not (project / "plan").exists()
-    assert out.splitlines()[-1] == "Plan: 6 to add, 0 to change, 0 to remove."
+    assert out.splitlines()[-1] == "Plan: 7 to add, 0 to change, 0 to remove."
 
     assert run("compile", "pipeline.yaml", "-o", "plan")[0] == 0
     assert run("compile", "pipeline.yaml", "-o", "plan", "--check") == (0, "plan: up to date\n", "")
@@ -569,10 +569,10 @@ def test_compile_writes_the_plan_layout_and_reports_it(project):
     assert out.splitlines()[0].startswith("demo · Llama-3.1-8B")
     assert out.splitlines()[-5:] == [
         "plan:",
-        "  + plan: plan.json, plan.md, run.sh",
+        "  + plan: plan.html, plan.json, plan.md, run.sh",
         "  + prep: stages/prep/args.json",
         "  + sft: stages/sft/accelerate.yaml, stages/sft/args.json",
-        "Plan: 6 to add, 0 to change, 0 to remove.",
+        "Plan: 7 to add, 0 to change, 0 to remove.",
     ]
     assert err == "0 errors, 0 warnings, 1 note (-v shows them).\n"
     plan = json.loads((project / "plan" / "plan.json").read_text(encoding="utf-8"))

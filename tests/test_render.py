@@ -73,7 +73,7 @@ def files(tmp_path):
 
 def test_layout(tmp_path, files):
     assert sorted(files) == [
-        "plan.json", "plan.md", "run.sh",
+        "plan.html", "plan.json", "plan.md", "run.sh",
         "slurm/data.sbatch", "slurm/dpo.sbatch", "slurm/gguf.sbatch", "slurm/merge.sbatch",
         "slurm/sft.sbatch", "slurm/submit.sh",
         "stages/data/args.json", "stages/dpo/accelerate.yaml", "stages/dpo/args.json",

@@ -7,7 +7,7 @@ with exactly one newline and uses LF line ends.
 Nothing here decides anything: every value comes from the ``Plan`` (``ftplan.plan``). Layout (``<id>`` is the
 stage's id; the run order is the file's, as plan.md, run.sh and submit.sh list it)::
 
-    plan.md  plan.json  run.sh
+    plan.md  plan.json  plan.html  run.sh
     stages/<id>/args.json        every stage
     stages/<id>/accelerate.yaml  training stages
     stages/<id>/deepspeed.json   ZeRO stages
@@ -16,8 +16,10 @@ stage's id; the run order is the file's, as plan.md, run.sh and submit.sh list i
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
+from .plan_html import render_plan_html
 from .plan_json import render_plan_json
 from .plan_md import render_plan_md
 from .scripts import render_run, render_sbatch, render_submit
@@ -51,6 +53,7 @@ def render(plan: "Plan") -> dict[str, str]:
         files["slurm/submit.sh"] = render_submit(plan)
     files["plan.json"] = render_plan_json(plan, shas)
     files["plan.md"] = render_plan_md(plan)
+    files["plan.html"] = render_plan_html(json.loads(files["plan.json"]))  # a view of plan.json, never apart
     for path, text in files.items():
         if "\r" in text or not text.endswith("\n") or text.endswith("\n\n"):
             raise AssertionError(f"rendered {path} must use LF line ends and end with exactly one newline")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..describe import bar, job_container, job_cpus, job_gpus, job_lines, job_memory
 from ..units import format_duration, gib_text, params_text, size
+from .commands import launch_command, run_commands
 from .plan_json import key_path_text
 from .shell import comment, shq
 
@@ -95,19 +96,8 @@ def _jobs_table(plan: "Plan") -> list[str]:
 
 
 def _launch(plan: "Plan", s: "PlanStage") -> str:
-    """The stage's launch command, as run from the project root.
-
-    On several nodes the YAML holds only node 0's view (``machine_rank: 0``, no head address), so the command
-    shows the per-node rendezvous arguments the sbatch script passes: without them accelerate's launcher would
-    rendezvous at ``None:<port>``."""
-    args = shq(plan.path(s.dir, "args.json"))
-    if s.launcher != "accelerate":
-        return f"python -m ftplan_runtime {args}"
-    config = f"--config_file {shq(plan.path(s.dir, 'accelerate.yaml'))}"
-    if s.resources.nodes > 1:
-        config += (f' --num_machines {s.resources.nodes} --machine_rank "$SLURM_NODEID" --main_process_ip '
-                   f'"$HEAD_NODE" --main_process_port {plan.hardware.main_process_port}')
-    return f"accelerate launch {config} -m ftplan_runtime {args}"
+    """The stage's launch command, as run from the project root (``commands.launch_command``)."""
+    return launch_command(plan.plan_dir, s.dir, s.launcher, s.resources.nodes, plan.hardware.main_process_port)
 
 
 def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
@@ -197,8 +187,6 @@ def render_plan_md(plan: "Plan") -> str:
         out.append("No local input files (models and datasets come from the hub).")
     out += ["", "## Runtime versions", "", " · ".join(f"{k} {v}" for k, v in prov.versions), "",
             "## How to run", "", "From the project folder:", "", "```bash",
-            f"bash {shq(plan.path('run.sh'))}    # every stage on this machine, skipping finished ones"]
-    if plan.slurm is not None:
-        out.append(f"bash {shq(plan.path('slurm', 'submit.sh'))}    # the Slurm job chain (afterok)")
-    out += ["```", ""]
+            *(f"{command}    # {what}" for command, what in run_commands(plan.plan_dir, plan.slurm is not None)),
+            "```", ""]
     return "\n".join(out)
