@@ -128,13 +128,13 @@ def test_a_stage_over_the_card_is_hatched_past_the_card_line():
     est["peak_bytes"] = sum(t["bytes"] for t in est["terms"])
     est["verdict"] = "oom"
     text = render_plan_html(doc)
-    section = text.split('id="stage-sft"')[1].split("</section>")[0]
-    card = float(re.search(r'class="card" style="left:([\d.]+)%"', section).group(1))
-    over = float(re.search(r'class="over" style="left:([\d.]+)%"', section).group(1))
+    bar = text.split('data-stage="sft" data-memory="gpu"')[1].split('<div class="scale">')[0]
+    card = float(re.search(r'class="card" style="left:([\d.]+)%"', bar).group(1))
+    over = float(re.search(r'class="over" style="left:([\d.]+)%"', bar).group(1))
     assert card == over == pytest.approx(100 * est["capacity_bytes"] / est["peak_bytes"], abs=1e-3)
-    widths = [float(w) for w in re.findall(r'class="seg" style="width:([\d.]+)%', section)]
+    widths = [float(w) for w in re.findall(r'class="seg" style="width:([\d.]+)%', bar)]
     assert sum(widths) == pytest.approx(100, abs=0.01)
-    assert 'class="over"' not in text.split('id="stage-dpo"')[1].split("</section>")[0]
+    assert 'class="over"' not in text.split('data-stage="dpo" data-memory="gpu"')[1].split('<div class="scale">')[0]
 
 
 def test_user_strings_are_escaped_and_read_back_exactly():

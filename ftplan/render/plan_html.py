@@ -58,7 +58,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 .badge.na { background: #757575; } .badge.error { background: #c62828; }
 .badge.warning { background: #b26a00; } .badge.info { background: #0969da; }
 figure.graph { margin: 8px 0; overflow-x: auto; } figure.graph svg { max-width: 100%; height: auto; }
-.memory { margin: 8px 0 4px; max-width: 900px; } .memory-label { margin-bottom: 4px; }
+.memory { margin: 10px 0 8px; max-width: 900px; } .memory-label { margin-bottom: 4px; }
 .track { position: relative; display: flex; height: 30px; background: repeating-linear-gradient(135deg, #f3f4f6 0 6px,
   #e9ebee 6px 12px); border: 1px solid #8c959f; border-radius: 3px; }
 .seg { flex: 0 0 auto; height: 100%; border-right: 1px solid rgba(255, 255, 255, .85); }
@@ -118,6 +118,12 @@ def _has_gpu_bar(stage: dict[str, Any]) -> bool:
     """True when the stage has a peak on a GPU of known memory (its bar is drawn against the card)."""
     est = stage["estimate"]
     return bool(est and stage["resources"]["device"] == "cuda" and est["capacity_bytes"] and est["peak_bytes"] > 0)
+
+
+def _has_bar(stage: dict[str, Any]) -> bool:
+    """True when the stage's estimate has terms to stack: on a GPU of known memory, or in host memory."""
+    est = stage["estimate"]
+    return bool(est and est["terms"] and (_has_gpu_bar(stage) or est["host_bytes"]))
 
 
 def _memory_summary(stage: dict[str, Any]) -> str:
@@ -246,7 +252,8 @@ def _batch_table(doc: PlanDocument) -> list[str]:
 
 def _bar(doc: PlanDocument, s: dict[str, Any]) -> list[str]:
     """The stacked bar of a stage's memory terms: against the card for a GPU stage (the card's memory marked,
-    anything past it hatched red), against its own total for a stage that works in host memory."""
+    anything past it hatched red), against its own total for a stage that works in host memory. The terms' table,
+    with the same colours, is in the stage's section (``_terms_table``)."""
     est = s["estimate"]
     terms = est["terms"]
     total = sum(t["bytes"] for t in terms)
@@ -256,16 +263,19 @@ def _bar(doc: PlanDocument, s: dict[str, Any]) -> list[str]:
         scale = max(capacity, total, est["peak_bytes"])
         gpus = s["resources"]["nodes"] * s["resources"]["gpus_per_node"]
         card = doc["target"]["gpu_name"] or "GPU"
+        on = "on 1 GPU" if gpus == 1 else f"on each of {gpus} GPUs"
         label = (f"<strong>{e(gib_text(est['peak_bytes'], unit=False))} GiB</strong> of "
-                 f"{e(gib_text(capacity))} per GPU ({e(card)}), on each of {gpus} GPU{'s' if gpus != 1 else ''}"
+                 f"{e(gib_text(capacity))} per GPU ({e(card)}), {on}"
                  f' · <span class="badge {e(est["verdict"])}">{e(est["verdict"])}</span>')
         attrs = _data(stage=s["id"], memory="gpu", peak_bytes=est["peak_bytes"], peak_gib=est["peak_gib"],
                       capacity_bytes=capacity, capacity_gib=est["capacity_gib"], scale_bytes=scale, gpus=gpus)
     else:
         capacity, scale = None, max(total, est["host_bytes"] or 0)
-        label = f"<strong>{e(size(est['host_bytes']))}</strong> of host memory (RAM)"
+        label = f"<strong>{e(size(est['host_bytes']))}</strong> of host memory (RAM), on the CPU"
         attrs = _data(stage=s["id"], memory="host", host_bytes=est["host_bytes"], scale_bytes=scale)
-    out = [f'<div class="memory" {attrs}>', f'<div class="memory-label">{label}</div>', '<div class="track">']
+    link = f'<a href="#stage-{e(s["id"])}">{s["index"]:02d} {e(s["id"])}</a>'
+    out = [f'<div class="memory" {attrs}>', f'<div class="memory-label">{link} · {label}</div>',
+           '<div class="track">']
     for i, t in enumerate(terms):
         colour = SEGMENT_COLOURS[i % len(SEGMENT_COLOURS)]
         tip = e(f"{t['name']}: {size(t['bytes'])}") + (f"&#10;{e(t['detail'])}" if t["detail"] else "")
@@ -282,8 +292,15 @@ def _bar(doc: PlanDocument, s: dict[str, Any]) -> list[str]:
     end_at = _percent(capacity, scale) if capacity is not None else "100.000%"
     out += [f'<div class="scale"><span style="left:0">0</span><span class="end" style="left:{end_at}">{e(end)}</span>'
             "</div>", "</div>"]
-    out += ['<table class="terms"><thead><tr><th>term</th><th class="num">size</th><th class="num">share</th>'
-            "<th>how it is computed</th></tr></thead><tbody>"]
+    return out
+
+
+def _terms_table(s: dict[str, Any]) -> list[str]:
+    """The terms of a stage's bar, largest first as the estimate lists them: colour, size, share and formula."""
+    terms = s["estimate"]["terms"]
+    total = sum(t["bytes"] for t in terms)
+    out = ['<table class="terms"><thead><tr><th>term</th><th class="num">size</th><th class="num">share</th>'
+           "<th>how it is computed</th></tr></thead><tbody>"]
     for i, t in enumerate(terms):
         colour = SEGMENT_COLOURS[i % len(SEGMENT_COLOURS)]
         out.append(f'<tr><td><span class="swatch" style="background:{colour}"></span>{e(t["name"])}</td>'
@@ -319,8 +336,8 @@ def _stage_section(doc: PlanDocument, s: dict[str, Any]) -> list[str]:
     out += ["<p>launch, from the project folder:</p>", f'<pre class="launch"><code>{e(command)}</code></pre>']
     if job:
         out += ["<p>sbatch options:</p>", f'<pre class="sbatch"><code>{e(" ".join(job["sbatch"]))}</code></pre>']
-    if est and est["terms"] and (_has_gpu_bar(s) or est["host_bytes"]):
-        out += _bar(doc, s)
+    if _has_bar(s):
+        out += [f'<p>memory terms (the <a href="#memory">bar</a>\'s segments):</p>', *_terms_table(s)]
     if est and est["suggestions"]:
         out += ["<p>would fit:</p>", '<ul class="details">']
         out += [f"<li><code>{e(x['change'])}</code> → {e(gib_text(x['peak_bytes']))} per GPU</li>"
@@ -382,10 +399,13 @@ def render_plan_html(doc: PlanDocument) -> str:
         "writes it again.</p>",
         "<h2>Stage graph</h2>", '<figure class="graph">', _graph(doc), "</figure>",
         "<h2>Stages</h2>", *_stage_table(doc),
+        '<h2 id="memory">Peak memory</h2>',
+        '<p class="muted">Each bar stacks the estimate\'s terms for one GPU, scaled to the card (the black line), or '
+        "for the host memory of a stage that runs on the CPU; hover over a segment for its formula.</p>",
+        *([line for s in doc["stages"] if _has_bar(s) for line in _bar(doc, s)]
+          or ["<p>No stage has a memory estimate.</p>"]),
         "<h2>Batch arithmetic</h2>", *_batch_table(doc),
-        "<h2>Memory and launch, per stage</h2>",
-        '<p class="muted">Each bar stacks the estimate\'s terms for one GPU, scaled to the card (the black line); '
-        "hover over a segment for its formula.</p>",
+        "<h2>Stage details</h2>",
         *[line for s in doc["stages"] for line in _stage_section(doc, s)],
         "<h2>Warnings and notes</h2>", *_diagnostics(doc),
         "<h2>How to run</h2>", "<p>From the project folder:</p>", f'<pre class="run"><code>{how}</code></pre>',
