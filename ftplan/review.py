@@ -244,7 +244,8 @@ def _stage_facts(stage: dict[str, Any], inputs: dict[str, dict], warnings: list[
             facts.append(Fact(key, label, launch[key], _words(launch[key]),
                               headline=key == "device" or (on_gpu and key != "launcher")))
     batch = stage.get("batch") or {}
-    unit = "pairs" if stage.get("kind") == "dpo" else "sequences"
+    # plan.json says whether the batch counts preference pairs; one written before it said so had only DPO's
+    unit = "pairs" if batch.get("pairs", stage.get("kind") == "dpo") else "sequences"
     for key, label in _BATCH_FACTS:
         if batch.get(key) is not None:
             text = num(batch[key])

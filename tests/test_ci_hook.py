@@ -4,6 +4,7 @@ requests. The hook runs as its own process (``python -m ftplan.check_plans``), a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+"""The processes below import the ftplan of this checkout, whatever is installed."""
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -24,12 +27,12 @@ def _git(repo: Path, *args: str) -> str:
 def hook(repo: Path, *args: str) -> subprocess.CompletedProcess:
     """The hook's entry point in ``repo``, as a separate process."""
     return subprocess.run([sys.executable, "-m", "ftplan.check_plans", *args], cwd=repo, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=ENV)
 
 
 def ftplan(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=ENV)
 
 
 @pytest.fixture
