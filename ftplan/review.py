@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, TypeVar
 
 from .units import GIB, format_duration, num, params_text, size
 
@@ -48,6 +48,7 @@ REVIEW_FORMAT = 1
 """Version of the ``ftplan diff --json`` document; bumped on incompatible changes."""
 
 Symbol = Literal["+", "~", "-", "="]
+T = TypeVar("T")
 
 _BATCH_FACTS = (("micro_batch", "micro batch"), ("grad_accum", "grad accum"), ("world_size", "world size"),
                 ("effective_batch", "effective batch"), ("seq_len", "sequence length"),
@@ -218,7 +219,7 @@ class ReviewDiff:
 
 def review_facts(plan: dict[str, Any]) -> ReviewFacts:
     """The review facts of one ``plan.json`` document, read, never recomputed."""
-    datasets = {d.get("path") for s in plan.get("stages", []) for d in _stage_spec(s).get("datasets") or []}
+    datasets = {str(d.get("path")) for s in plan.get("stages", []) for d in _stage_spec(s).get("datasets") or []}
     inputs = {f["path"]: f for f in plan.get("inputs", [])}
     warnings = _warnings(plan)
     stages = tuple(_stage_facts(s, inputs, warnings.get(s.get("id"), [])) for s in plan.get("stages", []))
@@ -232,7 +233,7 @@ def _stage_spec(stage: dict[str, Any]) -> dict[str, Any]:
     return (stage.get("args") or {}).get("stage") or {}
 
 
-def _stage_facts(stage: dict[str, Any], inputs: dict[str, dict], warnings: list[Fact]) -> StageFacts:
+def _stage_facts(stage: dict[str, Any], inputs: dict[str, dict[str, Any]], warnings: list[Fact]) -> StageFacts:
     facts: list[Fact] = [Fact("kind", "kind", stage.get("kind"), str(stage.get("kind")))]
     if stage.get("strategy") is not None:
         facts.append(Fact("strategy", "strategy", stage["strategy"], stage["strategy"], headline=True))
@@ -296,7 +297,7 @@ def gib_number(n_bytes: Any, digits: int = 1) -> str:
     return "?" if n_bytes is None else f"{n_bytes / GIB:.{digits}f}"
 
 
-def _dataset_facts(dataset: dict[str, Any], inputs: dict[str, dict]) -> list[Fact]:
+def _dataset_facts(dataset: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> list[Fact]:
     """A dataset by its path: its content hash and size (a local file) and how it is read."""
     path = str(dataset.get("path"))
     local = inputs.get(path)
@@ -337,7 +338,7 @@ def _warnings(plan: dict[str, Any]) -> dict[str | None, list[Fact]]:
     return out
 
 
-def _pipeline_facts(plan: dict[str, Any], inputs: dict[str, dict], datasets: set, warnings: list[Fact]) -> list[Fact]:
+def _pipeline_facts(plan: dict[str, Any], inputs: dict[str, dict[str, Any]], datasets: set[str], warnings: list[Fact]) -> list[Fact]:
     target = plan.get("target") or {}
     resolved = (plan.get("pipeline") or {}).get("resolved") or {}
     model = resolved.get("model") or {}
@@ -441,7 +442,7 @@ def _stage_diffs(a: ReviewFacts, b: ReviewFacts) -> list[StageDiff]:
     return _interleave(out, gone, [s.id for s in a.stages], lambda d: d.id)
 
 
-def _interleave(kept: list, gone: list, old_order: list[str], key) -> list:
+def _interleave(kept: list[T], gone: list[T], old_order: list[str], key: Callable[[T], str]) -> list[T]:
     """``kept`` in order, each item of ``gone`` placed after the item it followed on the old side."""
     result = list(kept)
     for item in gone:

@@ -96,7 +96,8 @@ def read_side(spec: str, *, cwd: str | os.PathLike[str] | None = None) -> PlanSi
 
 def compiled_plan(result: CheckResult) -> dict[str, Any]:
     """The ``plan.json`` document of a checked pipeline, rendered exactly as ``compile`` renders it."""
-    return json.loads(plan_files(result, PLAN_DIR_IN_MEMORY)["plan.json"])
+    plan: dict[str, Any] = json.loads(plan_files(result, PLAN_DIR_IN_MEMORY)["plan.json"])
+    return plan
 
 
 def stale_review(plan_dir: str | os.PathLike[str], new_plan_json: str, source: str) -> ReviewDiff | None:
@@ -192,7 +193,7 @@ def _git_toplevel(spec: str, target: Path) -> Path:
 def _git_text(spec: str, top: Path, obj: str, missing: str | None = None) -> str:
     data = _git(spec, top, "cat-file", "blob", obj, raw=True, missing=missing)
     try:
-        return data.decode("utf-8-sig")
+        return str(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise SideError(spec, f"{spec} is not UTF-8 text", "save the file as UTF-8") from None
 

@@ -49,7 +49,7 @@ def stage_lines(stage: StageDiff) -> list[str]:
     if stage.symbol == "~" and stage.old_method != stage.new_method:
         method = f"{stage.old_method} → {stage.new_method}"
     else:
-        method = stage.new_method if stage.new_method is not None else stage.old_method
+        method = str(stage.new_method if stage.new_method is not None else stage.old_method)
     head = f"{stage.symbol} {stage.id}  {method}"
     if stage.symbol == "~":
         whole = {c.key for c in stage.changes if c.old is None or c.new is None}  # facts added or removed whole
