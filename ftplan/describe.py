@@ -47,11 +47,24 @@ def method(stage: Stage, facts: ResolvedStage, link: "StageLink | None") -> str:
     suffix = "".join(f" · {e}" for e in extras)
     if isinstance(stage, SftStage):
         return adapter_text(stage.adapter) + suffix
-    head = f"DPO β{stage.beta:g} {stage.loss_type}"
+    head = _kind_head(stage)
     if stage.adapter == "continue":
         return f"{head}, continues {stage.input}{suffix}"
-    on = f" on merged {stage.input}" if t is not None and t.merges_input else f" on {stage.input}"
+    on = (f" on merged {stage.input}" if t is not None and t.merges_input else
+          f" on {stage.input}" if stage.input is not None else "")
     return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"
+
+
+def _kind_head(stage: Stage) -> str:
+    """The start of a non-SFT training stage's description: ``DPO β0.1 sigmoid``, ``ORPO β0.1``, ``KTO β0.1``,
+    ``CPT``, ``reward model``."""
+    if stage.kind == "dpo":
+        return f"DPO β{stage.beta:g} {stage.loss_type}"
+    if stage.kind == "orpo":
+        return f"ORPO β{stage.beta:g}"
+    if stage.kind == "kto":
+        return f"KTO β{stage.beta:g}" + ("" if stage.loss_type == "kto" else f" {stage.loss_type}")
+    return {"cpt": "CPT", "reward": "reward model"}[stage.kind]
 
 
 def headline(ctx: Context) -> str:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .catalog import param_counts
 from .estimate.types import StageEstimate
-from .schemas import ContainerSpec, SlurmSpec, StageSlurmSpec
+from .schemas import TRAIN_KINDS, ContainerSpec, SlurmSpec, StageSlurmSpec
 from .units import GIB, format_duration, size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,7 +66,8 @@ TIME_ALLOWANCE_S = 1800
 """Seconds added to a training stage's estimated run time: loading the model, evaluation, checkpoint saves."""
 
 DEFAULT_TIME = {"data": "04:00:00", "merge": "04:00:00", "gguf": "04:00:00", "sft": "1-00:00:00",
-                "dpo": "1-00:00:00"}
+                "dpo": "1-00:00:00", "cpt": "1-00:00:00", "orpo": "1-00:00:00", "kto": "1-00:00:00",
+                "reward": "1-00:00:00"}
 """Time limit of a stage whose run time is not estimated (no step time, or an unknown number of steps)."""
 
 _TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
@@ -367,7 +368,7 @@ def _time(kind: str, top: SlurmSpec, own: StageSlurmSpec,
         return text, seconds, (f"estimated run time {bound}{format_duration(res.run_time_s)} × {TIME_MARGIN:g} + "
                                f"{TIME_ALLOWANCE_S // 60} min, rounded up to the hour"), None
     default = DEFAULT_TIME[kind]
-    why = "without a run-time estimate" if kind in ("sft", "dpo") else ", which have no run-time estimate"
+    why = "without a run-time estimate" if kind in TRAIN_KINDS else ", which have no run-time estimate"
     return default, time_seconds(default), f"the default for {kind} stages{' ' if why[0] != ',' else ''}{why}", None
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .diagnostics import Diagnostic, error
-from .schemas import DataStage, DpoStage, GgufStage, LoraAdapter, MergeStage, Pipeline, SftStage
-from .schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
+from .schemas import DataStage, GgufStage, LoraAdapter, MergeStage, Pipeline
+from .schemas.datasets import SFT_FORMATS, TEXT_FORMATS
+from .schemas.stages import CAUSAL_LM_KINDS, TRAIN_KINDS, TRAIN_STAGE_TYPES, RewardStage
 from .suggest import did_you_mean
 
 CODES = {
@@ -26,9 +27,14 @@ CODES = {
     "FT207": "a merge stage's input trained no adapter",
     "FT208": "a GGUF stage's input is not merged full-precision weights",
     "FT209": "a full fine-tune starts from an unmerged adapter",
+    "FT210": "a reward model's result is used as a causal LM (started from, merged or exported)",
+    "FT211": "a continued pre-training stage's data stage holds datasets that are not raw text",
+    "FT212": "a reward model starts from an unmerged adapter",
 }
 
-ResultKind = Literal["data", "model", "gguf"]
+ResultKind = Literal["data", "model", "reward", "gguf"]
+"""What a stage leaves: tokenized data, a causal LM (weights and adapters), a reward model (a sequence
+classifier, which nothing can start from), or GGUF files."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,13 @@ def trace(pipeline: Pipeline) -> tuple[dict[str, StageLink], list[Diagnostic]]:
                                hint="stages run in file order: move it above, or point at an earlier stage"))
             return None
         kind = pipeline.stages[seen_index[target]].kind
+        if kind == "reward" and kind not in want:
+            diags.append(error("FT210", path, f"'{target}' trains a reward model, a sequence classifier that scores "
+                               f"text; it is not a causal LM, so {field} cannot use it",
+                               hint=_kind_hint(pipeline, i, field, kind, want)))
+            return None
         if kind not in want:
-            diags.append(error("FT204", path, f"'{target}' is a {kind} stage; {field} needs a "
-                               + " or ".join(want) + " stage",
+            diags.append(error("FT204", path, f"'{target}' is a {kind} stage; {field} needs {_kinds_text(want)}",
                                hint=_kind_hint(pipeline, i, field, kind, want)))
             return None
         return links[target].result
@@ -147,15 +157,28 @@ def _free_id(pipeline: Pipeline, base: str) -> str:
     return next(f"{base[:29]}_{n}" for n in range(2, 10_000) if f"{base[:29]}_{n}" not in taken)
 
 
+def _kinds_text(want: tuple[str, ...]) -> str:
+    """``a data stage``, ``a sft or dpo stage``; a causal LM as ``a training stage (sft, cpt, dpo, orpo, kto) or a
+    merge stage``."""
+    if set(CAUSAL_LM_KINDS) <= set(want):
+        trained = f"a training stage ({', '.join(CAUSAL_LM_KINDS)})"
+        return trained + (" or a merge stage" if "merge" in want else "")
+    return "a " + " or ".join(want) + " stage"
+
+
 def _kind_hint(pipeline: Pipeline, i: int, field: str, kind: str, want: tuple[str, ...]) -> str:
     """How to fix a reference to a stage of the wrong kind: the earlier stages that would fit, and for a data
     stage named as ``input``, that data goes in ``data:``."""
     fits = [s.id for s in pipeline.stages[:i] if s.kind in want]
     pick = (f"point `{field}` at " + " or ".join(f"'{f}'" for f in fits[-2:]) if fits else
-            f"add a {' or '.join(want)} stage before this one and point `{field}` at it")
+            f"add {_kinds_text(want)} before this one and point `{field}` at it")
+    stage = pipeline.stages[i]
+    base_ok = "input" in type(stage).model_fields and not type(stage).model_fields["input"].is_required()
+    if field == "input" and kind == "reward" and base_ok:
+        return f"{pick}, or omit `input` to start from the base model" if fits else \
+            "omit `input` to start from the base model"
     if field == "input" and kind == "data":
-        stage = pipeline.stages[i]
-        starts = "omit `input` to start from the base model" if stage.kind == "sft" else pick
+        starts = "omit `input` to start from the base model" if base_ok else pick
         return f"a data stage goes in `data:`; `input` names the model to start from: {starts}"
     return pick
 
@@ -164,12 +187,12 @@ def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> Stag
     if isinstance(stage, DataStage):
         formats = frozenset(d.format for d in stage.datasets)
         return StageLink(None, None, Result(kind="data", formats=formats))
-    if isinstance(stage, (SftStage, DpoStage)):
+    if isinstance(stage, TRAIN_STAGE_TYPES):
         link = _train_link(i, stage, ref, diags)
         # reading an ambiguous data stage: nothing can be estimated or checked for this stage
         return StageLink(link.input, None, None) if stage.data in twice else link
     if isinstance(stage, MergeStage):
-        src = ref(i, "input", stage.input, ("sft", "dpo"))
+        src = ref(i, "input", stage.input, CAUSAL_LM_KINDS)
         if src is None:
             return StageLink(None, None, None)
         if not src.adapters:
@@ -179,7 +202,7 @@ def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> Stag
             return StageLink(src, None, None)
         return StageLink(src, None, Result(kind="model", weights=stage.id))
     if isinstance(stage, GgufStage):
-        src = ref(i, "input", stage.input, ("merge", "sft", "dpo"))
+        src = ref(i, "input", stage.input, ("merge", *CAUSAL_LM_KINDS))
         if src is None:
             return StageLink(None, None, None)
         if src.adapters:
@@ -194,17 +217,26 @@ def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> Stag
 
 
 def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
-    src = ref(i, "input", stage.input, ("sft", "dpo", "merge"))
+    src = ref(i, "input", stage.input, (*CAUSAL_LM_KINDS, "merge"))
     data = ref(i, "data", stage.data, ("data",))
-    want = SFT_FORMATS if isinstance(stage, SftStage) else PREFERENCE_FORMATS
+    want = TRAIN_KINDS[stage.kind].formats
     if data is not None and not (data.formats & want):
         diags.append(error("FT205", ("stages", i, "data"),
                            f"data stage '{stage.data}' has no {' or '.join(sorted(want))} datasets for this "
                            f"{stage.kind} stage (it has: {', '.join(sorted(data.formats))})",
                            hint=f"add a dataset with one of the formats {', '.join(sorted(want))} to "
                            f"'{stage.data}'"))
+    elif data is not None and stage.kind == "cpt" and data.formats & (SFT_FORMATS - TEXT_FORMATS):
+        other = sorted(data.formats & (SFT_FORMATS - TEXT_FORMATS))
+        diags.append(error("FT211", ("stages", i, "data"),
+                           f"data stage '{stage.data}' also holds {', '.join(other)} datasets; a cpt stage trains "
+                           "every supervised example of its data stage, so it would train those conversations too",
+                           hint="give the raw text (`format: text`) a data stage of its own and point this stage at "
+                           "it; keep the conversations for an sft stage"))
     if src is None:
         return StageLink(None, data, None)
+    if isinstance(stage, RewardStage):
+        return _reward_link(i, stage, src, data, diags)
 
     adapter = stage.adapter
     here = ("stages", i, "adapter")
@@ -219,10 +251,11 @@ def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
         return StageLink(src, data, Result(kind="model", weights=src.weights, adapters=chain),
                          continues_adapter=True)
 
-    merge_input = isinstance(stage, DpoStage) and stage.merge_input
+    hands_over = "merge_input" in type(stage).model_fields  # DPO, ORPO, KTO: continue or merge_input
+    merge_input = bool(getattr(stage, "merge_input", False))
     if src.adapters and not merge_input:
         hint = ("set `adapter: continue` to keep training the input's adapter, or `merge_input: true` to merge "
-                "it into the base and start a new adapter" if isinstance(stage, DpoStage) else
+                "it into the base and start a new adapter" if hands_over else
                 "add a merge stage between them and start from it (`input: <merge stage>`)")
         code, msg = ("FT209", f"a full fine-tune cannot start from '{stage.input}', which leaves an unmerged "
                      "adapter") if adapter.type == "full" else (
@@ -241,3 +274,19 @@ def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
         result = Result(kind="model", weights=stage.id)
     return StageLink(src, data, result, merges_input=merge_input)
 
+
+
+def _reward_link(i, stage: RewardStage, src: Result, data: Result | None, diags: list[Diagnostic]) -> StageLink:
+    """A reward model loads its input as a sequence classifier: full weights only (an adapter trained on a causal
+    LM is merged by a merge stage first). Its result is a reward model, which no later stage can consume."""
+    if src.adapters:
+        diags.append(error("FT212", ("stages", i, "input"), f"'{stage.input}' leaves an unmerged adapter; a reward "
+                           "model loads full weights with a classification head",
+                           hint=f"add a stage `{{id: merge, kind: merge, input: {stage.input}}}` and start this stage "
+                           "from it (`input: merge`)"))
+        return StageLink(src, data, None)
+    if isinstance(stage.adapter, LoraAdapter):
+        result = Result(kind="reward", weights=src.weights, adapters=(AdapterLink(stage.id, stage.adapter, stage.id),))
+    else:
+        result = Result(kind="reward", weights=stage.id)
+    return StageLink(src, data, result)

@@ -589,14 +589,13 @@ VALUE_ALIASES: dict[str, Callable[[str], "str | None"]] = {
 def place_of(model: Any) -> str:
     """The place a schema model is (``top``, ``model``, ``hardware``, ``data``, ``dataset``, ``train``,
     ``adapter`` or ``other``), from the model class holding a key."""
-    from .schemas import DataStage, DpoStage, FullFinetune, HardwareSpec, LoraAdapter, ModelSpec, Pipeline, \
-        SftStage
+    from .schemas import DataStage, FullFinetune, HardwareSpec, LoraAdapter, ModelSpec, Pipeline, TrainingArgs
     from .schemas.datasets import _DatasetBase
 
     if model is None or not isinstance(model, type):
         return "other"
     for cls, place in ((Pipeline, "top"), (ModelSpec, "model"), (HardwareSpec, "hardware"), (DataStage, "data"),
-                       (_DatasetBase, "dataset"), (SftStage, "train"), (DpoStage, "train"),
+                       (_DatasetBase, "dataset"), (TrainingArgs, "train"),
                        (LoraAdapter, "adapter"), (FullFinetune, "adapter")):
         if issubclass(model, cls):
             return place

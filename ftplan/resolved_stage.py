@@ -16,12 +16,12 @@ derived fact is computed, in one sentence each:
   ``gpus_per_node``, ``processes_per_node``, ``world_size``).
 * **effective batch**: ``effective_batch`` multiplies micro_batch × grad_accum × world size (``Batch``).
 * **tokens per step**: ``tokens_per_step`` multiplies the effective batch by the data stage's ``max_seq_len``,
-  twice for DPO's chosen and rejected answers (``Batch.tokens_per_step``).
+  twice for the pair kinds' chosen and rejected answers (DPO, ORPO, reward; ``Batch.tokens_per_step``).
 * **adapter spec**: ``lineage.trace`` carries each adapter's declared spec along the chain (``AdapterLink.spec``),
   ``adapter_of`` picks the one this stage trains (a continued adapter's spec for ``adapter: continue``) and
   ``method_of`` names the method (``TrainingFacts.adapter``, ``.method``, ``.quantized_base``).
-* **reference policy**: ``reference_of`` says what a DPO stage's reference is — the policy with the new adapter
-  switched off, a frozen copy of the continued adapter, or a frozen copy of the full model
+* **reference policy**: ``reference_of`` says what a DPO or KTO stage's reference is — the policy with the new
+  adapter switched off, a frozen copy of the continued adapter, or a frozen copy of the full model
   (``TrainingFacts.reference``, live or precomputed).
 * **training rows and optimizer steps**: ``known_rows`` counts the training rows when every dataset file was read
   whole, and ``optimizer_steps`` turns them (or ``max_steps``) into steps (``TrainingFacts.rows``, ``.steps``).
@@ -37,9 +37,9 @@ import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .schemas import DataStage, DpoStage, FullFinetune, LoraAdapter, Pipeline, SftStage
-from .schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
-from .schemas.stages import Stage, TrainStage
+from .schemas import DataStage, FullFinetune, LoraAdapter, Pipeline
+from .schemas.datasets import TEXT_FORMATS
+from .schemas.stages import TRAIN_KINDS, TRAIN_STAGE_TYPES, Stage, TrainStage
 from .schemas.training import DistributedStrategy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +57,7 @@ adapter, or a frozen copy of the full model."""
 DistributedType = Literal["NO", "MULTI_GPU", "DEEPSPEED", "FSDP"]
 """accelerate's ``distributed_type``."""
 Device = Literal["cuda", "cpu"]
-StageKind = Literal["data", "sft", "dpo", "merge", "gguf"]
+StageKind = Literal["data", "sft", "cpt", "dpo", "orpo", "kto", "reward", "merge", "gguf"]
 
 ZERO_STAGES: dict[str, int] = {"zero1": 1, "zero2": 2, "zero3": 3}
 """Strategy -> DeepSpeed ZeRO stage."""
@@ -74,7 +74,7 @@ class Batch:
     """The batch arithmetic of a training stage."""
 
     micro_batch: int
-    """Sequences per GPU per forward pass (a DPO pair counts as one)."""
+    """Sequences per GPU per forward pass (a DPO, ORPO or reward pair counts as one)."""
     grad_accum: int
     """Micro-batches per optimizer step."""
     world_size: int
@@ -89,7 +89,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class TrainingFacts:
-    """What a training stage (SFT, DPO) resolves to."""
+    """What a training stage (SFT, CPT, DPO, ORPO, KTO, reward) resolves to."""
 
     strategy: Strategy
     """The distributed strategy, ``auto`` resolved."""
@@ -113,9 +113,9 @@ class TrainingFacts:
     continues_adapter: bool
     """``adapter: continue``: the stage keeps training its input's last adapter."""
     merges_input: bool
-    """A DPO ``merge_input``: the input's adapters are merged into the base before a new adapter starts."""
+    """A ``merge_input`` (DPO, ORPO, KTO): the input's adapters are merged into the base before a new adapter starts."""
     reference: ReferenceModel | None
-    """A DPO stage's reference policy (None for SFT)."""
+    """A DPO or KTO stage's reference policy (None for the kinds without one)."""
     reference_live: bool
     """The reference's log-probs are computed at every step (``reference: live``), not once before training."""
     rows: int | None
@@ -192,9 +192,10 @@ def method_of(adapter: LoraAdapter | FullFinetune | None, quantized_base: bool) 
 
 
 def reference_of(stage: TrainStage, method: Method | None) -> ReferenceModel | None:
-    """A DPO stage's reference policy (None for SFT): a frozen copy of the continued adapter (TRL's ``ref``
-    adapter), a frozen copy of the full weights for a full fine-tune, or the policy with its new adapter off."""
-    if not isinstance(stage, DpoStage):
+    """A DPO or KTO stage's reference policy (None for the kinds without one): a frozen copy of the continued
+    adapter (TRL's ``ref`` adapter), a frozen copy of the full weights for a full fine-tune, or the policy with its
+    new adapter off."""
+    if not TRAIN_KINDS[stage.kind].reference:
         return None
     if stage.adapter == "continue":
         return "adapter_copy"
@@ -231,14 +232,17 @@ def data_stage_of(pipeline: Pipeline, stage: TrainStage) -> tuple[int, DataStage
 def known_rows(pipeline: Pipeline, inputs: "Inputs", stage: TrainStage) -> int | None:
     """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
     bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules). Examples before
-    packing; DPO stages count pairs."""
+    packing; pair kinds count pairs. None as well for raw text (``format: text``): a document longer than
+    ``max_seq_len`` becomes several pieces, which only the data stage's tokenizer can count."""
     found = data_stage_of(pipeline, stage)
     if found is None:
         return None
     i, data = found
-    want = PREFERENCE_FORMATS if isinstance(stage, DpoStage) else SFT_FORMATS
+    want = TRAIN_KINDS[stage.kind].formats
     if not any(d.format in want for d in data.datasets):
         return None  # no data of this stage's kind at all: FT205
+    if any(d.format in want and d.format in TEXT_FORMATS for d in data.datasets):
+        return None
     total = 0
     for j, d in enumerate(data.datasets):
         if d.format not in want:
@@ -277,10 +281,11 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
         strategy=strategy, zero_stage=ZERO_STAGES.get(strategy), distributed_type=DISTRIBUTED_TYPES[strategy],
         offload_optimizer=spec.offload_optimizer, offload_params=spec.offload_params,
         batch=Batch(stage.micro_batch, stage.grad_accum, world_size, effective, seq_len,
-                    tokens_per_step(effective, seq_len, pairs=isinstance(stage, DpoStage))),
+                    tokens_per_step(effective, seq_len, pairs=TRAIN_KINDS[stage.kind].pairs)),
         adapter=adapter, method=method, quantized_base=quantized_base,
         continues_adapter=stage.adapter == "continue", merges_input=merges_input,
-        reference=reference_of(stage, method), reference_live=isinstance(stage, DpoStage) and stage.reference == "live",
+        reference=reference_of(stage, method),
+        reference_live=TRAIN_KINDS[stage.kind].reference and stage.reference == "live",
         rows=rows, steps=steps, steps_at_most=at_most)
 
 
@@ -289,7 +294,7 @@ def placement(stage: Stage, pipeline: Pipeline) -> tuple[Device, int, int, int]:
     process each), or one CPU process with ``device: cpu``; data, merge and GGUF stages run one process on the
     CPU (tokenizing, merging and exporting are host work; a merge's estimate is a host-memory figure)."""
     hw = pipeline.hardware
-    if isinstance(stage, (SftStage, DpoStage)) and hw.device == "cuda":
+    if isinstance(stage, TRAIN_STAGE_TYPES) and hw.device == "cuda":
         return "cuda", hw.nodes, hw.gpus_per_node, hw.gpus_per_node
     return "cpu", 1, 0, 1
 
@@ -301,7 +306,7 @@ def resolve_stage(pipeline: Pipeline, index: int, link: "StageLink | None", inpu
     device, nodes, gpus, processes = placement(stage, pipeline)
     train = None
     data_dir = None
-    if isinstance(stage, (SftStage, DpoStage)):
+    if isinstance(stage, TRAIN_STAGE_TYPES):
         found = data_stage_of(pipeline, stage)
         adapter, quantized = adapter_of(stage, link)
         train = training_facts(

@@ -234,6 +234,39 @@ def test_kto_bad_label(value):
     assert p.code == "FT509" and "not a boolean" in p.message
 
 
+def test_kto_llama_factory_conversations():
+    """LLaMA-Factory's KTO rows: the last turn is the labelled answer, the turns before it the prompt."""
+    row = {"messages": turns(("system", "Be brief."), ("user", "Q"), ("assistant", "A1"), ("user", "Q2"),
+                             ("assistant", "A2")), "label": False}
+    assert record(spec(format="kto"), row) == Unpaired(turns(("system", "Be brief."), ("user", "Q"),
+                                                             ("assistant", "A1"), ("user", "Q2")),
+                                                       turns(("assistant", "A2")), False)
+    sharegpt = spec(format="kto", columns={"messages": "conversations", "role": "from", "content": "value"})
+    row = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "label": "true"}
+    assert record(sharegpt, row) == Unpaired(turns(("user", "Q")), turns(("assistant", "A")), True)
+
+
+@pytest.mark.parametrize("messages, message", [
+    (turns(("user", "Q"), ("assistant", "A"), ("user", "Q2")),
+     "the last turn of 'messages' is a user turn; KTO labels the last turn as the answer"),
+    (turns(("assistant", "A")), "'messages' has no prompt turn before its answer"),
+    (turns(("system", "S"), ("assistant", "A")), "'messages' has no prompt turn before its answer"),
+])
+def test_kto_conversation_without_an_answer(messages, message):
+    p = refusal(spec(format="kto"), {"messages": messages, "label": True})
+    assert (p.code, p.message) == ("FT515", message)
+
+
+def test_kto_conversation_label_and_roles_are_judged_like_the_other_shape():
+    assert refusal(spec(format="kto"), {"messages": turns(("user", "Q"), ("assistant", "A")), "label": "maybe"}
+                   ).code == "FT509"
+    assert refusal(spec(format="kto"), {"messages": turns(("user", "Q"), ("assistant", "A"))}).message == \
+        "missing column 'label' (format kto)"
+    p = refusal(spec(format="kto"), {"messages": [{"role": "customer", "content": "Q"},
+                                                  {"role": "assistant", "content": "A"}], "label": True})
+    assert p.code == "FT505" and "customer: user" in p.hint
+
+
 def test_groups():
     assert [group_of(f) for f in ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference",
                                   "kto")] == ["sft"] * 5 + ["preference", "kto"]

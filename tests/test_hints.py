@@ -171,6 +171,18 @@ CORPUS: dict[str, str] = {
     "merge of a full fine-tune": build(sft={"adapter": {"type": "full"}}, dpo={"adapter": {"type": "full"}}),
     "gguf of an adapter": build(gguf={"input": "dpo"}),
     "full from an adapter": build(dpo={"adapter": {"type": "full"}}),
+    "reward model used as a causal LM": build(stages=[
+        *BASE["stages"][:2],
+        {"id": "rm", "kind": "reward", "input": "sft", "data": "data", "learning_rate": 1e-5,
+         "adapter": {"type": "lora", "modules_to_save": ["lm_head"]}},
+        {"id": "merge", "kind": "merge", "input": "rm"}]),
+    "cpt on conversations": build(stages=[
+        {"id": "data", "kind": "data", "max_seq_len": 2048,
+         "datasets": [{"path": "data/chat.jsonl", "format": "messages"}, {"path": "data/text.jsonl", "format": "text"}]},
+        {"id": "cpt", "kind": "cpt", "data": "data", "learning_rate": 2e-5, "adapter": {"type": "full"}}]),
+    "kto with one example per micro-batch": build(stages=[
+        {"id": "data", "kind": "data", "max_seq_len": 2048, "datasets": [{"path": "data/kto.jsonl", "format": "kto"}]},
+        {"id": "kto", "kind": "kto", "data": "data", "learning_rate": 5e-6, "adapter": {"type": "lora"}}]),
     # --- resolution ---------------------------------------------------------------------------------------
     "unknown gpu": build(hardware={"gpu": "A100"}),
     "unknown model": build(model={"base": "acme/secret-model"}),
@@ -255,8 +267,11 @@ def project(tmp_path_factory) -> Path:
                                              encoding="utf-8")
     pairs = [{"prompt": "p", "chosen": "", "rejected": "r"}, {"prompt": "p", "chosen": "a", "rejected": ["b"]}]
     (root / "data" / "bad-pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
-    (root / "data" / "bad-kto.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c", "label": "yes"}) + "\n",
-                                                 encoding="utf-8")
+    kto = [{"prompt": "p", "completion": "c", "label": "yes"},
+           {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}], "label": True}]
+    (root / "data" / "bad-kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kto), encoding="utf-8")
+    (root / "data" / "kto.jsonl").write_text(json.dumps({**CHAT, "label": True}) + "\n", encoding="utf-8")
+    (root / "data" / "text.jsonl").write_text(json.dumps({"text": "Raw text."}) + "\n", encoding="utf-8")
     (root / "data" / "empty.jsonl").write_text("", encoding="utf-8")
     tools = {"conversations": [{"from": "human", "value": "weather?"},
                                {"from": "function_call", "value": '{"name": "weather", "arguments": {}}'},
@@ -350,7 +365,7 @@ def test_the_corpus_reaches_every_error_code(project):
     # never errors, or not reachable from a pipeline file alone (a local model folder, tokenizer or template)
     not_errors = {"FT013", "FT102", "FT304", "FT305", "FT311", "FT314", "FT317", "FT331", "FT332", "FT333", "FT335",
                   "FT336", "FT337", "FT405", "FT410", "FT411", "FT414", "FT506", "FT508", "FT511", "FT512", "FT514",
-                  "FT603", "FT604", "FT607", "FT608", "FT609", "FT610"}
+                  "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615"}
     local_files = {"FT011", "FT406", "FT407", "FT408", "FT409", "FT412", "FT413"}
     missing = sorted(set(all_codes()) - seen - not_errors - local_files)
     assert missing == [], f"no corpus entry reaches {missing}"

@@ -169,7 +169,7 @@ def test_value_aliases_name_values_ftplan_accepts():
     ("top", {"chat_template": "chatml"},
      "`chat_template` is set under `model`: write `model: {chat_template: chatml}`"),
     ("dpo", {"dpo_beta": 0.2}, "ftplan calls it `beta`: write `beta: 0.2`"),
-    ("train", {"beta": 0.2}, "'beta' is only valid when kind is 'dpo'"),
+    ("train", {"beta": 0.2}, "'beta' is only valid when kind is 'dpo' or 'orpo' or 'kto'"),
     ("dataset", {"field_messages": "conversations"},
      "ftplan calls it `columns`: write `columns: {messages: conversations}`"),
     ("train", {"datasets": []},

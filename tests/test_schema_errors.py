@@ -116,7 +116,8 @@ def test_unknown_key_without_close_match_lists_the_allowed_keys():
 
 def test_unknown_key_of_another_stage_kind_says_where_it_belongs():
     assert run(edit("    distributed: zero3", "    beta: 0.1")) == [
-        ("18:5", "FT003", "stages[sft]: unknown key 'beta'", "'beta' is only valid when kind is 'dpo'")]
+        ("18:5", "FT003", "stages[sft]: unknown key 'beta'",
+         "'beta' is only valid when kind is 'dpo' or 'orpo' or 'kto'")]
 
 
 def test_key_at_the_wrong_level_says_where_it_belongs():
@@ -193,7 +194,7 @@ def test_bad_enum_value_with_did_you_mean():
      ("15:11", "FT004", "stages[sft].kind: unknown stage kind 'sfft'", "did you mean 'sft'?")),
     ("kind: sft", "kind: train",
      ("15:11", "FT004", "stages[sft].kind: unknown stage kind 'train'",
-      "use one of 'data', 'sft', 'dpo', 'merge', 'gguf'")),
+      "use one of 'data', 'sft', 'cpt', 'dpo', 'orpo', 'kto', 'reward', 'merge', 'gguf'")),
     ("format: alpaca", "format: alpacca",
      ("13:42", "FT004", "stages[prep].datasets[0].format: unknown dataset format 'alpacca'",
       "did you mean 'alpaca'?")),
@@ -206,7 +207,7 @@ def test_bad_discriminator(old, new, expected):
 
 def test_discriminator_that_is_not_text():
     assert run(edit("kind: sft", "kind: [sft]")) == [
-        ("15:11", "FT006", "stages[sft].kind: must be one of 'data', 'sft', 'dpo', 'merge', 'gguf' (got a list)",
+        ("15:11", "FT006", "stages[sft].kind: must be one of 'data', 'sft', 'cpt', 'dpo', 'orpo', 'kto', 'reward', 'merge', 'gguf' (got a list)",
          "write one of them as plain text, e.g. `kind: data`")]
 
 
@@ -266,7 +267,7 @@ def test_missing_top_level_keys():
 def test_missing_stage_kind():
     assert run(edit("    kind: dpo\n", "")) == [
         ("20:5", "FT005", "stages[dpo]: missing required key 'kind'",
-         "add 'kind:' with one of 'data', 'sft', 'dpo', 'merge', 'gguf'")]
+         "add 'kind:' with one of 'data', 'sft', 'cpt', 'dpo', 'orpo', 'kto', 'reward', 'merge', 'gguf'")]
 
 
 # --- FT006 wrong types ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ftplan.context import Context
 from ftplan.diagnostics import KeyPath
 from ftplan.resolved_stage import TrainingFacts
 from ftplan.resolved_stage import data_stage_of as _data_stage_of
-from ftplan.schemas import DataStage, DpoStage, LoraAdapter, SftStage
+from ftplan.schemas import TRAIN_STAGE_TYPES, DataStage, LoraAdapter, TrainStage
 from ftplan.suggest import did_you_mean
 
 __all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "data_stage_of", "data_stages", "declared_adapter",
@@ -25,11 +25,11 @@ EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 """bitsandbytes optimizers."""
 
 
-def train_stages(ctx: Context) -> Iterator[tuple[int, SftStage | DpoStage, TrainingFacts]]:
+def train_stages(ctx: Context) -> Iterator[tuple[int, TrainStage, TrainingFacts]]:
     """(index, stage, resolved facts) of every training stage, in file order."""
     for i, stage in enumerate(ctx.pipeline.stages):
         facts = ctx.stages[i].train
-        if isinstance(stage, (SftStage, DpoStage)) and facts is not None:
+        if isinstance(stage, TRAIN_STAGE_TYPES) and facts is not None:
             yield i, stage, facts
 
 
@@ -40,18 +40,18 @@ def data_stages(ctx: Context) -> Iterator[tuple[int, DataStage]]:
             yield i, stage
 
 
-def data_stage_of(ctx: Context, stage: SftStage | DpoStage) -> tuple[int, DataStage] | None:
+def data_stage_of(ctx: Context, stage: TrainStage) -> tuple[int, DataStage] | None:
     """The data stage a training stage reads, or None when the reference is broken or ambiguous."""
     return _data_stage_of(ctx.pipeline, stage)
 
 
-def strategy_path(i: int, stage: SftStage | DpoStage) -> KeyPath:
+def strategy_path(i: int, stage: TrainStage) -> KeyPath:
     """Key path of the stage's strategy (``distributed`` or ``distributed.strategy``)."""
     return ("stages", i, "distributed") if isinstance(stage.distributed, str) else (
         "stages", i, "distributed", "strategy")
 
 
-def declared_adapter(stage: SftStage | DpoStage) -> LoraAdapter | None:
+def declared_adapter(stage: TrainStage) -> LoraAdapter | None:
     """The adapter spec this stage declares itself (None for ``continue`` and full fine-tunes)."""
     return stage.adapter if isinstance(stage.adapter, LoraAdapter) else None
 

@@ -32,6 +32,7 @@ CODES = {
     "FT512": "an answer is empty",
     "FT513": "a turn has non-text content (images, audio, files)",
     "FT514": "a dataset path is neither a local file nor a folder, so it is taken as a hub dataset id",
+    "FT515": "a KTO conversation has no labelled answer: it does not end with an assistant turn after a prompt",
 }
 
 ROWS_NAMED = 12

@@ -7,7 +7,7 @@ from ftplan.catalog.gpus import GpuSpec
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import DpoStage, SftStage
+from ftplan.schemas import TRAIN_KINDS, TrainStage
 from ftplan.schemas.runtime_args import KERNEL_FAMILIES
 
 from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, sm, strategy_path, train_stages
@@ -101,7 +101,7 @@ def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
     seq x seq mask per row (memory the estimate does not model) and depends on the collator passing no attention
     mask, so the plan requires a varlen backend instead."""
     found = data_stage_of(ctx, stage)
-    if not isinstance(stage, SftStage) or found is None or not found[1].packing:
+    if TRAIN_KINDS[stage.kind].group != "sft" or found is None or not found[1].packing:
         return []
     if stage.attention in VARLEN_BACKENDS:
         return []
@@ -131,7 +131,7 @@ def _kernels(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
     return diags
 
 
-def _bitsandbytes(stage: SftStage | DpoStage, facts: TrainingFacts, here: KeyPath, gpu: GpuSpec | None,
+def _bitsandbytes(stage: TrainStage, facts: TrainingFacts, here: KeyPath, gpu: GpuSpec | None,
                   cpu: bool) -> list[Diagnostic]:
     qlora = facts.method == "qlora"
     optim = stage.optimizer in EIGHT_BIT_OPTIMIZERS

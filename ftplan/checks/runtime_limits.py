@@ -2,9 +2,10 @@
 
 Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pipeline and the declared hardware:
 
-* FT320 mirrors ``preflight.check_fused_loss`` (SFT only: DPO does not use the fused loss). ``kernels: ftplan``
-  computes the SFT loss with ``causal_lm_loss``, which reads ``lm_head.weight`` whole; ZeRO-3 shards it. ZeRO-1/2
-  keep every parameter whole and are accepted. FSDP2 is refused too: ``causal_lm_loss`` calls the decoder
+* FT320 mirrors ``preflight.check_fused_loss`` (SFT and CPT only: the preference kinds do not use the fused loss).
+  ``kernels: ftplan`` computes the SFT loss with ``causal_lm_loss``, which reads ``lm_head.weight`` whole; ZeRO-3
+  shards it. ZeRO-1/2 keep every parameter whole and are accepted. FSDP2 is refused too: ``causal_lm_loss`` calls
+  the decoder
   directly, skipping the forward of the root FSDP2 module that unshards the parameters it holds (embeddings, final
   norm, lm_head); on a freshly wrapped model the embedding lookup then meets a sharded DTensor and fails.
 * FT321 mirrors ``model_loading.load_for_training``: adapters merged into the base when the stage loads (a DPO
@@ -25,14 +26,14 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import DpoStage, MergeStage, SftStage
+from ftplan.schemas import TRAIN_KINDS, DpoStage, MergeStage, TrainStage
 
 from ._common import declared_adapter, strategy_path, train_stages
 
 CODES = {
-    "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT stage",
+    "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT or CPT stage",
     "FT321": "adapters merged into the base at load under ZeRO-3",
-    "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT stage",
+    "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT or CPT stage",
     "FT323": "fp16 mixed precision with `device: cpu`",
     "FT324": "a merge stage with `dtype: fp16` that runs on the CPU",
     "FT325": "DPO `label_smoothing` with a loss that ignores it",
@@ -56,8 +57,8 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _fused_loss(i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
-    if not isinstance(stage, SftStage) or stage.kernels != "ftplan":
+def _fused_loss(i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
+    if TRAIN_KINDS[stage.kind].group != "sft" or stage.kernels != "ftplan":
         return []
     diags = []
     path = ("stages", i, "kernels")
@@ -73,7 +74,7 @@ def _fused_loss(i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> lis
                            "embeddings, final norm and lm_head it holds sharded; the runtime stops at preflight",
                            hint="set `kernels: none` to keep `fsdp2`, or `distributed: zero2` (check the memory "
                            "estimate)"))
-    adapter = declared_adapter(stage)  # an SFT stage always declares its adapter (only DPO continues one)
+    adapter = declared_adapter(stage)  # an SFT or CPT stage always declares its adapter (it never continues one)
     if adapter is not None and adapter.targets != "all-linear" and "lm_head" in adapter.targets:
         where = ("stages", i, "adapter", "targets", adapter.targets.index("lm_head"))
         diags.append(error("FT322", where, "LoRA on `lm_head` with `kernels: ftplan`: the fused cross-entropy "
@@ -83,7 +84,7 @@ def _fused_loss(i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> lis
     return diags
 
 
-def _merge_at_load(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
+def _merge_at_load(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
     link = ctx.links.get(stage.id)
     if facts.strategy != "zero3" or link is None or link.input is None or link.result is None:
         return []
@@ -116,13 +117,13 @@ def _merged_id(ctx: Context, source: str) -> str:
     return next(c for c in (base, *(f"{base}{n}" for n in range(2, 1000))) if c not in taken)
 
 
-def _merge_input_stage(ctx: Context, origin: str) -> DpoStage | None:
+def _merge_input_stage(ctx: Context, origin: str) -> TrainStage | None:
     """The stage ``origin`` that declared the continued adapter, when it started it with ``merge_input``."""
     stage = ctx.pipeline.stage(origin)
-    return stage if isinstance(stage, DpoStage) and stage.merge_input else None
+    return stage if getattr(stage, "merge_input", False) else None
 
 
-def _cpu_fp16(ctx: Context, i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
+def _cpu_fp16(ctx: Context, i: int, stage: TrainStage) -> list[Diagnostic]:
     if ctx.pipeline.hardware.device != "cpu" or stage.precision != "fp16":
         return []
     return [error("FT323", ("stages", i, "precision"), "`precision: fp16` is mixed precision with loss scaling "
@@ -137,7 +138,7 @@ def _merge_dtype(ctx: Context, i: int, stage: MergeStage) -> list[Diagnostic]:
                   "an fp16 precision on a CPU device at preflight", hint="set `dtype: bf16` (or `fp32`)")]
 
 
-def _label_smoothing(i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
+def _label_smoothing(i: int, stage: TrainStage) -> list[Diagnostic]:
     if not isinstance(stage, DpoStage) or stage.label_smoothing == 0 or stage.loss_type in SMOOTHED_LOSSES:
         return []
     return [error("FT325", ("stages", i, "label_smoothing"), f"`label_smoothing: {stage.label_smoothing:g}` has no "

@@ -21,7 +21,7 @@ import re
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import DistributedSpec, DpoStage, SftStage
+from ftplan.schemas import DistributedSpec, TrainStage
 
 from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, ZERO, strategy_path, train_stages
 
@@ -82,7 +82,7 @@ def _hardware(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _stage(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
+def _stage(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
     diags = []
     world = facts.batch.world_size
     spec = stage.distributed_spec()
@@ -109,7 +109,7 @@ def _stage(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFact
     return diags
 
 
-def _optimizer(stage: SftStage | DpoStage, i: int, name: str, spec: DistributedSpec) -> list[Diagnostic]:
+def _optimizer(stage: TrainStage, i: int, name: str, spec: DistributedSpec) -> list[Diagnostic]:
     if stage.optimizer not in EIGHT_BIT_OPTIMIZERS:
         return []
     path = ("stages", i, "optimizer")
@@ -130,7 +130,7 @@ def _optimizer(stage: SftStage | DpoStage, i: int, name: str, spec: DistributedS
     return []
 
 
-def _quantized(stage: SftStage | DpoStage, facts: TrainingFacts, i: int, name: str,
+def _quantized(stage: TrainStage, facts: TrainingFacts, i: int, name: str,
                spath: KeyPath) -> list[Diagnostic]:
     if facts.method != "qlora":
         return []
@@ -140,7 +140,7 @@ def _quantized(stage: SftStage | DpoStage, facts: TrainingFacts, i: int, name: s
                       hint="use `zero2` (shards optimizer states and gradients; the 4-bit base is small)")]
     if name == "fsdp2":
         why = ("preference training over an FSDP2-sharded 4-bit base is not a working path (Axolotl refuses it "
-               "for DPO/KTO too)" if isinstance(stage, DpoStage) else
+               "for DPO/KTO too)" if stage.kind in ("dpo", "orpo", "kto") else
                "the runtime does not store the 4-bit weights in the compute dtype that FSDP needs to shard them "
                "(FSDP-QLoRA), so the path is not offered")
         return [error("FT319", spath, f"QLoRA with `fsdp2` is not supported: {why}",

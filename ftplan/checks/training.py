@@ -1,12 +1,12 @@
 """Training-configuration rules: schedule and batch arithmetic, evaluation and saving, ZeRO-3 adapter saving,
-and the DPO reference model and data the plan will use."""
+and the reference model (DPO, KTO) and unpacked data (the preference and KTO kinds) the plan will use."""
 
 from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, info, warning
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import DpoStage, SftStage
+from ftplan.schemas import TRAIN_KINDS, TrainStage
 from ftplan.schemas.datasets import SFT_FORMATS
 
 from ._common import data_stage_of, train_stages
@@ -20,8 +20,8 @@ CODES = {
     "FT606": "load_best_model_at_end without matching eval_steps and save_steps",
     "FT607": "save_steps or eval_steps larger than max_steps",
     "FT608": "ZeRO-3 with an adapter: the saved weights are gathered to 16-bit",
-    "FT609": "packing on a data stage feeding DPO",
-    "FT610": "the reference model a DPO stage uses",
+    "FT609": "packing on a data stage feeding a preference or KTO stage (DPO, ORPO, KTO, reward)",
+    "FT610": "the reference model a DPO or KTO stage uses",
 }
 
 
@@ -44,15 +44,17 @@ def check(ctx: Context) -> list[Diagnostic]:
                               "config sets `stage3_gather_16bit_weights_on_model_save: true`, so the saved adapter "
                               "holds the gathered 16-bit weights, not empty ZeRO-3 placeholders",
                               hint="nothing to do; saving gathers the partitioned weights on every save"))
-        if isinstance(stage, DpoStage):
-            diags += _dpo(ctx, i, stage, facts)
+        if TRAIN_KINDS[stage.kind].group != "sft":
+            diags += _unpacked(ctx, i, stage)
+        if TRAIN_KINDS[stage.kind].reference:
+            diags += _reference(ctx, i, stage, facts)
     return diags
 
 
-def _batch(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
+def _batch(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
     world = facts.batch.world_size
     total = facts.batch.effective_batch
-    unit = ("pair" if isinstance(stage, DpoStage) else "sequence") + ("s" if total != 1 else "")
+    unit = TRAIN_KINDS[stage.kind].unit + ("s" if total != 1 else "")
     gpus = f"{world} GPU{'s' if world > 1 else ''}" if ctx.pipeline.hardware.device == "cuda" else "1 CPU process"
     diags = [info("FT603", ("stages", i, "micro_batch"), f"effective batch {total} {unit} per optimizer step = "
                   f"{gpus} × micro_batch {stage.micro_batch} × grad_accum {stage.grad_accum}",
@@ -60,14 +62,14 @@ def _batch(ctx: Context, i: int, stage: SftStage | DpoStage, facts: TrainingFact
                   "rate) the same")]
     rows = facts.rows
     if rows is not None and rows < total:
-        what = "pairs" if isinstance(stage, DpoStage) else "examples"
+        what = "pairs" if TRAIN_KINDS[stage.kind].pairs else "examples"
         diags.append(warning("FT604", ("stages", i, "micro_batch"), f"'{stage.data}' has {rows} training {what}, "
                              f"fewer than one effective batch ({total}): an epoch is less than one optimizer step",
                              hint="lower `micro_batch` or `grad_accum`, or add data"))
     return diags
 
 
-def _eval_save(ctx: Context, i: int, stage: SftStage | DpoStage) -> list[Diagnostic]:
+def _eval_save(ctx: Context, i: int, stage: TrainStage) -> list[Diagnostic]:
     diags = []
     here = ("stages", i)
     found = data_stage_of(ctx, stage)
@@ -101,18 +103,27 @@ def _eval_save(ctx: Context, i: int, stage: SftStage | DpoStage) -> list[Diagnos
     return diags
 
 
-def _dpo(ctx: Context, i: int, stage: DpoStage, facts: TrainingFacts) -> list[Diagnostic]:
-    diags = []
+def _unpacked(ctx: Context, i: int, stage: TrainStage) -> list[Diagnostic]:
+    """FT609: packing is for supervised examples; pairs and KTO examples are read unpacked."""
     found = data_stage_of(ctx, stage)
-    if found is not None and found[1].packing:
-        j, data = found
-        sft_too = any(d.format in SFT_FORMATS for d in data.datasets)
-        diags.append(warning("FT609", ("stages", j, "packing"), f"data stage '{data.id}' packs, but the DPO "
-                             f"stage '{stage.id}' reads its preference pairs unpacked (each pair padded to its "
-                             "longer answer)" + ("; packing applies to its supervised examples only" if sft_too
-                                                 else ", so `packing` has no effect here"),
-                             hint="keep `packing` for supervised data; split preference data into its own data "
-                             "stage without packing" if sft_too else "remove `packing: true`"))
+    if found is None or not found[1].packing:
+        return []
+    j, data = found
+    sft_too = any(d.format in SFT_FORMATS for d in data.datasets)
+    kind = "preference" if TRAIN_KINDS[stage.kind].pairs else "KTO"
+    what = "preference pairs unpacked (each pair padded to its longer answer)" if TRAIN_KINDS[stage.kind].pairs \
+        else "labelled examples unpacked (each padded to the longest of its batch)"
+    return [warning("FT609", ("stages", j, "packing"), f"data stage '{data.id}' packs, but the {stage.kind.upper()} "
+                    f"stage '{stage.id}' reads its {what}"
+                    + ("; packing applies to its supervised examples only" if sft_too
+                       else ", so `packing` has no effect here"),
+                    hint=f"keep `packing` for supervised data; split {kind} data into its own data stage without "
+                    "packing" if sft_too else "remove `packing: true`")]
+
+
+def _reference(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
+    """FT610: the reference policy a DPO or KTO stage computes its log-ratios against."""
+    diags = []
     text = reference_model(ctx, stage, facts)
     if text is not None:
         diags.append(info("FT610", ("stages", i, "reference"), text,
@@ -121,9 +132,9 @@ def _dpo(ctx: Context, i: int, stage: DpoStage, facts: TrainingFacts) -> list[Di
     return diags
 
 
-def reference_model(ctx: Context, stage: DpoStage, facts: TrainingFacts) -> str | None:
-    """One sentence naming the reference policy of a DPO stage (``TrainingFacts.reference``; None when its input
-    is broken)."""
+def reference_model(ctx: Context, stage: TrainStage, facts: TrainingFacts) -> str | None:
+    """One sentence naming the reference policy of a DPO or KTO stage (``TrainingFacts.reference``; None when its
+    input is broken)."""
     link = ctx.links.get(stage.id)
     if link is None or link.input is None:
         return None
@@ -132,14 +143,14 @@ def reference_model(ctx: Context, stage: DpoStage, facts: TrainingFacts) -> str 
         f"the weights '{src.weights}' wrote")
     chain = ", ".join(f"'{a.stage}'" for a in src.adapters)
     when = ("computed once before training" if stage.reference == "precomputed" else "computed live at every step")
+    result = f"the result of '{stage.input}'" if stage.input is not None else "the model the stage starts from"
     if facts.reference == "adapter_copy" and src.adapters:
         how = ("a frozen copy of the adapter kept next to the trained one" if facts.reference_live else
                "the adapter as the input stage left it")
-        return (f"reference model: {weights} with adapter(s) {chain} ({how}), i.e. the result of "
-                f"'{stage.input}'; log-probs {when}")
+        return f"reference model: {weights} with adapter(s) {chain} ({how}), i.e. {result}; log-probs {when}"
     if facts.reference == "adapter":
         merged = f" with adapter(s) {chain} merged in" if src.adapters else ""
-        return (f"reference model: {weights}{merged}, i.e. the result of '{stage.input}', with the new adapter "
-                f"switched off; log-probs {when}")
+        return (f"reference model: {weights}{merged}, i.e. {result}, with the new adapter switched off; log-probs "
+                f"{when}")
     copy = "a frozen second copy of the full model" if facts.reference_live else "the starting weights"
-    return f"reference model: {copy} ({weights}, the result of '{stage.input}'); log-probs {when}"
+    return f"reference model: {copy} ({weights}, {result}); log-probs {when}"

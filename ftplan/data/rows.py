@@ -154,7 +154,7 @@ def used_columns(spec: Any) -> frozenset[str]:
     names = {"alpaca": ("instruction", "input", "output", "system", "history"),
              "sharegpt": ("messages", "system", "tools"), "messages": ("messages", "system", "tools"),
              "prompt_completion": ("prompt", "completion"), "text": ("text",),
-             "preference": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label")}
+             "preference": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label", "messages")}
     return frozenset(getattr(c, n) for n in names[spec.format])
 
 
@@ -250,7 +250,7 @@ def _text(spec: Any, row: dict, warnings: list[RowProblem]) -> Text:
 
 def _preference(spec: Any, row: dict, warnings: list[RowProblem]) -> Pair:
     c = spec.columns
-    implicit = c.prompt not in row and "prompt" not in c.model_fields_set
+    implicit = c.prompt not in row and not _mapped(spec, "prompt")
     _require(spec, row, ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"))
     chosen, rejected = row[c.chosen], row[c.rejected]
     for col, value in ((c.chosen, chosen), (c.rejected, rejected)):
@@ -291,7 +291,36 @@ def _preference(spec: Any, row: dict, warnings: list[RowProblem]) -> Pair:
 
 def _kto(spec: Any, row: dict, warnings: list[RowProblem]) -> Unpaired:
     c = spec.columns
+    conversation = _mapped(spec, "messages") or (c.completion not in row and c.messages in row
+                                                 and not _mapped(spec, "completion"))
+    if conversation:
+        return _kto_conversation(spec, row)
     _require(spec, row, ("prompt", "completion", "label"))
+    label = _kto_label(spec, row)
+    prompt = _side(spec, row[c.prompt], c.prompt, "user")
+    completion = _side(spec, row[c.completion], c.completion, "assistant")
+    return Unpaired(prompt, completion, label)
+
+
+def _kto_conversation(spec: Any, row: dict) -> Unpaired:
+    """LLaMA-Factory's KTO rows: a conversation whose last turn is the labelled answer."""
+    c = spec.columns
+    _require(spec, row, ("messages", "label"))
+    label = _kto_label(spec, row)
+    turns = _turns(spec, row[c.messages], c.messages, c.role, c.content, spec.roles)
+    if turns[-1]["role"] != "assistant":
+        raise _Refused(RowProblem("FT515", "error", f"the last turn of '{c.messages}' is a {turns[-1]['role']} "
+                                  "turn; KTO labels the last turn as the answer", "end each conversation with the "
+                                  "assistant answer the label judges (or check the role mapping in `roles`)",
+                                  _key(spec, "roles")))
+    if len(turns) < 2 or all(t["role"] == "system" for t in turns[:-1]):
+        raise _Refused(RowProblem("FT515", "error", f"'{c.messages}' has no prompt turn before its answer",
+                                  "give each conversation the user turn(s) the answer replies to, or drop the row"))
+    return Unpaired(turns[:-1], turns[-1:], label)
+
+
+def _kto_label(spec: Any, row: dict) -> bool:
+    c = spec.columns
     value = row[c.label]
     label = value if isinstance(value, bool) else _LABELS.get(
         value.strip().lower() if isinstance(value, str) else value if type(value) is int else None)
@@ -299,9 +328,7 @@ def _kto(spec: Any, row: dict, warnings: list[RowProblem]) -> Unpaired:
         raise _Refused(RowProblem("FT509", "error", f"label '{c.label}' is {json.dumps(value)[:40]} "
                                   f"({kind_of(value)}), not a boolean", "write `true` (or 1) for a desirable answer "
                                   "and `false` (or 0) for an undesirable one", _key(spec, "columns", "label")))
-    prompt = _side(spec, row[c.prompt], c.prompt, "user")
-    completion = _side(spec, row[c.completion], c.completion, "assistant")
-    return Unpaired(prompt, completion, label)
+    return label
 
 
 _LABELS: dict = {"true": True, "false": False, "1": True, "0": False, 1: True, 0: False}
@@ -312,6 +339,12 @@ _FORMATS = {"alpaca": _alpaca, "sharegpt": _chat, "messages": _chat, "prompt_com
 
 
 # ------------------------------------------------------------------------------------------------ columns
+
+def _mapped(spec: Any, name: str) -> bool:
+    """The dataset maps column ``name`` to a column other than its default name. (Not ``model_fields_set``: a
+    compiled stage's ``args.json`` writes every column, so the runtime would see each as set.)"""
+    return getattr(spec.columns, name) != type(spec.columns).model_fields[name].default
+
 
 def _key(spec: Any, name: str, *rest: str) -> tuple[str, ...]:
     """Key path under the dataset entry: the field when the user wrote it, else the dataset's ``path``."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .reading import FileProblem, RawRow, count_rows, read_rows, row_unit
-from .rows import Converted, RowProblem, convert_row, tool_features, used_columns
+from .rows import Converted, RowProblem, Unpaired, convert_row, tool_features, used_columns
 
 __all__ = ["DatasetScan", "Finding", "MAX_KEPT", "Scanner", "scan_file"]
 
@@ -63,6 +63,10 @@ class DatasetScan:
     """What the rows need from the chat template beyond plain turns: ``tools``, ``tool_calls``."""
     unit: str = "line"
     """What row numbers count: ``line``, ``item`` or ``row``."""
+    desirable: int = 0
+    """KTO rows read whose answer is labelled desirable."""
+    undesirable: int = 0
+    """KTO rows read whose answer is labelled undesirable."""
 
     @property
     def errors(self) -> int:
@@ -92,6 +96,7 @@ class Scanner:
     unused: dict[str, None] = field(default_factory=dict)
     features: set[str] = field(default_factory=set)
     file_problem: str | None = None
+    labels: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._used = used_columns(self.spec)
@@ -113,6 +118,8 @@ class Scanner:
             self.bad_rows += 1
         else:
             self.features |= tool_features(converted.record)
+            if isinstance(converted.record, Unpaired):
+                self.labels[converted.record.label] += 1
         for problem in converted.problems:
             self.counts[problem.code] += 1
             if len(self.findings) < self.max_kept:
@@ -129,7 +136,8 @@ class Scanner:
             path=self.path, rows_read=self.rows_read, complete=complete,
             rows_total=self.rows_read if complete else rows_total, file_problem=self.file_problem,
             findings=tuple(self.findings), counts=tuple(sorted(self.counts.items())), bad_rows=self.bad_rows,
-            unused_columns=tuple(self.unused), tool_features=frozenset(self.features), unit=self.unit)
+            unused_columns=tuple(self.unused), tool_features=frozenset(self.features), unit=self.unit,
+            desirable=self.labels[True], undesirable=self.labels[False])
 
 
 def scan_file(spec: Any, full: Path, rel: str, *, max_rows: int | None = None) -> DatasetScan:

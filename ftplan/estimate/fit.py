@@ -182,7 +182,7 @@ def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
     mb, accum = stage.micro_batch, stage.grad_accum
     for smaller in sorted((d for d in range(1, mb) if mb % d == 0), reverse=True):
         add("micro_batch", (at("micro_batch"), smaller), (at("grad_accum"), accum * (mb // smaller)))
-    if r.dpo and r.reference != "none":
+    if r.reference != "none":
         add("reference", (at("reference"), "precomputed"))
     if stage.optimizer == "adamw":
         add("optimizer", (at("optimizer"), "adamw_8bit"))

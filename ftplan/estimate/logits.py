@@ -12,6 +12,12 @@ N = tokens per micro-step, V = vocabulary, h = hidden size, e_l = dtype of the l
 - ``fused`` (``kernels: ftplan``): chunks of C = min(N, max(N.h // V, 256 MiB / (V.elt))) rows; the hidden-state
   gradient is written during the forward. Measured at kernel level: 0.31 GiB above the inputs at N=8192 with a
   frozen Llama-3 head, 1.3 GiB with a trainable one (``runtime/kernels/cross_entropy.py``).
+- ``orpo``: TRL's ``ORPOTrainer`` (1.16) takes the full logits of chosen and rejected from one forward; beside the
+  ``hf`` terms (logits, fp32 upcast, fp32 log-softmax of every token for the answers' mean log-probs) its
+  supervised loss runs a second cross-entropy over the chosen half: one more fp32 log-softmax of N/2 × V, saved for
+  backward, and its gradient in backward (2 × N/2 × V × 4 B).
+- ``score``: a reward model's head is a (h × 1) linear: no vocabulary logits. The forward keeps the final norm's
+  input; backward writes the hidden-state gradient (N × h in the stream dtype); the scores themselves are N × 4 B.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def lm_head_trains(r: Resolved) -> bool:
 
 def compute(r: Resolved) -> Loss:
     """Memory of computing the loss for one micro-step."""
-    return {"hf": _hf, "trl_chunked": _trl, "fused": _fused}[r.loss_path](r)
+    return {"hf": _hf, "trl_chunked": _trl, "fused": _fused, "orpo": _orpo, "score": _score}[r.loss_path](r)
 
 
 def _final_norm(r: Resolved, n: int) -> Term:
@@ -119,3 +125,23 @@ def _fused(r: Resolved) -> Loss:
     ref = (chunk, losses)
     saved = (dh, losses, *[t for t in extra if "gradient" in t.name])
     return Loss(terms, terms, None, max(chunk.bytes, n * h * r.stream_bytes), saved, ref)
+
+
+def _orpo(r: Resolved) -> Loss:
+    """``hf`` plus ORPO's cross-entropy over the chosen half (see the module docstring)."""
+    base = _hf(r)
+    nv_half = (r.tokens // 2) * r.shape.vocab_size
+    what = f"{num(r.tokens // 2)} chosen tokens × {num(r.shape.vocab_size)}"
+    nll = Term("chosen NLL log-softmax (fp32)", nv_half * 4, f"{what} × 4 B")
+    nll_grad = Term("chosen NLL gradient (fp32)", 2 * nv_half * 4, f"{what} × 4 B × 2 (log-softmax and its gradient)")
+    return Loss(base.forward + (nll,), base.backward + (nll_grad,), base.held, base.largest_block,
+                base.saved + (nll,), ())
+
+
+def _score(r: Resolved) -> Loss:
+    """A reward model's one-value head (see the module docstring)."""
+    n, h = r.tokens, r.shape.hidden_size
+    scores = Term("reward scores", n * 4, f"{num(n)} tokens × 1 × 4 B")
+    grad = Term("hidden-state gradient", n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B")
+    forward = (_final_norm(r, n), scores)
+    return Loss(forward, forward + (grad,), None, n * h * r.stream_bytes, (scores,), ())

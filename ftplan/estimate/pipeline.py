@@ -9,7 +9,7 @@ from ..catalog.gpus import GpuSpec
 from ..context import Context
 from ..diagnostics import Diagnostic, error, warning
 from ..resolved_stage import data_stage_of
-from ..schemas import DataStage, DpoStage, GgufStage, MergeStage, SftStage
+from ..schemas import TRAIN_STAGE_TYPES, DataStage, GgufStage, MergeStage
 from . import host
 from .accuracy import accuracy_of
 from .constants import TIGHT_FRACTION
@@ -61,8 +61,8 @@ def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEsti
             continue
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
         if hw.device == "cuda":
-            est = replace(est, accuracy=accuracy_of(r.shape.family, r.method, "dpo" if r.dpo else "sft", r.seq,
-                                                    r.world))
+            measured_as = "sft" if r.kind == "cpt" else r.kind  # CPT runs the SFT trainer over packed text
+            est = replace(est, accuracy=accuracy_of(r.shape.family, r.method, measured_as, r.seq, r.world))
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
             fits: list[Fit] = []
             refused: list[Outcome] = []
@@ -81,7 +81,7 @@ def stage_setup(ctx: Context, index: int) -> Resolved | None:
     when it is not a training stage or its data stage or input is missing."""
     stage = ctx.pipeline.stages[index]
     facts = ctx.stages[index]
-    if ctx.shape is None or facts.train is None or not isinstance(stage, (SftStage, DpoStage)):
+    if ctx.shape is None or facts.train is None or not isinstance(stage, TRAIN_STAGE_TYPES):
         return None
     link = ctx.links.get(stage.id)
     found = data_stage_of(ctx.pipeline, stage)

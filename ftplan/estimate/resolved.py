@@ -15,11 +15,14 @@ from typing import Literal
 
 from ..catalog.models import ModelShape
 from ..resolved_stage import Method, Strategy
-from ..schemas import DpoStage, LoraAdapter, SftStage
+from ..schemas import TRAIN_KINDS, LoraAdapter, TrainStage
 
 __all__ = ["BASELINE_LOOP", "Loop", "LossPath", "Method", "Resolved", "Strategy", "runtime_loop"]
 
-LossPath = Literal["hf", "trl_chunked", "fused"]
+LossPath = Literal["hf", "trl_chunked", "fused", "orpo", "score"]
+"""How the loss is computed: full logits (``hf``), TRL's chunked LM head, the fused linear cross-entropy
+(``kernels: ftplan``), ORPO's full logits with a second log-softmax over the chosen half (``orpo``), or a reward
+model's one-value classification head, with no vocabulary logits at all (``score``)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,12 @@ BASELINE_LOOP = Loop(autocast=False, chunked_lm_head=False, holds_outputs=True, 
 measured points in baselines.md use it."""
 
 
-def runtime_loop(stage: SftStage | DpoStage, *, packed: bool, precision_autocast: bool = True) -> Loop:
-    """The loop the compiled plan runs: TRL trainers (HF Trainer with autocast for bf16/fp16)."""
+def runtime_loop(stage: TrainStage, *, packed: bool, precision_autocast: bool = True) -> Loop:
+    """The loop the compiled plan runs: TRL trainers (HF Trainer with autocast for bf16/fp16). Only the SFT group
+    (SFT, CPT) can be packed; the preference and KTO collators pad every batch."""
     autocast = precision_autocast and stage.precision in ("bf16", "fp16")
-    padded = isinstance(stage, DpoStage) or (stage.micro_batch > 1 and not packed)
-    return Loop(autocast=autocast, chunked_lm_head=True, holds_outputs=False, padded=padded,
+    padded = TRAIN_KINDS[stage.kind].group != "sft" or (stage.micro_batch > 1 and not packed)
+    return Loop(autocast=autocast, chunked_lm_head=stage.kind != "orpo", holds_outputs=False, padded=padded,
                 name="ftplan runtime (TRL trainer)")
 
 
@@ -69,7 +73,7 @@ class Resolved:
     micro_batch: int
     grad_accum: int
     sequences: int
-    """Sequences per micro-step per GPU (DPO: chosen + rejected = 2 × micro_batch)."""
+    """Sequences per micro-step per GPU (pair kinds: chosen + rejected = 2 × micro_batch)."""
     tokens_per_step: int
     """Tokens per optimizer step over all GPUs (``Batch.tokens_per_step``)."""
     gc: bool
@@ -81,14 +85,17 @@ class Resolved:
     offload_params: bool
     world: int
     nodes: int
-    dpo: bool
+    kind: str
+    """The training kind (``sft``, ``cpt``, ``dpo``, ``orpo``, ``kto``, ``reward``)."""
     reference: Literal["none", "adapter", "adapter_copy", "model_copy"]
-    """DPO reference during training: none (SFT or precomputed), the adapter-disabled policy, a frozen copy of
-    the continued adapter (TRL's ``ref`` adapter), or a frozen copy of the full weights."""
+    """DPO/KTO reference during training: none (no reference, or precomputed), the adapter-disabled policy, a
+    frozen copy of the continued adapter (TRL's ``ref`` adapter), or a frozen copy of the full weights."""
     nvls: bool = False
     """NCCL NVLS buffers are allocated (NVLink Hopper node, >2 GPUs, not disabled)."""
     continues: bool = False
     """The stage keeps training its input's adapter (``adapter: continue``): its type cannot change."""
+    kl_estimate: bool = True
+    """A KTO stage's loss estimates a KL term (``loss_type: kto``; ``apo_zero_unpaired`` does not)."""
 
     @property
     def tokens(self) -> int:
@@ -158,8 +165,23 @@ class Resolved:
         return self.attention == "sdpa" and self.attn_bytes == 4 and gqa and not self.loop.padded
 
     @property
+    def reward(self) -> bool:
+        """A reward model: a sequence classifier with a one-value ``score`` head instead of ``lm_head``."""
+        return self.kind == "reward"
+
+    @property
+    def kl_batch(self) -> bool:
+        """KTO's KL estimate: a no-grad policy forward (and, with a live reference, a reference forward) over the
+        micro-batch's mismatched prompt/answer pairs."""
+        return self.kind == "kto" and self.kl_estimate
+
+    @property
     def loss_path(self) -> LossPath:
         """How the logits and loss are computed."""
+        if self.reward:
+            return "score"
+        if self.kind == "orpo":
+            return "orpo"
         if self.kernels == "ftplan":
             return "fused"
         return "trl_chunked" if self.loop.chunked_lm_head else "hf"

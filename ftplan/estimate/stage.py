@@ -7,8 +7,16 @@ Phases (what is alive on top of the states):
 - backward through the top layer (every checkpoint alive, few gradients yet) and through the bottom layer (every
   gradient, one checkpoint): one recomputed layer (its activations, the gradients in flight, attention score
   blocks) and the outputs the caller still holds;
-- DPO reference forward: the policy's saved activations and loss state plus a no-grad forward through the reference;
+- DPO / KTO reference forward: the policy's saved activations and loss state plus a no-grad forward through the
+  reference;
+- KTO KL forward: before the policy's forward, a no-grad forward of the policy over the micro-batch's mismatched
+  prompt/answer pairs (nothing saved yet: one layer's working set and the loss head's);
 - optimizer step: every gradient.
+
+The kinds differ in what one micro-step holds (``Resolved``): a pair kind (DPO, ORPO, reward) runs chosen and
+rejected as 2 × ``micro_batch`` sequences; ORPO computes full logits and a second log-softmax over the chosen half
+(``logits._orpo``); a reward model has no vocabulary head at all (``logits._score``, ``states``); KTO adds the KL
+forward and, with a live reference, reference forwards over the batch and the KL batch.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from ..catalog.gpus import GpuSpec
 from ..catalog.models import ModelShape
-from ..schemas import DpoStage, FullFinetune, LoraAdapter, SftStage
+from ..schemas import TRAIN_KINDS, FullFinetune, LoraAdapter, TrainStage
 from . import activations, fixed, logits, states, throughput
 from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
 from .fmt import gib, num
@@ -40,7 +48,7 @@ class Phase:
         return sum(t.bytes for t in self.terms)
 
 
-def resolve(shape: ModelShape, stage: SftStage | DpoStage, *, seq_len: int, world_size: int = 1, nodes: int = 1,
+def resolve(shape: ModelShape, stage: TrainStage, *, seq_len: int, world_size: int = 1, nodes: int = 1,
             quantized_base: bool = False, adapter: LoraAdapter | FullFinetune | None = None,
             loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
     """Reduce a stage outside a pipeline to the quantities memory depends on: its ``TrainingFacts`` for
@@ -52,11 +60,11 @@ def resolve(shape: ModelShape, stage: SftStage | DpoStage, *, seq_len: int, worl
     return setup(shape, stage, facts, nodes=nodes, loop=loop, packed=packed, nvls=nvls)
 
 
-def setup(shape: ModelShape, stage: SftStage | DpoStage, facts: TrainingFacts, *, nodes: int,
+def setup(shape: ModelShape, stage: TrainStage, facts: TrainingFacts, *, nodes: int,
           loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
     """The quantities memory depends on (see ``resolved.py``), read from the stage's resolved ``facts``; a
     continued adapter of unknown shape counts with LoRA's defaults."""
-    dpo = isinstance(stage, DpoStage)
+    pairs = TRAIN_KINDS[stage.kind].pairs
     seq = facts.batch.seq_len
     tokens = facts.batch.tokens_per_step
     if seq is None or tokens is None:
@@ -68,14 +76,14 @@ def setup(shape: ModelShape, stage: SftStage | DpoStage, facts: TrainingFacts, *
         shape=shape, method=method, lora=lora, precision=stage.precision,
         loop=loop if loop is not None else runtime_loop(stage, packed=packed),
         seq=seq, micro_batch=facts.batch.micro_batch, grad_accum=facts.batch.grad_accum,
-        sequences=facts.batch.micro_batch * (2 if dpo else 1), tokens_per_step=tokens,
+        sequences=facts.batch.micro_batch * (2 if pairs else 1), tokens_per_step=tokens,
         gc=stage.gradient_checkpointing, attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
         strategy=facts.strategy, offload_optimizer=facts.offload_optimizer, offload_params=facts.offload_params,
-        world=facts.batch.world_size, nodes=nodes, dpo=dpo, reference=facts.reference_in_step, nvls=nvls,
-        continues=facts.continues_adapter)
+        world=facts.batch.world_size, nodes=nodes, kind=stage.kind, reference=facts.reference_in_step, nvls=nvls,
+        continues=facts.continues_adapter, kl_estimate=getattr(stage, "loss_type", "kto") == "kto")
 
 
-def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: SftStage | DpoStage, *, seq_len: int,
+def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: TrainStage, *, seq_len: int,
                       world_size: int = 1, nodes: int = 1, quantized_base: bool = False, device: str = "cuda",
                       adapter: LoraAdapter | FullFinetune | None = None, loop: Loop | None = None,
                       packed: bool = False, nvls: bool = False) -> StageEstimate:
@@ -101,7 +109,7 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     base: list[Term] = [] if cpu else [fixed.context(gpu), fixed.libraries(gpu), *fixed.nccl(r.world, gpu, r.nvls)]
     body = list(st.terms) + list(peak_phase.terms)
     if not cpu:
-        if r.loss_path == "hf":
+        if r.loss_path in ("hf", "orpo"):
             pattern, largest = ("hf_held" if r.loop.holds_outputs else "hf"), loss.largest_block
         else:
             pattern = "chunked_fp32" if r.stream_bytes == 4 else "chunked"
@@ -200,12 +208,14 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         Phase("backward through the bottom layer", tuple([held_one, *common, *held, st.grads, *layer])),
         Phase("optimizer step", tuple([*held, st.grads, *_step_transient(r, st, cpu)])),
     ]
-    if r.dpo and r.reference != "none":
-        ref_layer = Term("reference forward layer",
-                         (acts.inflight_mlp_tok + acts.inflight_attn_tok) * n + acts.scores_peak * 3 // 4,
-                         "no-grad working set of one layer")
-        phases.append(Phase("DPO reference forward",
+    nograd_layer = (acts.inflight_mlp_tok + acts.inflight_attn_tok) * n + acts.scores_peak * 3 // 4
+    if r.reference != "none":
+        ref_layer = Term("reference forward layer", nograd_layer, "no-grad working set of one layer")
+        phases.append(Phase(f"{r.kind.upper()} reference forward",
                             tuple([held_all, *common, *accum, *loss.saved, ref_layer, *loss.reference])))
+    if r.kl_batch:
+        kl_layer = Term("KL forward layer", nograd_layer, "no-grad working set of one layer over the KL batch")
+        phases.append(Phase("KTO KL forward", tuple([*common, *accum, kl_layer, *loss.reference])))
     return [Phase(p.name, tuple(t for t in p.terms if t.bytes)) for p in phases]
 
 

@@ -42,6 +42,10 @@ partitions under 1e9 parameters and lower for larger ones; with ``offload_optimi
 (2/N + 4/N there, against the estimator's 4/N). ZeRO-1/2 also build the fp32 gradient partition only for the step
 (counted here for the whole step, as the estimator does).
 
+A reward model (``Resolved.reward``) loads as a sequence classifier: a one-value ``score`` head (h parameters)
+instead of ``lm_head`` (``loaded_params``); with an adapter, the head trains in full beside it (PEFT's ``SEQ_CLS``
+task keeps it in ``modules_to_save``).
+
 Frozen weights (adapter methods) are replicated under none/ddp/zero1/zero2 and sharded 1/N under zero3/fsdp2, where
 ``offload_params`` moves them to the host. Beyond the model states, ``_sharding_buffers`` adds what the DeepSpeed
 estimators leave out: ZeRO-3's live parameters (``stage3_max_live_parameters``) and the communication buckets.
@@ -74,11 +78,19 @@ class States:
     """Trainable parameters (P_t)."""
 
 
+def loaded_params(r: Resolved) -> int:
+    """Parameters of the model as the stage loads it: the causal LM, or for a reward model the decoder with a
+    one-value ``score`` head (h) in place of ``lm_head``."""
+    pc = param_counts(r.shape)
+    return pc.total - pc.lm_head + r.shape.hidden_size if r.reward else pc.total
+
+
 def trainable_params(r: Resolved) -> int:
-    """P_t: every weight (full), or adapter + DoRA magnitudes + ``modules_to_save`` copies."""
+    """P_t: every weight (full), or adapter + DoRA magnitudes + ``modules_to_save`` copies (a reward model's
+    ``score`` head among them)."""
     shape = r.shape
     if r.full or r.lora is None:
-        return param_counts(shape).total if r.full else lora_params(shape, 16, "all-linear")
+        return loaded_params(r) if r.full else lora_params(shape, 16, "all-linear")
     n = lora_params(shape, r.lora.r, r.lora.targets)
     if r.method == "dora":
         n += shape.num_layers * sum(m.d_out * m.per_layer for m in targeted(r))
@@ -103,7 +115,8 @@ def saved_module_params(r: Resolved) -> int:
     if r.lora is None:
         return 0
     vh = r.shape.vocab_size * r.shape.hidden_size
-    return sum(vh for name in r.lora.modules_to_save if name.split(".")[-1] in ("embed_tokens", "lm_head"))
+    saved = sum(vh for name in r.lora.modules_to_save if name.split(".")[-1] in ("embed_tokens", "lm_head"))
+    return saved + (r.shape.hidden_size if r.reward else 0)
 
 
 def targeted(r: Resolved):
@@ -120,7 +133,8 @@ def compute(r: Resolved) -> States:
     shape, n = r.shape, r.world
     pc = param_counts(shape)
     p_lin = shape.num_layers * pc.per_layer_linear
-    p_rest = pc.embedding + pc.lm_head + shape.num_layers * pc.per_layer_norm + pc.final_norm
+    p_all = loaded_params(r)
+    p_rest = p_all - p_lin
     p_t = trainable_params(r)
     terms: list[Term] = []
     host = 0
@@ -140,8 +154,8 @@ def compute(r: Resolved) -> States:
                            + (" (upcast by prepare_model_for_kbit_training)" if r.upcast_base else "") + where)]
         else:
             wb = half if ds else r.param_bytes
-            frozen = [Term(f"weights ({dtype(wb, r.half)})", pc.total * wb // shard,
-                           f"{params(pc.total)} params × {wb} B{where}")]
+            frozen = [Term(f"weights ({dtype(wb, r.half)})", p_all * wb // shard,
+                           f"{params(p_all)} params × {wb} B{where}")]
         if r.offload_params and r.sharded_weights:
             host += sum(t.bytes for t in frozen)
             frozen = []
@@ -213,7 +227,8 @@ def compute(r: Resolved) -> States:
     grad_term = Term("gradients", grads, grad_detail)
     early = 0
     if r.full and grads:
-        early = int(grads * (pc.lm_head or pc.embedding) / pc.total)
+        head = shape.hidden_size if r.reward else (pc.lm_head or pc.embedding)
+        early = int(grads * head / p_all)
 
     terms += _sharding_buffers(r, p_t)
     terms += _reference(r, pc.total, p_t)

@@ -4,6 +4,9 @@
           + 6 L s d                                            causal attention, fwd + bwd (d = heads × head_dim)
           + 2 N_mm + 2 L s d                                   recomputation, with gradient checkpointing
           + 2 N_mm + 2 L s d                                   DPO reference forward (``reference: live``)
+          + (2 N_mm + 2 L s d) × (1 + 2 with a live reference)  KTO: the KL forward, then the reference over the
+                                                                  batch and the KL batch
+    N_mm drops the vocabulary projection for a reward model (a one-value score head instead of lm_head).
 
     step_time = tokens per GPU per step × F_tok / (peak bf16 FLOP/s × utilisation) + QLoRA dequantisation
 
@@ -26,16 +29,22 @@ from .constants import (DEQUANT_BANDWIDTH_EFFICIENCY, DEQUANT_BYTES_PER_PARAM, F
 from .resolved import Resolved
 
 
+def no_grad_forwards(r: Resolved) -> int:
+    """Extra forward passes without gradients per micro-step: the live reference (DPO: 1; KTO: over the batch and
+    the KL batch, 2) and KTO's KL forward of the policy (1)."""
+    ref = 0 if r.reference == "none" else (2 if r.kl_batch else 1)
+    return ref + (1 if r.kl_batch else 0)
+
+
 def flops_per_token(r: Resolved, trainable: int) -> float:
-    """Training FLOPs per token, recomputation and the DPO reference forward included."""
+    """Training FLOPs per token, recomputation and the no-grad forwards (reference, KTO's KL batch) included."""
     s = r.shape
-    n_mm = matmul_params(s)
+    n_mm = matmul_params(s) - (s.vocab_size * s.hidden_size - s.hidden_size if r.reward else 0)
     attn = 2 * s.num_layers * r.seq * s.num_heads * s.head_dim  # causal forward
     f = (6 * n_mm if r.full else 4 * n_mm + 6 * trainable) + 3 * attn
     if r.gc:
         f += 2 * n_mm + attn
-    if r.dpo and r.reference != "none":
-        f += 2 * n_mm + attn
+    f += no_grad_forwards(r) * (2 * n_mm + attn)
     return float(f)
 
 
@@ -51,7 +60,7 @@ def step_time(r: Resolved, gpu: GpuSpec | None, trainable: int) -> float | None:
         from ..catalog.architecture import param_counts
 
         pc = param_counts(r.shape)
-        passes = (3 if r.gc else 2) + (1 if r.dpo and r.reference != "none" else 0)
+        passes = (3 if r.gc else 2) + no_grad_forwards(r)
         traffic = r.shape.num_layers * pc.per_layer_linear * DEQUANT_BYTES_PER_PARAM * passes
         t += r.grad_accum * traffic / (gpu.memory_bandwidth_gbs * 1e9 * DEQUANT_BANDWIDTH_EFFICIENCY)
         if r.upcast_base:

@@ -17,7 +17,7 @@ from ..catalog.gpus import GpuSpec
 from ..estimate.types import StageEstimate
 from ..lineage import AdapterLink, Result, StageLink
 from ..resolved_stage import ResolvedStage, stage_output_dir
-from ..schemas import DataStage, DpoStage, GgufStage, MergeStage, Pipeline, SftStage
+from ..schemas import TRAIN_STAGE_TYPES, DataStage, GgufStage, MergeStage, Pipeline
 from ..schemas.runtime_args import (ADAPTER_SUBDIR, MODEL_SUBDIR, AdapterRef, ModelSource, Promise, RuntimeArgs,
                                     UpstreamRef)
 from ..schemas.stages import Stage
@@ -27,7 +27,7 @@ from ..units import gib_value
 def _written_stage(stage: Stage, facts: ResolvedStage) -> Stage:
     """The stage with everything ``auto`` or implied written out: the resolved strategy, 1 epoch without
     ``max_steps``, no warm-up without a warm-up setting."""
-    if not isinstance(stage, (SftStage, DpoStage)) or facts.train is None:
+    if not isinstance(stage, TRAIN_STAGE_TYPES) or facts.train is None:
         return stage
     update: dict[str, Any] = {
         "distributed": stage.distributed_spec().model_copy(update={"strategy": facts.train.strategy})}
@@ -64,7 +64,7 @@ def model_source(pipeline: Pipeline, stage: Stage, link: StageLink) -> ModelSour
     weights, revision = _weights(pipeline, src)
     merge: list[AdapterLink] = []
     cont: AdapterLink | None = None
-    if isinstance(stage, (SftStage, DpoStage)):
+    if isinstance(stage, TRAIN_STAGE_TYPES):
         if link.continues_adapter:
             merge, cont = list(src.adapters[:-1]), src.adapters[-1]
         elif link.merges_input:
@@ -89,7 +89,7 @@ def consumed_stages(stage: Stage, link: StageLink) -> list[str]:
     Every adapter of the input's chain is read (merged first or continued), whatever the hand-off; a GGUF stage
     reads merged weights only. The single place that decides ``RuntimeArgs.upstream``."""
     ids: list[str] = []
-    if isinstance(stage, (SftStage, DpoStage)):
+    if isinstance(stage, TRAIN_STAGE_TYPES):
         ids.append(stage.data)
     src = link.input
     if src is not None and not isinstance(stage, DataStage):
@@ -110,7 +110,7 @@ def promise(stage: Stage, facts: ResolvedStage, gpu: GpuSpec | None) -> Promise:
     on_gpu = facts.device == "cuda"
     gpu_name = gpu.key if on_gpu and gpu else None
     gpu_mib = gpu.memory_mib if on_gpu and gpu else None
-    if isinstance(stage, (SftStage, DpoStage)) and facts.train is not None:
+    if isinstance(stage, TRAIN_STAGE_TYPES) and facts.train is not None:
         t = facts.train
         return Promise(device=facts.device, world_size=facts.world_size, num_machines=facts.nodes,
                        distributed_type=t.distributed_type, zero_stage=t.zero_stage, precision=stage.precision,

@@ -19,7 +19,7 @@ from ..describe import method as describe_method
 from ..diagnostics import Diagnostic, Severity, sort_key
 from ..estimate.types import StageEstimate
 from ..jobs import slurm_job, stage_resources
-from ..schemas import DpoStage, SftStage
+from ..schemas import TRAIN_STAGE_TYPES
 from ..schemas.stages import Stage
 from ..versions import PINNED_VERSIONS
 from .accelerate import accelerate_config
@@ -125,7 +125,7 @@ def _plan_stage(ctx: Context, index: int, stage: Stage, estimate: StageEstimate 
     args = runtime_args(pipeline, stage, facts, link, ctx.gpu, estimate, args_paths)
     accelerate = deepspeed = None
     launcher: Literal["accelerate", "python"] = "python"
-    if isinstance(stage, (SftStage, DpoStage)) and facts.train is not None:
+    if isinstance(stage, TRAIN_STAGE_TYPES) and facts.train is not None:
         shape = ctx.shape
         if facts.train.zero_stage is not None:
             deepspeed = deepspeed_config(stage, facts.train, shape.hidden_size if shape else None)

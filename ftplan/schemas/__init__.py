@@ -5,11 +5,13 @@ from .datasets import PREFERENCE_FORMATS, SFT_FORMATS, DatasetSpec
 from .hardware import ContainerSpec, HardwareSpec, SlurmSpec, StageSlurmSpec
 from .model import ModelSpec
 from .pipeline import Pipeline
-from .stages import DataStage, DpoStage, GgufStage, MergeStage, SftStage, Stage, TrainStage
+from .stages import (TRAIN_KINDS, TRAIN_STAGE_TYPES, CptStage, DataStage, DpoStage, GgufStage, KtoStage, MergeStage,
+                     OrpoStage, RewardStage, SftStage, Stage, TrainStage)
 from .training import DistributedSpec, TrainingArgs
 
 __all__ = [
-    "AdapterSpec", "ContainerSpec", "DataStage", "DatasetSpec", "DistributedSpec", "DpoStage", "FullFinetune", "GgufStage",
-    "HardwareSpec", "LoraAdapter", "MergeStage", "ModelSpec", "PREFERENCE_FORMATS", "Pipeline", "SFT_FORMATS",
-    "SftStage", "SlurmSpec", "Stage", "StageSlurmSpec", "TrainStage", "TrainingArgs",
+    "AdapterSpec", "ContainerSpec", "CptStage", "DataStage", "DatasetSpec", "DistributedSpec", "DpoStage",
+    "FullFinetune", "GgufStage", "HardwareSpec", "KtoStage", "LoraAdapter", "MergeStage", "ModelSpec", "OrpoStage",
+    "PREFERENCE_FORMATS", "Pipeline", "RewardStage", "SFT_FORMATS", "SftStage", "SlurmSpec", "Stage", "StageSlurmSpec",
+    "TRAIN_KINDS", "TRAIN_STAGE_TYPES", "TrainStage", "TrainingArgs",
 ]

@@ -189,16 +189,32 @@ class KtoColumns(FtplanModel):
     completion: NonEmptyStr = "completion"
     """One answer (a string or a list of turns)."""
     label: NonEmptyStr = "label"
-    """Boolean: true when the answer is desirable."""
+    """Boolean: true when the answer is desirable (``true``/``false``, 1/0; LLaMA-Factory's ``kto_tag``)."""
+    messages: NonEmptyStr = "messages"
+    """A whole conversation instead of ``prompt`` and ``completion`` (LLaMA-Factory): its last turn is the answer,
+    the turns before it the prompt."""
+    role: NonEmptyStr = "role"
+    """Key of a turn's speaker in message lists (``from`` for ShareGPT-style turns)."""
+    content: NonEmptyStr = "content"
+    """Key of a turn's text in message lists (``value`` for ShareGPT-style turns)."""
 
 
 class KtoDataset(_DatasetBase):
-    """Unpaired ``{"prompt", "completion", "label"}`` rows for KTO-style stages."""
+    """Unpaired answers labelled desirable or undesirable, for KTO stages, in either shape KTO files come in:
+
+    - TRL's ``{"prompt", "completion", "label"}`` (strings, or lists of ``{role, content}`` turns);
+    - LLaMA-Factory's ``{"messages": [...], "label": true}``: the last turn is the answer (it must be an assistant
+      turn) and every turn before it the prompt; ShareGPT-style turns with
+      ``columns: {messages: conversations, role: from, content: value}``.
+    """
 
     format: Literal["kto"]
     """KTO (unpaired, labelled) format."""
     columns: KtoColumns = KtoColumns()
     """Where each field lives in the file."""
+    roles: dict[NonEmptyStr, Role] = Field(default_factory=lambda: dict(_SHAREGPT_ROLES))
+    """Speaker values in ``messages`` mapped to canonical roles (the canonical names and ShareGPT's speakers by
+    default; a ``roles`` block replaces this default)."""
 
 
 DatasetSpec = Annotated[
@@ -213,4 +229,9 @@ DatasetFormat = Literal["alpaca", "sharegpt", "messages", "prompt_completion", "
 SFT_FORMATS: frozenset[str] = frozenset({"alpaca", "sharegpt", "messages", "prompt_completion", "text"})
 """Formats a supervised stage trains on."""
 PREFERENCE_FORMATS: frozenset[str] = frozenset({"preference"})
-"""Formats a preference stage (DPO) trains on."""
+"""Formats a preference stage (DPO, ORPO, a reward model) trains on."""
+TEXT_FORMATS: frozenset[str] = frozenset({"text"})
+"""Raw-text formats: split into ``max_seq_len`` pieces, never truncated; what a continued pre-training stage trains
+on."""
+KTO_FORMATS: frozenset[str] = frozenset({"kto"})
+"""Formats a KTO stage trains on (unpaired answers with a desirable/undesirable label)."""

@@ -7,7 +7,8 @@ it, then tokenized and fitted to ``max_seq_len``. Nothing changes silently:
   reads on, then fails naming the first ones, with every one of them (up to ``BAD_ROWS_LIMIT``) in
   ``bad-rows.jsonl`` in the output folder;
 * a row too long for ``truncation: drop``, or with nothing left to train, is dropped and listed; a truncated
-  row is listed with its length;
+  row is listed with its length; raw text is never truncated or dropped for length: a document longer than
+  ``max_seq_len`` is split into pieces of ``max_seq_len`` tokens (counted per dataset);
 * row warnings (empty answers, conversations that end with a user turn, ...) and columns the format does not
   read are listed in the manifest and counted in the log.
 """
@@ -21,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftplan.data.rows import group_of, missing_tool_support, tool_features
+from ftplan.data.rows import Text, group_of, missing_tool_support, tool_features
 from ftplan.data.scan import Scanner
 
 from .errors import BadRow, DataError
 from .manifest import DatasetReport, DroppedRow, RowWarning, TruncatedRow
 from .readers import is_hub_id, read_rows
-from .tokenize import Encoder, Example, fit, length
+from .tokenize import Encoder, Example, fit, length, split_document
 
 BAD_ROWS_FILE = "bad-rows.jsonl"
 """Report of the rows that stopped an ``on_bad_row: error`` stage, in its output folder."""
@@ -87,7 +88,7 @@ def _dataset(stage: Any, spec: Any, digest: str, encoder: Encoder, out: Collecte
     group = group_of(spec.format)
     examples = out.groups.setdefault(group, [])
     scanner = Scanner(spec, spec.path)
-    rows_out = dropped = truncated = warned = 0
+    rows_out = dropped = truncated = warned = split = pieces = 0
     warning_codes: Counter[str] = Counter()
     checked_features: set[frozenset[str]] = set()
     for raw in read_rows(spec.path, spec.split, spec.max_rows):
@@ -126,6 +127,13 @@ def _dataset(stage: Any, spec: Any, digest: str, encoder: Encoder, out: Collecte
             out.dropped.append(DroppedRow(dataset=spec.path, row=raw.number, reason=bad.reason))
             dropped += 1
             continue
+        if isinstance(record, Text):
+            parts = split_document(example, stage.max_seq_len)  # type: ignore[arg-type]
+            split += len(parts) > 1
+            pieces += len(parts)
+            rows_out += 1
+            examples.extend(parts)
+            continue
         tokens = length(example)
         fitted = fit(example, stage.max_seq_len, stage.truncation)
         if fitted.example is None:
@@ -147,7 +155,7 @@ def _dataset(stage: Any, spec: Any, digest: str, encoder: Encoder, out: Collecte
         _log(f"data {stage.id}: {spec.path}: {warned} row warning(s) ({counts}); listed in the manifest")
     return DatasetReport(path=spec.path, format=spec.format, group=group, sha256=digest, rows_in=scan.rows_read,
                          rows_out=rows_out, dropped=dropped, truncated=truncated, warnings=warned,
-                         unused_columns=list(scan.unused_columns))
+                         unused_columns=list(scan.unused_columns), split=split, pieces=pieces)
 
 
 def _require_tool_support(encoder: Encoder, path: str, features: frozenset[str]) -> None:

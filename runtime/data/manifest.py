@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3
 """Version of the manifest and output layout; part of the fingerprint, so a layout change redoes the work."""
 
 MANIFEST_NAME = "manifest.json"
@@ -87,6 +87,10 @@ class DatasetReport(_Model):
     """Row warnings (listed in the manifest's ``warnings``, up to 1,000 per dataset)."""
     unused_columns: list[str]
     """Columns of the file that the format does not read (ignored)."""
+    split: int = 0
+    """Raw-text documents longer than ``max_seq_len``, split into pieces (raw text is never truncated)."""
+    pieces: int = 0
+    """Examples the raw-text documents became (one per document, more for the split ones)."""
 
 
 class TokenStats(_Model):

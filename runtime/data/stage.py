@@ -172,6 +172,11 @@ def _summarise(stage_id: str, m: Manifest) -> None:
     rows_in = sum(r.rows_in for r in m.datasets)
     pct = 100.0 * m.truncated / rows_in if rows_in else 0.0
     _log(f"data {stage_id}: {rows_in} rows read, {len(m.dropped)} dropped, {m.truncated} truncated ({pct:.1f}%)")
+    split = sum(r.split for r in m.datasets)
+    if split:
+        pieces = sum(r.pieces for r in m.datasets)
+        _log(f"data {stage_id}: {split} text document(s) longer than max_seq_len split into pieces (raw text is never "
+             f"truncated): {pieces} text examples in all")
     for name, g in m.groups.items():
         for split, s in g.splits.items():
             line = (f"  {name}/{split}: {s.tokens.examples} examples, {s.tokens.total} tokens "

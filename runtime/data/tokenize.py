@@ -11,6 +11,9 @@ Completion masks (1 = the token is trained):
   where the tokens of ``turns[:i + 1]`` stop matching; the span is then cut after its last end-of-turn token,
   so the template's end-of-turn token is trained but a newline the template adds after it is not.
 
+Raw text (``format: text``) is never truncated: ``split_document`` cuts a document longer than ``max_seq_len``
+into pieces of ``max_seq_len`` tokens, each its own sequence for packing.
+
 Preference and KTO examples are split like TRL 1.16 does: the prompt is rendered with the generation prompt,
 prompt + answer without, and the answer tokens start at their common prefix.
 """
@@ -169,6 +172,14 @@ class Encoder:
                             f"{type(e).__name__}: {e}") from None
         ids = list(out["input_ids"])
         return ids, (list(out["assistant_masks"]) if masks else [])
+
+
+def split_document(example: SftExample, max_len: int) -> list[SftExample]:
+    """A raw-text document cut into consecutive pieces of ``max_len`` tokens, the last one shorter: nothing is
+    dropped. Each piece is a sequence of its own (packing keeps it apart from the others), so no piece attends
+    across a document boundary."""
+    ids, mask = example.input_ids, example.completion_mask
+    return [SftExample(ids[k:k + max_len], mask[k:k + max_len]) for k in range(0, len(ids), max_len)]
 
 
 def length(example: Example) -> int:

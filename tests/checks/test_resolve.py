@@ -116,7 +116,8 @@ def test_ft201_a_duplicated_id_is_one_error_and_nothing_is_looked_up_by_it(tools
 def test_ft204_a_data_stage_as_dpo_input_says_where_data_goes(tools):
     _, diags = tools.resolve_ctx(tools.build(dpo={"input": "data"}))
     [d] = tools.codes(diags, "FT204")
-    assert d.message == "'data' is a data stage; input needs a sft or dpo or merge stage"
+    assert d.message == ("'data' is a data stage; input needs a training stage (sft, cpt, dpo, orpo, kto) "
+                         "or a merge stage")
     assert d.hint == "a data stage goes in `data:`; `input` names the model to start from: point `input` at 'sft'"
     _, diags = tools.resolve_ctx(tools.build(sft={"input": "data"}))
     [d] = tools.codes(diags, "FT204")

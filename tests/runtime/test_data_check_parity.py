@@ -59,6 +59,20 @@ CORPUS: dict[str, tuple[dict, list | str | bytes]] = {
                                        {"prompt": "Hello", "completion": "No.", "label": "maybe"},
                                        {"prompt": "Hello", "completion": "Go away.", "label": 0},
                                        {"prompt": "Hello", "completion": "Hi."}]),
+    "kto-llama-factory": ({"format": "kto"}, [
+        {"messages": t(("user", "Hello"), ("assistant", "Hi.")), "label": True},
+        {"messages": t(("user", "Hello"), ("assistant", "Go away.")), "label": False},
+        {"messages": t(("user", "Hello"), ("assistant", "Hi."), ("user", "Bye")), "label": True},
+        {"messages": t(("assistant", "Hi.")), "label": True},
+        {"messages": t(("user", "Hello"), ("assistant", "Hi.")), "label": "maybe"}]),
+    "kto-sharegpt-tags": ({"format": "kto", "columns": {"messages": "conversations", "role": "from",
+                                                        "content": "value"}},
+                          [{"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi."}],
+                            "label": 1},
+                           {"conversations": [{"from": "customer", "value": "Hello"}, {"from": "gpt", "value": "Hi."}],
+                            "label": 0}]),
+    "long-text": ({"format": "text"}, [{"text": "The sea is wide and blue. " * 60}, {"text": ""},
+                                       {"text": "The quick brown fox.", "source": "web"}]),
     "ragged.csv": ({"format": "alpaca"}, "instruction,input,output\nName a fruit.,,Apple.\nbye\nSum.,3 and 3,6\n"),
     "alpaca.csv": ({"format": "alpaca"}, 'instruction,input,output\nName a fruit.,,Apple.\n"Sum, please.",3 and 3,6\n'),
     "alpaca-history": ({"format": "alpaca"}, [{"instruction": "Sum.", "output": "6", "history": [["Hi", "Hello."]]},
@@ -96,6 +110,8 @@ def check_side(root: Path, entry: dict, template: str = "tokenizer"):
 def runtime_side(entry: dict, template: str = "tokenizer"):
     args = fx.make_args([entry], on_bad_row="drop", max_seq_len=512,
                         model={"base": "tok", "chat_template": template})
+    # as compiled: args.json writes every field, so the runtime sees defaults as written (set) fields
+    args = type(args).model_validate_json(args.model_dump_json())
     m = run_data_stage(args, "s")
     rows = [(d.row, *d.reason.split(": ", 1)) for d in m.dropped if d.reason.startswith("FT5")]
     rows += [(w.row, w.code, w.message) for w in m.warnings]
@@ -133,7 +149,7 @@ def test_the_corpus_covers_refusals_warnings_and_clean_files(project):
         checked, file_problem, _, _ = check_side(project, entry)
         codes |= {code for _, code, _ in checked} | ({"file"} if file_problem else set())
         clean += not checked and not file_problem
-    assert {"FT502", "FT503", "FT504", "FT505", "FT506", "FT507", "FT508", "FT509", "FT512", "FT513",
+    assert {"FT502", "FT503", "FT504", "FT505", "FT506", "FT507", "FT508", "FT509", "FT512", "FT513", "FT515",
             "file"} <= codes
     assert clean >= 3
 

@@ -160,6 +160,37 @@ def test_truncate_counts_and_drop_lists(project):
     assert m.dropped[0].reason.startswith("no trained tokens left after truncation to max_seq_len 64")
 
 
+def test_raw_text_is_split_never_truncated(project):
+    """A document longer than max_seq_len becomes max_seq_len pieces (whatever `truncation` says); with packing the
+    pieces are separate sequences of the packed rows; every token of every document is kept, in order."""
+    docs = [{"text": "The sea is wide and blue. " * 30}, {"text": "The quick brown fox."},
+            {"text": "Open Settings and choose Reset password. " * 12}]
+    fx.write_jsonl(project / "data" / "docs.jsonl", docs)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained("tok")
+    whole = [tok(d["text"])["input_ids"] + [tok.eos_token_id] for d in docs]
+    assert max(len(w) for w in whole) > 2 * 64
+    for truncation in ("truncate", "drop"):
+        ds = [{"path": "data/docs.jsonl", "format": "text"}]
+        m = run_data_stage(fx.make_args(ds, max_seq_len=64, truncation=truncation, packing=True), "s")
+        assert m.truncated == 0 and m.dropped == [] and m.truncated_rows == []
+        report = m.datasets[0]
+        assert (report.rows_in, report.rows_out, report.split) == (3, 3, 2)
+        assert report.pieces == sum(-(-len(w) // 64) for w in whole)
+        rows = load_from_disk("out/data/sft/train")
+        pieces = []
+        for r in rows:
+            assert len(r["input_ids"]) <= 64 and all(r["completion_mask"])
+            start = 0
+            for n in r["seq_lengths"]:
+                pieces.append(r["input_ids"][start:start + n])
+                start += n
+        expected = [w[k:k + 64] for w in whole for k in range(0, len(w), 64)]
+        assert sorted(pieces) == sorted(expected)  # every token kept; no piece crosses a document
+        assert sum(map(len, pieces)) == sum(map(len, whole))
+
+
 def test_all_rows_dropped_is_an_error(project):
     fx.write_jsonl(project / "data" / "q.jsonl", [{"messages": t(("user", "only a question"))}])
     with pytest.raises(DataError, match="no sft examples left from data/q.jsonl.*row 1: no trained tokens"):
