@@ -78,7 +78,7 @@ def project(tmp_path, monkeypatch):
                        "data/prefs.jsonl": '{"prompt": "a"}\n', "data/other/a.jsonl": '{"messages": 3}\n'}.items():
         write(tmp_path / name, text)
     files = compile_into(tmp_path, PIPELINE)
-    args = {f.split("/")[1].split("-", 1)[1]: f"plan/{f}" for f in files if f.endswith("/args.json")}
+    args = {f.split("/")[1]: f"plan/{f}" for f in files if f.endswith("/args.json")}
     assert sorted(args) == sorted(STAGES)
     return tmp_path, args
 
