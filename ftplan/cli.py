@@ -183,7 +183,7 @@ def _check(args, out: Console, err: Console) -> int:
 
 def _compile(args, out: Console, err: Console) -> int:
     from .api import check_file, plan_dir_from_root, plan_files
-    from .console import check_json, print_check
+    from .console import check_json, print_check, print_run
     from .write import WriteError, diff_plan, write_plan
 
     if _pipeline_usage_error(args, out, err):
@@ -227,6 +227,7 @@ def _compile(args, out: Console, err: Console) -> int:
     else:
         print_check(result, out, err, verbose=args.verbose)
         out.print(Text(diff.summary(out_dir)))
+        print_run(result, args.out, out)
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """Views of check/compile results: a rich terminal view (stage table, VRAM bars, diagnostics) and a JSON view.
 
-Both take the same ``CheckResult``; the views decide layout only and compute nothing new.
+Both take the same ``CheckResult``; the views decide layout only and compute nothing new. The headline, the stage
+table's rows and verdicts, the memory breakdown and the launch commands are worded by ``view_model`` (and
+``describe``), which plan.md reads too.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .api import CheckResult
-from .describe import bar, headline, method
-from .units import gib_value, size
+from .describe import headline, method
 from .diagnostics import Diagnostic, KeyPath, Severity, Span
+from .resolved_stage import most_nodes
+from .units import gib_value
+from .view_model import STAGE_COLUMNS, StageRow, breakdown_lines, run_lines, run_note, stage_row, stage_status
+
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _VERDICT_STYLE = {"fits": "green", "tight": "yellow", "oom": "bold red", "error": "bold red", "unknown": "yellow"}
@@ -51,53 +56,49 @@ def summary_line(result: CheckResult, *, verbose: bool = False) -> str:
 
 
 def stage_verdicts(result: CheckResult) -> list[str]:
-    """The verdict of each stage, in file order; the table and the JSON both show these.
+    """The verdict of each stage, in file order (``view_model.stage_status``: the table, the JSON and plan.md use
+    the same words)."""
+    return [row.status for row in stage_rows(result)]
 
-    ``oom``, ``tight`` or ``fits`` from the memory estimate; ``error`` when an error diagnostic is located in the
-    stage (an ``oom`` stays ``oom``); ``unknown`` when a stage that needs memory could not be estimated (unknown
-    GPU or model, broken wiring); ``ok`` for a stage without errors that needs no GPU estimate (data
-    preparation, merges and exports on the host, training on the CPU)."""
+
+def stage_rows(result: CheckResult) -> list[StageRow]:
+    """The stage table's rows (``view_model.stage_row``), in file order; a stage has an error when an error
+    diagnostic is located in it."""
     ctx = result.ctx
     if ctx is None:
         return []
-    from .schemas import DataStage, DpoStage, SftStage
-
     failing = {d.path[1] for d in result.diagnostics
                if d.severity is Severity.ERROR and len(d.path) >= 2 and d.path[0] == "stages"}
-    on_gpu = ctx.pipeline.hardware.device == "cuda"
-    verdicts = []
-    for i, stage in enumerate(ctx.pipeline.stages):
+    rows = []
+    for i, (stage, facts) in enumerate(zip(ctx.pipeline.stages, ctx.stages)):
         est = result.estimates.get(stage.id)
-        if est is not None and est.verdict == "oom":
-            verdicts.append("oom")
-        elif i in failing:
-            verdicts.append("error")
-        elif est is None:
-            verdicts.append("ok" if isinstance(stage, DataStage) else "unknown")
-        elif est.verdict == "n/a":
-            training_on_gpu = on_gpu and isinstance(stage, (SftStage, DpoStage))
-            verdicts.append("unknown" if training_on_gpu else "ok")
-        else:
-            verdicts.append(est.verdict)
-    return verdicts
+        status = stage_status(facts, est, has_error=i in failing)
+        rows.append(stage_row(facts, method(stage, facts, ctx.links.get(stage.id)), est, status))
+    return rows
 
 
 def stage_table(result: CheckResult) -> Table | None:
     """The stage table: kind, method, effective batch, tokens/step, peak per GPU with a bar, verdict."""
-    ctx = result.ctx
-    if ctx is None:
+    if result.ctx is None:
         return None
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"):
-        table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left", no_wrap=True)
-    for stage, facts, verdict in zip(ctx.pipeline.stages, ctx.stages, stage_verdicts(result)):
-        est = result.estimates.get(stage.id)
-        batch = facts.train.batch.effective_batch if facts.train is not None else None
-        tokens = f"{est.tokens_per_step:,}" if est and est.tokens_per_step else "—"
-        table.add_row(stage.id, stage.kind, method(stage, facts, ctx.links.get(stage.id)),
-                      f"{batch:,}" if batch else "—", tokens, _memory_cell(est),
-                      Text(verdict, style=_VERDICT_STYLE.get(verdict, "")))
+    for col in STAGE_COLUMNS:  # on a narrow terminal the method wraps; the figures never do
+        table.add_column(col, justify="right" if col in ("batch", "tokens/step") else "left", no_wrap=col != "method")
+    for row in stage_rows(result):
+        *cells, status = row.cells
+        table.add_row(*cells, Text(status, style=_VERDICT_STYLE.get(status, "")))
     return table
+
+
+def breakdown(result: CheckResult) -> list[str]:
+    """Every training stage's memory estimate, line item by line item (``check -v``)."""
+    ctx = result.ctx
+    if ctx is None:
+        return []
+    lines = []
+    for facts, row in zip(ctx.stages, stage_rows(result)):
+        lines += breakdown_lines(facts, result.estimates.get(facts.id), row.status)
+    return lines
 
 
 def dataset_rows(result: CheckResult) -> list[dict[str, Any]]:
@@ -164,13 +165,19 @@ def data_table(result: CheckResult) -> Table | None:
 
 
 def print_check(result: CheckResult, out: Console, err: Console, *, verbose: bool = False) -> None:
-    """The human view of ``ftplan check``: headline, stage table and data coverage on stdout, diagnostics on
-    stderr."""
+    """The human view of ``ftplan check``: headline, stage table (with ``verbose``, every training stage's memory
+    breakdown), data coverage and estimate accuracy on stdout, diagnostics on stderr."""
+    from .plan.build import target_of
+
     if result.ctx is not None:
-        out.print(Text(headline(result.ctx), style="bold"))
+        out.print(Text(headline(result.ctx.pipeline.name, target_of(result.ctx)), style="bold"))
         out.print()
         out.print(stage_table(result))
         out.print()
+        memory = breakdown(result) if verbose else []
+        if memory:
+            out.print(Text("\n".join(["memory per GPU of each training stage (host memory on the CPU):", *memory])))
+            out.print()
         data = data_table(result)
         if data is not None:
             out.print(data)
@@ -185,6 +192,18 @@ def print_check(result: CheckResult, out: Console, err: Console, *, verbose: boo
     err.print(summary_line(result, verbose=verbose))
 
 
+def print_run(result: CheckResult, folder: str, out: Console) -> None:
+    """After ``compile``: the commands that launch the plan written to ``folder`` (as the user named it), in the
+    words of plan.md's "How to run"."""
+    ctx = result.ctx
+    if ctx is None:
+        return
+    nodes = most_nodes(ctx.stages)
+    note = run_note(nodes)
+    lines = run_lines(folder, slurm=ctx.pipeline.hardware.slurm is not None, nodes=nodes)
+    out.print(Text("\n".join(["run it:", *(f"  {line}" for line in lines), *([f"  ({note})"] if note else [])])))
+
+
 def check_json(result: CheckResult) -> dict[str, Any]:
     """The machine view of ``ftplan check`` (for CI): diagnostics and per-stage estimates and verdicts."""
     stages = result.ctx.pipeline.stages if result.ctx else []
@@ -193,7 +212,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
         "file": result.path,
         "pipeline": result.ctx.pipeline.name if result.ctx else None,
         "diagnostics": [diagnostic_json(d, result) for d in result.diagnostics],
-        "stages": [_stage_json(i, v, result) for i, v in enumerate(stage_verdicts(result))],
+        "stages": [_stage_json(i, row, result) for i, row in enumerate(stage_rows(result))],
         "datasets": dataset_rows(result),
     }
 
@@ -209,14 +228,12 @@ def diagnostic_json(d: Diagnostic, result: CheckResult) -> dict[str, Any]:
     }
 
 
-def _stage_json(index: int, verdict: str, result: CheckResult) -> dict[str, Any]:
+def _stage_json(index: int, row: StageRow, result: CheckResult) -> dict[str, Any]:
     ctx = result.ctx
     assert ctx is not None
     stage = ctx.pipeline.stages[index]
     est = result.estimates.get(stage.id)
-    out: dict[str, Any] = {"id": stage.id, "kind": stage.kind,
-                           "method": method(stage, ctx.stages[index], ctx.links.get(stage.id)),
-                           "verdict": verdict}
+    out: dict[str, Any] = {"id": stage.id, "kind": stage.kind, "method": row.method, "verdict": row.status}
     if est is not None:
         out.update({
             "peak_gib": gib_value(est.peak_bytes),
@@ -232,17 +249,6 @@ def _stage_json(index: int, verdict: str, result: CheckResult) -> dict[str, Any]
                                "max_error_pct": a.max_error_pct, "cards": list(a.cards),
                                "extrapolated": a.extrapolated}
     return out
-
-
-def _memory_cell(est) -> str:
-    """The peak-memory column: a bar against the card, the host RAM a CPU stage needs, or ``—``."""
-    if est is None:
-        return "—"
-    if est.capacity_bytes and est.peak_bytes:
-        return bar(est.peak_bytes, est.capacity_bytes)
-    if est.host_bytes:
-        return f"host RAM {size(est.host_bytes)}"
-    return "—"
 
 
 def _span(path: KeyPath, result: CheckResult) -> Span | None:

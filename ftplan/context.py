@@ -62,6 +62,13 @@ class Inputs:
     chat_template_error: str | None = None
     """Why a local ``chat_template`` file cannot be used (a folder, binary, not UTF-8), when it cannot."""
 
+    @property
+    def base_is_local(self) -> bool:
+        """``model.base`` names a local path, not a hub id: an existing folder or file (its ``config.json`` read,
+        or the reason it cannot be), or a path-like value that does not exist yet (``missing``)."""
+        return (self.model_config is not None or self.model_config_error is not None
+                or any(path == ("model", "base") for path, _ in self.missing))
+
 
 @dataclass(frozen=True)
 class Context:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .context import Context
-from .resolved_stage import ResolvedStage
+from .resolved_stage import Batch, ResolvedStage
 from .schemas import DataStage, FullFinetune, GgufStage, LoraAdapter, MergeStage, SftStage
 from .schemas.stages import Stage
-from .units import GIB, size
+from .units import GIB, params_text, size
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .estimate.types import Term
     from .jobs import SlurmJob
     from .lineage import StageLink
+    from .plan.types import Target
 
 BAR_WIDTH = 16
 
@@ -67,25 +68,38 @@ def _kind_head(stage: Stage) -> str:
     return {"cpt": "CPT", "reward": "reward model"}[stage.kind]
 
 
-def headline(ctx: Context) -> str:
-    """``name · model (params) · N × GPU (memory, sm)`` for the top of reports."""
-    from .catalog import param_counts
-
-    p = ctx.pipeline
-    model = p.model.base.rstrip("/").split("/")[-1]
-    if ctx.shape is not None:
-        n = param_counts(ctx.shape).total
-        model += f" ({n / 1e9:.2f} B)" if n >= 1e8 else f" ({n / 1e6:.2f} M)"
-    hw = p.hardware
-    if hw.device == "cpu":
-        where = "CPU"
-    elif ctx.gpu is not None:
-        cc = f", sm{ctx.gpu.compute_capability[0]}{ctx.gpu.compute_capability[1]}" if ctx.gpu.compute_capability else ""
-        nodes = f"{hw.nodes} nodes × " if hw.nodes > 1 else ""
-        where = f"{nodes}{hw.gpus_per_node} × {ctx.gpu.name} ({ctx.gpu.memory_gib:.1f} GiB{cc})"
+def headline(name: str, target: "Target") -> str:
+    """``support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × GeForce RTX 4090 24GB (24.0 GiB, sm89)``: the
+    first line of ``ftplan check`` and of ``plan.md``."""
+    if target.device == "cpu":
+        hardware = "CPU"
     else:
-        where = f"{hw.gpus_per_node} × {hw.gpu}"
-    return f"{p.name} · {model} · {where}"
+        count = f"{target.nodes} nodes × {target.gpus_per_node}" if target.nodes > 1 else f"{target.gpus_per_node}"
+        detail = ", ".join(x for x in (f"{target.gpu_memory_gib:.1f} GiB" if target.gpu_memory_gib else None,
+                                       target.gpu_arch) if x)
+        hardware = f"{count} × {target.gpu_name or 'GPU'}" + (f" ({detail})" if detail else "")
+    return f"{name} · {target.model} ({params_text(target.params)}) · {hardware}"
+
+
+def batch_arithmetic(b: Batch) -> str:
+    """A training stage's batch, counted in its own unit: ``2 micro × 8 accum × 1 process = 16 sequences × 2,048
+    tokens = 32,768 tokens/step``; a DPO batch counts pairs of two sequences: ``1 micro × 16 accum × 1 process =
+    16 pairs × 2 sequences × 2,048 tokens = 65,536 tokens/step``."""
+    processes = f"{b.world_size} process{'es' if b.world_size != 1 else ''}"
+    out = f"{b.micro_batch} micro × {b.grad_accum} accum × {processes} = {batch_size(b)}"
+    if b.seq_len is not None and b.tokens_per_step is not None:
+        out += (" × 2 sequences" if b.pairs else "") + f" × {b.seq_len:,} tokens = {b.tokens_per_step:,} tokens/step"
+    return out
+
+
+def batch_size(b: Batch) -> str:
+    """The effective batch in its unit: ``16 sequences``, ``1 sequence``, ``16 pairs``."""
+    return f"{b.effective_batch:,} {b.unit if b.effective_batch != 1 else b.unit[:-1]}"
+
+
+def term_line(term: "Term") -> str:
+    """One line item of a memory estimate: ``weights (bf16) 15.0 GiB (8.03B params × 2 B)``."""
+    return f"{term.name} {size(term.bytes)}" + (f" ({term.detail})" if term.detail else "")
 
 
 def bar(used: int, capacity: int) -> str:

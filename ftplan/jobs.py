@@ -372,6 +372,14 @@ def _time(kind: str, top: SlurmSpec, own: StageSlurmSpec,
     return default, time_seconds(default), f"the default for {kind} stages{' ' if why[0] != ',' else ''}{why}", None
 
 
+def time_limit_share(res: Resources, job: SlurmJob | None) -> float | None:
+    """The stage's estimated run time as a share of its job's time limit (above 1: it would be stopped, FT332);
+    None without a run-time estimate, a job or a limit."""
+    if res.run_time_s is None or job is None or not job.time_s:
+        return None
+    return res.run_time_s / job.time_s
+
+
 def time_seconds(value: str) -> int | None:
     """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``);
     None for ``0`` (no limit) or a value Slurm does not accept."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Iterable, Literal
 
 from .schemas import DataStage, FullFinetune, LoraAdapter, Pipeline
 from .schemas.datasets import TEXT_FORMATS
@@ -80,11 +80,19 @@ class Batch:
     world_size: int
     """Data-parallel processes."""
     effective_batch: int
-    """Sequences per optimizer step: micro_batch × grad_accum × world_size."""
+    """Sequences (pairs for the pair kinds) per optimizer step: micro_batch × grad_accum × world_size."""
     seq_len: int | None
     """The data stage's ``max_seq_len`` (None when the data stage cannot be found)."""
     tokens_per_step: int | None
     """Tokens per optimizer step over all processes: effective batch × seq_len (× 2 for DPO pairs)."""
+    pairs: bool = False
+    """A batch of a pair kind (DPO, ORPO, reward): ``micro_batch`` and ``effective_batch`` count preference pairs,
+    each two sequences (chosen and rejected)."""
+
+    @property
+    def unit(self) -> Literal["pairs", "sequences"]:
+        """What ``micro_batch`` and ``effective_batch`` count: ``pairs`` (the pair kinds) or ``sequences``."""
+        return "pairs" if self.pairs else "sequences"
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,8 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
         strategy=strategy, zero_stage=ZERO_STAGES.get(strategy), distributed_type=DISTRIBUTED_TYPES[strategy],
         offload_optimizer=spec.offload_optimizer, offload_params=spec.offload_params,
         batch=Batch(stage.micro_batch, stage.grad_accum, world_size, effective, seq_len,
-                    tokens_per_step(effective, seq_len, pairs=TRAIN_KINDS[stage.kind].pairs)),
+                    tokens_per_step(effective, seq_len, pairs=TRAIN_KINDS[stage.kind].pairs),
+                    pairs=TRAIN_KINDS[stage.kind].pairs),
         adapter=adapter, method=method, quantized_base=quantized_base,
         continues_adapter=stage.adapter == "continue", merges_input=merges_input,
         reference=reference_of(stage, method),
@@ -317,6 +326,11 @@ def resolve_stage(pipeline: Pipeline, index: int, link: "StageLink | None", inpu
     return ResolvedStage(index=index, id=stage.id, kind=stage.kind, device=device, nodes=nodes, gpus_per_node=gpus,
                          processes_per_node=processes, output_dir=stage_output_dir(pipeline, stage.id),
                          data_dir=data_dir, train=train)
+
+
+def most_nodes(stages: "Iterable[ResolvedStage]") -> int:
+    """The most nodes any of ``stages`` spans (``run.sh`` runs a plan on one machine only; more need Slurm)."""
+    return max((s.nodes for s in stages), default=1)
 
 
 def resolve_stages(pipeline: Pipeline, links: "dict[str, StageLink]", inputs: "Inputs") -> tuple[ResolvedStage, ...]:

@@ -2,7 +2,8 @@
 
 ``size`` (``12.4 GiB``, ``512 MiB``) picks the unit; ``gib_text`` always writes GiB (``12.3 GiB``, the estimator's
 term details and diagnostics); ``gib_value`` is the number for JSON (``12.35``); ``format_duration`` writes
-seconds as ``35 s`` … ``2.1 days``; ``num`` and ``params`` write counts (``128,256``, ``8.03B``).
+seconds as ``35 s`` … ``2.1 days``; ``num`` and ``params`` write counts (``128,256``, ``8.03B``); ``sci`` learning
+rates (``2e-4``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def params(n: float) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.1f}M"
     return num(n)
+
+
+def sci(x: float) -> str:
+    """A small rate in scientific notation as pipelines write it: ``2e-4``, ``1.5e-5``, ``5e-3``."""
+    mantissa, exponent = f"{x:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def params_text(n: int | None) -> str:

@@ -35,6 +35,7 @@ PIPELINE = """\
 name: demo
 model:
   base: meta-llama/Llama-3.1-8B
+  revision: 0e9e39f249a16976918f6564b8830bc894c89659
 hardware:
   gpu: h100-sxm-80gb
 stages:
@@ -212,7 +213,7 @@ def test_check_prints_headline_stage_table_and_summary(project):
     status, out, err = run("check", "pipeline.yaml")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0] == "demo · Llama-3.1-8B (8.03 B) · 1 × H100 SXM 80GB (79.6 GiB, sm90)"
+    assert lines[0] == "demo · meta-llama/Llama-3.1-8B (8.03 B) · 1 × H100 SXM 80GB (79.6 GiB, sm90)"
     assert lines[1] == ""
     assert re.split(r"\s{2,}", lines[2].strip()) == [
         "stage", "kind", "method", "batch", "tokens/step", "peak memory", "verdict"]
@@ -240,13 +241,29 @@ def test_notes_are_hidden_without_v_and_shown_with_it(project):
     ]
 
 
+def test_check_v_prints_the_memory_breakdown_of_a_stage_that_fits(project):
+    _, quiet, _ = run("check", "pipeline.yaml")
+    assert "memory per GPU" not in quiet
+    _, loud, _ = run("check", "-v", "pipeline.yaml")
+    lines = loud.splitlines()
+    start = lines.index("memory per GPU of each training stage (host memory on the CPU):")
+    peak = re.fullmatch(r"sft: peak (\d+\.\d) / 79\.6 GiB per GPU \(fits\)", lines[start + 1])
+    assert peak, lines[start + 1]
+    assert re.search(rf"[█░] {peak[1]} / 79\.6 GiB\s+fits$", lines[4].rstrip())  # the table's peak and verdict
+    terms = lines[start + 2:lines.index("", start)]
+    assert len(terms) >= 8 and all(t.startswith("  ") for t in terms)
+    assert "  weights (bf16) 15.0 GiB (8.03B params × 2 B)" in terms  # name, size, how
+    coverage = next(i for i, line in enumerate(lines) if line.startswith("stage  dataset"))
+    assert lines.index("", start) < coverage  # before the data coverage table
+
+
 def test_a_negative_learning_rate_is_reported_at_its_line_and_column(project):
     text = edit(PIPELINE, "learning_rate: 2.0e-4", "learning_rate: -0.0001")
     (project / "pipeline.yaml").write_text(text, encoding="utf-8")
     status, out, err = run("check", "pipeline.yaml")
     assert (status, out) == (1, "")  # no resolved pipeline: no headline, no table
     where = position(text, "learning_rate:", "-0.0001")
-    assert where == "15:20"
+    assert where == "16:20"
     assert err.splitlines() == [
         f"error[FT004] pipeline.yaml:{where}: stages[sft].learning_rate: must be > 0 (got -0.0001)",
         "  hint: write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak learning rate",
@@ -286,7 +303,7 @@ def test_a_rule_error_keeps_the_table_and_names_the_fix(project):
     (project / "pipeline.yaml").write_text(edit(PIPELINE, "data: prep", "data: nothere"), encoding="utf-8")
     status, out, err = run("check", "pipeline.yaml")
     assert status == 1
-    assert out.splitlines()[0].startswith("demo · Llama-3.1-8B")
+    assert out.splitlines()[0].startswith("demo · meta-llama/Llama-3.1-8B")
     where = position(PIPELINE, "data: prep", "prep")
     assert err.splitlines()[:2] == [f"error[FT202] pipeline.yaml:{where}: stages[sft].data: no stage is named "
                                     "'nothere'", "  hint: stage ids: prep, sft"]
@@ -334,7 +351,8 @@ def test_paths_that_look_like_console_markup_are_printed_verbatim(project):
     shutil.copy(project / "pipeline.yaml", project / "[red]p.yaml")
     status, out, err = run("compile", "[red]p.yaml", "-o", "[/x]")
     assert status == 0, err
-    assert out.splitlines()[-5] == "[/x]:"
+    assert out.splitlines()[-7] == "[/x]:"
+    assert out.splitlines()[-1] == "  bash '[/x]/run.sh'    # every stage on this machine, skipping finished ones"
     assert run("compile", "[red]p.yaml", "-o", "[/x]", "--check") == (0, "[/x]: up to date\n", "")
     status, _, err = run("compile", "[red]p.yaml", "-o", "[red]p.yaml")
     assert status == 2 and err.startswith("error: cannot write the plan to [red]p.yaml: [red]p.yaml exists")
@@ -365,7 +383,7 @@ def test_check_json_of_an_invalid_pipeline(project):
     report = json.loads(out)
     assert report == {
         "ok": False, "file": "pipeline.yaml", "pipeline": None, "stages": [], "datasets": [],
-        "diagnostics": [{"code": "FT004", "severity": "error", "file": "pipeline.yaml", "line": 15, "col": 20,
+        "diagnostics": [{"code": "FT004", "severity": "error", "file": "pipeline.yaml", "line": 16, "col": 20,
                          "path": "stages[sft].learning_rate", "message": "must be > 0 (got -0.0001)",
                          "hint": "write a value > 0 and at most 1, e.g. `learning_rate: 2e-4`; learning_rate: peak "
                          "learning rate", "notes": [], "related": []}]}
@@ -562,18 +580,39 @@ def test_json_on_a_narrow_pipe_is_not_wrapped(project):
 
 # --- compile: the plan folder -----------------------------------------------------------------------------
 
+def test_compile_of_a_two_node_plan_names_the_command_that_launches_it(project):
+    """run.sh refuses a plan over several nodes (exit 1): compile and plan.md name the Slurm chain instead."""
+    text = edit(PIPELINE, "gpu: h100-sxm-80gb", "gpu: h100-sxm-80gb\n  gpus_per_node: 8\n  nodes: 2\n  slurm: {}")
+    (project / "pipeline.yaml").write_text(text, encoding="utf-8")
+    status, out, err = run("compile", "pipeline.yaml", "-o", "plan")
+    assert status == 0, err
+    assert out.splitlines()[-3:] == [
+        "run it:", "  bash plan/slurm/submit.sh    # the Slurm job chain (afterok)",
+        "  (run.sh refuses this plan (it exits 1): a stage spans 2 nodes, which only the Slurm jobs start)"]
+    md = (project / "plan" / "plan.md").read_text(encoding="utf-8")
+    how = md.split("## How to run")[1]
+    assert "bash plan/slurm/submit.sh    # the Slurm job chain (afterok)" in how and "run.sh    #" not in how
+    refused = shell("bash", "plan/run.sh")
+    assert refused.returncode == 1
+    assert refused.stderr == "ftplan: this plan spans 2 nodes; submit it with: bash plan/slurm/submit.sh\n"
+
+
 def test_compile_writes_the_plan_layout_and_reports_it(project):
     status, out, err = run("compile", "pipeline.yaml", "-o", "plan")
     assert status == 0
     assert sorted(snapshot(project / "plan")) == [".ftplan-files", *PLAN_FILES]  # the marker lists ftplan's files
-    assert out.splitlines()[0].startswith("demo · Llama-3.1-8B")
-    assert out.splitlines()[-5:] == [
+    assert out.splitlines()[0].startswith("demo · meta-llama/Llama-3.1-8B")
+    assert out.splitlines()[-7:-2] == [
         "plan:",
         "  + plan: plan.html, plan.json, plan.md, run.sh",
         "  + prep: stages/prep/args.json",
         "  + sft: stages/sft/accelerate.yaml, stages/sft/args.json",
         "Plan: 7 to add, 0 to change, 0 to remove.",
     ]
+    # then how to launch it, in plan.md's words ("How to run"), with the folder as given to -o
+    run_sh = "bash plan/run.sh    # every stage on this machine, skipping finished ones"
+    assert out.splitlines()[-2:] == ["run it:", f"  {run_sh}"]
+    assert run_sh in (project / "plan" / "plan.md").read_text(encoding="utf-8")
     assert err == "0 errors, 0 warnings, 1 note (-v shows them).\n"
     plan = json.loads((project / "plan" / "plan.json").read_text(encoding="utf-8"))
     assert isinstance(plan, dict) and plan
@@ -785,7 +824,7 @@ def test_console_script_and_module_agree(project):
     assert (script.returncode, script.stdout, script.stderr) == (0, f"ftplan {ftplan.__version__}\n", "")
     proc = shell(str(VENV_BIN / "ftplan"), "check", "pipeline.yaml")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[0] == "demo · Llama-3.1-8B (8.03 B) · 1 × H100 SXM 80GB (79.6 GiB, sm90)"
+    assert proc.stdout.splitlines()[0] == "demo · meta-llama/Llama-3.1-8B (8.03 B) · 1 × H100 SXM 80GB (79.6 GiB, sm90)"
     assert proc.stderr == "0 errors, 0 warnings, 1 note (-v shows them).\n"
     proc = shell(sys.executable, "-m", "ftplan", "compile", "pipeline.yaml", "-o", "plan")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr

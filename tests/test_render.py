@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,12 +23,13 @@ from ftplan.plan import build_plan
 from ftplan.render import render
 from ftplan.describe import bar
 from ftplan.units import size as size_text
-from ftplan.units import params_text
+from ftplan.units import params_text, sci
 from ftplan.render.serialize import sha256_text
 from ftplan.render.shell import comment, shq
 from ftplan.schemas import Pipeline
 
 GIB = 2**30
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 PIPELINE = {
     "name": "support-bot",
@@ -171,7 +175,11 @@ def test_scripts_skip_stages_by_their_completion_stamp(files):
     assert ("accelerate launch --config_file plans/support-bot/stages/sft/accelerate.yaml -m ftplan_runtime "
             "plans/support-bot/stages/sft/args.json") in run
     assert "python -m ftplan_runtime plans/support-bot/stages/merge/args.json" in run
-    assert "# effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 65,536 tokens/step" in run
+    assert ("# effective batch 2 micro × 8 accum × 1 process = 16 sequences × 4,096 tokens = 65,536 tokens/step\n"
+            in run)
+    # a DPO batch counts pairs of two sequences, in the scripts as in plan.md
+    assert ("# effective batch 1 micro × 1 accum × 1 process = 1 pair × 2 sequences × 4,096 tokens = 8,192 "
+            "tokens/step\n") in run
     assert "export NCCL_DEBUG=WARN\n" in run and "source .venv/bin/activate\n" in run
     assert run.index("export NCCL") < run.index("source .venv") < run.index("# ---- stage 01")
 
@@ -187,11 +195,14 @@ def test_plan_md_has_header_table_bars_terms_and_how_to_run(tmp_path):
         Span(str(tmp_path / "support-bot.yaml"), 20, 5)), info("FT900", ("hardware",), "note")]
     md = compile_files(tmp_path, diagnostics=diags)[1]["plan.md"]
     assert "support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × GeForce RTX 4090 24GB (24.0 GiB, sm89)" in md
-    assert "| # | stage | kind | method | effective batch | tokens/step | peak VRAM per GPU | verdict |" in md
-    assert ("| 02 | sft | sft | QLoRA r16 α32 · kernels | 16 (2 × 8 × 1) | 65,536 | "
+    assert "| # | stage | kind | method | batch | tokens/step | peak memory | verdict |" in md
+    assert ("| 02 | sft | sft | QLoRA r16 α32 · kernels | 16 | 65,536 | "
             "`█████████░░░░░░░ 14.2 / 24.0 GiB` | fits |") in md
-    assert "| 03 | dpo | dpo | DPO β0.1 sigmoid, continues sft |" in md and "| tight |" in md
-    assert "host RAM 16.1 GiB" in md
+    assert "| 03 | dpo | dpo | DPO β0.1 sigmoid, continues sft | 1 pair | 8,192 |" in md and "| tight |" in md
+    assert "| 01 | data | data | sharegpt + preference, packed, ≤4096 tokens | — | — | — | ok |" in md
+    assert "| 04 | merge | merge | merge dpo → bf16 | — | — | host RAM 16.1 GiB | ok |" in md
+    assert "| 05 | gguf | gguf | GGUF q8_0, q4_k_m | — | — | — | unknown |" in md  # no estimate given here
+    assert "Verdicts: ok: nothing to fit on a GPU" in md and "; tight: the estimated peak per GPU is 90 % " in md
     assert "| activations | 6.1 GiB | checkpointed |" in md
     assert md.index("| activations |") < md.index("| weights |") < md.index("| logits |")
     assert "warning FT301 `stages[dpo].learning_rate` (line 20:5): learning rate is \\| low — raise it" in md
@@ -199,6 +210,75 @@ def test_plan_md_has_header_table_bars_terms_and_how_to_run(tmp_path):
     assert "| `data/tickets.jsonl` | `" + "1" * 64 + "` | 2,048 |" in md
     assert "bash plans/support-bot/run.sh" in md and "bash plans/support-bot/slurm/submit.sh" in md
     assert "torch 2.13.0" in md and "ftplan 0.1.0" in md
+
+
+def test_plan_md_states_what_a_reviewer_approves(tmp_path):
+    """Per training stage: schedule, optimizer, length and optimizer steps, batch arithmetic (pairs for DPO), what
+    it trains, DPO's objective and reference, precision, checkpoints, the run time against the Slurm limit; and the
+    model's revision."""
+    data = copy.deepcopy(PIPELINE)
+    data["model"]["revision"] = "main"
+    data["stages"][1].update(warmup_ratio=0.05, optimizer="paged_adamw_8bit", save_steps=50, eval_steps=25)
+    data["stages"][0]["val_fraction"] = 0.1
+    data["stages"][2].update(max_steps=2000, beta=0.2, loss_type="ipo")
+    estimates = {**ESTIMATES, "dpo": dataclasses.replace(ESTIMATES["dpo"], step_time_s=2.0)}
+    md = compile_files(tmp_path, data=data, estimates=estimates)[1]["plan.md"]
+    sft = md.split("### 02 sft (sft)")[1].split("###")[0]
+    dpo = md.split("### 03 dpo (dpo)")[1].split("###")[0]
+    assert ("Model: `meta-llama/Llama-3.1-8B-Instruct`, at revision main, a branch or tag that can move (warning "
+            "FT416).") in md
+    assert "- learning rate: 2e-4 peak, cosine schedule, warm-up over 5 % of the steps\n" in sft
+    assert "- optimizer: paged_adamw_8bit, weight decay 0, gradient clipping at norm 1\n" in sft
+    assert "- length: 2 epochs\n" in sft  # the dataset files were not read: rows unknown
+    assert "- optimizer steps: not known before the data stage runs" in sft
+    assert "- batch: 2 micro × 8 accum × 1 process = 16 sequences × 4,096 tokens = 65,536 tokens/step\n" in sft
+    assert "- trains: a new adapter: QLoRA r16 α32, dropout 0, targets all-linear (every decoder projection)\n" in sft
+    assert "- precision: bf16, attention sdpa, gradient checkpointing, kernels ftplan\n" in sft
+    assert "- checkpoints: every 50 steps, the last 2 kept; evaluation every 25 steps; seed 42\n" in sft
+    assert ("- estimated run time: not estimated: the number of optimizer steps is not known; Slurm time limit "
+            "12:00:00\n") in sft
+    assert "objective" not in sft
+    assert "- learning rate: 5e-6 peak, cosine schedule, no warm-up\n" in dpo
+    assert "- length: max_steps 2,000\n- optimizer steps: 2,000\n" in dpo
+    assert ("- batch: 1 micro × 1 accum × 1 process = 1 pair × 2 sequences × 4,096 tokens = 8,192 tokens/step\n"
+            in dpo)
+    assert "- trains: the adapter of sft, continued: QLoRA r16 α32, dropout 0, targets all-linear" in dpo
+    assert ("- objective: DPO β 0.2, ipo loss; reference: a frozen copy of the continued adapter, computed at "
+            "every step\n") in dpo
+    assert ("- estimated run time: ≈ 67 min (2,000 steps × 2.00 s, a planning figure); Slurm time limit 12:00:00 (9 % "
+            "of it)\n") in dpo
+    assert "- peak VRAM: 23.5 / 24.0 GiB per GPU (tight); about 2.00 s per step\n" in dpo
+
+
+@pytest.mark.parametrize("example, stage, objective", [
+    ("kto-llama3-8b-feedback", "kto", "KTO β 0.1, kto loss, desirable × 1, undesirable × 2; reference: a frozen copy "
+     "of the continued adapter, computed at every step"),
+    ("orpo-qwen2.5-7b-24gb", "orpo", "ORPO β 0.1 (the odds-ratio term beside the supervised loss); no reference "
+     "model"),
+    ("reward-llama3-8b-4xh100", "rm", "the chosen answer scored above the rejected one, rewards centred with "
+     "coefficient 0.01")])
+def test_plan_md_names_the_objective_of_each_preference_kind(example, stage, objective):
+    from ftplan.api import check_file, plan_files
+
+    result = check_file(EXAMPLES / f"{example}.yaml")
+    md = plan_files(result, f"../plans/{example}")["plan.md"]
+    section = md.split(f" {stage} (")[1].split("\n### ")[0]
+    assert f"\n- objective: {objective}\n" in section
+
+
+def test_plan_md_launches_a_multi_node_plan_with_its_slurm_chain(tmp_path):
+    """run.sh refuses a plan over several nodes (exit 1), so plan.md names only submit.sh, and says why."""
+    data = copy.deepcopy(PIPELINE)
+    data["hardware"].update(gpu="h100", gpus_per_node=8, nodes=2)
+    files = compile_files(tmp_path, data=data)[1]
+    how = files["plan.md"].split("## How to run")[1]
+    assert "bash plans/support-bot/slurm/submit.sh    # the Slurm job chain (afterok)" in how
+    assert "run.sh    #" not in how
+    assert "run.sh refuses this plan (it exits 1): a stage spans 2 nodes, which only the Slurm jobs start." in how
+    assert "slurm/submit.sh" in files["run.sh"] and "\nexit 1\n" in files["run.sh"]
+    one_node = compile_files(tmp_path, data=PIPELINE)[1]["plan.md"].split("## How to run")[1]
+    assert one_node.index("run.sh    # every stage") < one_node.index("submit.sh    # the Slurm job chain")
+    assert "refuses" not in one_node
 
 
 def test_plan_json_contents(files):
@@ -223,6 +303,10 @@ def test_size_text():
 def test_params_text():
     assert [params_text(n) for n in (8_030_261_248, 136_768_000, 139_584, 512, None)] == \
         ["8.03 B", "136.8 M", "139.6 K", "512 params", "size unknown"]
+
+
+def test_sci():
+    assert [sci(x) for x in (2e-4, 5e-6, 1.5e-5, 0.005, 1e-3)] == ["2e-4", "5e-6", "1.5e-5", "5e-3", "1e-3"]
 
 
 def test_bar():

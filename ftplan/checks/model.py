@@ -1,7 +1,10 @@
 """Rules between the pipeline and the model architecture: LoRA targets, modules trained in full, new tokens,
-context length, GGUF export support, and local model paths that do not exist."""
+context length, GGUF export support, local model paths that do not exist, and a hub model without a pinned
+revision."""
 
 from __future__ import annotations
+
+import re
 
 from ftplan.catalog import GGUF_FAMILIES, gguf_supported, target_module_names, unknown_targets
 from ftplan.catalog.models import ModelShape
@@ -20,7 +23,11 @@ CODES = {
     "FT412": "the GGUF exporter does not support this model family",
     "FT413": "a local model or tokenizer path does not exist",
     "FT414": "the local model folder does not exist yet; checks use model.architecture",
+    "FT416": "a hub model without a pinned revision (no `model.revision`, or a branch or tag name)",
 }
+
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+"""A full hub commit id: the one kind of ``model.revision`` that cannot move."""
 
 _OUTER = ("embed_tokens", "lm_head")
 
@@ -39,7 +46,7 @@ def non_linear_modules(shape: ModelShape) -> tuple[str, ...]:
 
 def check(ctx: Context) -> list[Diagnostic]:
     """Architecture rules (skipped when the architecture is unknown, which resolve already reported)."""
-    diags = _missing_paths(ctx)
+    diags = _missing_paths(ctx) + _revision(ctx)
     shape = ctx.shape
     if shape is None:
         return diags
@@ -76,6 +83,27 @@ def _missing_paths(ctx: Context) -> list[Diagnostic]:
         diags.append(error("FT413", path, f"local {what} '{rel}' does not exist",
                            hint="check the path (relative to the pipeline file), or use a hub id"))
     return diags
+
+
+def _revision(ctx: Context) -> list[Diagnostic]:
+    """FT416: a hub model whose revision can move. Without ``model.revision`` every run downloads whatever the
+    hub's main branch holds then; a branch or tag name can be moved. A local folder has nothing to pin (its files
+    are hashed into the plan's inputs instead)."""
+    model = ctx.pipeline.model
+    if ctx.inputs.base_is_local:
+        return []
+    hint = ("set `model.revision` to the 40-character commit id of the weights you mean (the model page's "
+            "\"Files and versions\" tab, \"History\"), so every run and rerun loads the same files")
+    if model.revision is None:
+        return [warning("FT416", ("model", "base"), f"'{model.base}' is a hub model without `model.revision`: "
+                        "each run downloads whatever its main branch holds on that day, so a rerun may train other "
+                        "weights than the ones this plan was checked against", hint=hint)]
+    if not COMMIT_SHA.match(model.revision):
+        return [warning("FT416", ("model", "revision"), f"`revision: {model.revision}` is not a commit id (40 "
+                        f"lowercase hex characters) but a branch or tag name, which can move: a rerun may load other "
+                        f"weights of '{model.base}'",
+                        hint=hint)]
+    return []
 
 
 def _targets(shape: ModelShape, i: int, adapter) -> list[Diagnostic]:

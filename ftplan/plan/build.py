@@ -22,6 +22,7 @@ from ..jobs import slurm_job, stage_resources
 from ..schemas import TRAIN_STAGE_TYPES
 from ..schemas.stages import Stage
 from ..versions import PINNED_VERSIONS
+from ..view_model import stage_status
 from .accelerate import accelerate_config
 from .args import runtime_args
 from .deepspeed import deepspeed_config
@@ -80,7 +81,7 @@ def build_plan(ctx: Context, estimates: dict[str, StageEstimate], diagnostics: I
             pipeline_sha256=ctx.pipeline_sha256,
             inputs=tuple(sorted(ctx.inputs.files, key=lambda f: f.path)),
             versions=tuple(sorted(PINNED_VERSIONS.items())), ftplan_version=ftplan_version),
-        target=_target(ctx), stages=tuple(stages), plan_dir=plan_dir,
+        target=target_of(ctx), stages=tuple(stages), plan_dir=plan_dir,
         root_from_plan_dir=root_from_plan_dir if root_from_plan_dir is not None else root_from(
             plan_dir, _project_root(ctx.pipeline_path)),
         hardware=pipeline.hardware, slurm=pipeline.hardware.slurm, diagnostics=diags,
@@ -92,16 +93,19 @@ def _project_root(pipeline_path: str) -> str:
     return posixpath.dirname(os.path.abspath(pipeline_path).replace(os.sep, "/"))
 
 
-def _target(ctx: Context) -> Target:
+def target_of(ctx: Context) -> Target:
+    """The model and hardware a pipeline is checked against (the headline of ``check`` and ``plan.md``). A GPU the
+    catalog does not know is named as declared."""
     hw, gpu, shape = ctx.pipeline.hardware, ctx.gpu, ctx.shape
     arch = None
     if gpu is not None:
         arch = f"sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}" if gpu.compute_capability else gpu.arch
     on_gpu = hw.device == "cuda"
     return Target(
-        model=ctx.pipeline.model.base, architecture=ctx.shape_source or None,
+        model=ctx.pipeline.model.base, revision=ctx.pipeline.model.revision,
+        model_local=ctx.inputs.base_is_local, architecture=ctx.shape_source or None,
         params=param_counts(shape).total if shape is not None else None, device=hw.device,
-        gpu_name=gpu.name if on_gpu and gpu else None,
+        gpu_name=(gpu.name if gpu else hw.gpu) if on_gpu else None,
         gpu_memory_gib=round(gpu.memory_gib, 1) if on_gpu and gpu else None,
         gpu_arch=arch if on_gpu else None, nodes=hw.nodes if on_gpu else 1,
         gpus_per_node=hw.gpus_per_node if on_gpu else 0,
@@ -139,5 +143,5 @@ def _plan_stage(ctx: Context, index: int, stage: Stage, estimate: StageEstimate 
         index=index, id=stage.id, kind=stage.kind, dir=folder, output_dir=facts.output_dir, launcher=launcher,
         accelerate=accelerate, deepspeed=deepspeed, args=args, estimate=estimate, resources=resources,
         job=slurm_job(ctx, index - 1, resources), depends_on=previous, method=describe_method(stage, facts, link),
-        facts=facts,
+        facts=facts, status=stage_status(facts, estimate, has_error=False),
     )

@@ -15,9 +15,10 @@ from ..context import LocalFile
 from ..diagnostics import Diagnostic
 from ..estimate.types import StageEstimate
 from ..jobs import Resources, SlurmJob
-from ..resolved_stage import Batch, ResolvedStage, Strategy
+from ..resolved_stage import Batch, ResolvedStage, Strategy, most_nodes
 from ..schemas import HardwareSpec, Pipeline, SlurmSpec
 from ..schemas.runtime_args import RuntimeArgs
+from ..view_model import Status
 
 PLAN_FORMAT = 1
 """Version of the compiled plan's layout and ``plan.json``; bumped on incompatible changes."""
@@ -57,6 +58,8 @@ class PlanStage:
     """One-line description for reviewers, e.g. ``QLoRA r16 α32``."""
     facts: ResolvedStage
     """The stage's derived facts (strategy, batch, adapter, reference, placement)."""
+    status: Status
+    """Its verdict (``view_model.stage_status``), the word ``ftplan check``, plan.md and plan.json show."""
 
     @property
     def name(self) -> str:
@@ -96,6 +99,10 @@ class Target:
 
     model: str
     """``model.base``."""
+    revision: str | None
+    """``model.revision``: the hub commit, branch or tag the weights are read at (None: the hub's latest)."""
+    model_local: bool
+    """``model.base`` is a local folder (nothing to pin: its files are hashed into the inputs)."""
     architecture: str | None
     """Where the shape came from (catalog key or ``config.json``)."""
     params: int | None
@@ -140,6 +147,11 @@ class Plan:
     """Slurm settings, when the plan has Slurm jobs."""
     diagnostics: tuple[Diagnostic, ...]
     """Warnings and notes shown in ``plan.md``, in file order."""
+
+    @property
+    def nodes(self) -> int:
+        """The most nodes any stage spans (``run.sh`` runs a plan on one machine only)."""
+        return most_nodes(s.facts for s in self.stages)
 
     def path(self, *parts: str) -> str:
         """A path inside the plan folder, relative to the project root."""

@@ -34,9 +34,10 @@ def launch_command(plan_dir: str, stage_dir: str, launcher: str, nodes: int, por
     return f"accelerate launch {config} -m ftplan_runtime {args}"
 
 
-def run_commands(plan_dir: str, slurm: bool) -> list[tuple[str, str]]:
-    """``(command, what it does)`` for running the whole plan: ``run.sh``, and ``submit.sh`` with Slurm jobs."""
-    out = [(f"bash {shq(plan_path(plan_dir, 'run.sh'))}", "every stage on this machine, skipping finished ones")]
-    if slurm:
-        out.append((f"bash {shq(plan_path(plan_dir, 'slurm', 'submit.sh'))}", "the Slurm job chain (afterok)"))
-    return out
+def run_commands(plan_dir: str, slurm: bool, nodes: int = 1) -> list[tuple[str, str]]:
+    """``(command, what it does)`` for running the whole plan (``view_model.run_commands``, the words plan.md and
+    the terminal use): ``run.sh``, and ``submit.sh`` with Slurm jobs; only ``submit.sh`` when a stage spans several
+    ``nodes`` (``run.sh`` refuses such a plan and exits 1)."""
+    from ..view_model import run_commands as commands
+
+    return commands(plan_dir, slurm=slurm, nodes=nodes)

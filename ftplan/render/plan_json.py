@@ -61,6 +61,7 @@ def _stage_json(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
     return {
         "index": s.index, "id": s.id, "kind": s.kind, "dir": s.dir, "output_dir": s.output_dir,
         "launcher": s.launcher, "depends_on": s.depends_on, "method": s.method, "strategy": s.strategy,
+        "verdict": s.status,
         "resources": asdict(s.resources), "batch": asdict(s.batch) if s.batch else None,
         "args_sha256": sha, "args": s.args.model_dump(mode="json"),
         "accelerate": s.accelerate, "deepspeed": s.deepspeed, "estimate": estimate_json(s.estimate),

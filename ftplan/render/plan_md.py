@@ -1,18 +1,23 @@
-"""``plan.md``: what a reviewer reads — the target, a stage table with memory bars, the largest memory terms per
-stage, warnings, input hashes and how to run the plan."""
+"""``plan.md``: what a reviewer reads and approves — the target and the model's revision, a stage table with
+memory bars and verdicts (the rows ``ftplan check`` prints, from ``view_model``), per training stage its
+hyperparameters, optimizer steps and estimated run time against the Slurm time limit, the largest memory terms per
+stage, warnings, input hashes and the commands that launch the plan."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from ..describe import bar, job_container, job_cpus, job_gpus, job_lines, job_memory
-from ..units import format_duration, gib_text, params_text, size
-from .commands import launch_command, run_commands
+from ..describe import headline, job_container, job_cpus, job_gpus, job_lines, job_memory
+from ..units import size
+from ..view_model import (STAGE_COLUMNS, STATUS_MEANINGS, StageRow, peak_text, revision_text, run_lines, run_note,
+                          stage_row, training_settings)
+from .commands import launch_command
 from .plan_json import key_path_text
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan import Plan, PlanStage
+    from ..schemas.stages import TrainStage
 
 TOP_TERMS = 5
 """Largest memory terms listed per stage."""
@@ -35,45 +40,22 @@ def code(text: object) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
-def header_line(plan: "Plan") -> str:
-    """``support-bot · meta-llama/Llama-3.1-8B-Instruct (8.03 B) · 1 × RTX 4090 (24.0 GiB, sm89)``."""
-    t = plan.target
-    if t.device == "cpu":
-        hardware = "CPU"
-    else:
-        count = f"{t.nodes} nodes × {t.gpus_per_node}" if t.nodes > 1 else f"{t.gpus_per_node}"
-        detail = ", ".join(x for x in (f"{t.gpu_memory_gib:.1f} GiB" if t.gpu_memory_gib else None, t.gpu_arch) if x)
-        hardware = f"{count} × {t.gpu_name or 'GPU'}" + (f" ({detail})" if detail else "")
-    return f"{plan.name} · {md(t.model)} ({params_text(t.params)}) · {hardware}"
+def stage_rows(plan: "Plan") -> list[StageRow]:
+    """The stage table's rows (``view_model.stage_row``): the cells ``ftplan check`` prints for the same
+    pipeline."""
+    return [stage_row(s.facts, s.method, s.estimate, s.status) for s in plan.stages]
 
 
-def _memory_cell(s: "PlanStage") -> str:
-    est = s.estimate
-    if est is None:
-        return "—"
-    if s.resources.device == "cuda" and est.capacity_bytes and est.peak_bytes > 0:
-        return f"`{bar(est.peak_bytes, est.capacity_bytes)}`"
-    if est.host_bytes:
-        return f"host RAM {size(est.host_bytes)}"
-    return "—"
-
-
-def _batch_cells(s: "PlanStage") -> tuple[str, str]:
-    b = s.batch
-    if b is None:
-        return "—", "—"
-    effective = f"{b.effective_batch} ({b.micro_batch} × {b.grad_accum} × {b.world_size})"
-    return effective, f"{b.tokens_per_step:,}" if b.tokens_per_step else "—"
-
-
-def _stage_table(plan: "Plan") -> list[str]:
-    lines = ["| # | stage | kind | method | effective batch | tokens/step | peak VRAM per GPU | verdict |",
-             "|---|---|---|---|---:|---:|---|---|"]
-    for s in plan.stages:
-        effective, tokens = _batch_cells(s)
-        verdict = s.estimate.verdict if s.estimate else "—"
-        lines.append(f"| {s.index:02d} | {s.id} | {s.kind} | {md(s.method)} | {effective} | {tokens} | "
-                     f"{_memory_cell(s)} | {verdict} |")
+def _stage_table(plan: "Plan", rows: list[StageRow]) -> list[str]:
+    lines = ["| # | " + " | ".join(STAGE_COLUMNS) + " |",
+             "|---|" + "".join("---:|" if c in ("batch", "tokens/step") else "---|" for c in STAGE_COLUMNS)]
+    for s, row in zip(plan.stages, rows):
+        cells = [md(c) for c in row.cells]
+        if row.memory_is_bar:
+            cells[STAGE_COLUMNS.index("peak memory")] = f"`{row.memory}`"
+        lines.append(f"| {s.index:02d} | " + " | ".join(cells) + " |")
+    shown = dict.fromkeys(row.status for row in rows)
+    lines += ["", "Verdicts: " + "; ".join(f"{status}: {STATUS_MEANINGS[status]}" for status in shown) + "."]
     return lines
 
 
@@ -100,7 +82,7 @@ def _launch(plan: "Plan", s: "PlanStage") -> str:
     return launch_command(plan.plan_dir, s.dir, s.launcher, s.resources.nodes, plan.hardware.main_process_port)
 
 
-def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
+def _stage_details(plan: "Plan", s: "PlanStage", row: StageRow) -> list[str]:
     out = ["", f"### {s.index:02d} {s.id} ({s.kind})", "", f"- method: {md(s.method)}",
            f"- launch: {code(_launch(plan, s))}"]
     if s.launcher == "accelerate" and s.resources.nodes > 1:
@@ -118,29 +100,25 @@ def _stage_details(plan: "Plan", s: "PlanStage") -> list[str]:
     if s.args.data_dir:
         out.append(f"- data: {code(s.args.data_dir)}")
     out.append(f"- output: {code(s.output_dir)}")
-    est = s.estimate
     r = s.resources
-    where = f"{r.nodes} node(s) × {r.gpus_per_node} GPU" if r.device == "cuda" else "CPU only"
+    if r.device == "cuda":
+        where = (f"{r.nodes} node{'s' if r.nodes > 1 else ''} × {r.gpus_per_node} GPU"
+                 f"{'s' if r.gpus_per_node > 1 else ''}")
+    else:
+        where = "CPU only"
     out.append(f"- runs on: {where}")
-    if r.run_time_s is not None and est is not None and est.step_time_s:
-        bound = "at most " if r.steps_at_most else ""
-        out.append(f"- estimated run time: {bound}{r.steps:,} steps × {est.step_time_s:.2f} s ≈ "
-                   f"{format_duration(r.run_time_s)}" + (" (examples counted before packing)" if r.steps_at_most
-                                                          else ""))
+    if s.facts.train is not None:  # a training stage
+        written = cast("TrainStage", s.args.stage)
+        out += [f"- {name}: {md(text)}" for name, text in training_settings(written, s.facts, r, s.job, s.estimate)]
     if s.job is not None:
         out += [f"- Slurm {md(line)}" for line in job_lines(s.job)]
         out.append(f"- Slurm logs: {code(s.job.output)} (stdout), {code(s.job.error)} (stderr)")
-    b = s.batch
-    if b is not None:
-        seq = f" × {b.seq_len:,} tokens" if b.seq_len else ""
-        tokens = f" = {b.tokens_per_step:,} tokens/step" if b.tokens_per_step else ""
-        out.append(f"- batch: {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes = "
-                   f"{b.effective_batch} sequences{seq}{tokens}")
+    est = s.estimate
     if est is not None:
-        if est.capacity_bytes and est.peak_bytes > 0:
+        peak = peak_text(s.facts, est, row.status)
+        if peak is not None and peak.endswith(f"({row.status})"):
             step = f"; about {est.step_time_s:.2f} s per step" if est.step_time_s else ""
-            out.append(f"- peak VRAM per GPU: {gib_text(est.peak_bytes, unit=False)} / {gib_text(est.capacity_bytes)} "
-                       f"({est.verdict}){step}")
+            out.append(f"- peak VRAM: {peak}{step}")
         if est.host_bytes:
             out.append(f"- host memory: {size(est.host_bytes)}")
         for note in est.notes:
@@ -170,13 +148,15 @@ def render_plan_md(plan: "Plan") -> str:
     """The text of ``plan.md``."""
     prov = plan.provenance
     regen = f"ftplan compile {shq(prov.pipeline_file)} -o {shq(plan.plan_dir)}"
+    rows = stage_rows(plan)
     out = [
-        f"# Plan: {plan.name}", "", header_line(plan), "",
+        f"# Plan: {plan.name}", "", md(headline(plan.name, plan.target)), "",
         f"Compiled by ftplan {prov.ftplan_version} from {code(prov.pipeline_file)} (sha256 "
         f"`{prov.pipeline_sha256}`). Generated: do not edit; regenerate with {code(regen)} from the project folder.",
-        "", "## Stages", "", *_stage_table(plan),
+        "", f"Model: {code(plan.target.model)}, {md(revision_text(plan.target))}.",
+        "", "## Stages", "", *_stage_table(plan, rows),
         *(["", "## Slurm jobs", "", *_jobs_table(plan)] if plan.slurm is not None else []),
-        "", "## Stage details", *[line for s in plan.stages for line in _stage_details(plan, s)],
+        "", "## Stage details", *[line for s, row in zip(plan.stages, rows) for line in _stage_details(plan, s, row)],
         "", "## Warnings and notes", *_diagnostics(plan),
         "", "## Inputs", "",
     ]
@@ -185,8 +165,9 @@ def render_plan_md(plan: "Plan") -> str:
         out += [f"| {code(f.path)} | `{f.sha256}` | {f.size:,} |" for f in prov.inputs]
     else:
         out.append("No local input files (models and datasets come from the hub).")
+    note = run_note(plan.nodes)
+    commands = run_lines(plan.plan_dir, slurm=plan.slurm is not None, nodes=plan.nodes)
     out += ["", "## Runtime versions", "", " · ".join(f"{k} {v}" for k, v in prov.versions), "",
-            "## How to run", "", "From the project folder:", "", "```bash",
-            *(f"{command}    # {what}" for command, what in run_commands(plan.plan_dir, plan.slurm is not None)),
-            "```", ""]
+            "## How to run", "", "From the project folder:", "", "```bash", *commands, "```",
+            *(["", f"{md(note)}."] if note else []), ""]
     return "\n".join(out)

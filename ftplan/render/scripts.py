@@ -27,7 +27,7 @@ import jinja2
 
 from ..schemas import DataStage, GgufStage, MergeStage
 from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RUNTIME_INSTALL
-from ..describe import job_lines, job_memory
+from ..describe import batch_arithmetic, job_lines, job_memory
 from ..units import gib_text, size
 from .shell import comment, shq
 
@@ -58,9 +58,7 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
                          f"{gpu}, strategy {s.strategy}")
         else:
             lines.append(f"1 process on the CPU, strategy {s.strategy}")
-        tokens = f"; {b.tokens_per_step:,} tokens/step" if b.tokens_per_step else ""
-        lines.append(f"effective batch {b.micro_batch} micro × {b.grad_accum} accum × {b.world_size} processes "
-                     f"= {b.effective_batch} sequences{tokens}")
+        lines.append(f"effective batch {batch_arithmetic(b)}")
         if est is not None and est.capacity_bytes:
             lines.append(f"estimated peak {gib_text(est.peak_bytes, unit=False)} / {gib_text(est.capacity_bytes)} per GPU "
                          f"({est.verdict})")
@@ -111,9 +109,8 @@ def _common(plan: "Plan") -> dict[str, Any]:
 def render_run(plan: "Plan") -> str:
     """``run.sh``: every stage on this machine, in order, skipping complete ones (each stage's stamp says whether
     it is complete)."""
-    nodes = max((s.resources.nodes for s in plan.stages), default=1)
     return environment().get_template("run.sh.j2").render(
-        **_common(plan), root=plan.root_from_plan_dir, nodes=nodes,
+        **_common(plan), root=plan.root_from_plan_dir, nodes=plan.nodes,
         stages=[_stage_view(plan, s) for s in plan.stages])
 
 

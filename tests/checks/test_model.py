@@ -1,4 +1,4 @@
-"""Architecture rules (FT401-FT405, FT412, FT413)."""
+"""Architecture rules (FT401-FT405, FT412-FT414) and the model revision (FT416)."""
 
 from ftplan.checks.model import non_linear_modules
 from ftplan.catalog import get_model
@@ -89,3 +89,29 @@ def test_ft414_missing_base_with_architecture_is_a_warning(check, tools):
     [d] = tools.codes(diags, "FT414")
     assert d.severity is Severity.WARNING and "'llama-3.1-8b'" in d.message
     assert not tools.codes(diags, "FT413")
+
+
+SHA = "0e9e39f249a16976918f6564b8830bc894c89659"
+
+
+def test_ft416_a_hub_model_without_a_revision_is_a_warning(check, tools):
+    [d] = tools.codes(check(), "FT416")  # the base pipeline names a hub id and no revision
+    assert d.severity is Severity.WARNING and d.path == ("model", "base")
+    assert "'meta-llama/Llama-3.1-8B-Instruct' is a hub model without `model.revision`" in d.message
+    assert "commit id" in d.hint and "model.revision" in d.hint
+    assert not tools.codes(check(model={"revision": SHA}), "FT416")
+
+
+def test_ft416_a_branch_or_tag_is_not_pinned(check, tools):
+    for revision in ("main", "v1.0", SHA[:7], SHA.upper()):
+        [d] = tools.codes(check(model={"revision": revision}), "FT416")
+        assert d.path == ("model", "revision") and f"`revision: {revision}` is not a commit id" in d.message
+
+
+def test_ft416_a_local_model_folder_has_nothing_to_pin(check, tools):
+    local = tools.build(model={"base": "./models/mine", "architecture": "llama-3.1-8b"})
+    config = tools.Inputs(model_config={"model_type": "llama"})  # read from the folder's config.json
+    broken = tools.Inputs(model_config_error="config.json is not valid JSON")
+    missing = tools.Inputs(missing=((("model", "base"), "models/mine"),))  # not there yet (FT414)
+    for inputs in (config, broken, missing):
+        assert not tools.codes(check(local, inputs), "FT416")

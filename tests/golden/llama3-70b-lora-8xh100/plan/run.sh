@@ -48,7 +48,7 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 8 process(es): 1 node(s) × 8 H100 SXM 80GB, strategy zero3
-# effective batch 1 micro × 4 accum × 8 processes = 32 sequences; 131,072 tokens/step
+# effective batch 1 micro × 4 accum × 8 processes = 32 sequences × 4,096 tokens = 131,072 tokens/step
 # estimated peak 31.2 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/llama3-70b-lora-8xh100/stages/sft/args.json; then

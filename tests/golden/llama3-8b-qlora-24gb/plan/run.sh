@@ -47,7 +47,7 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 1 process(es): 1 node(s) × 1 GeForce RTX 4090 24GB, strategy none
-# effective batch 2 micro × 8 accum × 1 processes = 16 sequences; 32,768 tokens/step
+# effective batch 2 micro × 8 accum × 1 process = 16 sequences × 2,048 tokens = 32,768 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/llama3-8b-qlora-24gb/stages/sft/args.json; then
@@ -59,7 +59,7 @@ fi
 
 # ---- stage 03: dpo (dpo) ----
 # 1 process(es): 1 node(s) × 1 GeForce RTX 4090 24GB, strategy none
-# effective batch 1 micro × 16 accum × 1 processes = 16 sequences; 65,536 tokens/step
+# effective batch 1 micro × 16 accum × 1 process = 16 pairs × 2 sequences × 2,048 tokens = 65,536 tokens/step
 # estimated peak 8.9 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/dpo
 if stage_complete ../plans/llama3-8b-qlora-24gb/stages/dpo/args.json; then

@@ -46,7 +46,7 @@ fi
 
 # ---- stage 02: orpo (orpo) ----
 # 1 process(es): 1 node(s) × 1 GeForce RTX 4090 24GB, strategy none
-# effective batch 1 micro × 16 accum × 1 processes = 16 sequences; 32,768 tokens/step
+# effective batch 1 micro × 16 accum × 1 process = 16 pairs × 2 sequences × 1,024 tokens = 32,768 tokens/step
 # estimated peak 12.3 / 24.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/orpo
 if stage_complete ../plans/orpo-qwen2.5-7b-24gb/stages/orpo/args.json; then

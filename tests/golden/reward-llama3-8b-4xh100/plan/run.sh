@@ -46,7 +46,7 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 4 process(es): 1 node(s) × 4 H100 SXM 80GB, strategy ddp
-# effective batch 4 micro × 2 accum × 4 processes = 32 sequences; 65,536 tokens/step
+# effective batch 4 micro × 2 accum × 4 processes = 32 sequences × 2,048 tokens = 65,536 tokens/step
 # estimated peak 25.0 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/reward-llama3-8b-4xh100/stages/sft/args.json; then
@@ -68,7 +68,7 @@ fi
 
 # ---- stage 04: rm (reward) ----
 # 4 process(es): 1 node(s) × 4 H100 SXM 80GB, strategy zero3
-# effective batch 2 micro × 8 accum × 4 processes = 64 sequences; 262,144 tokens/step
+# effective batch 2 micro × 8 accum × 4 processes = 64 pairs × 2 sequences × 2,048 tokens = 262,144 tokens/step
 # estimated peak 44.5 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/rm
 if stage_complete ../plans/reward-llama3-8b-4xh100/stages/rm/args.json; then

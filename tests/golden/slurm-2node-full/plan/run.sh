@@ -60,7 +60,7 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 16 process(es): 2 node(s) × 8 H100 SXM 80GB, strategy zero3
-# effective batch 2 micro × 4 accum × 16 processes = 128 sequences; 524,288 tokens/step
+# effective batch 2 micro × 4 accum × 16 processes = 128 sequences × 4,096 tokens = 524,288 tokens/step
 # estimated peak 22.0 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/slurm-2node-full/stages/sft/args.json; then

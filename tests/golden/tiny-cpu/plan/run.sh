@@ -47,7 +47,7 @@ fi
 
 # ---- stage 02: sft (sft) ----
 # 1 process on the CPU, strategy none
-# effective batch 8 micro × 1 accum × 1 processes = 8 sequences; 2,048 tokens/step
+# effective batch 8 micro × 1 accum × 1 process = 8 sequences × 256 tokens = 2,048 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/sft
 if stage_complete ../plans/tiny-cpu/stages/sft/args.json; then
   echo "ftplan: stage sft is complete; skipping"
@@ -58,7 +58,7 @@ fi
 
 # ---- stage 03: dpo (dpo) ----
 # 1 process on the CPU, strategy none
-# effective batch 2 micro × 1 accum × 1 processes = 2 sequences; 1,024 tokens/step
+# effective batch 2 micro × 1 accum × 1 process = 2 pairs × 2 sequences × 256 tokens = 1,024 tokens/step
 # reads ../.demo/outputs/data; writes ../.demo/outputs/dpo
 if stage_complete ../plans/tiny-cpu/stages/dpo/args.json; then
   echo "ftplan: stage dpo is complete; skipping"
