@@ -276,6 +276,9 @@ def test_plan_md_launches_a_multi_node_plan_with_its_slurm_chain(tmp_path):
     assert "run.sh    #" not in how
     assert "run.sh refuses this plan (it exits 1): a stage spans 2 nodes, which only the Slurm jobs start." in how
     assert "slurm/submit.sh" in files["run.sh"] and "\nexit 1\n" in files["run.sh"]
+    # plan.html, rendered from plan.json alone, names the same command
+    assert "run.sh    # every stage" not in files["plan.html"]
+    assert "bash plans/support-bot/slurm/submit.sh    # the Slurm job chain (afterok)" in files["plan.html"]
     one_node = compile_files(tmp_path, data=PIPELINE)[1]["plan.md"].split("## How to run")[1]
     assert one_node.index("run.sh    # every stage") < one_node.index("submit.sh    # the Slurm job chain")
     assert "refuses" not in one_node

@@ -386,7 +386,8 @@ def render_plan_html(doc: PlanDocument) -> str:
     name = doc["pipeline"]["name"]
     slurm = any(s["slurm"] for s in doc["stages"])
     versions = " · ".join(f"{e(k)} {e(v)}" for k, v in sorted(doc["versions"].items()))
-    how = "\n".join(e(f"{command}    # {what}") for command, what in run_commands(doc["plan_dir"], slurm))
+    nodes = max((s["resources"]["nodes"] for s in doc["stages"]), default=1)  # over one node: submit.sh only
+    how = "\n".join(e(f"{command}    # {what}") for command, what in run_commands(doc["plan_dir"], slurm, nodes))
     out = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{e(CSP)}">',
