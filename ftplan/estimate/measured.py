@@ -8,12 +8,26 @@ from __future__ import annotations
 
 POINTS: tuple[tuple[str, str, str, int, int, str, float], ...] = (
     # (family, method, kind, max_seq_len, GPUs, card, error % of the measured device-used peak)
+    ('gemma2', 'lora', 'sft', 2048, 1, 'H200', -6.7),
+    ('gemma2', 'lora', 'sft', 4096, 1, 'H200', -14.7),
+    ('gemma2', 'qlora', 'sft', 2048, 1, 'H200', -6.5),
+    ('llama', 'dora', 'sft', 2048, 1, 'H200', -9.5),
+    ('llama', 'full', 'sft', 512, 1, 'H200', -4.6),
     ('llama', 'full', 'sft', 1024, 1, 'H100', 0.1),
     ('llama', 'full', 'sft', 1024, 1, 'H100', 0.2),
+    ('llama', 'lora', 'dpo', 2048, 1, 'H200', -1.3),
     ('llama', 'lora', 'sft', 512, 1, 'H100', 3.9),
     ('llama', 'lora', 'sft', 2048, 1, 'H100', 5.8),
+    ('llama', 'lora', 'sft', 2048, 1, 'H200', -3.9),
+    ('llama', 'lora', 'sft', 2048, 1, 'H200', -3.4),
+    ('llama', 'lora', 'sft', 2048, 1, 'H200', -3.1),
     ('llama', 'lora', 'sft', 4096, 1, 'H100', -6.5),
+    ('llama', 'lora', 'sft', 4096, 1, 'H200', -3.2),
     ('llama', 'lora', 'sft', 8192, 1, 'H100', -0.2),
     ('llama', 'lora', 'sft', 16384, 1, 'H100', -16.2),
     ('llama', 'qlora', 'sft', 2048, 1, 'H100', 10.4),
+    ('llama', 'qlora', 'sft', 4096, 1, 'H200', -0.1),
+    ('phi3', 'lora', 'sft', 1024, 1, 'H200', -9.4),
+    ('phi3', 'lora', 'sft', 2048, 1, 'H200', -3.2),
+    ('phi3', 'qlora', 'sft', 4096, 1, 'H200', -6.3),
 )
