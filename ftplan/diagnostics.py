@@ -83,7 +83,7 @@ LEADING_CODES: frozenset[str] = frozenset({"FT009"})
 the same position."""
 
 
-def sort_key(d: Diagnostic) -> tuple:
+def sort_key(d: Diagnostic) -> tuple[tuple[int, int], bool, str, str]:
     """Stable order for reports: by position in the file (file-wide summaries first), then code."""
     pos = (d.span.line, d.span.col) if d.span else (10**9, 0)
     return (pos, d.code not in LEADING_CODES, d.code, d.message)

@@ -14,11 +14,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from .catalog import GpuSpec, ModelShape, get_gpu, get_model, model_keys
 from .diagnostics import Severity
 from .json_schema import SCHEMA_FILE
 from .suggest import did_you_mean
+from .units import gib_amount, gib_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import CheckResult
+    from .estimate.types import StageEstimate
 
 STARTER_DATASET = "HuggingFaceH4/no_robots"
 """The hub dataset the starter trains on until the user points it at their own: 10k human-written
@@ -75,6 +81,10 @@ class Starter:
     """The SFT stage's estimated peak per GPU."""
 
 
+_Tried = tuple[Recipe, "CheckResult", "StageEstimate | None"]
+"""A recipe that did not fit or pass: its check result and its SFT stage's estimate."""
+
+
 def find_model(name: str) -> ModelShape:
     """The catalog model with this key or hub id; ``InitError`` with the closest keys when there is none."""
     shape = get_model(name)
@@ -86,13 +96,11 @@ def find_model(name: str) -> ModelShape:
 
 def find_gpu(name: str) -> GpuSpec:
     """The catalog GPU with this key or alias; ``InitError`` with the closest keys when there is none."""
-    from .resolve import suggest_gpus
+    from .resolve import did_you_mean_gpu
 
     spec = get_gpu(name)
     if spec is None:
-        close = suggest_gpus(name)
-        raise InitError(f"unknown GPU '{name}'", ("did you mean " + " or ".join(f"'{k}'" for k in close) + "?")
-                        if close else "`ftplan gpus` lists the catalog keys")
+        raise InitError(f"unknown GPU '{name}'", did_you_mean_gpu(name) or "`ftplan gpus` lists the catalog keys")
     return spec
 
 
@@ -115,7 +123,7 @@ def starter_pipeline(model: str, gpu: str, pipeline_path: Path, *, name: str | N
     shape, spec = find_model(model), find_gpu(gpu)
     name = starter_name(name, shape)
     schema = schema_reference(pipeline_path)
-    tried = []
+    tried: list[_Tried] = []
     for recipe in RECIPES:
         text = render_starter(shape, spec, recipe, name=name, schema=schema, filename=pipeline_path.name)
         result = check_text(text, pipeline_path.name, pipeline_path.resolve().parent)
@@ -141,7 +149,7 @@ def starter_name(name: str | None, shape: ModelShape) -> str:
                         "starting with a letter or digit") from None
 
 
-def _nothing_fits(shape: ModelShape, spec: GpuSpec, tried) -> InitError:
+def _nothing_fits(shape: ModelShape, spec: GpuSpec, tried: list[_Tried]) -> InitError:
     """Why no recipe was written: the last one's first error, or its peak against the card."""
     recipe, result, estimate = tried[-1]
     errors = [d for d in result.diagnostics if d.severity is Severity.ERROR and d.code != "FT101"]
@@ -149,9 +157,10 @@ def _nothing_fits(shape: ModelShape, spec: GpuSpec, tried) -> InitError:
         return InitError(f"the starter for {shape.key} on {spec.key} fails check: {errors[0].code} "
                          f"{errors[0].message}", errors[0].hint or "`ftplan check` on a hand-written pipeline "
                          "says more", usage=False)
-    peak = f"{estimate.peak_bytes / 2**30:.1f}" if estimate is not None else "?"
+    peak = gib_number(estimate.peak_bytes if estimate is not None else None)
     return InitError(f"{shape.key} does not fit one {spec.name} even with QLoRA and micro_batch "
-                     f"{recipe.micro_batch}: the SFT stage's estimated peak is {peak} GiB of {spec.memory_gib:.1f} GiB "
+                     f"{recipe.micro_batch}: the SFT stage's estimated peak is {peak} GiB of "
+                     f"{gib_amount(spec.memory_gib)} "
                      "(a starter stays under 90 % of the card)",
                      "choose a GPU with more memory (`ftplan gpus`), or shard over several GPUs as "
                      "examples/llama3-70b-lora-8xh100.yaml does", usage=False)

@@ -9,12 +9,12 @@ reads files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from .diagnostics import Diagnostic, error
 from .schemas import DataStage, GgufStage, LoraAdapter, MergeStage, Pipeline
 from .schemas.datasets import SFT_FORMATS, TEXT_FORMATS
-from .schemas.stages import CAUSAL_LM_KINDS, TRAIN_KINDS, TRAIN_STAGE_TYPES, RewardStage
+from .schemas.stages import CAUSAL_LM_KINDS, TRAIN_KINDS, TRAIN_STAGE_TYPES, RewardStage, Stage, TrainStage
 from .suggest import did_you_mean
 
 CODES = {
@@ -85,6 +85,9 @@ class StageLink:
 
 
 BASE = Result(kind="model")
+
+_Ref = Callable[[int, str, str | None, tuple[str, ...]], Result | None]
+"""Resolves ``stages[i].<field>: target`` to the result of an earlier stage of a wanted kind (reporting why not)."""
 
 
 def duplicated_ids(pipeline: Pipeline) -> frozenset[str]:
@@ -183,7 +186,7 @@ def _kind_hint(pipeline: Pipeline, i: int, field: str, kind: str, want: tuple[st
     return pick
 
 
-def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> StageLink:
+def _link(i: int, stage: Stage, ref: _Ref, diags: list[Diagnostic], twice: frozenset[str]) -> StageLink:
     if isinstance(stage, DataStage):
         formats = frozenset(d.format for d in stage.datasets)
         return StageLink(None, None, Result(kind="data", formats=formats))
@@ -216,7 +219,7 @@ def _link(i, stage, ref, diags: list[Diagnostic], twice: frozenset[str]) -> Stag
     raise TypeError(f"unhandled stage kind {stage.kind}")  # pragma: no cover - the union is closed
 
 
-def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
+def _train_link(i: int, stage: TrainStage, ref: _Ref, diags: list[Diagnostic]) -> StageLink:
     src = ref(i, "input", stage.input, (*CAUSAL_LM_KINDS, "merge"))
     data = ref(i, "data", stage.data, ("data",))
     want = TRAIN_KINDS[stage.kind].formats
@@ -276,7 +279,8 @@ def _train_link(i, stage, ref, diags: list[Diagnostic]) -> StageLink:
 
 
 
-def _reward_link(i, stage: RewardStage, src: Result, data: Result | None, diags: list[Diagnostic]) -> StageLink:
+def _reward_link(i: int, stage: RewardStage, src: Result, data: Result | None,
+                 diags: list[Diagnostic]) -> StageLink:
     """A reward model loads its input as a sequence classifier: full weights only (an adapter trained on a causal
     LM is merged by a merge stage first). Its result is a reward model, which no later stage can consume."""
     if src.adapters:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
+from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .diagnostics import Diagnostic, FtplanError, KeyPath, Span, error
@@ -41,17 +43,17 @@ _SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe parser with YAML 1.2 core scalar resolution and a nesting limit; constructs nothing."""
 
-    yaml_implicit_resolvers: dict = {}
+    yaml_implicit_resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
 
     def __init__(self, stream: str):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent, index):  # noqa: D102 - PyYAML hook
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:  # noqa: D102 - PyYAML hook
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # types-PyYAML: unannotated
                 raise yaml.composer.ComposerError(None, None, f"nesting is deeper than {MAX_DEPTH} levels", mark)
             return super().compose_node(parent, index)
         finally:
@@ -69,7 +71,7 @@ for _tag, _pattern, _first in (
     _Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
 
 
-def _pos(mark) -> tuple[int, int]:
+def _pos(mark: Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
@@ -129,7 +131,7 @@ class _Builder:
         self.values = 0
         self._active: set[int] = set()
 
-    def fail(self, code: str, path: KeyPath, message: str, mark, hint: str | None = None) -> None:
+    def fail(self, code: str, path: KeyPath, message: str, mark: Mark, hint: str | None = None) -> None:
         self.diags.append(error(code, path, message, hint).located(Span(self.map.filename, *_pos(mark))))
 
     def record(self, path: KeyPath, node: Node, key: Node | None = None) -> None:
@@ -157,6 +159,7 @@ class _Builder:
                     self.fail("FT008", path, f"unsupported YAML tag {quote(_show_tag(node.tag))}", node.start_mark,
                               "remove the tag; a list needs none")
                 return [self.child(item, path + (i,)) for i, item in enumerate(node.value)]
+            assert isinstance(node, MappingNode)  # the composer builds scalars, sequences and mappings only
             if node.tag != _MAP:
                 self.fail("FT008", path, f"unsupported YAML tag {quote(_show_tag(node.tag))}", node.start_mark,
                           "remove the tag; a mapping needs none")
@@ -168,7 +171,7 @@ class _Builder:
         self.record(path, node, key)
         return self.build(node, path)
 
-    def mapping(self, node: MappingNode, path: KeyPath) -> dict:
+    def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, object]:
         out: dict[str, object] = {}
         first: dict[str, tuple[int, int]] = {}
         merges: list[Node] = []
@@ -192,7 +195,7 @@ class _Builder:
             self.merge(out, source, path)
         return out
 
-    def merge(self, out: dict, source: Node, path: KeyPath) -> None:
+    def merge(self, out: dict[str, object], source: Node, path: KeyPath) -> None:
         """``<<: *anchor`` (or a list of them): copy keys the mapping does not set itself, earliest first."""
         sources = source.value if isinstance(source, SequenceNode) else [source]
         for src in sources:
@@ -269,7 +272,7 @@ def _to_float(value: str) -> float:
     return float(value)
 
 
-def load_yaml(text: str, filename: str) -> tuple[object, SourceMap]:
+def load_yaml(text: str, filename: str) -> tuple[dict[str, Any], SourceMap]:
     """Parse pipeline YAML into plain data and the positions of every key and value.
 
     Raises ``FtplanError`` with every located problem: a syntax error (FT001), duplicate keys (FT002, all of
@@ -305,6 +308,7 @@ def load_yaml(text: str, filename: str) -> tuple[object, SourceMap]:
         data = None
     if builder.diags:
         raise FtplanError(builder.diags)
+    assert isinstance(data, dict)  # the root is a mapping
     return data, builder.map
 
 

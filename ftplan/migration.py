@@ -674,8 +674,7 @@ def alias_hint(key: Any, value: Any, raw: str | None, place: str, *, is_dpo: boo
     if target is None:
         return (alias.otherwise or "remove it").replace("{value}", written)
     snippet, wrapped = _snippet(alias, place, target, adapter_type)
-    home = _at_home(alias.home, place, is_dpo=is_dpo)
-    if home:
+    if _at_home(alias.home, place, is_dpo=is_dpo):
         head = f"ftplan calls it `{alias.field}`: write `{snippet}`"
     else:
         name = f"`{alias.field}`" if alias.field == key else f"ftplan's `{alias.field}`"

@@ -8,16 +8,14 @@ catalog entry that lists ``model.base`` as a hub id.
 
 from __future__ import annotations
 
-from difflib import SequenceMatcher
-
 from .catalog import from_hf_config, get_gpu, get_model, gpu_keys, model_keys
-from .catalog.gpus import GPUS
+from .catalog.gpus import GPUS, GpuSpec
 from .catalog.models import MODELS, ModelShape
 from .context import Context, Inputs
 from .diagnostics import Diagnostic, error, warning
 from .lineage import trace
 from .schemas import Pipeline
-from .suggest import did_you_mean
+from .suggest import close_keys, did_you_mean, suggestion
 
 CODES = {
     "FT010": "unknown GPU",
@@ -44,26 +42,13 @@ def resolve(pipeline: Pipeline, inputs: Inputs, *, pipeline_path: str,
     return ctx, diags
 
 
-def suggest_gpus(word: str, n: int = 2) -> list[str]:
-    """Catalog keys that look like ``word`` (matched against keys and aliases), best first.
-
-    A key whose model token (``h100`` in ``h100-sxm-80gb``) equals the word's first token ranks above the
-    rest, so ``h100-80`` suggests the H100 variants rather than ``a100-sxm-80gb``."""
-    norm = "-".join(word.strip().lower().replace("_", " ").split())
-    head, *rest = norm.split("-")
-    scored = []
-    for key, spec in GPUS.items():
-        names = (key, *spec.aliases)
-        ratio = max(SequenceMatcher(None, norm, name).ratio() for name in names)
-        same_model = any(name.split("-")[0] == head for name in names)
-        tokens = {t for name in names for t in name.split("-")}
-        shared = sum(any(t.startswith(w) for t in tokens) for w in rest if w)  # "80" matches "80gb"
-        if ratio >= 0.6 or same_model:
-            scored.append((-(ratio + (0.5 if same_model else 0.0) + 0.1 * shared), key))
-    return [key for _, key in sorted(scored)[:n]]
+def did_you_mean_gpu(word: str) -> str | None:
+    """``did you mean 'h100-sxm-80gb' or 'h100-pcie-80gb'?`` for an unknown GPU name (compared with every catalog
+    key and alias), or None."""
+    return suggestion(close_keys(word, {key: (key, *spec.aliases) for key, spec in GPUS.items()}))
 
 
-def _resolve_gpu(pipeline: Pipeline, diags: list[Diagnostic]):
+def _resolve_gpu(pipeline: Pipeline, diags: list[Diagnostic]) -> GpuSpec | None:
     hw = pipeline.hardware
     if hw.device == "cpu":
         if hw.gpu is not None:
@@ -79,9 +64,7 @@ def _resolve_gpu(pipeline: Pipeline, diags: list[Diagnostic]):
         return None
     spec = get_gpu(hw.gpu)
     if spec is None:
-        close = suggest_gpus(hw.gpu)
-        hint = ("did you mean " + " or ".join(f"'{k}'" for k in close) + "?") if close else (
-            "`ftplan gpus` lists the catalog")
+        hint = did_you_mean_gpu(hw.gpu) or "`ftplan gpus` lists the catalog"
         diags.append(error("FT010", ("hardware", "gpu"), f"unknown GPU '{hw.gpu}'", hint=hint,
                            notes=[f"known GPUs: {', '.join(gpu_keys())}"]))
     return spec

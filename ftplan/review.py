@@ -42,7 +42,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, TypeVar
 
-from .units import GIB, format_duration, num, params_text, size
+from .units import format_duration, gib_amount, gib_number, num, params_text, size
 
 REVIEW_FORMAT = 1
 """Version of the ``ftplan diff --json`` document; bumped on incompatible changes."""
@@ -292,11 +292,6 @@ def peak_text(value: dict[str, Any]) -> str:
            f"({value.get('verdict')})"
 
 
-def gib_number(n_bytes: Any, digits: int = 1) -> str:
-    """Bytes as a number of GiB (``8.9``), ``?`` when unknown."""
-    return "?" if n_bytes is None else f"{n_bytes / GIB:.{digits}f}"
-
-
 def _dataset_facts(dataset: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> list[Fact]:
     """A dataset by its path: its content hash and size (a local file) and how it is read."""
     path = str(dataset.get("path"))
@@ -350,7 +345,7 @@ def _pipeline_facts(plan: dict[str, Any], inputs: dict[str, dict[str, Any]], dat
              Fact("device", "device", target.get("device"), str(target.get("device")))]
     if target.get("gpu_name") is not None:
         gpu = {k: target.get(k) for k in ("gpu_name", "gpu_memory_gib", "gpu_arch")}
-        memory = None if gpu["gpu_memory_gib"] is None else f"{gpu['gpu_memory_gib']:.1f} GiB"
+        memory = None if gpu["gpu_memory_gib"] is None else gib_amount(gpu["gpu_memory_gib"])
         detail = ", ".join(x for x in (memory, gpu["gpu_arch"]) if x)
         facts.append(Fact("gpu", "GPU", gpu, f"{gpu['gpu_name']} ({detail})"))
     facts += [Fact("nodes", "nodes", target.get("nodes"), _words(target.get("nodes"))),

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .review import Change, Fact, ReviewDiff, StageDiff, gib_number, peak_text
+from .review import Change, Fact, ReviewDiff, StageDiff, peak_text
+from .units import gib_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from .review_sources import SideError

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from .diagnostics import Diagnostic, KeyPath, error, sort_key
 from .migration import alias_fills, alias_for, alias_hint, foreign_config, place_of, value_hint
@@ -66,7 +67,7 @@ class _Converter:
         span = self.map.span(at, key=key)
         self.out.append((error(code, path, message, hint, notes).located(span), suggested or []))
 
-    def value_error(self, err: dict, w: Where) -> None:
+    def value_error(self, err: ErrorDetails, w: Where) -> None:
         """Turn a pydantic value error (bounds, literals, patterns, types) into a diagnostic."""
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
         path = w.path
@@ -186,7 +187,7 @@ class _Converter:
                           data_stage=data_stage if isinstance(data_stage, str) else None,
                           adapter_type=adapter if isinstance(adapter, str) else None)
 
-    def key_error(self, err: dict, w: Where) -> None:
+    def key_error(self, err: ErrorDetails, w: Where) -> None:
         """An invalid key of a typed mapping (e.g. an unknown sbatch option in ``slurm.extra``)."""
         key, parent = w.path[-1], w.path[:-1]
         if err["type"] == "literal_error":
@@ -202,7 +203,7 @@ class _Converter:
             self.emit("FT004", parent, f"key {quote(str(key))}: {msg[:1].lower()}{msg[1:]}",
                       "rename the key (`ftplan schema` lists what this mapping takes)", w.path, key=True)
 
-    def off_branch(self, prefix: KeyPath, members: tuple) -> None:
+    def off_branch(self, prefix: KeyPath, members: tuple[Any, ...]) -> None:
         """No branch of a plain union takes this kind of value: one wrong-type error listing all of them."""
         _, value = value_at(self.data, prefix)
         wants = " or ".join(dict.fromkeys(describe_member(m) for m in members))
@@ -240,7 +241,8 @@ def validate_pipeline(data: Any, source_map: SourceMap, filename: str) -> tuple[
         errors = exc.errors(include_url=False)
     conv = _Converter(data, source_map)
     located = [(err, walk(err["loc"], Pipeline)) for err in errors]
-    kept, dropped = [], {}
+    kept: list[tuple[ErrorDetails, Where]] = []
+    dropped: dict[KeyPath, tuple[Any, ...]] = {}
     for err, w in located:
         off = [(prefix, members) for prefix, cat, members in w.unions
                if category(value_at(data, prefix)[1]) != cat]

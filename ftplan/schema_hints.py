@@ -171,8 +171,8 @@ def example_value(owner: type[BaseModel] | None, name: Any) -> tuple[str | None,
 
     A typical value (``learning_rate: 2e-4``; ``5e-6`` on a DPO stage), else the default when it is set and
     valid, else the nearest value the bounds allow; None when nothing sensible is known."""
-    info = owner.model_fields.get(name) if owner and isinstance(name, str) else None
-    if info is None:
+    info = owner.model_fields.get(name) if owner is not None and isinstance(name, str) else None
+    if owner is None or info is None:
         return None, False
     bounds = _bounds(owner, name)
     if name == "learning_rate" and owner.__name__ == "DpoStage":
@@ -280,7 +280,7 @@ def _key_homes() -> dict[str, list[tuple[str, type[BaseModel]]]]:
     """Key name -> every (place, model) of the schema that takes it, e.g. ``nodes`` -> ``hardware``."""
     homes: dict[str, list[tuple[str, type[BaseModel]]]] = {}
 
-    def visit(tp: Any, disc: str | None, where: str, seen: frozenset) -> None:
+    def visit(tp: Any, disc: str | None, where: str, seen: frozenset[type[BaseModel]]) -> None:
         kind, info = classify_type(tp, disc)
         if kind == "model" and info not in seen:
             for name, f in info.model_fields.items():
@@ -327,7 +327,7 @@ def pick_hint(path: KeyPath, allowed: list[Any]) -> str:
     return f"write one of them, e.g. `{name}: {shown}`" if name else f"write one of them, e.g. {shown}"
 
 
-def union_hint(prefix: KeyPath, members: tuple) -> str:
+def union_hint(prefix: KeyPath, members: tuple[Any, ...]) -> str:
     """How to write each branch of a plain union: ``write `distributed: auto` or `distributed: {strategy: ...}```."""
     name = field_name(prefix)
     ways = []

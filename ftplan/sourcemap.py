@@ -160,7 +160,7 @@ def classify_type(tp: Any, disc: str | None = None) -> tuple[str, Any]:
     return "scalar", tp
 
 
-def _tag_map(members: tuple, disc: str) -> dict[str, type[BaseModel]]:
+def _tag_map(members: tuple[Any, ...], disc: str) -> dict[str, type[BaseModel]]:
     tags: dict[str, type[BaseModel]] = {}
     for member in members:
         kind, model = classify_type(member)
@@ -171,7 +171,7 @@ def _tag_map(members: tuple, disc: str) -> dict[str, type[BaseModel]]:
     return tags
 
 
-def _match_branch(label: Any, members: tuple) -> Any:
+def _match_branch(label: Any, members: tuple[Any, ...]) -> Any:
     """The member of a plain union that pydantic's branch label (``"literal[...]"``, ``'DistributedSpec'``,
     ``'tagged-union[...]'``, ``'list[...]'``, ``'int'``) names, or None."""
     if not isinstance(label, str):
@@ -212,7 +212,7 @@ class Where:
     """The model whose field the last step of ``path`` names (the mapping holding a missing/unknown key)."""
     variants: tuple[str, dict[str, type[BaseModel]]] | None = None
     """When ``owner`` is one variant of a tagged union: the discriminator and every variant by tag."""
-    unions: list[tuple[KeyPath, str, tuple]] = field(default_factory=list)
+    unions: list[tuple[KeyPath, str, tuple[Any, ...]]] = field(default_factory=list)
     """Plain unions passed: (path of the union, kind of the branch taken, all members)."""
     is_key: bool = False
     """The error is about a dict key, not its value."""
@@ -244,20 +244,21 @@ class Where:
         return list(self.owner.model_fields) if self.owner else []
 
 
-def walk(loc: tuple, root: type[BaseModel]) -> Where:
+def walk(loc: tuple[str | int, ...], root: type[BaseModel]) -> Where:
     """Follow a pydantic ``loc`` through the schema rooted at ``root``: the key path in the file, the model
     holding its last key, and the unions it passed through."""
     tp: Any = root
     disc: str | None = None
     where = Where(())
     path: list[str | int] = []
-    pending = None
+    pending: tuple[str, dict[str, type[BaseModel]]] | None = None
     i = 0
     while i < len(loc):
         seg = loc[i]
         if seg == "[key]":
             where.is_key, i = True, i + 1
             continue
+        info: Any
         kind, info = classify_type(tp, disc) if tp is not None else ("scalar", None)
         disc = None
         if kind == "tagged" and isinstance(seg, str) and seg in info[1]:

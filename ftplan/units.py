@@ -23,9 +23,19 @@ def gib_value(n_bytes: float | None, digits: int = 2) -> float | None:
     return None if n_bytes is None else round(n_bytes / GIB, digits)
 
 
+def gib_number(n_bytes: float | None, digits: int = 1) -> str:
+    """Bytes as a number of GiB (``8.9``), ``?`` when unknown."""
+    return "?" if n_bytes is None else f"{n_bytes / GIB:.{digits}f}"
+
+
 def gib_text(n_bytes: float, unit: bool = True) -> str:
     """Bytes as ``12.3 GiB`` (one decimal; without the unit when ``unit`` is false)."""
-    return f"{n_bytes / GIB:.1f}" + (" GiB" if unit else "")
+    return gib_number(n_bytes) + (" GiB" if unit else "")
+
+
+def gib_amount(gib: float) -> str:
+    """An amount already in GiB (a card's memory, plan.json's ``gpu_memory_gib``) as ``24.0 GiB``."""
+    return f"{gib:.1f} GiB"
 
 
 def size(n_bytes: float) -> str:

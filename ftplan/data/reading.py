@@ -368,7 +368,11 @@ def _csv_rows(path: Path) -> Iterator[RawRow]:
         if bad is not None:
             raise FileProblem(f"line 1: the header is not UTF-8 text (column {bad + 1}); save the file as UTF-8")
         seen: set[str] = set()
-        twice = [name for name in header if name in seen or seen.add(name)]
+        twice = []
+        for name in header:
+            if name in seen:
+                twice.append(name)
+            seen.add(name)
         if twice:
             raise FileProblem(f"line 1: the header names column {twice[0]!r} twice; rename one of them")
         n, line = 0, reader.line_num + 1

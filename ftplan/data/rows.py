@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ftplan.schemas.datasets import PREFERENCE_FORMATS, SFT_FORMATS
 from ftplan.suggest import did_you_mean
@@ -26,6 +26,9 @@ __all__ = [
     "convert_row", "group_of", "guess_role", "kind_of", "missing_tool_support", "needs_chat_template",
     "tool_features", "used_columns",
 ]
+
+Row = dict[str, Any]
+"""One dataset row as read: a JSON object, or a CSV row's cells by column name."""
 
 Turn = dict[str, Any]
 """One canonical turn: ``{"role": system|user|assistant|tool, "content": str}``, plus ``tool_calls`` (a list of
@@ -173,7 +176,7 @@ def convert_row(spec: Any, value: Any) -> Converted:
 
 # ------------------------------------------------------------------------------------------------ formats
 
-def _alpaca(spec: Any, row: dict, warnings: list[RowProblem]) -> Conversation:
+def _alpaca(spec: Any, row: Row, warnings: list[RowProblem]) -> Conversation:
     c = spec.columns
     _require(spec, row, ("instruction", "output"))
     instruction = _string(spec, row, "instruction")
@@ -196,7 +199,7 @@ def _alpaca(spec: Any, row: dict, warnings: list[RowProblem]) -> Conversation:
     return Conversation(turns)
 
 
-def _chat(spec: Any, row: dict, warnings: list[RowProblem]) -> Conversation:
+def _chat(spec: Any, row: Row, warnings: list[RowProblem]) -> Conversation:
     c = spec.columns
     _require(spec, row, ("messages",))
     turns = _turns(spec, row[c.messages], c.messages, c.role, c.content, spec.roles)
@@ -221,7 +224,7 @@ def _chat(spec: Any, row: dict, warnings: list[RowProblem]) -> Conversation:
     return Conversation(turns, tools=tools)
 
 
-def _prompt_completion(spec: Any, row: dict, warnings: list[RowProblem]) -> Conversation:
+def _prompt_completion(spec: Any, row: Row, warnings: list[RowProblem]) -> Conversation:
     c = spec.columns
     _require(spec, row, ("prompt", "completion"))
     prompt, completion = row[c.prompt], row[c.completion]
@@ -239,7 +242,7 @@ def _prompt_completion(spec: Any, row: dict, warnings: list[RowProblem]) -> Conv
                               "write both as strings, or both as lists of {role, content} turns"))
 
 
-def _text(spec: Any, row: dict, warnings: list[RowProblem]) -> Text:
+def _text(spec: Any, row: Row, warnings: list[RowProblem]) -> Text:
     _require(spec, row, ("text",))
     text = _string(spec, row, "text")
     if not text.strip():
@@ -248,7 +251,7 @@ def _text(spec: Any, row: dict, warnings: list[RowProblem]) -> Text:
     return Text(text)
 
 
-def _preference(spec: Any, row: dict, warnings: list[RowProblem]) -> Pair:
+def _preference(spec: Any, row: Row, warnings: list[RowProblem]) -> Pair:
     c = spec.columns
     implicit = c.prompt not in row and not _mapped(spec, "prompt")
     _require(spec, row, ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"))
@@ -289,7 +292,7 @@ def _preference(spec: Any, row: dict, warnings: list[RowProblem]) -> Pair:
     return Pair(prompt, good, bad)
 
 
-def _kto(spec: Any, row: dict, warnings: list[RowProblem]) -> Unpaired:
+def _kto(spec: Any, row: Row, warnings: list[RowProblem]) -> Unpaired:
     c = spec.columns
     conversation = _mapped(spec, "messages") or (c.completion not in row and c.messages in row
                                                  and not _mapped(spec, "completion"))
@@ -302,7 +305,7 @@ def _kto(spec: Any, row: dict, warnings: list[RowProblem]) -> Unpaired:
     return Unpaired(prompt, completion, label)
 
 
-def _kto_conversation(spec: Any, row: dict) -> Unpaired:
+def _kto_conversation(spec: Any, row: Row) -> Unpaired:
     """LLaMA-Factory's KTO rows: a conversation whose last turn is the labelled answer."""
     c = spec.columns
     _require(spec, row, ("messages", "label"))
@@ -319,7 +322,7 @@ def _kto_conversation(spec: Any, row: dict) -> Unpaired:
     return Unpaired(turns[:-1], turns[-1:], label)
 
 
-def _kto_label(spec: Any, row: dict) -> bool:
+def _kto_label(spec: Any, row: Row) -> bool:
     c = spec.columns
     value = row[c.label]
     label = value if isinstance(value, bool) else _LABELS.get(
@@ -331,11 +334,12 @@ def _kto_label(spec: Any, row: dict) -> bool:
     return label
 
 
-_LABELS: dict = {"true": True, "false": False, "1": True, "0": False, 1: True, 0: False}
+_LABELS: dict[str | int | None, bool] = {"true": True, "false": False, "1": True, "0": False, 1: True, 0: False}
 """KTO labels besides booleans: 0/1 (integer columns) and their text (CSV cells are text)."""
 
-_FORMATS = {"alpaca": _alpaca, "sharegpt": _chat, "messages": _chat, "prompt_completion": _prompt_completion,
-            "text": _text, "preference": _preference, "kto": _kto}
+_FORMATS: dict[str, Callable[[Any, Row, list[RowProblem]], Record]] = {
+    "alpaca": _alpaca, "sharegpt": _chat, "messages": _chat, "prompt_completion": _prompt_completion, "text": _text,
+    "preference": _preference, "kto": _kto}
 
 
 # ------------------------------------------------------------------------------------------------ columns
@@ -343,7 +347,7 @@ _FORMATS = {"alpaca": _alpaca, "sharegpt": _chat, "messages": _chat, "prompt_com
 def _mapped(spec: Any, name: str) -> bool:
     """The dataset maps column ``name`` to a column other than its default name. (Not ``model_fields_set``: a
     compiled stage's ``args.json`` writes every column, so the runtime would see each as set.)"""
-    return getattr(spec.columns, name) != type(spec.columns).model_fields[name].default
+    return bool(getattr(spec.columns, name) != type(spec.columns).model_fields[name].default)
 
 
 def _key(spec: Any, name: str, *rest: str) -> tuple[str, ...]:
@@ -351,7 +355,7 @@ def _key(spec: Any, name: str, *rest: str) -> tuple[str, ...]:
     return (name, *rest) if name in spec.model_fields_set else ("path",)
 
 
-def _require(spec: Any, row: dict, names: tuple[str, ...]) -> None:
+def _require(spec: Any, row: Row, names: tuple[str, ...]) -> None:
     missing = []
     for name in names:
         col = getattr(spec.columns, name)
@@ -370,7 +374,7 @@ def _require(spec: Any, row: dict, names: tuple[str, ...]) -> None:
         raise _Refused(*missing)
 
 
-def _string(spec: Any, row: dict, name: str) -> str:
+def _string(spec: Any, row: Row, name: str) -> str:
     col = getattr(spec.columns, name)
     value = row[col]
     if not isinstance(value, str):
@@ -378,7 +382,7 @@ def _string(spec: Any, row: dict, name: str) -> str:
     return value
 
 
-def _optional_string(spec: Any, row: dict, name: str) -> str:
+def _optional_string(spec: Any, row: Row, name: str) -> str:
     """An optional text column: "" when absent or null."""
     col = getattr(spec.columns, name)
     value = row.get(col)
@@ -499,7 +503,7 @@ def _calls(value: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(spec: Any, row: dict) -> list[dict[str, Any]] | None:
+def _tools(spec: Any, row: Row) -> list[dict[str, Any]] | None:
     """The ``tools`` column as JSON-schema function definitions; None when the row has none."""
     col = spec.columns.tools
     value = row.get(col)

@@ -92,11 +92,11 @@ class Scanner:
     rows_read: int = 0
     bad_rows: int = 0
     findings: list[Finding] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     unused: dict[str, None] = field(default_factory=dict)
     features: set[str] = field(default_factory=set)
     file_problem: str | None = None
-    labels: Counter = field(default_factory=Counter)
+    labels: Counter[bool] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._used = used_columns(self.spec)

@@ -61,7 +61,7 @@ def accuracy_of(family: str, method: str, kind: str, seq: int, world: int) -> Ac
     return _summary(like, what)
 
 
-def _summary(points: list, what: str | None) -> Accuracy:
+def _summary(points: list[tuple[str, str, str, int, int, str, float]], what: str | None) -> Accuracy:
     if not points:
         return Accuracy(0, extrapolated="no point is measured yet")
     errors = [abs(p[6]) for p in points]

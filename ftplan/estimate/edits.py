@@ -70,11 +70,11 @@ class Edit:
         """The same edit without the settings that write what ``pipeline`` already has."""
         return Edit(tuple(Setting(p, v) for p, v in self.final().items() if value_at(pipeline, p) != v), self.kind)
 
-    def apply(self, data: dict) -> dict:
+    def apply(self, data: dict[str, Any]) -> dict[str, Any]:
         """A copy of the pipeline's data (``Pipeline.model_dump``) with every setting written."""
         out = copy.deepcopy(data)
         for path, new in self.final().items():
-            node = out
+            node: Any = out  # mappings and lists along the path
             for part in path[:-1]:
                 if isinstance(part, str) and part not in node:
                     node[part] = {}

@@ -33,7 +33,8 @@ def gguf(shape: ModelShape, stage: GgufStage) -> StageEstimate:
     outputs = set(stage.quant) | ({"f16"} if "q4_k_m" in stage.quant else set())
     name = max(outputs, key=lambda q: GGUF_BYTES_PER_PARAM[q])
     per = GGUF_BYTES_PER_PARAM[name]
-    terms = (Term(f"largest output ({name})", int(total * per), f"{params(total)} params × {per:.3g} B"),)
+    largest = Term(f"largest output ({name})", int(total * per), f"{params(total)} params × {per:.3g} B")
+    terms: tuple[Term, ...] = (largest,)
     if stage.verify:
         terms += (Term("HF model for verification (fp32)", total * 4, f"{params(total)} params × 4 B"),)
     return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=sum(t.bytes for t in terms),

@@ -19,7 +19,7 @@ import html
 import json
 from typing import Any
 
-from ..units import format_duration, gib_text, params_text, size
+from ..units import format_duration, gib_amount, gib_text, params_text, size
 from .commands import launch_command, run_commands
 from .shell import comment
 
@@ -108,7 +108,7 @@ def _target_line(doc: PlanDocument) -> str:
         hardware = "CPU"
     else:
         count = f"{t['nodes']} nodes × {t['gpus_per_node']}" if t["nodes"] > 1 else f"{t['gpus_per_node']}"
-        detail = ", ".join(x for x in (f"{t['gpu_memory_gib']:.1f} GiB" if t["gpu_memory_gib"] else None,
+        detail = ", ".join(x for x in (gib_amount(t["gpu_memory_gib"]) if t["gpu_memory_gib"] else None,
                                        t["gpu_arch"]) if x)
         hardware = f"{count} × {t['gpu_name'] or 'GPU'}" + (f" ({detail})" if detail else "")
     return f"{doc['pipeline']['name']} · {t['model']} ({params_text(t['params'])}) · {hardware}"

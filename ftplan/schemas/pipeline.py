@@ -28,6 +28,6 @@ class Pipeline(FtplanModel):
     stages: list[Stage] = Field(min_length=1)
     """Stages, run in this order; each may consume the results of earlier ones."""
 
-    def stage(self, stage_id: str):
+    def stage(self, stage_id: str) -> Stage | None:
         """The stage with this id, or None."""
         return next((s for s in self.stages if s.id == stage_id), None)

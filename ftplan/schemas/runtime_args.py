@@ -13,7 +13,7 @@ and the runtime read them from here; ``tests/test_contract.py`` holds both sides
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -21,7 +21,7 @@ from .base import FtplanModel, NonEmptyStr, StageId
 from .model import ModelSpec
 from .stages import Stage
 
-ARGS_FORMAT = 1
+ARGS_FORMAT: Final = 1
 """Version of this file's format; bumped on incompatible changes."""
 
 ADAPTER_SUBDIR = "adapter"

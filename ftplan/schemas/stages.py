@@ -257,7 +257,7 @@ Stage = Annotated[Union[DataStage, SftStage, CptStage, DpoStage, OrpoStage, KtoS
 TrainStage = Union[SftStage, CptStage, DpoStage, OrpoStage, KtoStage, RewardStage]
 """Stages that train (and launch through accelerate)."""
 
-TRAIN_STAGE_TYPES: tuple[type, ...] = (SftStage, CptStage, DpoStage, OrpoStage, KtoStage, RewardStage)
+TRAIN_STAGE_TYPES = (SftStage, CptStage, DpoStage, OrpoStage, KtoStage, RewardStage)
 """The classes of ``TrainStage``, for ``isinstance``."""
 
 

@@ -1,4 +1,4 @@
-"""Optimisation settings shared by every training stage (SFT, DPO, and later ORPO/KTO/CPT/RM)."""
+"""Optimisation settings shared by every training stage (SFT, CPT, DPO, ORPO, KTO and reward)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from .base import FtplanModel
+
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+"""An experiment tracker the runtime can report to."""
 
 DistributedStrategy = Literal["auto", "none", "ddp", "zero1", "zero2", "zero3", "fsdp2"]
 
@@ -95,7 +98,7 @@ class TrainingArgs(FtplanModel):
     seed: int = Field(default=42, ge=0)
     """Seed for initialisation, data order and dropout."""
 
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    report_to: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     """Experiment trackers (tensorboard logs go to the stage's output folder)."""
 
     def distributed_spec(self) -> DistributedSpec:
