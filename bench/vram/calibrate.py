@@ -235,19 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     for b in bounds:
         by_model.setdefault(b.point.model, []).append(b)
     models = list(by_model)
-    building = {models[0]: build_model_process(models[0], args.rehearse, on_gpu=True)} if models else {}
-    for k, model in enumerate(models):
-        items = by_model[model]
-        t0 = time.monotonic()
-        proc = building.pop(model, None) or build_model_process(model, args.rehearse, on_gpu=True)
+    # Every model of the run is written first, one after another on the GPU (a random-init 8B shape takes seconds
+    # there and minutes on the CPU), and every point's data stage is prepared; then the points train back to back.
+    t0 = time.monotonic()
+    failed = set()
+    for model in models:
+        proc = build_model_process(model, args.rehearse, on_gpu=True)
         if proc is not None and proc.wait() != 0:
             print(f"{model}: building the model failed", flush=True)
+            failed.add(model)
+    prepare([i for m in models if m not in failed for i in by_model[m] if isinstance(i, P.Point)], gpu, logs)
+    print(f"{len(models)} models built and data prepared in {time.monotonic() - t0:.0f} s", flush=True)
+    for model in models:
+        items = by_model[model]
+        if model in failed:
             left += [getattr(i, "name", None) or i.point.name for i in items]
             continue
-        if k + 1 < len(models):  # the next model is written while this one's points train
-            building[models[k + 1]] = build_model_process(models[k + 1], args.rehearse)
-        prepare([i for i in items if isinstance(i, P.Point)], gpu, logs)
-        print(f"{model}: built and data prepared in {time.monotonic() - t0:.0f} s", flush=True)
         for item in items:
             remaining = deadline - time.monotonic()
             label = item.name if isinstance(item, P.Point) else item.point.name
@@ -283,10 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"est {row.get('estimate', {}).get('peak_gib', '-'):>7}  used "
                           f"{m.get('device_used_peak_gib', '-')!s:>9}  err {row.get('error_pct', '-')!s:>7} %  "
                           f"{row.get('run_s', '-')} s", flush=True)
+            shutil.copytree(logs, args.out / "logs", dirs_exist_ok=True)  # kept if the run is cut off
         shutil.rmtree(WORK / "models" / model, ignore_errors=True)
-    for proc in building.values():
-        if proc is not None:
-            proc.kill()
     if left:
         print("left for lack of time: " + ", ".join(left))
     shutil.copytree(logs, args.out / "logs", dirs_exist_ok=True)

@@ -12,4 +12,4 @@ printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/shim/python &&
 export PYTHONPATH=/tmp/site:/tmp/shim:$PWD PATH=/tmp/shim:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 bench/vram/calibrate.py --shard "$shard" --out "$dest" --budget-s "${BUDGET:-520}" "${@:2}" 2>&1 \
-  | grep --line-buffered -v 'it/s\]\|s/it\]\|examples/s\]\|Writing model shards'
+  | grep --line-buffered -v 'it/s\]\|s/it\]\|examples/s\]\|Writing model shards' | tee "$dest/log.txt"
