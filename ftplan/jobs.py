@@ -34,12 +34,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .catalog import param_counts
 from .estimate.types import StageEstimate
 from .schemas import TRAIN_KINDS, ContainerSpec, SlurmSpec, StageSlurmSpec
-from .units import GIB, format_duration, size
+from .units import GIB, KIB, MIB, TIB, format_duration, size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import Context
@@ -73,7 +73,12 @@ DEFAULT_TIME = {"data": "04:00:00", "merge": "04:00:00", "gguf": "04:00:00", "sf
 _TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
                    r"|(\d+)-(\d{1,2})(?::(\d{1,2})(?::(\d{1,2}))?)?)$")
 _MEM = re.compile(r"^(0|[1-9][0-9]*)([KMGTkmgt]?)$")
-_MEM_UNITS = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_MEM_UNITS = {"": MIB, "K": KIB, "M": MIB, "G": GIB, "T": TIB}
+
+SetIn = Literal["stage", "hardware"]
+"""Where a Slurm setting was declared: the stage's ``slurm`` block or ``hardware.slurm``."""
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class SlurmJob:
     figure plus the runtime processes."""
     mem_reason: str
     """Where the memory request comes from."""
-    mem_set_in: Literal["stage", "hardware"] | None
+    mem_set_in: SetIn | None
     """Where the request was declared: the stage's ``slurm`` block or ``hardware.slurm`` (None: derived)."""
     time: str
     """``--time``."""
@@ -148,7 +153,7 @@ class SlurmJob:
     """The limit in seconds (None: no limit, ``0``)."""
     time_reason: str
     """Where the time limit comes from."""
-    time_set_in: Literal["stage", "hardware"] | None
+    time_set_in: SetIn | None
     """Where the limit was declared (None: derived)."""
     requeue: bool
     """Requeue on preemption or at the time limit (``--requeue``, ``--signal=B:USR1@lead``)."""
@@ -241,7 +246,8 @@ def slurm_job(ctx: "Context", index: int, res: Resources) -> SlurmJob | None:
     )
 
 
-def _pick(*values):
+def _pick(*values: _T | None) -> _T | None:
+    """The first value that is set."""
     return next((v for v in values if v is not None), None)
 
 
@@ -312,27 +318,27 @@ def _need_parts(ctx: "Context", index: int, res: Resources) -> tuple[int, int, s
 
 
 def _memory(ctx: "Context", index: int, top: SlurmSpec, own: StageSlurmSpec, res: Resources,
-            exclusive: bool) -> tuple[str | None, str | None, int | None, int, str, Literal["stage", "hardware"] | None]:
+            exclusive: bool) -> tuple[str | None, str | None, int | None, int, str, SetIn | None]:
     """(mem, mem_per_gpu, bytes per node, need per node, reason, where declared)."""
     need = memory_need(ctx, index, res)
     gpu = res.gpus_per_node > 0
-    for level, spec in (("stage", own), ("hardware", top)):
+    for level, spec in _declared(own, top):
         where = "the stage's slurm block" if level == "stage" else "hardware.slurm"
         if spec.mem is not None:
             return spec.mem, None, mem_bytes(spec.mem), need, f"{where}: mem {spec.mem}", level
         if spec.mem_per_gpu is not None and gpu:
-            per_gpu = mem_bytes(spec.mem_per_gpu)
-            total = per_gpu * res.gpus_per_node if per_gpu is not None else None
+            declared = mem_bytes(spec.mem_per_gpu)
+            total = declared * res.gpus_per_node if declared is not None else None
             return None, spec.mem_per_gpu, total, need, f"{where}: mem_per_gpu {spec.mem_per_gpu}", level
     parts = need_text(ctx, index, res)
-    total = f" = {size(need)}" if " + " in parts else ""
+    summed = f" = {size(need)}" if " + " in parts else ""
     if exclusive:
-        return "0", None, None, need, f"whole nodes: all of their memory; the stage needs {parts}{total}", None
-    reason = f"{parts}{total}, + {MEM_HEADROOM - 1:.0%} headroom"
+        return "0", None, None, need, f"whole nodes: all of their memory; the stage needs {parts}{summed}", None
+    reason = f"{parts}{summed}, + {MEM_HEADROOM - 1:.0%} headroom"
     if gpu and top.mem_request == "mem-per-gpu":
-        per_gpu = f"{max(1, math.ceil(need * MEM_HEADROOM / res.gpus_per_node / GIB))}G"
-        return None, per_gpu, mem_bytes(per_gpu) * res.gpus_per_node, need, f"{reason}, over {res.gpus_per_node} " \
-            f"GPU(s)", None
+        per_gpu_gib = max(1, math.ceil(need * MEM_HEADROOM / res.gpus_per_node / GIB))
+        return None, f"{per_gpu_gib}G", per_gpu_gib * GIB * res.gpus_per_node, need, \
+            f"{reason}, over {res.gpus_per_node} GPU(s)", None
     mem = derived_mem(need)
     return mem, None, mem_bytes(mem), need, reason, None
 
@@ -355,9 +361,9 @@ def derived_mem(need: int) -> str:
 
 
 def _time(kind: str, top: SlurmSpec, own: StageSlurmSpec,
-          res: Resources) -> tuple[str, int | None, str, Literal["stage", "hardware"] | None]:
+          res: Resources) -> tuple[str, int | None, str, SetIn | None]:
     """(limit, seconds, reason, where declared)."""
-    for level, spec in (("stage", own), ("hardware", top)):
+    for level, spec in _declared(own, top):
         if spec.time is not None:
             where = "the stage's slurm block" if level == "stage" else "hardware.slurm"
             return spec.time, time_seconds(spec.time), f"{where}: time {spec.time}", level
@@ -370,6 +376,11 @@ def _time(kind: str, top: SlurmSpec, own: StageSlurmSpec,
     default = DEFAULT_TIME[kind]
     why = "without a run-time estimate" if kind in TRAIN_KINDS else ", which have no run-time estimate"
     return default, time_seconds(default), f"the default for {kind} stages{' ' if why[0] != ',' else ''}{why}", None
+
+
+def _declared(own: StageSlurmSpec, top: SlurmSpec) -> tuple[tuple[SetIn, StageSlurmSpec | SlurmSpec], ...]:
+    """Where a job setting can be declared, in the order that wins: the stage's block, then ``hardware.slurm``."""
+    return (("stage", own), ("hardware", top))
 
 
 def time_limit_share(res: Resources, job: SlurmJob | None) -> float | None:
@@ -387,14 +398,15 @@ def time_seconds(value: str) -> int | None:
     if not m:
         return None
     g = [int(x) if x is not None else None for x in m.groups()]
+    n = [x or 0 for x in g]  # the groups of the form that matched are all set, but the last two of D-HH[:MM[:SS]]
     if g[0] is not None:
-        seconds = g[0] * 60
+        seconds = n[0] * 60
     elif g[1] is not None:
-        seconds = g[1] * 60 + g[2]
+        seconds = n[1] * 60 + n[2]
     elif g[3] is not None:
-        seconds = g[3] * 3600 + g[4] * 60 + g[5]
+        seconds = n[3] * 3600 + n[4] * 60 + n[5]
     else:
-        seconds = g[6] * 86400 + g[7] * 3600 + (g[8] or 0) * 60 + (g[9] or 0)
+        seconds = n[6] * 86400 + n[7] * 3600 + n[8] * 60 + n[9]
     return seconds or None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
+TIB = 1 << 40
 
 
 def gib(n_bytes: float) -> float:

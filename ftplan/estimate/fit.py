@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 from ..context import Context
 from ..diagnostics import Diagnostic, KeyPath, Severity
-from ..schemas import DistributedSpec, LoraAdapter, Pipeline
+from ..schemas import DistributedSpec, LoraAdapter, Pipeline, TrainStage
 from .edits import Edit, Setting
 from .resolved import Resolved
 from .types import StageEstimate, Suggestion
@@ -56,11 +57,6 @@ class Outcome:
     """Codes of the warnings the edit adds, sorted."""
 
     @property
-    def peak(self) -> int | None:
-        """The edited stage's peak per GPU, when it was estimated."""
-        return self.estimate.peak_bytes if self.estimate is not None else None
-
-    @property
     def fits(self) -> bool:
         """The edited stage's verdict is ``fits``."""
         return self.estimate is not None and self.estimate.verdict == "fits"
@@ -87,14 +83,19 @@ class Fit:
     """Several kinds of change together (no single one passed)."""
 
 
+_Key = tuple[str, KeyPath]
+"""A diagnostic's code and key path: what tells an edit's new findings from the unedited file's."""
+
+
 @dataclass
 class Checker:
     """Applies edits to one checked pipeline and re-checks each result whole; results are cached per edit."""
 
     ctx: Context
-    _data: dict = field(init=False, repr=False)
-    _base: tuple[set, set] | None = field(default=None, init=False, repr=False)
-    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    _data: dict[str, Any] = field(init=False, repr=False)
+    _base: tuple[set[_Key], set[_Key]] | None = field(default=None, init=False, repr=False)
+    _cache: dict[tuple[int, tuple[tuple[KeyPath, str], ...]], Outcome] = field(default_factory=dict, init=False,
+                                                                             repr=False)
 
     def __post_init__(self) -> None:
         self._data = self.ctx.pipeline.model_dump(mode="json", exclude_unset=True)
@@ -126,7 +127,7 @@ class Checker:
         errors, warnings = self._baseline()
         own = ("stages", index)
 
-        def added(d: Diagnostic, before: set) -> bool:
+        def added(d: Diagnostic, before: set[_Key]) -> bool:
             """New in the edited file; the edited stage's own FT101/FT102 do not count (its verdict decides)."""
             return _key(d) not in before and not (d.code in ESTIMATE_CODES and d.path[:2] == own)
 
@@ -136,7 +137,7 @@ class Checker:
                        tuple(sorted({d.code for d in diags if d.severity is Severity.WARNING
                                      and added(d, warnings)})))
 
-    def _baseline(self) -> tuple[set, set]:
+    def _baseline(self) -> tuple[set[_Key], set[_Key]]:
         """(error keys, warning keys) of the unedited pipeline, checked the same way."""
         if self._base is None:
             _, diags, _ = self._run(self.ctx.pipeline)
@@ -157,14 +158,14 @@ class Checker:
         return ctx, diags + estimate_diags, estimates
 
 
-def _key(d: Diagnostic) -> tuple[str, KeyPath]:
+def _key(d: Diagnostic) -> _Key:
     return d.code, d.path
 
 
 def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
     """Every single change worth re-checking for the training stage at ``index`` (resolved as ``r``), most
     preferred first."""
-    stage = pipeline.stages[index]
+    stage = pipeline.training_stage(index)
     out: list[Edit] = []
 
     def at(*key: str) -> KeyPath:
@@ -188,7 +189,7 @@ def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
         add("optimizer", (at("optimizer"), "adamw_8bit"))
     if r.world > 1:  # ZeRO-3 unless sharded already, then CPU offload of the optimizer, then of the parameters too
         spec = stage.distributed_spec()
-        zero3 = {} if r.sharded_weights else {"strategy": "zero3"}
+        zero3: dict[str, str | bool] = {} if r.sharded_weights else {"strategy": "zero3"}
         steps = [zero3] if zero3 else []
         if not spec.offload_optimizer:
             steps.append({**zero3, "offload_optimizer": True})
@@ -210,7 +211,7 @@ def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
     return out
 
 
-def _distributed(stage, **update) -> str | dict:
+def _distributed(stage: TrainStage, **update: str | bool) -> str | dict[str, Any]:
     """The stage's ``distributed`` value with ``update`` written into it, keeping what the file already sets (a bare
     strategy name stays bare when nothing else is set)."""
     current = stage.distributed
@@ -251,7 +252,7 @@ def combined(checker: Checker, index: int) -> tuple[Outcome, int] | None:
     kind first, to the mildest option of each kind that still passes. A kind the checks refuse on its own is left
     out. Returns the passing outcome and how many kinds it joins."""
     base = checker(Edit(), index)
-    if base.setup is None:
+    if base.setup is None or base.pipeline is None:
         return None
     kinds = list(dict.fromkeys(e.kind for e in candidates(base.pipeline, index, base.setup)
                                if checker(e, index).accepted))
@@ -278,7 +279,7 @@ def _build(checker: Checker, index: int, kinds: tuple[str, ...],
     option there."""
     state, edit, chosen = checker(Edit(), index), Edit(), {}
     for kind in kinds:
-        if state.setup is None:
+        if state.setup is None or state.pipeline is None:
             return None
         options = [e for e in candidates(state.pipeline, index, state.setup) if e.kind == kind]
         order = [min(picks[kind], len(options) - 1)] if kind in picks and options else (
@@ -302,6 +303,6 @@ def suggest(checker: Checker, index: int, r: Resolved, verdict: str) -> tuple[li
         together = combined(checker, index)
         if together is not None:
             passing, several = [together[0]], together[1] > 1
-    fits = [Fit(Suggestion(checker.text(o.edit), o.peak, o.estimate.host_bytes, o.warnings), o.edit.anchor(),
-                several) for o in passing]
+    fits = [Fit(Suggestion(checker.text(o.edit), o.estimate.peak_bytes, o.estimate.host_bytes, o.warnings),
+                o.edit.anchor(), several) for o in passing if o.estimate is not None]  # every passing one has it
     return fits, refused

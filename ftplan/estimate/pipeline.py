@@ -132,8 +132,8 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit], refus
         hint = ("nothing ftplan tried fits and passes the checks; the largest term is " + _term_text(est)
                 + ("; the changes noted as refused would fit, but the checks refuse them" if shown else
                    ": it needs a card with more memory"))
-        notes += [f"refused by {', '.join(o.errors)} ({gib(o.peak)} of {gib(cap)}): {checker.text(o.edit)}"
-                  for o in shown]
+        notes += [f"refused by {', '.join(o.errors)} ({gib(o.estimate.peak_bytes)} of {gib(cap)}): "
+                  f"{checker.text(o.edit)}" for o in shown if o.estimate is not None]  # a refused change fits
     over = ">" if est.peak_bytes > cap else "≥"
     return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU {over} {gib(cap)} ({gpu.name})", hint=hint,
                  notes=notes)

@@ -7,7 +7,7 @@ from pydantic import Field
 from .base import FtplanModel, Name, NonEmptyStr
 from .hardware import HardwareSpec
 from .model import ModelSpec
-from .stages import Stage
+from .stages import TRAIN_STAGE_TYPES, Stage, TrainStage
 
 
 class Pipeline(FtplanModel):
@@ -31,3 +31,10 @@ class Pipeline(FtplanModel):
     def stage(self, stage_id: str) -> Stage | None:
         """The stage with this id, or None."""
         return next((s for s in self.stages if s.id == stage_id), None)
+
+    def training_stage(self, index: int) -> TrainStage:
+        """The stage at ``index``, which trains (``TypeError`` when it does not: callers pass training stages)."""
+        stage = self.stages[index]
+        if not isinstance(stage, TRAIN_STAGE_TYPES):
+            raise TypeError(f"stages[{index}] ('{stage.id}') is a {stage.kind} stage, not a training stage")
+        return stage
