@@ -1,5 +1,6 @@
 """ftplan's Triton kernels (`kernels: ftplan` in a pipeline): RMSNorm, SwiGLU, RoPE, cross-entropy and fused
-linear cross-entropy, plus the patcher that applies them to a HF causal LM.
+linear cross-entropy, fused LoRA projections and MLP (16-bit or NF4 bases, NF4 dequantisation), plus the patcher
+that applies them to a HF causal LM.
 
 Only autograd-level entry points are exported; the kernels and host launchers stay in their op modules.
 Triton picks compiled vs interpreted kernels when these modules are imported: on a machine without CUDA, set
@@ -12,6 +13,8 @@ from .cross_entropy import (
     cross_entropy,
     fused_linear_cross_entropy,
 )
+from .lora import LoRAMLPFunction, LoRAProjectionsFunction, LoRAUnsupported, lora_mlp, lora_projections
+from .nf4 import dequantize_nf4, nf4_weight
 from .patch import (
     KernelPatchError,
     KernelReport,
@@ -28,6 +31,9 @@ __all__ = [
     "FusedLinearCrossEntropyFunction",
     "KernelPatchError",
     "KernelReport",
+    "LoRAMLPFunction",
+    "LoRAProjectionsFunction",
+    "LoRAUnsupported",
     "RMSNormFunction",
     "RoPEFunction",
     "SwiGLUFunction",
@@ -35,7 +41,11 @@ __all__ = [
     "apply_rotary_pos_emb",
     "causal_lm_loss",
     "cross_entropy",
+    "dequantize_nf4",
     "fused_linear_cross_entropy",
+    "lora_mlp",
+    "lora_projections",
+    "nf4_weight",
     "revert_ftplan_kernels",
     "rms_norm",
     "swiglu",

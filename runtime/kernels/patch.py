@@ -1,7 +1,7 @@
 """Apply the `kernels: ftplan` set to a Hugging Face causal LM instance, and a logits-free causal-LM loss.
 
-    report = apply_ftplan_kernels(model)            # before or after peft.get_peft_model(model, ...)
-    report.require("rms_norm", "swiglu", "rope")    # the plan's promise; raises KernelPatchError otherwise
+    report = apply_ftplan_kernels(model)            # after peft.get_peft_model(model, ...) for the lora op
+    report.require("rms_norm", "swiglu", "rope", "lora")  # the plan's promise; raises KernelPatchError otherwise
     loss = causal_lm_loss(model, input_ids, labels, attention_mask, num_items_in_batch=n)
 
 What gets patched (architectures: llama, mistral, qwen2, qwen3, and gemma without its GeGLU MLP):
@@ -13,6 +13,16 @@ What gets patched (architectures: llama, mistral, qwen2, qwen3, and gemma withou
 - rotary embeddings: the modeling module's global `apply_rotary_pos_emb`, which `<Arch>Attention.forward` looks
   up at call time, is rebound to the fused q+k kernel (`rope.py`). This rebinding is process-wide: every model
   of that architecture in the process uses it, like Liger's patching does. `revert_ftplan_kernels` undoes it.
+- LoRA (`lora.py`): on a PEFT model, the LoRA layers of the attention projections and the SwiGLU MLP run the
+  fused LoRA Functions (16-bit or bitsandbytes NF4 bases). Every `<Arch>MLP` with a LoRA layer among gate/up/down
+  runs `LoRAMLPFunction` (SwiGLU inside; it counts for swiglu too). Each LoRA layer of q/k/v/o gets a forward
+  through `LoRAProjectionsFunction`, and where two or more of q, k, v have one, the attention module's forward
+  first computes them together in one Function and hands each layer its output when the original forward calls
+  it with the same hidden states. A LoRA layer the functions cannot run exactly (DoRA, dropout > 0, LoRA bias,
+  several active adapters, a trainable or non-NF4 base) is left to PEFT and counted in `lora_unfused` with the
+  reason in `notes`; strict mode (and `require("lora")`) then raises, so the promise is never broken silently.
+  LoRA layers elsewhere (e.g. on lm_head) are outside the op and noted. Apply this op after `get_peft_model`:
+  LoRA layers added later run PEFT's own forward (the patched MLP forward calls them as modules).
 
 Per-module patches are instance attributes (`module.forward`), so other instances of the same class are
 untouched. Re-applying is a no-op that reports the same counts.
@@ -37,12 +47,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cross_entropy import fused_linear_cross_entropy
+from .lora import LoRAUnsupported, active_adapter, check_fusable, is_lora_layer, lora_mlp, lora_projections
 from .rms_norm import rms_norm as fused_rms_norm
 from .rope import apply_rotary_pos_emb as fused_apply_rotary_pos_emb
 from .swiglu import swiglu as fused_swiglu
 
-OPS = ("rms_norm", "swiglu", "rope")
+OPS = ("rms_norm", "swiglu", "rope", "lora")
 _PATCH_ATTR = "_ftplan_kernel"
+_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_GROUPED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # read the same hidden states
+_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# instance attributes the patches set, removed by revert_ftplan_kernels
+_PATCH_ATTRS = ("forward", _PATCH_ATTR, "_ftplan_norm_offset", "_ftplan_norm_casting", "_ftplan_name",
+                "_ftplan_group", "_ftplan_pending")
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,8 @@ class KernelReport:
     rms_norm: int = 0  # RMSNorm modules running the fused kernel
     swiglu: int = 0  # MLP modules running the fused SiLU·up
     rope: int = 0  # attention modules whose rotary call goes to the fused kernel
+    lora: int = 0  # PEFT LoRA layers of attention / MLP projections running the fused LoRA Functions
+    lora_unfused: int = 0  # LoRA layers of those projections the Functions cannot run (why: notes)
     rope_functions: list[str] = field(default_factory=list)  # "<module>.apply_rotary_pos_emb" rebound
     notes: list[str] = field(default_factory=list)
 
@@ -82,11 +101,12 @@ class KernelReport:
         return {op: getattr(self, op) for op in OPS}
 
     def require(self, *ops: str) -> KernelReport:
-        """Raise KernelPatchError unless every op in `ops` patched at least one module; returns self."""
+        """Raise KernelPatchError unless every op in `ops` patched at least one module (for lora: and left no LoRA
+        layer of a projection unfused); returns self."""
         unknown = [op for op in ops if op not in OPS]
         if unknown:
             raise ValueError(f"unknown kernel op(s) {unknown}; known: {list(OPS)}")
-        missing = [op for op in ops if getattr(self, op) == 0]
+        missing = [op for op in ops if getattr(self, op) == 0 or (op == "lora" and self.lora_unfused)]
         if missing:
             detail = "; ".join(self.notes) or "no matching modules found"
             raise KernelPatchError(f"{self.model_type}: expected kernels not applied: {missing} ({detail})")
@@ -106,6 +126,40 @@ def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 def _swiglu_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(fused_swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _lora_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return lora_mlp(x, self.gate_proj, self.up_proj, self.down_proj)
+
+
+def _lora_layer_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """A LoRA projection's forward: its output computed with its neighbours by the attention forward, else its own
+    fused Function; PEFT's forward where it adds nothing to fuse (adapters disabled or merged) or gets extra
+    arguments (e.g. `adapter_names` for mixed-batch inference)."""
+    pending = self.__dict__.pop("_ftplan_pending", None)
+    if pending is not None and pending[0] is x and not args and not kwargs:
+        return pending[1]
+    if args or kwargs or active_adapter(self) is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    (y,) = lora_projections(x, [self], [self._ftplan_name])
+    return y
+
+
+def _lora_attention_forward(self, *args, **kwargs):
+    """The attention's own forward, after computing the q/k/v LoRA projections with an active adapter in one fused
+    Function and handing each layer its output for the call the forward makes with the same hidden states."""
+    hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    group = [layer for layer in self._ftplan_group if active_adapter(layer) is not None]
+    if len(group) < 2:
+        return type(self).forward(self, *args, **kwargs)
+    outputs = lora_projections(hidden_states, group, [layer._ftplan_name for layer in group])
+    for layer, y in zip(group, outputs):
+        layer._ftplan_pending = (hidden_states, y)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        for layer in group:
+            layer.__dict__.pop("_ftplan_pending", None)
 
 
 def _bind(module: nn.Module, kernel: str, forward) -> None:
@@ -136,14 +190,64 @@ def _model_type(model: nn.Module) -> str:
     return model_type
 
 
-def apply_ftplan_kernels(
-    model: nn.Module, *, rms_norm: bool = True, swiglu: bool = True, rope: bool = True, strict: bool = True
-) -> KernelReport:
-    """Patch RMSNorm, SwiGLU MLP and RoPE of a HF causal LM instance (optionally PEFT-wrapped) in place.
+def _fusable(layer: nn.Module, where: str, report: KernelReport) -> bool:
+    try:
+        check_fusable(layer, where)
+    except LoRAUnsupported as e:
+        report.notes.append(f"{e}; left to PEFT")
+        return False
+    return True
 
-    With `strict` (default), every op that is switched on must patch at least one module, otherwise
-    KernelPatchError is raised; switch an op off where the architecture does not have it (e.g. swiglu for
-    Gemma). Unsupported `config.model_type` raises as well. Returns a KernelReport with counts per op.
+
+def _patch_lora_attention(attention: nn.Module, prefix: str, report: KernelReport, handled: set[int]) -> None:
+    """Bind the fused forward to every LoRA layer of q/k/v/o it can run, and the grouped q/k/v forward."""
+    fused = {}
+    for name in _ATTENTION_PROJECTIONS:
+        layer = getattr(attention, name, None)
+        if layer is None or not is_lora_layer(layer):
+            continue
+        handled.add(id(layer))
+        if not _fusable(layer, f"{prefix}Attention.{name}", report):
+            report.lora_unfused += 1
+            continue
+        layer._ftplan_name = name
+        _bind(layer, "lora", _lora_layer_forward)
+        fused[name] = layer
+        report.lora += 1
+    group = [fused[name] for name in _GROUPED_PROJECTIONS if name in fused]
+    if len(group) >= 2:
+        attention._ftplan_group = group
+        _bind(attention, "lora_qkv", _lora_attention_forward)
+
+
+def _patch_lora_mlp(mlp: nn.Module, where: str, report: KernelReport, handled: set[int]) -> bool:
+    """Bind the fused LoRA MLP forward when gate/up/down hold LoRA layers it can run; whether it did."""
+    layers = [getattr(mlp, name, None) for name in _MLP_PROJECTIONS]
+    n_lora = sum(1 for layer in layers if layer is not None and is_lora_layer(layer))
+    handled.update(id(layer) for layer in layers if layer is not None and is_lora_layer(layer))
+    if n_lora == 0:
+        return False
+    if any(layer is None for layer in layers) or not all(
+            _fusable(layer, f"{where}.{name}", report) for layer, name in zip(layers, _MLP_PROJECTIONS)):
+        report.lora_unfused += n_lora
+        return False
+    _bind(mlp, "swiglu+lora", _lora_mlp_forward)
+    report.lora += n_lora
+    return True
+
+
+def apply_ftplan_kernels(
+    model: nn.Module, *, rms_norm: bool = True, swiglu: bool = True, rope: bool = True, lora: bool = True,
+    strict: bool = True,
+) -> KernelReport:
+    """Patch RMSNorm, SwiGLU MLP, RoPE and the LoRA layers of a HF causal LM instance (optionally PEFT-wrapped)
+    in place.
+
+    With `strict` (default), every op among rms_norm, swiglu and rope that is switched on must patch at least
+    one module, and lora must leave no LoRA layer of an attention or MLP projection unfused (a model without
+    LoRA layers passes); otherwise KernelPatchError is raised. Switch an op off where the architecture does not
+    have it (e.g. swiglu for Gemma). Unsupported `config.model_type` raises as well. Returns a KernelReport with
+    counts per op.
     """
     model_type = _model_type(model)
     spec = ARCHITECTURES.get(model_type)
@@ -155,6 +259,7 @@ def apply_ftplan_kernels(
     norm_cls, mlp_cls, attn_cls = f"{spec.prefix}RMSNorm", f"{spec.prefix}MLP", f"{spec.prefix}Attention"
 
     attention_modules: dict[str, list[nn.Module]] = {}
+    handled: set[int] = set()  # LoRA layers of the projections the lora op covers
     for module in model.modules():
         cls_name = type(module).__name__
         if rms_norm and cls_name == norm_cls:
@@ -163,16 +268,28 @@ def apply_ftplan_kernels(
                 module._ftplan_norm_casting = spec.norm_casting
                 _bind(module, "rms_norm", _rms_norm_forward)
             report.rms_norm += 1
-        elif swiglu and cls_name == mlp_cls:
-            if not spec.swiglu_mlp or not _is_silu(getattr(module, "act_fn", None)):
-                act = type(getattr(module, "act_fn", None)).__name__
-                report.notes.append(f"{cls_name}: activation {act} is not SiLU, MLP left as is")
+        elif cls_name == mlp_cls and (swiglu or lora):
+            silu = spec.swiglu_mlp and _is_silu(getattr(module, "act_fn", None))
+            if not swiglu or not silu:
+                lora_layers = [n for n in _MLP_PROJECTIONS if is_lora_layer(getattr(module, n, nn.Identity()))]
+                if lora and lora_layers:
+                    handled.update(id(getattr(module, n)) for n in lora_layers)
+                    report.lora_unfused += len(lora_layers)
+                    why = "the swiglu op is off" if silu else "its activation is not SiLU"
+                    report.notes.append(f"{cls_name}: the fused LoRA MLP runs SwiGLU and {why}; its LoRA layers "
+                                        "are left to PEFT")
+                if swiglu:
+                    act = type(getattr(module, "act_fn", None)).__name__
+                    report.notes.append(f"{cls_name}: activation {act} is not SiLU, MLP left as is")
                 continue
-            if getattr(module, _PATCH_ATTR, None) != "swiglu":
+            if not (lora and _patch_lora_mlp(module, cls_name, report, handled)):
                 _bind(module, "swiglu", _swiglu_mlp_forward)
             report.swiglu += 1
-        elif rope and cls_name == attn_cls:
-            attention_modules.setdefault(type(module).__module__, []).append(module)
+        elif cls_name == attn_cls:
+            if rope:
+                attention_modules.setdefault(type(module).__module__, []).append(module)
+            if lora:
+                _patch_lora_attention(module, spec.prefix, report, handled)
 
     for module_name, modules in attention_modules.items():
         modeling = sys.modules[module_name]
@@ -195,8 +312,18 @@ def apply_ftplan_kernels(
         report.notes.append(f"no {mlp_cls} modules found")
     if not report.rope and rope and not attention_modules:
         report.notes.append(f"no {attn_cls} modules found")
+    if lora:
+        outside = [name for name, m in model.named_modules() if is_lora_layer(m) and id(m) not in handled]
+        if outside:
+            report.notes.append(f"{len(outside)} LoRA layer(s) outside the attention and MLP projections run PEFT's "
+                                f"own forward: {', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}")
+        if not handled:
+            report.notes.append("no PEFT LoRA layers on the attention or MLP projections (the lora op applies after "
+                                "get_peft_model)")
     if strict:
-        report.require(*[op for op, on in zip(OPS, (rms_norm, swiglu, rope)) if on])
+        report.require(*[op for op, on in zip(OPS[:3], (rms_norm, swiglu, rope)) if on])
+        if lora and report.lora_unfused:
+            report.require("lora")
     return report
 
 
@@ -207,7 +334,7 @@ def revert_ftplan_kernels(model: nn.Module) -> None:
     """
     for module in model.modules():
         if getattr(module, _PATCH_ATTR, None) is not None:
-            for attr in ("forward", _PATCH_ATTR, "_ftplan_norm_offset", "_ftplan_norm_casting"):
+            for attr in _PATCH_ATTRS:
                 module.__dict__.pop(attr, None)
     for module_name, original in list(_ORIGINAL_ROPE.items()):
         sys.modules[module_name].apply_rotary_pos_emb = original

@@ -36,6 +36,8 @@ KERNEL_MODULES = (
     "ftplan_runtime.kernels.swiglu",
     "ftplan_runtime.kernels.rope",
     "ftplan_runtime.kernels.cross_entropy",
+    "ftplan_runtime.kernels.nf4",
+    "ftplan_runtime.kernels.lora",
     "ftplan_runtime.kernels.patch",
     "ftplan_runtime.kernels",
 )
