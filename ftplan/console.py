@@ -17,6 +17,7 @@ from .api import CheckResult
 from .describe import headline, method
 from .diagnostics import Diagnostic, KeyPath, Severity, Span
 from .resolved_stage import most_nodes
+from .sourcemap import display_path
 from .units import gib_value
 from .view_model import STAGE_COLUMNS, StageRow, breakdown_lines, run_lines, run_note, stage_row, stage_status
 
@@ -140,8 +141,8 @@ def accuracy_lines(result: CheckResult) -> list[str]:
     from .estimate.accuracy import overall
 
     ctx = result.ctx
-    stages = [(s.id, result.estimates[s.id].accuracy) for s in (ctx.pipeline.stages if ctx else ())
-              if s.id in result.estimates and result.estimates[s.id].accuracy is not None]
+    stages = [(s.id, acc) for s in (ctx.pipeline.stages if ctx else ())
+              if s.id in result.estimates and (acc := result.estimates[s.id].accuracy) is not None]
     if not stages:
         return []
     lines = [f"estimate accuracy on compiled plans measured on one GPU: {overall().text()}"]
@@ -259,20 +260,15 @@ def _span(path: KeyPath, result: CheckResult) -> Span | None:
 def _where(path: KeyPath, result: CheckResult) -> str:
     """``FILE:LINE:COL`` of a key path, or its display form when the file has no source map."""
     span = _span(path, result)
-    return str(span) if span else f"{result.path}: {'.'.join(str(p) for p in path)}"
+    return str(span) if span else f"{result.path}: {display_path(path, result.data)}"
 
 
 def _related_json(path: KeyPath, text: str, result: CheckResult) -> dict[str, Any]:
     span = _span(path, result)
-    shown = result.source_map.display_path(path, result.data) if result.source_map is not None else \
-        ".".join(str(p) for p in path)
-    return {"message": text, "path": shown, "file": span.file if span else result.path,
+    return {"message": text, "path": display_path(path, result.data), "file": span.file if span else result.path,
             "line": span.line if span else None, "col": span.col if span else None}
 
 
 def _display_path(d: Diagnostic, result: CheckResult) -> str:
-    if not d.path:
-        return ""
-    if result.source_map is not None:
-        return result.source_map.display_path(d.path, result.data)
-    return ".".join(str(p) for p in d.path)
+    """The diagnostic's key path with the stages named by their ids (``""`` for the whole file)."""
+    return display_path(d.path, result.data)

@@ -31,7 +31,7 @@ import posixpath
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .context import Inputs, LocalFile, TokenizerInfo
 from .data.reading import READABLE_SUFFIXES
@@ -77,14 +77,16 @@ def file_sha256(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def _stat_is(path: Path, what: str) -> bool:
+def _stat_is(path: Path, what: Literal["dir", "file", "any"]) -> bool:
     """``path.is_dir()``/``is_file()``/``exists()`` that is False instead of raising for names the OS
     rejects (too long, NUL bytes, permission denied on a parent)."""
     try:
         mode = path.stat().st_mode
     except (OSError, ValueError):
         return False
-    return {"dir": stat.S_ISDIR, "file": stat.S_ISREG}.get(what, lambda m: True)(mode)
+    if what == "dir":
+        return stat.S_ISDIR(mode)
+    return stat.S_ISREG(mode) if what == "file" else True
 
 
 def _path_like(value: str) -> bool:
@@ -182,9 +184,8 @@ def _token_text(value: Any) -> str | None:
     """A special token as written in tokenizer configs: a string or ``{"content": ...}``."""
     if isinstance(value, str):
         return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
+    content = value.get("content") if isinstance(value, dict) else None
+    return content if isinstance(content, str) else None
 
 
 def _tokenizer(reader: _Reader, folder: Path, rel: str) -> TokenizerInfo | None:

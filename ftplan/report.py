@@ -63,7 +63,7 @@ def read_plan_document(plan_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); {fix}", usage=False) from None
     version = doc.get("format_version") if isinstance(doc, dict) else None
-    if version != PLAN_FORMAT:
+    if not isinstance(doc, dict) or version != PLAN_FORMAT:
         raise ReportError(f"{path} has format_version {version!r}, but this ftplan reads format {PLAN_FORMAT}; "
                           f"{fix} with this ftplan", usage=False)
     return doc

@@ -90,17 +90,17 @@ def _resolve_shape(pipeline: Pipeline, inputs: Inputs,
             _compare_architecture(model.architecture, shape, diags)
         return shape, "config.json"
     if model.architecture is not None:
-        shape = get_model(model.architecture)
-        if shape is None:
+        named = get_model(model.architecture)
+        if named is None:
             hint = did_you_mean(model.architecture, model_keys()) or (
                 "catalog keys include " + _few_keys() + " (`ftplan models` lists them all)")
             diags.append(error("FT011", ("model", "architecture"),
                                f"unknown architecture '{model.architecture}'", hint=hint))
             return None, "unknown"
-        return shape, f"catalog:{shape.key}"
-    shape = get_model(model.base)
-    if shape is not None:
-        return shape, f"catalog:{shape.key}"
+        return named, f"catalog:{named.key}"
+    catalogued = get_model(model.base)
+    if catalogued is not None:
+        return catalogued, f"catalog:{catalogued.key}"
     if any(path == ("model", "base") for path, _ in inputs.missing):
         return None, "unknown"  # the missing folder itself is reported (FT413)
     diags.append(error("FT011", ("model", "base"), f"unknown architecture for '{model.base}': it is not a "

@@ -14,14 +14,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .diagnostics import KeyPath, Span
 
-__all__ = ["SourceMap", "Where", "category", "classify_type", "display_path", "member_category", "quote", "walk"]
+__all__ = ["SourceMap", "Where", "category", "classify_type", "display_path", "key_path_text", "member_category",
+           "quote", "stage_labels", "walk"]
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -75,10 +76,6 @@ class SourceMap:
         entry = self.entries.get(tuple(path))
         return entry.raw if entry else None
 
-    def display_path(self, path: KeyPath, data: Any = None) -> str:
-        """Same as the module-level ``display_path``."""
-        return display_path(path, data)
-
 
 def _escape(ch: str) -> str:
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -97,34 +94,37 @@ def quote(text: str, limit: int = 60) -> str:
     return f'"{shown}"' if "'" in shown and '"' not in shown else f"'{shown}'"
 
 
-def _stage_label(data: Any, index: int) -> str:
+def stage_labels(data: Any) -> list[str | None]:
+    """Each stage's ``id`` in the raw pipeline ``data`` where it names the stage (a plain word used once), else
+    None (the stage is then shown by its index)."""
     stages = data.get("stages") if isinstance(data, dict) else None
-    if not isinstance(stages, list) or not 0 <= index < len(stages):
-        return str(index)
-    item = stages[index]
-    sid = item.get("id") if isinstance(item, dict) else None
-    if not isinstance(sid, str) or not _PLAIN_KEY.match(sid):
-        return str(index)
-    ids = [s.get("id") for s in stages if isinstance(s, dict)]
-    return sid if ids.count(sid) == 1 else str(index)
+    if not isinstance(stages, list):
+        return []
+    ids = [s.get("id") if isinstance(s, dict) else None for s in stages]
+    return [sid if isinstance(sid, str) and _PLAIN_KEY.match(sid) and ids.count(sid) == 1 else None for sid in ids]
 
 
-def display_path(path: KeyPath, data: Any = None) -> str:
-    """A key path as users read it: ``stages[sft].adapter.r``, ``stages[prep].datasets[0].path``.
+def key_path_text(path: KeyPath, stage_ids: Sequence[str | None] = ()) -> str:
+    """A key path as users read it: ``stages[sft].adapter.r``, ``stages[prep].datasets[0].path``; the one printer
+    of key paths (diagnostics, ``plan.json``, ``plan.md``, the would-fit edits).
 
-    A top-level stage index shows as the stage's ``id`` when the raw ``data`` gives it a unique one; other
-    list indices stay numbers; keys that are not plain words are quoted (``env['A B']``). The document
-    itself is ``""``."""
+    A top-level stage index shows as ``stage_ids[index]`` when that is set; other list indices stay numbers;
+    keys that are not plain words are quoted (``env['A B']``). The document itself is ``""``."""
     out = ""
     for depth, part in enumerate(path):
         if isinstance(part, int):
-            label = _stage_label(data, part) if depth == 1 and path[0] == "stages" else str(part)
-            out += f"[{label}]"
+            named = stage_ids[part] if depth == 1 and path[0] == "stages" and 0 <= part < len(stage_ids) else None
+            out += f"[{named if named is not None else part}]"
         elif _PLAIN_KEY.match(part):
             out += f".{part}" if out else part
         else:
             out += f"[{quote(str(part))}]"
     return out
+
+
+def display_path(path: KeyPath, data: Any = None) -> str:
+    """``key_path_text`` with the stages named as the raw pipeline ``data`` names them (``stage_labels``)."""
+    return key_path_text(path, stage_labels(data))
 
 
 # --- pydantic ``loc`` -> key path -------------------------------------------------------------------------

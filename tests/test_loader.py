@@ -8,7 +8,7 @@ import pytest
 
 from ftplan.diagnostics import FtplanError, Span
 from ftplan.loader import MAX_DEPTH, load_yaml, read_pipeline_file
-from ftplan.sourcemap import display_path
+from ftplan.sourcemap import display_path, key_path_text
 
 
 def errors(text: str) -> list[str]:
@@ -182,10 +182,10 @@ def test_source_map_value_key_raw_and_fallback(sft_yaml):
 
 
 def test_display_path_uses_stage_ids(sft_yaml):
-    data, sm = load_yaml(sft_yaml, "pipeline.yaml")
+    data, _ = load_yaml(sft_yaml, "pipeline.yaml")
     assert display_path(("stages", 1, "adapter", "r"), data) == "stages[sft].adapter.r"
     assert display_path(("stages", 0, "datasets", 0, "path"), data) == "stages[prep].datasets[0].path"
-    assert sm.display_path(("stages", 1), data) == "stages[sft]"
+    assert display_path(("stages", 1), data) == "stages[sft]"
     assert display_path(("stages", 9), data) == "stages[9]"
     assert display_path(("hardware", "env", "A B"), data) == "hardware.env['A B']"
     assert display_path(("hardware", "env", "x\u202ey\n"), data) == "hardware.env['x\\u202ey\\n']"
@@ -197,6 +197,16 @@ def test_display_path_falls_back_to_index_for_duplicate_or_odd_ids():
     data = {"stages": [{"id": "a"}, {"id": "a"}, {"id": 3}, {"id": "x y"}, "text"]}
     assert [display_path(("stages", i)) for i in range(5)] == [f"stages[{i}]" for i in range(5)]
     assert [display_path(("stages", i), data) for i in range(5)] == [f"stages[{i}]" for i in range(5)]
+
+
+def test_key_path_text_names_stages_by_the_ids_it_is_given():
+    """The one key-path printer: plan.json and plan.md pass the validated pipeline's ids, diagnostics the file's."""
+    ids = ["prep", "sft"]
+    assert key_path_text(("stages", 1, "learning_rate"), ids) == "stages[sft].learning_rate"
+    assert key_path_text(("stages", 1, "adapter", "targets", 0), ids) == "stages[sft].adapter.targets[0]"
+    assert key_path_text(("stages", 2, "data"), ids) == "stages[2].data"  # no id for that index
+    assert key_path_text(("hardware", "slurm", "extra", "mail type"), ids) == "hardware.slurm.extra['mail type']"
+    assert key_path_text(("micro_batch",)) == "micro_batch"
 
 
 # --- reading the file -------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from ftplan.diagnostics import KeyPath
 from ftplan.resolved_stage import TrainingFacts
 from ftplan.resolved_stage import data_stage_of as _data_stage_of
 from ftplan.schemas import TRAIN_STAGE_TYPES, DataStage, LoraAdapter, TrainStage
-from ftplan.suggest import did_you_mean
 
-__all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "data_stage_of", "data_stages", "declared_adapter",
-           "did_you_mean", "sm", "strategy_path", "train_stages"]
+__all__ = ["EIGHT_BIT_OPTIMIZERS", "SHARDED", "ZERO", "data_stage_of", "data_stages", "declared_adapter", "sm",
+           "strategy_path", "train_stages"]
 
 ZERO = ("zero1", "zero2", "zero3")
 """DeepSpeed ZeRO strategies."""

@@ -9,11 +9,13 @@ them, so a file with thousands of bad rows reads as a few lines, and none is lef
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Any
 
 from ftplan.context import Context
 from ftplan.data.rows import RowProblem, convert_row
 from ftplan.data.scan import DatasetScan, Finding
-from ftplan.diagnostics import Diagnostic, Severity, error, info, warning
+from ftplan.diagnostics import Diagnostic, KeyPath, Severity, error, info, warning
+from ftplan.schemas.datasets import DatasetSpec
 
 from ._common import data_stages
 
@@ -62,12 +64,12 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def row_problems(d, row) -> list[RowProblem]:
+def row_problems(d: DatasetSpec, row: Any) -> list[RowProblem]:
     """Contract problems of one row of dataset ``d`` (the same judgement the runtime makes)."""
     return list(convert_row(d, row).problems)
 
 
-def _hub(ctx: Context, base: tuple, value: str) -> Diagnostic:
+def _hub(ctx: Context, base: KeyPath, value: str) -> Diagnostic:
     """FT514: a warning when the value looks like a local path that is missing, a note otherwise."""
     files = sorted(f.path for f in ctx.inputs.files)
     stem = PurePosixPath(value).name
@@ -84,7 +86,7 @@ def _hub(ctx: Context, base: tuple, value: str) -> Diagnostic:
                 ".csv, .parquet) if you meant one")
 
 
-def _dataset(d, base: tuple, scan: DatasetScan) -> list[Diagnostic]:
+def _dataset(d: DatasetSpec, base: KeyPath, scan: DatasetScan) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     coverage = _coverage(scan)
     if scan.file_problem is not None:

@@ -56,7 +56,7 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _attention(stage, here, gpu, cpu: bool) -> list[Diagnostic]:
+def _attention(stage: TrainStage, here: KeyPath, gpu: GpuSpec | None, cpu: bool) -> list[Diagnostic]:
     attn = stage.attention
     path = here + ("attention",)
     if attn == "flex_attention" and cpu:
@@ -85,8 +85,10 @@ def _attention(stage, here, gpu, cpu: bool) -> list[Diagnostic]:
     return []
 
 
-def _family_attention(ctx: Context, stage, here) -> list[Diagnostic]:
-    why = UNSUPPORTED_ATTENTION.get(ctx.shape.family, {}).get(stage.attention) if ctx.shape is not None else None
+def _family_attention(ctx: Context, stage: TrainStage, here: KeyPath) -> list[Diagnostic]:
+    if ctx.shape is None:
+        return []
+    why = UNSUPPORTED_ATTENTION.get(ctx.shape.family, {}).get(stage.attention)
     if why is None:
         return []
     return [error("FT308", here + ("attention",), f"`attention: {stage.attention}` cannot load a "
@@ -94,7 +96,7 @@ def _family_attention(ctx: Context, stage, here) -> list[Diagnostic]:
                   hint="set `attention: eager` (or `flex_attention`; `flash_attention_2` on GPUs that run it)")]
 
 
-def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
+def _packing(ctx: Context, stage: TrainStage, here: KeyPath, cpu: bool) -> list[Diagnostic]:
     """Padding-free packing concatenates examples into one row; only a varlen-capable backend keeps them apart.
 
     transformers can rebuild a block-diagonal mask from the position ids for sdpa/eager, but that is a dense
@@ -116,7 +118,7 @@ def _packing(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
                   "to each other", hint=hint)]
 
 
-def _kernels(ctx: Context, stage, here, cpu: bool) -> list[Diagnostic]:
+def _kernels(ctx: Context, stage: TrainStage, here: KeyPath, cpu: bool) -> list[Diagnostic]:
     if stage.kernels != "ftplan":
         return []
     path = here + ("kernels",)

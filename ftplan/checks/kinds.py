@@ -78,8 +78,8 @@ def _kto(ctx: Context, i: int, stage: KtoStage) -> list[Diagnostic]:
     if found is None:
         return diags
     j, data = found
-    scans = [ctx.inputs.datasets.get((j, k)) for k, d in enumerate(data.datasets) if d.format == "kto"]
-    scans = [s for s in scans if s is not None and s.checked and s.file_problem is None]
+    found_scans = [ctx.inputs.datasets.get((j, k)) for k, d in enumerate(data.datasets) if d.format == "kto"]
+    scans = [s for s in found_scans if s is not None and s.checked and s.file_problem is None]
     if not scans:
         return diags
     good, bad = sum(s.desirable for s in scans), sum(s.undesirable for s in scans)

@@ -10,9 +10,10 @@ from ftplan.catalog import GGUF_FAMILIES, gguf_supported, target_module_names, u
 from ftplan.catalog.models import ModelShape
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error, warning
-from ftplan.schemas import GgufStage
+from ftplan.schemas import DataStage, GgufStage, LoraAdapter
+from ftplan.suggest import did_you_mean
 
-from ._common import data_stages, declared_adapter, did_you_mean, train_stages
+from ._common import data_stages, declared_adapter, train_stages
 
 CODES = {
     "FT401": "a LoRA target matches no module of the architecture",
@@ -55,10 +56,10 @@ def check(ctx: Context) -> list[Diagnostic]:
         if adapter is not None:
             diags += _targets(shape, i, adapter)
             diags += _new_tokens(ctx, i, adapter)
-    for i, stage in data_stages(ctx):
-        diags += _context(shape, i, stage)
-    for i, stage in enumerate(ctx.pipeline.stages):
-        if isinstance(stage, GgufStage) and not gguf_supported(shape):
+    for i, data in data_stages(ctx):
+        diags += _context(shape, i, data)
+    for i, any_stage in enumerate(ctx.pipeline.stages):
+        if isinstance(any_stage, GgufStage) and not gguf_supported(shape):
             diags.append(error("FT412", ("stages", i, "kind"), f"GGUF export supports the "
                                f"{', '.join(sorted(GGUF_FAMILIES))} families; this model is {shape.family}",
                                hint="remove the gguf stage (the merge stage's safetensors are the result)"))
@@ -106,7 +107,7 @@ def _revision(ctx: Context) -> list[Diagnostic]:
     return []
 
 
-def _targets(shape: ModelShape, i: int, adapter) -> list[Diagnostic]:
+def _targets(shape: ModelShape, i: int, adapter: LoraAdapter) -> list[Diagnostic]:
     diags = []
     linears = target_module_names(shape)
     if adapter.targets != "all-linear":
@@ -128,7 +129,7 @@ def _targets(shape: ModelShape, i: int, adapter) -> list[Diagnostic]:
     return diags
 
 
-def _new_tokens(ctx: Context, i: int, adapter) -> list[Diagnostic]:
+def _new_tokens(ctx: Context, i: int, adapter: LoraAdapter) -> list[Diagnostic]:
     added = list(ctx.pipeline.model.add_special_tokens)
     tok = ctx.inputs.tokenizer
     if tok is not None and tok.tokens:
@@ -146,7 +147,7 @@ def _new_tokens(ctx: Context, i: int, adapter) -> list[Diagnostic]:
                   hint=f"set `modules_to_save: [{', '.join(want)}]`")]
 
 
-def _context(shape: ModelShape, i: int, stage) -> list[Diagnostic]:
+def _context(shape: ModelShape, i: int, stage: DataStage) -> list[Diagnostic]:
     limit = shape.max_position_embeddings
     if stage.max_seq_len <= limit:
         return []

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ftplan.context import Context
-from ftplan.diagnostics import Diagnostic, error, warning
+from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
 from ftplan.estimate.types import StageEstimate
+from ftplan.schemas.hardware import SlurmSpec, StageSlurmSpec
 from ftplan.schemas.stages import Stage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +58,7 @@ def check(ctx: Context) -> list[Diagnostic]:
                                  "outside the container", hint="add `slurm:` under `hardware`, or remove "
                                  "`container` (and start run.sh inside the container yourself)"))
         return diags
-    levels = [(("hardware", "slurm"), hw.slurm)]
+    levels: list[tuple[KeyPath, SlurmSpec | StageSlurmSpec]] = [(("hardware", "slurm"), hw.slurm)]
     levels += [(("stages", i, "slurm"), s.slurm) for i, s in enumerate(ctx.pipeline.stages) if s.slurm is not None]
     for path, spec in levels:
         if spec.mem is not None and spec.mem_per_gpu is not None:
@@ -93,7 +94,7 @@ def check_jobs(ctx: Context, estimates: dict[str, StageEstimate]) -> list[Diagno
 def _one_per_key(diags: list[Diagnostic]) -> list[Diagnostic]:
     """One FT335 or FT337 for a ``hardware.slurm`` key naming every stage it concerns, not one per stage."""
     out: list[Diagnostic] = []
-    groups: dict[tuple, list[Diagnostic]] = {}
+    groups: dict[tuple[str, KeyPath], list[Diagnostic]] = {}
     for d in diags:
         if d.code in _SHARED and d.path[0] == "hardware":
             if (d.code, d.path) not in groups:
@@ -103,14 +104,14 @@ def _one_per_key(diags: list[Diagnostic]) -> list[Diagnostic]:
             out.append(d)
     for (code, path), group in groups.items():
         if len(group) > 1:
-            names = [re.search(r"stage '(\w+)'", d.message).group(1) for d in group]
+            names = [m.group(1) for d in group if (m := re.search(r"stage '(\w+)'", d.message)) is not None]
             who = "stages " + ", ".join(names[:-1]) + " and " + names[-1]
             merged = replace(group[0], message=_SHARED[code](who, group[0]))
             out[out.index(group[0])] = merged
     return out
 
 
-_SHARED = {
+_SHARED: dict[str, Callable[[str, Diagnostic], str]] = {
     "FT335": lambda who, d: f"`mem: 0` gives {who} all of their node's memory, but their jobs share their nodes: the "
                             "nodes' other CPUs and GPUs are left without memory for other jobs",
     "FT337": lambda who, d: re.sub(r"^stage '\w+' has", f"{who} have", d.message),
@@ -118,7 +119,7 @@ _SHARED = {
 """Rules whose ``hardware.slurm`` findings are merged over stages: the message for several stages."""
 
 
-def _key(i: int, level: str | None, key: str) -> tuple:
+def _key(i: int, level: str | None, key: str) -> KeyPath:
     return ("stages", i, "slurm", key) if level == "stage" else ("hardware", "slurm", key)
 
 
@@ -142,12 +143,12 @@ def _memory(ctx: Context, i: int, stage: Stage, res: Resources, job: SlurmJob) -
     if job.mem_bytes is None:  # mem: 0, all of a node's memory
         if job.exclusive:
             return []
-        fix = ("remove `mem: 0` from `hardware.slurm`: jobs on whole nodes get all of their memory anyway, and "
-               "the others ask for their estimate" if job.mem_set_in == "hardware" else
-               f"remove `mem: 0` from stage '{stage.id}' (ftplan then asks for {derived})")
+        advice = ("remove `mem: 0` from `hardware.slurm`: jobs on whole nodes get all of their memory anyway, and "
+                  "the others ask for their estimate" if job.mem_set_in == "hardware" else
+                  f"remove `mem: 0` from stage '{stage.id}' (ftplan then asks for {derived})")
         return [warning("FT335", path, f"`mem: 0` gives stage '{stage.id}' all of its node's memory, but its job "
                         f"shares the node ({job.exclusive_reason}): the node's other CPUs and GPUs are left without "
-                        "memory for other jobs", hint=fix)]
+                        "memory for other jobs", hint=advice)]
     if res.host_bytes and job.mem_bytes < res.host_bytes:
         return [error("FT330", path, f"stage '{stage.id}' needs about {size(res.host_bytes)} of host memory "
                       f"(estimate), but its job asks for {size(job.mem_bytes)} (`{key}: {declared}`): Slurm kills "
@@ -167,7 +168,7 @@ def _time(i: int, stage: Stage, res: Resources, job: SlurmJob) -> list[Diagnosti
     path = _key(i, job.time_set_in, "time")
     where = f"in the `slurm` block of stage '{stage.id}'" if job.time_set_in == "stage" else "in `hardware.slurm`"
     diags = []
-    if res.run_time_s is not None and res.run_time_s > job.time_s:
+    if res.run_time_s is not None and res.steps and res.run_time_s > job.time_s:
         bound = "at most " if res.steps_at_most else ""
         then = ("; it then resumes from its last checkpoint in a requeued job" if job.requeue else
                 ", and the stages after it are cancelled")

@@ -10,8 +10,9 @@ from ftplan.context import Context
 from ftplan.data.rows import missing_tool_support, needs_chat_template
 from ftplan.data.templates import BUILTIN_TEMPLATES as SHIPPED
 from ftplan.diagnostics import Diagnostic, error, info, warning
+from ftplan.suggest import did_you_mean
 
-from ._common import data_stages, did_you_mean
+from ._common import data_stages
 
 CODES = {
     "FT406": "the chat data needs a chat template and the local tokenizer has none",
@@ -90,11 +91,12 @@ def jinja_problem(source: str) -> str | None:
     import jinja2
     from jinja2 import nodes
     from jinja2.ext import Extension
+    from jinja2.parser import Parser
 
     class _Generation(Extension):
         tags = {"generation"}
 
-        def parse(self, parser):  # noqa: D401 - jinja hook
+        def parse(self, parser: Parser) -> nodes.Node:  # noqa: D401 - jinja hook
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
             return nodes.Scope(body, lineno=lineno)
@@ -162,7 +164,7 @@ def _tool_support(ctx: Context) -> list[Diagnostic]:
         for j, d in enumerate(stage.datasets):
             scan = ctx.inputs.datasets.get((i, j))
             missing = missing_tool_support(text, scan.tool_features) if scan is not None else []
-            if missing:
+            if scan is not None and missing:
                 diags.append(error("FT415", ("stages", i, "datasets", j, "path"), f"{d.path} holds "
                                    f"{' and '.join(sorted(scan.tool_features)).replace('_', ' ')}, but {source} cannot "
                                    f"render {' or '.join(missing)}: they would be dropped from the training text",

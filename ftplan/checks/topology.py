@@ -68,7 +68,7 @@ def _hardware(ctx: Context) -> list[Diagnostic]:
         diags.append(error("FT312", ("hardware", "nodes"), f"`nodes: {hw.nodes}` needs a launcher that starts one "
                            "process group per node; ftplan generates it for Slurm only",
                            hint="add a `slurm:` block under `hardware` (partition, time, ...), or set `nodes: 1`"))
-    times = [(("hardware", "slurm", "time"), hw.slurm.time if hw.slurm else None)]
+    times: list[tuple[KeyPath, str | None]] = [(("hardware", "slurm", "time"), hw.slurm.time if hw.slurm else None)]
     times += [(("stages", i, "slurm", "time"), s.slurm.time) for i, s in enumerate(ctx.pipeline.stages) if s.slurm]
     for path, value in times:
         if value is not None and not valid_slurm_time(value):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..catalog.architecture import linear_modules
 from .resolved import Resolved
 from .states import targeted
 
@@ -81,7 +82,7 @@ def _norm(r: Resolved, input_is_ckpt: bool) -> int:
 
 def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int, shared_free: bool) -> int:
     """Bytes per token the linears reading one input tensor save (base inputs and LoRA copies)."""
-    modules = [m for m in _modules(r) if _GROUP.get(m.name) == group]
+    modules = [m for m in linear_modules(r.shape) if _GROUP.get(m.name) == group]
     if not modules:
         return 0
     width = d_in[group]
@@ -115,12 +116,6 @@ def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int,
     if shared and not shared_free:
         total += in_bytes * width
     return total
-
-
-def _modules(r: Resolved):
-    from ..catalog.architecture import linear_modules
-
-    return linear_modules(r.shape)
 
 
 def compute(r: Resolved) -> LayerActivations:
@@ -169,7 +164,7 @@ def compute(r: Resolved) -> LayerActivations:
         mask = r.sequences * r.seq * r.seq * (1 if r.attention == "sdpa" else e_at)
 
     weight_transient = 0
-    largest = max(m.d_in * m.d_out for m in _modules(r))
+    largest = max(m.d_in * m.d_out for m in linear_modules(r.shape))
     if r.quantized:
         weight_transient = 2 * largest
     if r.method == "dora":

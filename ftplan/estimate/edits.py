@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..diagnostics import KeyPath
+from ..sourcemap import key_path_text
 
 ARROW = "→"
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
@@ -95,8 +96,7 @@ class Edit:
 
 def display_key(path: KeyPath) -> str:
     """``micro_batch`` for ``("stages", 1, "micro_batch")``; ``hardware.gpus_per_node`` for a top-level path."""
-    rel = path[2:] if path[:1] == ("stages",) else path
-    return ".".join(str(p) for p in rel)
+    return key_path_text(path[2:] if path[:1] == ("stages",) else path)
 
 
 def value_at(obj: Any, path: KeyPath) -> Any:

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..catalog.architecture import largest_layer_params, linear_modules, lora_params, param_counts
+from ..catalog.architecture import LinearModule, largest_layer_params, linear_modules, lora_params, param_counts
 from .constants import ADAM_8BIT_BYTES_PER_PARAM, NF4_BYTES_PER_PARAM
 from .fmt import dtype, params
 from .resolved import Resolved
@@ -119,7 +119,7 @@ def saved_module_params(r: Resolved) -> int:
     return saved + (r.shape.hidden_size if r.reward else 0)
 
 
-def targeted(r: Resolved):
+def targeted(r: Resolved) -> tuple[LinearModule, ...]:
     """Decoder linears that carry an adapter (all of them for ``all-linear``; else by module name)."""
     mods = linear_modules(r.shape)
     if r.lora is None or r.lora.targets == "all-linear":

@@ -10,27 +10,21 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from ..diagnostics import Diagnostic
+from ..diagnostics import Diagnostic, KeyPath
 from ..estimate.types import StageEstimate
+from ..sourcemap import key_path_text
 from ..units import gib_value as gib
 from .serialize import to_json
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..jobs import SlurmJob
     from ..plan import Plan, PlanStage
 
 
-def key_path_text(plan: "Plan", path: tuple) -> str:
-    """``stages[sft].learning_rate`` for ``("stages", 1, "learning_rate")``: stages are named by id."""
-    out = ""
-    for i, part in enumerate(path):
-        if isinstance(part, int):
-            if i > 0 and path[i - 1] == "stages" and part < len(plan.pipeline.stages):
-                out += f"[{plan.pipeline.stages[part].id}]"
-            else:
-                out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(file)"
+def diagnostic_path(plan: "Plan", path: KeyPath) -> str:
+    """``stages[sft].learning_rate`` for ``("stages", 1, "learning_rate")`` (stages named by id), ``(file)`` for
+    the whole file."""
+    return key_path_text(path, [s.id for s in plan.pipeline.stages]) or "(file)"
 
 
 def estimate_json(est: StageEstimate | None) -> dict[str, Any] | None:
@@ -51,7 +45,7 @@ def estimate_json(est: StageEstimate | None) -> dict[str, Any] | None:
 def diagnostic_json(plan: "Plan", d: Diagnostic) -> dict[str, Any]:
     """A warning or note, located by key path and line/column (never by absolute file path)."""
     return {
-        "code": d.code, "severity": d.severity.value, "path": key_path_text(plan, d.path), "message": d.message,
+        "code": d.code, "severity": d.severity.value, "path": diagnostic_path(plan, d.path), "message": d.message,
         "hint": d.hint, "notes": list(d.notes), "line": d.span.line if d.span else None,
         "col": d.span.col if d.span else None,
     }
@@ -70,7 +64,7 @@ def _stage_json(plan: "Plan", s: "PlanStage", sha: str) -> dict[str, Any]:
     }
 
 
-def job_json(job) -> dict[str, Any]:
+def job_json(job: SlurmJob) -> dict[str, Any]:
     """A stage's Slurm job shape, as its sbatch script asks for it."""
     data = asdict(job)
     data["container"] = job.container.model_dump(mode="json") if job.container else None

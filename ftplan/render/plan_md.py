@@ -12,7 +12,7 @@ from ..units import size
 from ..view_model import (STAGE_COLUMNS, STATUS_MEANINGS, StageRow, peak_text, revision_text, run_lines, run_note,
                           stage_row, training_settings)
 from .commands import launch_command
-from .plan_json import key_path_text
+from .plan_json import diagnostic_path
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,7 +136,7 @@ def _diagnostics(plan: "Plan") -> list[str]:
     out = []
     for d in plan.diagnostics:
         where = f" (line {d.span.line}:{d.span.col})" if d.span else ""
-        line = f"- {d.severity.value} {d.code} {code(key_path_text(plan, d.path))}{where}: {md(d.message)}"
+        line = f"- {d.severity.value} {d.code} {code(diagnostic_path(plan, d.path))}{where}: {md(d.message)}"
         if d.hint:
             line += f" — {md(d.hint)}"
         out.append(line)

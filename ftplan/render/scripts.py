@@ -49,9 +49,9 @@ def environment() -> jinja2.Environment:
 
 def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
     """The lines explaining a stage's numbers: processes, batch arithmetic, memory estimate, folders."""
-    est, args, lines = s.estimate, s.args, []
-    if s.launcher == "accelerate":
-        t, b = plan.target, s.batch
+    est, args, lines, b = s.estimate, s.args, [], s.batch
+    if s.launcher == "accelerate" and b is not None:
+        t = plan.target
         if s.resources.device == "cuda":
             gpu = t.gpu_name or "GPU"
             lines.append(f"{b.world_size} process(es): {s.resources.nodes} node(s) × {s.resources.gpus_per_node} "
@@ -68,14 +68,14 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
     if isinstance(stage, DataStage):
         lines.append(f"CPU: formats and tokenizes {len(stage.datasets)} dataset(s) into rows of at most "
                      f"{stage.max_seq_len} tokens{' (packed)' if stage.packing else ''}; writes {s.output_dir}")
-    elif isinstance(stage, MergeStage):
+    elif isinstance(stage, MergeStage) and args.source is not None:
         chain = ", ".join(a.stage for a in args.source.merge)
         where = "on 1 GPU" if s.resources.device == "cuda" else "on the CPU"
         if est is not None and est.host_bytes and s.resources.device == "cpu":
             where += f" (about {size(est.host_bytes)} of host memory)"
         lines.append(f"merges the adapters of {chain} into {args.source.weights} as {stage.dtype}, {where}")
         lines.append(f"writes {s.output_dir}")
-    elif isinstance(stage, GgufStage):
+    elif isinstance(stage, GgufStage) and args.source is not None:
         lines.append(f"CPU: exports {args.source.weights} to GGUF {', '.join(stage.quant)}; writes {s.output_dir}")
     return lines
 
