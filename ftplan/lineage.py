@@ -181,7 +181,8 @@ def _kind_hint(pipeline: Pipeline, i: int, field: str, kind: str, want: tuple[st
         return f"{pick}, or omit `input` to start from the base model" if fits else \
             "omit `input` to start from the base model"
     if field == "input" and kind == "data":
-        starts = "omit `input` to start from the base model" if base_ok else pick
+        base = "omit `input` to start from the base model"
+        starts = (f"{pick}, or {base}" if fits else base) if base_ok else pick
         return f"a data stage goes in `data:`; `input` names the model to start from: {starts}"
     return pick
 
@@ -245,9 +246,13 @@ def _train_link(i: int, stage: TrainStage, ref: _Ref, diags: list[Diagnostic]) -
     here = ("stages", i, "adapter")
     if adapter == "continue":
         if not src.adapters:
+            what = (f"'{stage.input}' did not" if stage.input is not None else
+                    "this stage has no `input`, so it starts from the base model, which has none")
             diags.append(error("FT206", here, f"`adapter: continue` needs an input stage that trained an "
-                               f"adapter; '{stage.input}' did not",
-                               hint="declare a new adapter, e.g. `adapter: {type: lora, r: 16}`"))
+                               f"adapter; {what}",
+                               hint="declare a new adapter, e.g. `adapter: {type: lora, r: 16}`"
+                               + ("" if stage.input is not None else ", or set `input` to the stage whose adapter "
+                                  "to keep training")))
             return StageLink(src, data, None)
         last = src.adapters[-1]
         chain = src.adapters[:-1] + (AdapterLink(stage.id, last.spec, last.origin),)

@@ -21,8 +21,9 @@ derived fact is computed, in one sentence each:
   ``adapter_of`` picks the one this stage trains (a continued adapter's spec for ``adapter: continue``) and
   ``method_of`` names the method (``TrainingFacts.adapter``, ``.method``, ``.quantized_base``).
 * **reference policy**: ``reference_of`` says what a DPO or KTO stage's reference is — the policy with the new
-  adapter switched off, a frozen copy of the continued adapter, or a frozen copy of the full model
-  (``TrainingFacts.reference``, live or precomputed).
+  adapter switched off, a frozen copy of the continued adapter, or a frozen copy of the full model (the base model
+  for a stage without ``input``); none for SimPO (``uses_reference``) (``TrainingFacts.reference``, live or
+  precomputed).
 * **training rows and optimizer steps**: ``known_rows`` counts the training rows when every dataset file was read
   whole, and ``optimizer_steps`` turns them (or ``max_steps``) into steps (``TrainingFacts.rows``, ``.steps``).
 * **folders**: ``stage_output_dir`` is ``<output_dir>/<id>`` (``ResolvedStage.output_dir``, ``.data_dir``).
@@ -123,7 +124,8 @@ class TrainingFacts:
     merges_input: bool
     """A ``merge_input`` (DPO, ORPO, KTO): the input's adapters are merged into the base before a new adapter starts."""
     reference: ReferenceModel | None
-    """A DPO or KTO stage's reference policy (None for the kinds without one)."""
+    """A DPO or KTO stage's reference policy (None for the kinds and losses without one: SFT, CPT, ORPO, reward,
+    SimPO)."""
     reference_live: bool
     """The reference's log-probs are computed at every step (``reference: live``), not once before training."""
     rows: int | None
@@ -199,11 +201,18 @@ def method_of(adapter: LoraAdapter | FullFinetune | None, quantized_base: bool) 
     return adapter.type
 
 
+def uses_reference(stage: TrainStage) -> bool:
+    """The stage trains against a reference policy: DPO and KTO, except a DPO stage with the reference-free SimPO
+    loss (``loss_type: simpo``), which compares the policy's own log-probabilities."""
+    return TRAIN_KINDS[stage.kind].reference and getattr(stage, "loss_type", None) != "simpo"
+
+
 def reference_of(stage: TrainStage, method: Method | None) -> ReferenceModel | None:
-    """A DPO or KTO stage's reference policy (None for the kinds without one): a frozen copy of the continued
-    adapter (TRL's ``ref`` adapter), a frozen copy of the full weights for a full fine-tune, or the policy with its
-    new adapter off."""
-    if not TRAIN_KINDS[stage.kind].reference:
+    """A DPO or KTO stage's reference policy (None for the kinds and losses without one, ``uses_reference``): a
+    frozen copy of the continued adapter (TRL's ``ref`` adapter), a frozen copy of the full weights for a full
+    fine-tune, or the policy with its new adapter off. A stage without ``input`` starts from the base model, which
+    is then its reference (the base with the new adapter off, or a frozen copy of it)."""
+    if not uses_reference(stage):
         return None
     if stage.adapter == "continue":
         return "adapter_copy"
@@ -294,7 +303,7 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
         adapter=adapter, method=method, quantized_base=quantized_base,
         continues_adapter=stage.adapter == "continue", merges_input=merges_input,
         reference=reference_of(stage, method),
-        reference_live=TRAIN_KINDS[stage.kind].reference and stage.reference == "live",
+        reference_live=uses_reference(stage) and stage.reference == "live",
         rows=rows, steps=steps, steps_at_most=at_most)
 
 

@@ -219,7 +219,12 @@ def _objective(stage: "TrainStage", facts: "ResolvedStage") -> str | None:
     assert t is not None
     if stage.kind == "dpo":
         smoothing = f", label smoothing {stage.label_smoothing:g}" if stage.label_smoothing else ""
-        head = f"DPO β {stage.beta:g}, {stage.loss_type} loss{smoothing}"
+        named = "CPO" if stage.loss_type == "simpo" else "RPO"
+        sft = f", + {stage.sft_weight:g} × NLL of the chosen answer ({named})" if stage.sft_weight else ""
+        if stage.loss_type == "simpo":
+            head = (f"SimPO β {stage.beta:g}, γ {stage.simpo_gamma:g}{smoothing}{sft}; no reference model")
+        else:
+            head = f"DPO β {stage.beta:g}, {stage.loss_type} loss{smoothing}{sft}"
     elif stage.kind == "kto":
         head = (f"KTO β {stage.beta:g}, {stage.loss_type} loss, desirable × {stage.desirable_weight:g}, "
                 f"undesirable × {stage.undesirable_weight:g}")

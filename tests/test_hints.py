@@ -215,6 +215,8 @@ CORPUS: dict[str, str] = {
                               sft={"kernels": "ftplan", "distributed": "zero3",
                                    "adapter": {"type": "lora", "targets": ["q_proj", "lm_head"]}},
                               dpo={"label_smoothing": 0.1, "distributed": "zero3"}),
+    "simpo with a reference": build(dpo={"loss_type": "simpo", "beta": 2.0, "reference": "precomputed"}),
+    "simpo margin on ipo": build(dpo={"loss_type": "ipo", "simpo_gamma": 1.0}),
     "too big": build(data={"max_seq_len": 131072}, sft={"micro_batch": 8}),
     "qlora and fsdp2": build(hardware={"gpus_per_node": 8}, sft={"adapter": {"type": "qlora"}, "distributed": "fsdp2"}),
     "merge_input under zero3": build(hardware={"gpus_per_node": 8},
@@ -365,7 +367,8 @@ def test_the_corpus_reaches_every_error_code(project):
     # never errors, or not reachable from a pipeline file alone (a local model folder, tokenizer or template)
     not_errors = {"FT013", "FT102", "FT304", "FT305", "FT311", "FT314", "FT317", "FT331", "FT332", "FT333", "FT335",
                   "FT336", "FT337", "FT405", "FT410", "FT411", "FT414", "FT416", "FT506", "FT508", "FT511", "FT512",
-                  "FT514", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615"}
+                  "FT514", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615",
+                  "FT622", "FT623", "FT624"}
     local_files = {"FT011", "FT406", "FT407", "FT408", "FT409", "FT412", "FT413"}
     missing = sorted(set(all_codes()) - seen - not_errors - local_files)
     assert missing == [], f"no corpus entry reaches {missing}"

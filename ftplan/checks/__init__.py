@@ -10,10 +10,10 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic
 
-from . import data, hardware, kinds, model, runtime_limits, slurm, tokenizer, topology, training
+from . import data, hardware, kinds, model, preference, runtime_limits, slurm, tokenizer, topology, training
 from .tokenizer import BUILTIN_TEMPLATES
 
-RULE_MODULES = (hardware, topology, runtime_limits, slurm, model, tokenizer, data, training, kinds)
+RULE_MODULES = (hardware, topology, runtime_limits, slurm, model, tokenizer, data, training, kinds, preference)
 """Rule modules in the order they run."""
 
 CODES: dict[str, str] = {code: title for module in RULE_MODULES for code, title in module.CODES.items()}

@@ -18,7 +18,8 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
   plan runs on the CPU (``resolved_stage.placement``). The check is aimed at training's mixed precision; this rule
   goes when merges are no longer held to it.
 * FT325 mirrors ``dpo.make_dpo_config``: TRL's sigmoid, IPO and hinge losses ignore ``label_smoothing``; only
-  the robust loss reads it, so a smoothing that would silently do nothing is refused.
+  the robust loss (``DPOTrainer``) and SimPO (``CPOTrainer``) read it, so a smoothing that would silently do
+  nothing is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CODES = {
     "FT325": "DPO `label_smoothing` with a loss that ignores it",
 }
 
-SMOOTHED_LOSSES = ("robust",)
+SMOOTHED_LOSSES = ("robust", "simpo")
 """DPO losses whose TRL implementation reads ``label_smoothing``."""
 
 
@@ -142,6 +143,6 @@ def _label_smoothing(i: int, stage: TrainStage) -> list[Diagnostic]:
     if not isinstance(stage, DpoStage) or stage.label_smoothing == 0 or stage.loss_type in SMOOTHED_LOSSES:
         return []
     return [error("FT325", ("stages", i, "label_smoothing"), f"`label_smoothing: {stage.label_smoothing:g}` has no "
-                  f"effect with `loss_type: {stage.loss_type}` (only the robust loss reads it); the runtime stops "
-                  "at start rather than train without it",
+                  f"effect with `loss_type: {stage.loss_type}` (only the robust and simpo losses read it); the runtime "
+                  "stops at start rather than train without it",
                   hint="set `loss_type: robust` for noisy preference labels, or remove `label_smoothing`")]

@@ -46,7 +46,7 @@ def check(ctx: Context) -> list[Diagnostic]:
                               hint="nothing to do; saving gathers the partitioned weights on every save"))
         if TRAIN_KINDS[stage.kind].group != "sft":
             diags += _unpacked(ctx, i, stage)
-        if TRAIN_KINDS[stage.kind].reference:
+        if facts.reference is not None:
             diags += _reference(ctx, i, stage, facts)
     return diags
 
@@ -134,9 +134,9 @@ def _reference(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) ->
 
 def reference_model(ctx: Context, stage: TrainStage, facts: TrainingFacts) -> str | None:
     """One sentence naming the reference policy of a DPO or KTO stage (``TrainingFacts.reference``; None when its
-    input is broken)."""
+    input or its hand-off is broken)."""
     link = ctx.links.get(stage.id)
-    if link is None or link.input is None:
+    if link is None or link.input is None or link.result is None:
         return None
     src = link.input
     weights = f"the base model '{ctx.pipeline.model.base}'" if src.weights is None else (

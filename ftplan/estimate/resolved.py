@@ -21,8 +21,9 @@ __all__ = ["BASELINE_LOOP", "Loop", "LossPath", "Method", "Resolved", "Strategy"
 
 LossPath = Literal["hf", "trl_chunked", "fused", "orpo", "score"]
 """How the loss is computed: full logits (``hf``), TRL's chunked LM head, the fused linear cross-entropy
-(``kernels: ftplan``), ORPO's full logits with a second log-softmax over the chosen half (``orpo``), or a reward
-model's one-value classification head, with no vocabulary logits at all (``score``)."""
+(``kernels: ftplan``), ORPO's full logits with a second log-softmax over the chosen half (``orpo``; SimPO with a
+supervised term on TRL's CPO trainer computes the same), or a reward model's one-value classification head, with no
+vocabulary logits at all (``score``). SimPO without a supervised term takes the full logits (``hf``)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def runtime_loop(stage: TrainStage, *, packed: bool, precision_autocast: bool = 
     (SFT, CPT) can be packed; the preference and KTO collators pad every batch."""
     autocast = precision_autocast and stage.precision in ("bf16", "fp16")
     padded = TRAIN_KINDS[stage.kind].group != "sft" or (stage.micro_batch > 1 and not packed)
-    return Loop(autocast=autocast, chunked_lm_head=stage.kind != "orpo", holds_outputs=False, padded=padded,
+    full_logits = stage.kind == "orpo" or getattr(stage, "loss_type", None) == "simpo"  # ORPO and CPO trainers
+    return Loop(autocast=autocast, chunked_lm_head=not full_logits, holds_outputs=False, padded=padded,
                 name="ftplan runtime (TRL trainer)")
 
 
@@ -96,6 +98,11 @@ class Resolved:
     """The stage keeps training its input's adapter (``adapter: continue``): its type cannot change."""
     kl_estimate: bool = True
     """A KTO stage's loss estimates a KL term (``loss_type: kto``; ``apo_zero_unpaired`` does not)."""
+    simpo: bool = False
+    """A DPO stage with ``loss_type: simpo``: TRL's CPO trainer takes the full logits of chosen and rejected from one
+    forward, with no reference."""
+    chosen_nll: bool = False
+    """SimPO with ``sft_weight``: the CPO trainer adds a cross-entropy over the chosen half of those logits."""
 
     @property
     def tokens(self) -> int:
@@ -180,8 +187,10 @@ class Resolved:
         """How the logits and loss are computed."""
         if self.reward:
             return "score"
-        if self.kind == "orpo":
+        if self.kind == "orpo" or (self.simpo and self.chosen_nll):
             return "orpo"
+        if self.simpo:
+            return "hf"
         if self.kernels == "ftplan":
             return "fused"
         return "trl_chunked" if self.loop.chunked_lm_head else "hf"

@@ -15,7 +15,8 @@ Phases (what is alive on top of the states):
 
 The kinds differ in what one micro-step holds (``Resolved``): a pair kind (DPO, ORPO, reward) runs chosen and
 rejected as 2 × ``micro_batch`` sequences; ORPO computes full logits and a second log-softmax over the chosen half
-(``logits._orpo``); a reward model has no vocabulary head at all (``logits._score``, ``states``); KTO adds the KL
+(``logits._orpo``), and so does SimPO with a supervised term (its full logits alone without one, and no reference);
+a reward model has no vocabulary head at all (``logits._score``, ``states``); KTO adds the KL
 forward and, with a live reference, reference forwards over the batch and the KL batch.
 """
 
@@ -80,7 +81,8 @@ def setup(shape: ModelShape, stage: TrainStage, facts: TrainingFacts, *, nodes: 
         gc=stage.gradient_checkpointing, attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
         strategy=facts.strategy, offload_optimizer=facts.offload_optimizer, offload_params=facts.offload_params,
         world=facts.batch.world_size, nodes=nodes, kind=stage.kind, reference=facts.reference_in_step, nvls=nvls,
-        continues=facts.continues_adapter, kl_estimate=getattr(stage, "loss_type", "kto") == "kto")
+        continues=facts.continues_adapter, kl_estimate=getattr(stage, "loss_type", "kto") == "kto",
+        simpo=getattr(stage, "loss_type", None) == "simpo", chosen_nll=getattr(stage, "sft_weight", 0) > 0)
 
 
 def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: TrainStage, *, seq_len: int,

@@ -77,13 +77,16 @@ class SftStage(_StageBase, TrainingArgs):
 
 
 class DpoStage(_StageBase, TrainingArgs):
-    """Direct preference optimisation of an earlier stage's result on preference pairs."""
+    """Direct preference optimisation and its loss family on preference pairs: DPO (sigmoid), IPO, hinge (SLiC),
+    robust DPO and the reference-free SimPO, each optionally with a supervised term on the chosen answer (RPO);
+    from an earlier stage's result or straight from the base model."""
 
     kind: Literal["dpo"]
-    """Direct preference optimisation."""
+    """Direct preference optimisation (or a loss of its family: ``loss_type``)."""
 
-    input: StageId
-    """Stage whose result is the starting policy and the reference policy, normally the SFT stage."""
+    input: StageId | None = None
+    """Stage whose result is the starting policy and the reference policy, normally the SFT stage; omitted = the
+    base model, which is then the reference too (an instruct model needs no SFT stage first)."""
 
     data: StageId
     """The data stage providing the preference pairs."""
@@ -96,18 +99,29 @@ class DpoStage(_StageBase, TrainingArgs):
     """Merge the input stage's adapter into the base before training a new adapter."""
 
     beta: float = Field(default=0.1, gt=0.0, le=10.0)
-    """Strength of the KL penalty toward the reference policy."""
+    """Strength of the KL penalty toward the reference policy (IPO: its τ); for SimPO the scale of the
+    length-normalised reward (the SimPO paper uses 2 to 10)."""
 
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    """``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC) or ``robust`` (label-noise robust DPO)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"
+    """``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC), ``robust`` (label-noise robust DPO), or ``simpo`` (SimPO:
+    mean log-probabilities per answer token and a target margin ``simpo_gamma``, with no reference model; TRL's
+    CPO trainer runs it)."""
 
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
-    """Assumed fraction of flipped preference labels; only the ``robust`` loss uses it."""
+    """Assumed fraction of flipped preference labels; only the ``robust`` and ``simpo`` losses use it."""
+
+    simpo_gamma: float = Field(default=0.5, ge=0.0, le=10.0)
+    """SimPO's target reward margin γ (``loss_type: simpo`` only; the paper keeps γ/β near 0.5)."""
+
+    sft_weight: float = Field(default=0.0, ge=0.0, le=10.0)
+    """Weight of a supervised loss added to the preference loss: the mean negative log-likelihood of the chosen
+    answer's tokens (RPO, TRL's and Axolotl's ``rpo_alpha``; 1.0 in the RPO paper). With ``simpo`` it is CPO's
+    behaviour-cloning term (TRL's ``cpo_alpha``: CPO-SimPO). 0 = no supervised term."""
 
     reference: Literal["live", "precomputed"] = "live"
     """``live``: reference log-probs computed each step (adapter-disabled or frozen copy);
-    ``precomputed``: computed once before training (saves the reference forward and its memory)."""
-
+    ``precomputed``: computed once before training (saves the reference forward and its memory). SimPO has no
+    reference: leave it out."""
 
 class MergeStage(_StageBase):
     """Merges the adapter chain ending at ``input`` into full-precision base weights."""

@@ -38,7 +38,7 @@ def test_codes_are_unique_well_formed_and_titled():
 def test_rule_modules_keep_their_ranges():
     ranges = {"hardware": "FT30", "topology": "FT31", "runtime_limits": "FT32", "slurm": "FT33", "model": "FT4",
               "tokenizer": "FT4",
-              "data": "FT5", "training": "FT6", "kinds": "FT61"}
+              "data": "FT5", "training": "FT6", "kinds": "FT61", "preference": "FT62"}
     for module in RULE_MODULES:
         prefix = ranges[module.__name__.rsplit(".", 1)[-1]]
         assert all(code.startswith(prefix) for code in module.CODES), module.__name__

@@ -118,7 +118,8 @@ def test_ft204_a_data_stage_as_dpo_input_says_where_data_goes(tools):
     [d] = tools.codes(diags, "FT204")
     assert d.message == ("'data' is a data stage; input needs a training stage (sft, cpt, dpo, orpo, kto) "
                          "or a merge stage")
-    assert d.hint == "a data stage goes in `data:`; `input` names the model to start from: point `input` at 'sft'"
+    assert d.hint == ("a data stage goes in `data:`; `input` names the model to start from: point `input` at 'sft', "
+                      "or omit `input` to start from the base model")
     _, diags = tools.resolve_ctx(tools.build(sft={"input": "data"}))
     [d] = tools.codes(diags, "FT204")
     assert d.hint.endswith("omit `input` to start from the base model")
