@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ftplan.schemas.runtime_args import REQUEUE_EXIT_CODE, RuntimeArgs
+from ftplan.schemas.stages import TRAIN_KINDS
 
 from . import stamps
 from .metrics import StageRecorder
@@ -64,6 +65,22 @@ def run_stage(args: RuntimeArgs, sha256: str) -> dict[str, Any] | None:
         from .dpo import run_dpo
 
         return run_dpo(args, sha256)
+    if kind == "cpt":
+        from .cpt import run_cpt
+
+        return run_cpt(args, sha256)
+    if kind == "orpo":
+        from .orpo import run_orpo
+
+        return run_orpo(args, sha256)
+    if kind == "kto":
+        from .kto import run_kto
+
+        return run_kto(args, sha256)
+    if kind == "reward":
+        from .reward import run_reward
+
+        return run_reward(args, sha256)
     if kind == "merge":
         from .merge import run_merge
 
@@ -168,7 +185,7 @@ def _begin(args: RuntimeArgs, sha: str, checker: stamps.Checker) -> stamps.Build
                          f"{e.strerror or e}); check that it is a writable folder") from None
     if build.removed:
         _log(f"removed what an interrupted run left: {', '.join(stamps.show(p) for p in build.removed)}")
-    if args.stage.kind in ("sft", "dpo"):
+    if args.stage.kind in TRAIN_KINDS:
         from .preemption import retire_stale_checkpoints
         from .train_common import CHECKPOINTS_DIR
 

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 from ftplan.schemas.runtime_args import RUNTIME_INSTALL, RuntimeArgs
+from ftplan.schemas.stages import TRAIN_KINDS
 
 from .stamps import StampError, read_args
 
@@ -61,7 +62,7 @@ def needs(args: RuntimeArgs) -> list[Need]:
     kind = stage.kind
     if kind == "data":
         return [Need("transformers"), Need("datasets")]
-    if kind in ("sft", "dpo"):
+    if kind in TRAIN_KINDS:
         out = [Need(m) for m in _TRAINING] + [Need("accelerate", command=True)]
         adapter = getattr(stage, "adapter", None)
         cont = args.source.continue_adapter if args.source is not None else None

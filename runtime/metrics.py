@@ -137,7 +137,13 @@ class TokenCountingMixin:
 
 
 def count_tokens(inputs: dict) -> tuple[int, int]:
-    """(non-pad tokens, loss tokens) of a collated SFT or DPO batch."""
+    """(non-pad tokens, loss tokens) of a collated batch: SFT/CPT, DPO, KTO (its batch, not the KL batch), a reward
+    model's chosen and rejected sequences (every token feeds the score), or ORPO's chosen and rejected sequences
+    (the labelled answer tokens; TRL's ORPO also trains the chosen prompt through its supervised term)."""
+    if "chosen_attention_mask" in inputs:  # ORPO
+        seen = int(inputs["chosen_attention_mask"].sum()) + int(inputs["rejected_attention_mask"].sum())
+        trained = sum(int((inputs[f"{side}_labels"][..., 1:] != -100).sum()) for side in ("chosen", "rejected"))
+        return seen, trained
     if "attention_mask" in inputs:
         seen = int(inputs["attention_mask"].sum())
     elif "position_ids" in inputs:

@@ -11,6 +11,10 @@ Order for a training stage:
    compute dtype (no ``prepare_model_for_kbit_training``, whose fp32 upcast costs memory and buys nothing);
 5. the trained part: ``continue_adapter`` reloaded trainable, or a new ``LoraConfig``, or nothing (full).
 
+A reward stage loads the same weights as ``AutoModelForSequenceClassification`` with one label (a ``score`` head,
+initialised from the stage's seed, replaces ``lm_head``) and its adapter as PEFT's ``SEQ_CLS`` task, which trains the
+head in full beside it; the graph hands it full weights only (FT212), so nothing is merged into it.
+
 Saving helpers live here too: the tokenizer next to the weights (byte-identical copy when unchanged) and the
 check that saved safetensors hold real tensors (not ZeRO-3 placeholders).
 """
@@ -138,11 +142,14 @@ def save_tokenizer(tok, source_dir: str, dest: str | Path, *, changed: bool) -> 
 
 
 def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | None = None,
-                 quantize_4bit: bool = False, device_map=None):
-    """``AutoModelForCausalLM`` from ``path`` at ``dtype`` (NF4 + double quant with ``quantize_4bit``)."""
-    from transformers import AutoModelForCausalLM
+                 quantize_4bit: bool = False, device_map=None, reward: bool = False):
+    """``AutoModelForCausalLM`` from ``path`` at ``dtype`` (NF4 + double quant with ``quantize_4bit``); with
+    ``reward``, ``AutoModelForSequenceClassification`` with one label instead (the reward model's score head)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {"dtype": dtype, "attn_implementation": attention, "revision": revision}
+    if reward:
+        kwargs["num_labels"] = 1
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -153,9 +160,24 @@ def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | N
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
+        if reward:
+            return _quiet_head_init(AutoModelForSequenceClassification.from_pretrained, path, **kwargs)
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError) as e:
         raise StageError(f"cannot load model weights from '{path}': {_first_line(e)}") from e
+
+
+def _quiet_head_init(load, path: str, **kwargs):
+    """Load without transformers' report that the ``score`` head is new and ``lm_head`` unused: both are what a
+    reward model built from a causal LM is."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return load(path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def fit_embeddings(model, tok) -> None:
@@ -204,6 +226,12 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
     if adapter == "continue" and cont is None:
         raise StageError(f"stage '{stage.id}' continues an adapter but its args name none; recompile the plan")
     full = not (adapter == "continue" or isinstance(adapter, LoraAdapter))
+    reward = stage.kind == "reward"
+    if reward and src.merge:
+        raise StageError(f"stage '{stage.id}' trains a reward model, which starts from full weights, but its args "
+                         "name adapters to merge first; recompile the plan (`ftplan check` says FT212)")
+    if reward:
+        set_seed(stage.seed)  # the score head's random init is part of the run's seed
     qlora = (isinstance(adapter, LoraAdapter) and adapter.type == "qlora") or (
         adapter == "continue" and cont.type == "qlora")
     dtype = train_dtype(stage.precision, full)
@@ -231,8 +259,10 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
             model = merge_adapters(model, src.merge)
     if model is None:
         model = load_weights(weights, dtype=dtype, attention=stage.attention, revision=revision,
-                             quantize_4bit=qlora, device_map=device_map if qlora else None)
+                             quantize_4bit=qlora, device_map=device_map if qlora else None, reward=reward)
         fit_embeddings(model, tok)
+    if reward:
+        model.config.pad_token_id = tok.pad_token_id  # the score is read at each row's last non-pad token
     if src.merge and qlora:
         wait_for_everyone()
         if is_main_process:
@@ -253,7 +283,8 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
         from peft import get_peft_model
 
         set_seed(stage.seed)  # the adapter's random init is part of the run's seed
-        model = get_peft_model(model, lora_config(adapter), autocast_adapter_dtype=autocast)
+        model = get_peft_model(model, lora_config(adapter, task_type="SEQ_CLS" if reward else "CAUSAL_LM"),
+                               autocast_adapter_dtype=autocast)
     if not full and autocast and stage.precision == "fp16":
         upcast_trainable(model)
     return LoadedModel(model=model, tokenizer=tok, tokenizer_changed=changed, peft=not full, quantized=qlora)
@@ -269,15 +300,16 @@ def upcast_trainable(model) -> None:
             p.data = p.data.float()
 
 
-def lora_config(adapter: LoraAdapter):
-    """``peft.LoraConfig`` for a LoRA/QLoRA/DoRA adapter spec."""
+def lora_config(adapter: LoraAdapter, task_type: str = "CAUSAL_LM"):
+    """``peft.LoraConfig`` for a LoRA/QLoRA/DoRA adapter spec (``SEQ_CLS`` for a reward model: PEFT then trains its
+    ``score`` head in full beside the adapter)."""
     from peft import LoraConfig
 
     targets = adapter.targets if isinstance(adapter.targets, str) else list(adapter.targets)
     return LoraConfig(
         r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout, target_modules=targets,
         modules_to_save=list(adapter.modules_to_save) or None, use_dora=adapter.type == "dora",
-        bias="none", task_type="CAUSAL_LM",
+        bias="none", task_type=task_type,
     )
 
 

@@ -1,11 +1,12 @@
-"""What SFT and DPO share: the stage → TrainingArguments mapping, data loading, the run loop, the final save.
+"""What the training kinds (SFT, CPT, DPO, ORPO, KTO, reward) share: the stage → TrainingArguments mapping, data
+loading, the run loop, the final save.
 
 ``run_training(args, sha, spec)`` is the whole life of a training stage after argument parsing:
 preflight (device, attention package, kernels import) → datasets → trainer config → preflight (world size,
 distributed type, ZeRO stage) → model → preflight (attention after load, kernels) → trainer → resume from the
 newest complete checkpoint → train (SIGTERM/SIGUSR1: checkpoint, then ``Requeue``) → save the adapter or full
 weights with the tokenizer → metrics. ``spec`` supplies the trainer-specific parts (config class and extra
-fields, trainer construction) — see ``sft.py`` and ``dpo.py``.
+fields, trainer construction) — see ``sft.py``, ``cpt.py``, ``dpo.py``, ``orpo.py``, ``kto.py`` and ``reward.py``.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ class TrainerSpec:
     """The trainer-specific parts of a training stage."""
 
     family: str
-    """Data stage sub-folder: ``sft`` or ``preference``."""
+    """Data stage sub-folder: ``sft``, ``preference`` or ``kto`` (``TRAIN_KINDS[kind].group``)."""
     make_config: Callable[[dict[str, Any], Any], Any]
     """(common TrainingArguments kwargs, train dataset) → SFTConfig/DPOConfig."""
     make_trainer: Callable[..., Any]
     """(args, config, loaded model, train dataset, eval dataset) → trainer."""
+    prepare_data: Callable[[Any], Any] | None = None
+    """Lays the data stage's split out in the trainer's columns (ORPO), applied to train and validation."""
 
 
 @dataclass
@@ -182,6 +185,9 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
 
     train_ds = load_split(args, spec.family, "train", required=True)
     eval_ds = load_split(args, spec.family, "validation", required=False)
+    if spec.prepare_data is not None:
+        train_ds = spec.prepare_data(train_ds)
+        eval_ds = spec.prepare_data(eval_ds) if eval_ds is not None else None
     config = spec.make_config(config_kwargs(args, has_eval=eval_ds is not None), train_ds)
     check_distributed(promise, config)
     if spec.family == "sft":
