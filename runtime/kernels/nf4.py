@@ -10,7 +10,9 @@ n = out_features × in_features elements in row-major order:
              double-quantised:    uint8 codes q_b into the 256-entry dynamic map `state2.code`, scaled per block
                                   of `state2.blocksize` (256) codes by `state2.absmax` (fp32), plus `offset`
 
-Math (fp32 throughout, rounded once to the output dtype, the same arithmetic as bitsandbytes' dequantize_4bit):
+Math (fp32 throughout, rounded once to the output dtype, the same arithmetic as bitsandbytes' dequantize_4bit;
+under the Triton interpreter, which truncates fp32 -> bf16, the kernel rounds to nearest even by hand so that
+CPU tests see the GPU's values):
 
     absmax_b = code2[q_b] · absmax2[b // blocksize2] + offset        (double-quantised)
     w_i      = code[nibble_i] · absmax_{i // blocksize}
@@ -51,6 +53,7 @@ def _nf4_dequantize_kernel(
     BLOCKSIZE: tl.constexpr,  # elements per absmax
     BLOCKSIZE2: tl.constexpr,  # absmax values per second-level scale
     NESTED: tl.constexpr,  # absmax is double-quantised
+    ROUND_BF16: tl.constexpr,  # round to nearest even by hand (the interpreter truncates fp32 -> bf16)
     BLOCK_SIZE: tl.constexpr,  # elements per program
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -70,7 +73,12 @@ def _nf4_dequantize_kernel(
     else:
         absmax = tl.load(ABSMAX_ptr + block, mask=mask, other=0.0)
     # w_i = code[nibble_i]·absmax_{i // blocksize}
-    tl.store(OUT_ptr + offs, (value * absmax).to(OUT_ptr.dtype.element_ty), mask=mask)
+    w = value * absmax
+    if ROUND_BF16:  # keep the upper 16 bits, rounded to nearest even: the bf16 value a GPU's conversion gives
+        bits = w.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        w = bits.to(tl.float32, bitcast=True)
+    tl.store(OUT_ptr + offs, w.to(OUT_ptr.dtype.element_ty), mask=mask)
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,8 @@ def dequantize_nf4(weight: Nf4Weight, out: torch.Tensor | None = None, dtype: to
         code2 = absmax2 = offset = weight.code
     _nf4_dequantize_kernel[(triton.cdiv(n, block),)](
         weight.packed, weight.code, weight.absmax, code2, absmax2, offset, out, n,
-        BLOCKSIZE=weight.blocksize, BLOCKSIZE2=weight.blocksize2, NESTED=weight.nested, BLOCK_SIZE=block,
-        num_warps=num_warps,
+        BLOCKSIZE=weight.blocksize, BLOCKSIZE2=weight.blocksize2, NESTED=weight.nested,
+        ROUND_BF16=out.dtype == torch.bfloat16 and interpreter_active(), BLOCK_SIZE=block, num_warps=num_warps,
     )
     return out
 
