@@ -97,9 +97,16 @@ def plan_files(result: CheckResult, plan_dir_from_root: str) -> dict[str, str]:
 
 
 def plan_dir_from_root(pipeline_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> str:
-    """The output folder relative to the project root (the pipeline file's folder), as a POSIX path."""
+    """The output folder relative to the project root (the pipeline file's folder), as a POSIX path;
+    ``PlanFolderError`` when there is no such path (another drive on Windows)."""
+    from .plan import PlanFolderError
+
     root = Path(pipeline_path).resolve().parent
-    rel = os.path.relpath(Path(out_dir).resolve(), root)
+    try:
+        rel = os.path.relpath(Path(out_dir).resolve(), root)
+    except ValueError:
+        raise PlanFolderError(f"the plan folder {out_dir} is on another drive than the project folder {root}; "
+                              "write the plan inside the project folder") from None
     return PurePosixPath(*Path(rel).parts).as_posix()
 
 

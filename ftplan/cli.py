@@ -7,6 +7,11 @@ the two plans are equal, 1 when they differ and 2 when a side cannot be read or 
 With ``--json``, ``check`` and ``compile`` print one JSON report on stdout whatever happens: a missing or
 unusable pipeline file is an FT000 diagnostic, a plan folder that cannot be written and a command line that
 does not parse are an ``error`` object (``message``, ``hint``); the exit codes stay the same.
+
+The CLI catches only the errors it owns: a command line argparse refuses, a pipeline argument that is not a file,
+a plan folder or file that cannot be written (``WriteError``, ``PlanFolderError``, ``OSError`` while writing) and
+each command's own refusals (``InitError``, ``ReportError``, ``SideError``). Any other exception is a bug in
+ftplan and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import json
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from . import __version__
+from .units import gib_amount, gib_number, num, params_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .review import ReviewDiff
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 
@@ -114,18 +124,19 @@ def _wants_json(argv: list[str]) -> bool:
     return bool(argv) and argv[0] in ("check", "compile", "diff") and "--json" in argv
 
 
-def _print_json(out: Console, report: dict) -> None:
+def _print_json(out: Console, report: dict[str, Any]) -> None:
     """One JSON document on stdout."""
     out.print_json(json.dumps(report))
 
 
-def _failure_json(message: str, hint: str) -> dict:
+def _failure_json(message: str, hint: str) -> dict[str, Any]:
     """The JSON report of a command line that did not parse: nothing checked, one ``error``."""
     return {"ok": False, "file": None, "pipeline": None, "diagnostics": [], "stages": [],
             "error": {"message": message, "hint": hint}}
 
 
-def _cannot_write(args, report: dict, reason: str, hint: str | None, out: Console, err: Console) -> int:
+def _cannot_write(args: argparse.Namespace, report: dict[str, Any], reason: str, hint: str | None, out: Console,
+                  err: Console) -> int:
     """Report a plan folder that cannot be written (a usage error): an ``error:`` line on stderr, or with
     ``--json`` the check report with ``ok: false`` and an ``error`` object."""
     message = f"cannot write the plan to {args.out}: {reason}"
@@ -138,7 +149,7 @@ def _cannot_write(args, report: dict, reason: str, hint: str | None, out: Consol
     return EXIT_USAGE
 
 
-def _pipeline_usage_error(args, out: Console, err: Console) -> bool:
+def _pipeline_usage_error(args: argparse.Namespace, out: Console, err: Console) -> bool:
     """Report a pipeline argument that is not an existing file (a usage error); True when it was one.
 
     Plain output is one ``error:`` line on stderr; ``--json`` prints a report whose FT000 diagnostic says the
@@ -167,7 +178,7 @@ def entrypoint() -> None:
     sys.exit(main(sys.argv[1:]))
 
 
-def _check(args, out: Console, err: Console) -> int:
+def _check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .api import check_file
     from .console import check_json, print_check
 
@@ -181,9 +192,10 @@ def _check(args, out: Console, err: Console) -> int:
     return EXIT_OK if result.ok else EXIT_INVALID
 
 
-def _compile(args, out: Console, err: Console) -> int:
+def _compile(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .api import check_file, plan_dir_from_root, plan_files
     from .console import check_json, print_check, print_run
+    from .plan import PlanFolderError
     from .write import WriteError, diff_plan, write_plan
 
     if _pipeline_usage_error(args, out, err):
@@ -199,29 +211,33 @@ def _compile(args, out: Console, err: Console) -> int:
     out_dir = Path(args.out)
     try:
         files = plan_files(result, plan_dir_from_root(args.pipeline, out_dir))
+    except PlanFolderError as exc:  # the folder cannot be placed relative to the pipeline's; the message says why
+        return _cannot_write(args, report, str(exc), None, out, err)
+    try:  # only the plan folder's own problems are reported here: anything else is a bug and keeps its traceback
         diff = diff_plan(files, out_dir)
-        report["changes"] = diff.as_json()
-        if args.check:
-            from .review_sources import stale_review
-
-            review = None if diff.clean else stale_review(out_dir, files["plan.json"], args.pipeline)
-            if review is not None:
-                report["review"] = review.as_json()
-            if args.json:
-                _print_json(out, report)
-            else:
-                if review is not None and not review.equal:
-                    _print_review(review, out)
-                    out.print()
-                out.print(Text(diff.summary(out_dir)))
-            return EXIT_OK if diff.clean else EXIT_DRIFT
-        write_plan(files, out_dir)
-    except (ValueError, WriteError) as exc:  # the message says what to do
+        if not args.check:
+            write_plan(files, out_dir)
+    except WriteError as exc:  # the message says what to do
         return _cannot_write(args, report, str(exc), None, out, err)
     except OSError as exc:  # e.g. a parent of the folder is a file, or no permission
         where = f" ({exc.filename})" if exc.filename else ""
         return _cannot_write(args, report, f"{exc.strerror or exc}{where}", "choose another output folder with -o",
                              out, err)
+    report["changes"] = diff.as_json()
+    if args.check:
+        from .review_sources import stale_review
+
+        review = None if diff.clean else stale_review(out_dir, files["plan.json"], args.pipeline)
+        if review is not None:
+            report["review"] = review.as_json()
+        if args.json:
+            _print_json(out, report)
+        else:
+            if review is not None and not review.equal:
+                _print_review(review, out)
+                out.print()
+            out.print(Text(diff.summary(out_dir)))
+        return EXIT_OK if diff.clean else EXIT_DRIFT
     if args.json:
         _print_json(out, report)
     else:
@@ -231,7 +247,7 @@ def _compile(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _diff(args, out: Console, err: Console) -> int:
+def _diff(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .review_sources import SideError, diff_sources, side_error_json
     from .review_text import side_error_lines
 
@@ -251,7 +267,7 @@ def _diff(args, out: Console, err: Console) -> int:
     return EXIT_OK if review.equal else EXIT_INVALID
 
 
-def _print_review(review, out: Console) -> None:
+def _print_review(review: ReviewDiff, out: Console) -> None:
     """The semantic diff, each line coloured by its marker (``+`` green, ``~`` yellow, ``-`` red)."""
     from .review_text import diff_lines
 
@@ -262,14 +278,14 @@ def _print_review(review, out: Console) -> None:
         out.print(Text(line, style="bold" if header else styles.get(marker, "")))
 
 
-def _schema(args, out: Console, err: Console) -> int:
+def _schema(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .json_schema import pipeline_schema_text
 
     out.out(pipeline_schema_text(), end="", highlight=False)
     return EXIT_OK
 
 
-def _gpus(args, out: Console, err: Console) -> int:
+def _gpus(args: argparse.Namespace, out: Console, err: Console) -> int:
     from rich.table import Table
 
     from .catalog import GPUS
@@ -285,13 +301,13 @@ def _gpus(args, out: Console, err: Console) -> int:
         table.add_column(col)
     for key, g in GPUS.items():
         sm = f"{g.compute_capability[0]}.{g.compute_capability[1]}" if g.compute_capability else g.arch
-        table.add_row(key, g.name, f"{g.memory_gib:.1f} GiB", sm, "yes" if g.bf16 else "no",
+        table.add_row(key, g.name, gib_amount(g.memory_gib), sm, "yes" if g.bf16 else "no",
                       "yes" if g.fp8 else "no", f"{g.peak_bf16_tflops:g}")
     out.print(table)
     return EXIT_OK
 
 
-def _models(args, out: Console, err: Console) -> int:
+def _models(args: argparse.Namespace, out: Console, err: Console) -> int:
     from rich.table import Table
 
     from .catalog import MODELS, param_counts
@@ -305,13 +321,13 @@ def _models(args, out: Console, err: Console) -> int:
         table.add_column(col)
     for key, m in MODELS.items():
         n = param_counts(m).total
-        table.add_row(key, m.family, f"{n / 1e9:.2f} B" if n > 1e8 else f"{n / 1e6:.2f} M", str(m.num_layers),
-                      str(m.hidden_size), f"{m.vocab_size:,}", f"{m.max_position_embeddings:,}")
+        table.add_row(key, m.family, params_text(n), str(m.num_layers), str(m.hidden_size), num(m.vocab_size),
+                      num(m.max_position_embeddings))
     out.print(table)
     return EXIT_OK
 
 
-def _codes(args, out: Console, err: Console) -> int:
+def _codes(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .codes import all_codes
 
     for code, title in all_codes().items():
@@ -319,7 +335,7 @@ def _codes(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _report(args, out: Console, err: Console) -> int:
+def _report(args: argparse.Namespace, out: Console, err: Console) -> int:
     import webbrowser
 
     from .report import ReportError, write_report
@@ -339,7 +355,7 @@ def _report(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _init(args, out: Console, err: Console) -> int:
+def _init(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .init import InitError, starter_pipeline, write_new_file
 
     path = Path(args.out)
@@ -349,19 +365,21 @@ def _init(args, out: Console, err: Console) -> int:
         return EXIT_USAGE
     try:
         starter = starter_pipeline(args.model, args.gpu, path, name=args.name)
-        write_new_file(path, starter.text)
     except InitError as exc:
         err.print(Text(f"error: {exc.message}; {exc.hint}"))
         return EXIT_USAGE if exc.usage else EXIT_INVALID
+    try:
+        write_new_file(path, starter.text)
     except FileExistsError:
         err.print(Text(f"error: {path} already exists; ftplan init never replaces a file"))
         return EXIT_USAGE
     except OSError as exc:
-        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}; choose another file with -o"))
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}{where}; choose another file with -o"))
         return EXIT_USAGE
     method = {"lora": "LoRA", "qlora": "QLoRA"}[starter.recipe.adapter]
     out.print(Text(f"wrote {path}: {starter.model.key} {method} r16, micro_batch {starter.recipe.micro_batch} × "
                    f"grad_accum {starter.recipe.grad_accum} on 1 × {starter.gpu.name} (estimated peak "
-                   f"{starter.peak_bytes / 2**30:.1f} of {starter.gpu.memory_gib:.1f} GiB)"))
+                   f"{gib_number(starter.peak_bytes)} of {gib_amount(starter.gpu.memory_gib)})"))
     out.print(Text(f"next: ftplan check {path}"))
     return EXIT_OK

@@ -10,6 +10,7 @@ never replaces a file.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -258,7 +259,10 @@ def _commented(code: str, note: str | None) -> str:
 
 def write_new_file(path: Path, text: str) -> None:
     """Create ``path`` (and its missing folders) holding ``text``; ``FileExistsError`` when it exists: a
-    starter never replaces a file."""
+    starter never replaces a file. ``NotADirectoryError`` when a folder on the way is a file."""
+    for above in (path.parent, *path.parent.parents):
+        if above.exists() and not above.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(above))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "x", encoding="utf-8", newline="\n") as handle:
         handle.write(text)
