@@ -38,7 +38,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from .schemas import DataStage, FullFinetune, LoraAdapter, Pipeline
+from .schemas import DataStage, DpoStage, FullFinetune, KtoStage, LoraAdapter, Pipeline
 from .schemas.datasets import TEXT_FORMATS
 from .schemas.stages import TRAIN_KINDS, TRAIN_STAGE_TYPES, Stage, TrainStage
 from .schemas.training import DistributedStrategy
@@ -303,7 +303,8 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
         adapter=adapter, method=method, quantized_base=quantized_base,
         continues_adapter=stage.adapter == "continue", merges_input=merges_input,
         reference=reference_of(stage, method),
-        reference_live=uses_reference(stage) and stage.reference == "live",
+        reference_live=(uses_reference(stage) and isinstance(stage, (DpoStage, KtoStage))
+                        and stage.reference == "live"),
         rows=rows, steps=steps, steps_at_most=at_most)
 
 

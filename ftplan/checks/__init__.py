@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic
+from ftplan.estimate.types import StageEstimate
 
 from . import data, hardware, kinds, model, preference, runtime_limits, slurm, tokenizer, topology, training
 from .tokenizer import BUILTIN_TEMPLATES
@@ -23,7 +24,7 @@ CODES = dict(sorted(CODES.items()))
 __all__ = ["BUILTIN_TEMPLATES", "CODES", "RULE_MODULES", "check_jobs", "run_checks"]
 
 
-def check_jobs(ctx: Context, estimates) -> list[Diagnostic]:
+def check_jobs(ctx: Context, estimates: dict[str, StageEstimate]) -> list[Diagnostic]:
     """The rules that judge each stage's Slurm job against its estimate (run after the estimate)."""
     return slurm.check_jobs(ctx, estimates)
 

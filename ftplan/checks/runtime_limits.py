@@ -27,7 +27,7 @@ from __future__ import annotations
 from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, error
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import TRAIN_KINDS, DpoStage, MergeStage, TrainStage
+from ftplan.schemas import TRAIN_KINDS, TRAIN_STAGE_TYPES, DpoStage, MergeStage, TrainStage
 
 from ._common import declared_adapter, strategy_path, train_stages
 
@@ -52,9 +52,9 @@ def check(ctx: Context) -> list[Diagnostic]:
         diags += _merge_at_load(ctx, i, stage, facts)
         diags += _cpu_fp16(ctx, i, stage)
         diags += _label_smoothing(i, stage)
-    for i, stage in enumerate(ctx.pipeline.stages):
-        if isinstance(stage, MergeStage):
-            diags += _merge_dtype(ctx, i, stage)
+    for i, any_stage in enumerate(ctx.pipeline.stages):
+        if isinstance(any_stage, MergeStage):
+            diags += _merge_dtype(ctx, i, any_stage)
     return diags
 
 
@@ -92,7 +92,7 @@ def _merge_at_load(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts
     if facts.method == "qlora":
         return []  # merged at 16-bit before the 4-bit reload; QLoRA + ZeRO-3 itself is FT318
     adapters = link.input.adapters
-    if link.merges_input:
+    if link.merges_input and stage.input is not None:
         chain = ", ".join(f"'{a.stage}'" for a in adapters)
         return [error("FT321", ("stages", i, "merge_input"), f"`merge_input: true` merges the adapter(s) of "
                       f"{chain} into the base when the stage loads, but under `zero3` the base weights are "
@@ -121,7 +121,7 @@ def _merged_id(ctx: Context, source: str) -> str:
 def _merge_input_stage(ctx: Context, origin: str) -> TrainStage | None:
     """The stage ``origin`` that declared the continued adapter, when it started it with ``merge_input``."""
     stage = ctx.pipeline.stage(origin)
-    return stage if getattr(stage, "merge_input", False) else None
+    return stage if isinstance(stage, TRAIN_STAGE_TYPES) and getattr(stage, "merge_input", False) else None
 
 
 def _cpu_fp16(ctx: Context, i: int, stage: TrainStage) -> list[Diagnostic]:

@@ -128,7 +128,7 @@ def _reference(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) ->
     if text is not None:
         diags.append(info("FT610", ("stages", i, "reference"), text,
                           hint="`reference: precomputed` computes the reference once before training and frees "
-                          "its memory" if stage.reference == "live" else None))
+                          "its memory" if facts.reference_live else None))
     return diags
 
 
@@ -142,7 +142,7 @@ def reference_model(ctx: Context, stage: TrainStage, facts: TrainingFacts) -> st
     weights = f"the base model '{ctx.pipeline.model.base}'" if src.weights is None else (
         f"the weights '{src.weights}' wrote")
     chain = ", ".join(f"'{a.stage}'" for a in src.adapters)
-    when = ("computed once before training" if stage.reference == "precomputed" else "computed live at every step")
+    when = "computed live at every step" if facts.reference_live else "computed once before training"
     result = f"the result of '{stage.input}'" if stage.input is not None else "the model the stage starts from"
     if facts.reference == "adapter_copy" and src.adapters:
         how = ("a frozen copy of the adapter kept next to the trained one" if facts.reference_live else

@@ -33,7 +33,7 @@ from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
 from .fmt import gib, num
 from ..resolved_stage import TrainingFacts, method_of, training_facts
 from .resolved import Loop, Resolved, runtime_loop
-from .types import StageEstimate, Term
+from .types import StageEstimate, Term, Verdict
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def verdict_thresholds(capacity: int) -> tuple[int, int]:
     return math.ceil(capacity * TIGHT_FRACTION), math.ceil(capacity * OOM_FRACTION)
 
 
-def verdict(peak: int, capacity: int | None) -> str:
+def verdict(peak: int, capacity: int | None) -> Verdict:
     """``fits`` below ``TIGHT_FRACTION`` of the card, ``tight`` from there to ``OOM_FRACTION`` (the whole card), ``oom``
     at or above it; ``n/a`` without a known card (see ``constants.py`` for why these fractions)."""
     if capacity is None:
