@@ -260,7 +260,7 @@ def known_rows(pipeline: Pipeline, inputs: "Inputs", stage: TrainStage) -> int |
         return None  # no data of this stage's kind at all: FT205
     if any(d.format in want and d.format in TEXT_FORMATS for d in data.datasets):
         return None
-    total = 0
+    total: float = 0
     for j, d in enumerate(data.datasets):
         if d.format not in want:
             continue

@@ -48,7 +48,7 @@ class SourceMap:
         self.entries[tuple(path)] = _Entry(value, key, raw)
 
     def __contains__(self, path: object) -> bool:
-        return tuple(path) in self.entries  # type: ignore[arg-type]
+        return isinstance(path, (tuple, list)) and tuple(path) in self.entries
 
     def nearest(self, path: KeyPath) -> KeyPath:
         """The longest prefix of ``path`` that exists in the file (``()`` for the document itself)."""

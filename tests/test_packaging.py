@@ -1,4 +1,5 @@
-"""Packaging: the compiler stays light, the wheel ships the templates and maps runtime/ to ftplan_runtime."""
+"""Packaging: the compiler stays light, the wheel ships the templates, the JSON Schema and the py.typed marker, and
+maps runtime/ to ftplan_runtime."""
 
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def test_wheel_ships_templates_and_maps_the_runtime(tmp_path):
     (wheel,) = tmp_path.glob("ftplan-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "ftplan/templates/run.sh.j2" in names
+    assert "ftplan/py.typed" in names, "the PEP 561 marker: without it type checkers ignore ftplan's annotations"
+    assert "ftplan/schemas/pipeline.schema.json" in names
     assert any(n.startswith("ftplan_runtime/kernels/") for n in names)
     assert "ftplan_runtime/__main__.py" in names
     assert not any(n.startswith("runtime/") for n in names), "a plain `runtime` package would shadow users' modules"
