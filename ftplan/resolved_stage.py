@@ -249,7 +249,7 @@ def data_stage_of(pipeline: Pipeline, stage: TrainStage) -> tuple[int, DataStage
 def known_rows(pipeline: Pipeline, inputs: "Inputs", stage: TrainStage) -> int | None:
     """Training rows this stage reads when every one of its dataset files was read whole, else None (also when
     bad rows stop the data stage first: ``on_bad_row: error``, reported by the FT50x rules). Examples before
-    packing; pair kinds count pairs. None as well for raw text (``format: text``): a document longer than
+    packing, each dataset's taken ``weight`` times; pair kinds count pairs. None as well for raw text (``format: text``): a document longer than
     ``max_seq_len`` becomes several pieces, which only the data stage's tokenizer can count."""
     found = data_stage_of(pipeline, stage)
     if found is None:
@@ -269,7 +269,7 @@ def known_rows(pipeline: Pipeline, inputs: "Inputs", stage: TrainStage) -> int |
             return None
         if scan.bad_rows and data.on_bad_row == "error":
             return None
-        total += scan.rows_read - scan.bad_rows
+        total += (scan.rows_read - scan.bad_rows) * d.weight  # a dataset's weight repeats its examples
     return int(total * (1.0 - data.val_fraction))
 
 

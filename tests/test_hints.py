@@ -226,6 +226,8 @@ CORPUS: dict[str, str] = {
     "past the context": build(model={"base": "mistralai/Mistral-7B-v0.3", "architecture": "mistral-7b-v0.3"},
                               data={"max_seq_len": 65536}),
     # --- data ---------------------------------------------------------------------------------------------
+    "no file, no hub id": build(data={"datasets": [{"path": "data/my chats", "format": "messages"},
+                                                   {"path": "data/pairs.jsonl", "format": "preference"}]}),
     "missing data file": build(data={"datasets": [{"path": "data/nope.jsonl", "format": "messages"},
                                                   {"path": "data/pairs.jsonl", "format": "preference"}]}),
     "bad rows": build(data={"datasets": [{"path": "data/bad.jsonl", "format": "messages"},
@@ -367,7 +369,7 @@ def test_the_corpus_reaches_every_error_code(project):
     # never errors, or not reachable from a pipeline file alone (a local model folder, tokenizer or template)
     not_errors = {"FT013", "FT102", "FT304", "FT305", "FT311", "FT314", "FT317", "FT331", "FT332", "FT333", "FT335",
                   "FT336", "FT337", "FT405", "FT410", "FT411", "FT414", "FT416", "FT506", "FT508", "FT511", "FT512",
-                  "FT514", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615",
+                  "FT514", "FT517", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615",
                   "FT622", "FT623", "FT624"}
     local_files = {"FT011", "FT406", "FT407", "FT408", "FT409", "FT412", "FT413"}
     missing = sorted(set(all_codes()) - seen - not_errors - local_files)

@@ -12,9 +12,11 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ftplan.context import Context
-from ftplan.data.rows import RowProblem, convert_row
+from ftplan.data.hub import hub_id_problem
+from ftplan.data.rows import RowProblem, convert_row, group_of
 from ftplan.data.scan import DatasetScan, Finding
 from ftplan.diagnostics import Diagnostic, KeyPath, Severity, error, info, warning
+from ftplan.schemas import DataStage
 from ftplan.schemas.datasets import DatasetSpec
 
 from ._common import data_stages
@@ -35,6 +37,8 @@ CODES = {
     "FT513": "a turn has non-text content (images, audio, files)",
     "FT514": "a dataset path is neither a local file nor a folder, so it is taken as a hub dataset id",
     "FT515": "a KTO conversation has no labelled answer: it does not end with an assistant turn after a prompt",
+    "FT516": "a dataset path is neither a local file or folder nor a well-formed hub dataset id",
+    "FT517": "how weighted datasets mix into a data stage's training split",
 }
 
 ROWS_NAMED = 12
@@ -61,6 +65,32 @@ def check(ctx: Context) -> list[Diagnostic]:
             scan = ctx.inputs.datasets.get((i, j))
             if scan is not None and scan.checked:
                 diags += _dataset(d, base, scan)
+        diags += _mix(ctx, i, stage)
+    return diags
+
+
+def _mix(ctx: Context, i: int, stage: DataStage) -> list[Diagnostic]:
+    """FT517: how weighted datasets mix into each output group's training split, by the rows read."""
+    if all(d.weight == 1.0 for d in stage.datasets):
+        return []
+    diags = []
+    for group in sorted({group_of(d.format) for d in stage.datasets}):
+        members = [(j, d) for j, d in enumerate(stage.datasets) if group_of(d.format) == group]
+        if all(d.weight == 1.0 for _, d in members):
+            continue
+        scans = {j: ctx.inputs.datasets.get((i, j)) for j, _ in members}
+        counts = {j: s.rows_read - s.bad_rows for j, s in scans.items()
+                  if s is not None and s.checked and s.complete and s.file_problem is None}
+        if len(counts) == len(members) and sum(counts[j] * d.weight for j, d in members) > 0:
+            total = sum(counts[j] * d.weight for j, d in members)
+            parts = [f"{100 * counts[j] * d.weight / total:.0f} % {d.path} ({counts[j]:,} rows × {d.weight:g})"
+                     for j, d in members]
+        else:
+            parts = [f"{d.path} × {d.weight:g}" for _, d in members]
+        first = next((j for j, d in members if d.weight != 1.0), members[0][0])
+        diags.append(info("FT517", ("stages", i, "datasets", first, "weight"), f"the {group} training split of "
+                          f"'{stage.id}' mixes " + ", ".join(parts), hint="a weight repeats a dataset's training "
+                          "examples (a fraction samples them); the validation split is not weighted"))
     return diags
 
 
@@ -70,7 +100,13 @@ def row_problems(d: DatasetSpec, row: Any) -> list[RowProblem]:
 
 
 def _hub(ctx: Context, base: KeyPath, value: str) -> Diagnostic:
-    """FT514: a warning when the value looks like a local path that is missing, a note otherwise."""
+    """FT516 when the value cannot be a hub dataset id (its form; nothing else is checked offline); else FT514: a
+    warning when the value looks like a local path that is missing, a note otherwise."""
+    problem = hub_id_problem(value)
+    if problem is not None:
+        return error("FT516", base + ("path",), f"'{value}' is not a local file or folder, and not a hub dataset id: "
+                     f"{problem}", hint="write the local file's path relative to the pipeline file, with its "
+                     "extension (.jsonl, .json, .csv, .parquet), or the hub id as `owner/name`")
     files = sorted(f.path for f in ctx.inputs.files)
     stem = PurePosixPath(value).name
     near = [f for f in files if PurePosixPath(f).stem == stem or PurePosixPath(f).name.startswith(stem + ".")]

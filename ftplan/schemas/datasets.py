@@ -6,9 +6,9 @@ misspelt mapping is an error before any job starts, not a ``KeyError`` at step 0
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .base import FtplanModel, NonEmptyStr
 
@@ -28,6 +28,19 @@ class _DatasetBase(FtplanModel):
 
     max_rows: int | None = Field(default=None, ge=1)
     """Read at most this many rows (the first ones), e.g. for a smoke run."""
+
+    weight: float = Field(default=1.0, gt=0.0, le=100.0)
+    """How much this dataset counts in the mix of its data stage's training split: its training examples are taken
+    ``weight`` times (2: each twice; 0.5: a seeded half of them, at least one; 1.5: all, plus a seeded half once more).
+    The validation split is held out first and is not weighted."""
+
+    @model_serializer(mode="wrap")
+    def _written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The dataset as compiled files write it: ``weight`` only when it is not 1 (reading it back gives 1)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("weight") == 1.0:
+            data.pop("weight")
+        return data
 
 
 class AlpacaColumns(FtplanModel):

@@ -44,6 +44,8 @@ class Collected:
 
     groups: dict[str, list[Example]] = field(default_factory=dict)
     """Examples by output group, in dataset then row order."""
+    origins: dict[str, list[int]] = field(default_factory=dict)
+    """For each example of a group, the position of its dataset in the stage (its ``weight`` applies to it)."""
     reports: list[DatasetReport] = field(default_factory=list)
     """Per dataset counts."""
     dropped: list[DroppedRow] = field(default_factory=list)
@@ -71,10 +73,13 @@ def collect(stage: Any, encoder: Encoder, digests: list[str], report_dir: Path |
     raised, and the full list written to ``report_dir/bad-rows.jsonl`` when ``report_dir`` is given."""
     out = Collected()
     refused: list[_Refusal] = []
-    for spec, digest in zip(stage.datasets, digests):
+    for position, (spec, digest) in enumerate(zip(stage.datasets, digests)):
         if is_hub_id(spec.path):
             _log(f"data {stage.id}: {spec.path!r} is not a local file or folder; reading it as a hub dataset id")
+        group = group_of(spec.format)
+        before = len(out.groups.get(group, []))
         report = _dataset(stage, spec, digest, encoder, out, refused)
+        out.origins.setdefault(group, []).extend([position] * (len(out.groups.get(group, [])) - before))
         out.reports.append(report)
         if len(refused) >= BAD_ROWS_LIMIT:
             break
@@ -153,7 +158,8 @@ def _dataset(stage: Any, spec: Any, digest: str, encoder: Encoder, out: Collecte
     if warned:
         counts = ", ".join(f"{code} {n}" for code, n in sorted(warning_codes.items()))
         _log(f"data {stage.id}: {spec.path}: {warned} row warning(s) ({counts}); listed in the manifest")
-    return DatasetReport(path=spec.path, format=spec.format, group=group, sha256=digest, rows_in=scan.rows_read,
+    return DatasetReport(path=spec.path, format=spec.format, group=group, sha256=digest, weight=spec.weight,
+                         rows_in=scan.rows_read,
                          rows_out=rows_out, dropped=dropped, truncated=truncated, warnings=warned,
                          unused_columns=list(scan.unused_columns), split=split, pieces=pieces)
 

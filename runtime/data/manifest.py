@@ -75,6 +75,8 @@ class DatasetReport(_Model):
     """Output group it feeds: ``sft``, ``preference`` or ``kto``."""
     sha256: str
     """Digest of its content (file bytes, or the hub dataset's fingerprint)."""
+    weight: float = 1.0
+    """Its ``weight`` in the mix of the training split (its training examples are taken that many times)."""
     rows_in: int
     """Rows read (after ``max_rows``)."""
     rows_out: int

@@ -1,4 +1,5 @@
-"""Writing one output group: deterministic train/validation split, packing, ``save_to_disk``, statistics.
+"""Writing one output group: deterministic train/validation split, dataset weights, packing, ``save_to_disk``,
+statistics.
 
 Layout under the stage's output folder: ``<group>/train`` and, when ``val_fraction > 0``, ``<group>/validation``,
 each a ``datasets`` folder with the group's columns:
@@ -43,10 +44,31 @@ def columns_of(group: str, packing: bool) -> list[str]:
     return ["prompt_ids", "completion_ids", "label"]
 
 
-def write_group(group: str, examples: list[Example], stage: Any, folder: Path) -> GroupReport:
-    """Split, pack (supervised, when ``packing``) and save one group under ``folder/<group>/``."""
+def weighted(indices: list[int], origins: list[int], weights: list[float], seed: int) -> list[int]:
+    """The training split mixed by dataset weights: each dataset's members taken ``int(weight)`` times, plus a seeded
+    sample of the fraction of them that is left (at least one member when the weight is below 1), kept in order."""
+    if all(w == 1.0 for w in weights):
+        return indices
+    rng = random.Random(seed)
+    out: list[int] = []
+    for position, weight in enumerate(weights):
+        members = [i for i in indices if origins[i] == position]
+        whole, part = int(weight), weight - int(weight)
+        extra = round(part * len(members))
+        if members and whole == 0:
+            extra = max(1, extra)
+        out += members * whole + sorted(rng.sample(members, min(extra, len(members))))
+    return out
+
+
+def write_group(group: str, examples: list[Example], stage: Any, folder: Path,
+                origins: list[int] | None = None) -> GroupReport:
+    """Split, weight the training split by its datasets' ``weight`` (``origins``: each example's dataset position),
+    pack (supervised, when ``packing``) and save one group under ``folder/<group>/``."""
     packing = group == "sft" and stage.packing
     train, val = split_indices(len(examples), stage.val_fraction, stage.seed)
+    if origins is not None:
+        train = weighted(train, origins, [d.weight for d in stage.datasets], stage.seed)
     splits = {}
     for name, idx in (("train", train), ("validation", val)):
         if name == "validation" and stage.val_fraction <= 0:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ftplan.data.hub import hub_id_problem
 from ftplan.data.reading import READABLE_SUFFIXES, FileProblem, RawRow
 from ftplan.data.reading import read_rows as read_file_rows
 
@@ -40,6 +41,9 @@ def locate(path: str) -> tuple[str, Path | str]:
         return "dir", p
     if p.suffix.lower() in FILE_SUFFIXES or path.startswith((".", "/", "~")):
         raise DataError(f"{path}: no such file (dataset paths are relative to the project root {Path.cwd()})")
+    problem = hub_id_problem(path)
+    if problem is not None:  # the same judgement as `ftplan check` (FT516)
+        raise DataError(f"'{path}' is not a local file or folder, and not a hub dataset id: {problem}")
     return "hub", path
 
 

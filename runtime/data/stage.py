@@ -52,7 +52,8 @@ def run_data_stage(args: RuntimeArgs, args_sha256: str) -> Manifest:
     with _quiet_datasets(), _staging(out) as tmp:
         got = collect(stage, encoder, digests, report_dir=out)
         _require_examples(got)
-        groups = {g: write_group(g, examples, stage, tmp) for g, examples in sorted(got.groups.items())}
+        groups = {g: write_group(g, examples, stage, tmp, got.origins.get(g))
+                  for g, examples in sorted(got.groups.items())}
         manifest = Manifest(
             stage=stage.id, fingerprint=fp, inputs=inputs,
             chat_template=TemplateReport(source=template.source, sha256=inputs["chat_template"],

@@ -1,6 +1,9 @@
-"""Data contract rules (FT501-FT514): what judging a dataset's rows found, as located diagnostics."""
+"""Data contract rules (FT501-FT516): what judging a dataset's rows found, as located diagnostics."""
+
+import pytest
 
 from ftplan.checks.data import ROWS_NAMED, row_problems
+from ftplan.data.hub import hub_id_problem
 from ftplan.diagnostics import Severity
 
 
@@ -246,6 +249,38 @@ def test_ft514_hub_dataset_id(check, tools):
                         files=(LocalFile("data/chat.jsonl", "0" * 64, 10),))
     [d] = tools.codes(check(tools.build(), near), "FT514")
     assert d.severity is Severity.WARNING and "'data/chat.jsonl'" in d.hint
+
+
+@pytest.mark.parametrize("value, words", [
+    ("my data", "contains ' '"), ("org/sub/name", "has 2 slashes"), ("org/-chat", "starts with '-'"),
+    ("org/chat--v2", "'--' or '..'"), ("org/" + "x" * 97, "longer than the hub's 96 characters")])
+def test_ft516_a_path_that_is_no_file_must_be_a_well_formed_hub_id(check, tools, value, words):
+    """Offline, a hub dataset id is checked for its form only (the runtime's reader refuses the same values with the
+    same words: tests/runtime/test_data_readers.py)."""
+    inputs = tools.Inputs(hub_datasets=((("stages", 0, "datasets", 0, "path"), value),))
+    [d] = tools.codes(check(tools.build(), inputs), "FT516")
+    assert d.severity is Severity.ERROR and words in d.message and "`owner/name`" in d.hint
+    assert d.message == f"'{value}' is not a local file or folder, and not a hub dataset id: {hub_id_problem(value)}"
+    assert not tools.codes(check(tools.build(), inputs), "FT514")
+
+
+def test_ft517_weighted_datasets_mix_by_rows_times_weight(check, tools):
+    chat = {"path": "data/chat.jsonl", "format": "messages", "weight": 3}
+    more = {"path": "data/more.jsonl", "format": "messages", "weight": 0.5}
+    stages = [{"id": "data", "kind": "data", "max_seq_len": 512, "datasets": [chat, more]},
+              {"id": "sft", "kind": "sft", "data": "data", "learning_rate": 1e-4, "adapter": {"type": "lora"}}]
+    pipeline = tools.build(stages=stages)
+    inputs = tools.Inputs(datasets=tools.heads(pipeline, data_0=[tools.CHAT_ROW] * 10, data_1=[tools.CHAT_ROW] * 40))
+    [d] = tools.codes(check(pipeline, inputs), "FT517")
+    assert d.severity is Severity.INFO and d.path == ("stages", 0, "datasets", 0, "weight")
+    assert d.message == ("the sft training split of 'data' mixes 60 % data/chat.jsonl (10 rows × 3), "
+                         "40 % data/more.jsonl (40 rows × 0.5)")
+    ctx, _ = tools.resolve_ctx(pipeline, inputs)
+    assert ctx.stages[1].train.rows == 10 * 3 + 40 // 2  # the optimizer steps count the weighted examples
+    # unknown row counts: the weights alone
+    [d] = tools.codes(check(pipeline), "FT517")
+    assert d.message.endswith("mixes data/chat.jsonl × 3, data/more.jsonl × 0.5")
+    assert not tools.codes(check(tools.build()), "FT517")
 
 
 def test_unchecked_scans_are_skipped(check, tools):

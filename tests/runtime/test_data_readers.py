@@ -59,6 +59,14 @@ def test_locate_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="unsupported file type '.txt'"):
         locate("notes.txt")
     assert locate("org/name") == ("hub", "org/name")
+    # a value of no hub id's form: the words `ftplan check` says (FT516, tests/checks/test_data.py)
+    from ftplan.data.hub import hub_id_problem
+
+    for value in ("my data", "org/sub/name", "org/-chat"):
+        with pytest.raises(DataError) as refused:
+            locate(value)
+        assert str(refused.value) == (f"'{value}' is not a local file or folder, and not a hub dataset id: "
+                                      f"{hub_id_problem(value)}")
 
 
 def test_source_digest_follows_bytes(tmp_path, monkeypatch):

@@ -191,6 +191,32 @@ def test_raw_text_is_split_never_truncated(project):
         assert sum(map(len, pieces)) == sum(map(len, whole))
 
 
+def test_dataset_weights_mix_the_training_split(project):
+    """A weight takes a dataset's training examples that many times (a fraction: a seeded sample); the validation
+    split is held out first and not weighted; the same settings give the same rows."""
+    chat = [{"messages": t(("user", f"Hello {i}"), ("assistant", "Hi."))} for i in range(12)]
+    alpaca = [{"instruction": f"Say {i}.", "output": f"{i}."} for i in range(10)]
+    fx.write_jsonl(project / "data" / "w-chat.jsonl", chat)
+    fx.write_jsonl(project / "data" / "w-alpaca.jsonl", alpaca)
+    ds = [{"path": "data/w-chat.jsonl", "format": "messages", "weight": 2},
+          {"path": "data/w-alpaca.jsonl", "format": "alpaca", "weight": 0.5}]
+    m = run_data_stage(fx.make_args(ds, val_fraction=0.25), "s")
+    assert [r.weight for r in m.datasets] == [2, 0.5]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained("tok")
+    texts = [tok.decode(r) for r in load_from_disk("out/data/sft/train")["input_ids"]]
+    val = [tok.decode(r) for r in load_from_disk("out/data/sft/validation")["input_ids"]]
+    chat_val = sum("Hello" in v for v in val)
+    alpaca_val = len(val) - chat_val
+    assert len(val) == round(22 * 0.25)  # held out before weighting, once each
+    assert sum("Hello" in x for x in texts) == 2 * (12 - chat_val)
+    assert sum("Say" in x for x in texts) == round(0.5 * (10 - alpaca_val))
+    assert m.groups["sft"].splits["train"].rows == len(texts)
+    run_data_stage(fx.make_args(ds, val_fraction=0.25, output_dir="out/again"), "s")
+    assert load_from_disk("out/again/sft/train")["input_ids"] == load_from_disk("out/data/sft/train")["input_ids"]
+
+
 def test_all_rows_dropped_is_an_error(project):
     fx.write_jsonl(project / "data" / "q.jsonl", [{"messages": t(("user", "only a question"))}])
     with pytest.raises(DataError, match="no sft examples left from data/q.jsonl.*row 1: no trained tokens"):
