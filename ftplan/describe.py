@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .resolved_stage import Batch, ResolvedStage
 from .schemas import DataStage, FullFinetune, GgufStage, LoraAdapter, MergeStage, SftStage
 from .schemas.stages import Stage
-from .units import GIB, params_text, size
+from .units import gib_amount, gib_number, gib_text, params_text, size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .estimate.types import Term
@@ -75,7 +75,7 @@ def headline(name: str, target: "Target") -> str:
         hardware = "CPU"
     else:
         count = f"{target.nodes} nodes × {target.gpus_per_node}" if target.nodes > 1 else f"{target.gpus_per_node}"
-        detail = ", ".join(x for x in (f"{target.gpu_memory_gib:.1f} GiB" if target.gpu_memory_gib else None,
+        detail = ", ".join(x for x in (gib_amount(target.gpu_memory_gib) if target.gpu_memory_gib else None,
                                        target.gpu_arch) if x)
         hardware = f"{count} × {target.gpu_name or 'GPU'}" + (f" ({detail})" if detail else "")
     return f"{name} · {target.model} ({params_text(target.params)}) · {hardware}"
@@ -107,7 +107,7 @@ def bar(used: int, capacity: int) -> str:
     filled = min(BAR_WIDTH, round(BAR_WIDTH * used / capacity)) if capacity > 0 else BAR_WIDTH
     if used > 0 and filled == 0:
         filled = 1
-    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {used / GIB:.1f} / {capacity / GIB:.1f} GiB"
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {gib_number(used)} / {gib_text(capacity)}"
 
 
 def job_memory(job: "SlurmJob") -> str:

@@ -1,9 +1,11 @@
 """Byte sizes, durations and counts as every view writes them: the one place numbers are formatted.
 
 ``size`` (``12.4 GiB``, ``512 MiB``) picks the unit; ``gib_text`` always writes GiB (``12.3 GiB``, the estimator's
-term details and diagnostics); ``gib_value`` is the number for JSON (``12.35``); ``format_duration`` writes
-seconds as ``35 s`` … ``2.1 days``; ``num`` and ``params`` write counts (``128,256``, ``8.03B``); ``sci`` learning
-rates (``2e-4``).
+term details and diagnostics), ``gib_number`` the bare number (``8.9``, ``?`` when unknown), ``gib_amount`` a size
+already in GiB (a card's memory); ``gib_value`` is the number for JSON (``12.35``); ``format_duration`` writes
+seconds as ``35 s`` … ``2.1 days``; ``num``, ``params`` and ``params_text`` write counts (``128,256``, ``8.03B``,
+``8.03 B``); ``sci`` learning rates (``2e-4``); ``dtype_name`` an element width (``bf16``). No other module of ftplan
+formats a byte count for people to read (Slurm's ``--mem`` sizes are requests, rounded in ``jobs``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,6 @@ KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 TIB = 1 << 40
-
-
-def gib(n_bytes: float) -> float:
-    """Bytes to GiB."""
-    return n_bytes / GIB
 
 
 def gib_value(n_bytes: float | None, digits: int = 2) -> float | None:
@@ -77,6 +74,15 @@ def sci(x: float) -> str:
     mantissa, exponent = f"{x:.3e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
+
+
+DTYPE_NAMES = {1: "int8", 2: "bf16", 4: "fp32"}
+"""Element widths in bytes as the estimator's term details name them."""
+
+
+def dtype_name(nbytes: int, sixteen: str = "bf16") -> str:
+    """A byte width as a dtype name (``fp32``; 2 bytes prints as ``sixteen``, e.g. ``fp16``)."""
+    return sixteen if nbytes == 2 else DTYPE_NAMES.get(nbytes, f"{nbytes} B")
 
 
 def params_text(n: int | None) -> str:

@@ -33,7 +33,7 @@ OutType = Literal["f32", "f16", "bf16", "q8_0"]
 OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 
 # HF `model_type` values this exporter handles: the contract's list, which the compiler checks GGUF stages against
-# (`_ARCH` below has an entry for each; tests/test_contract.py holds them equal).
+# (`_ARCH` below has an entry for each; tests/runtime/test_contract.py holds them equal).
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = GGUF_FAMILIES
 
 # HF model_type -> (llama.cpp architecture name, whether q/k need the halves->pairs permutation)

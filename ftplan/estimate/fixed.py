@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..catalog.gpus import GpuSpec
 from .constants import (CUBLAS_HANDLES, CUBLAS_WORKSPACE_DEFAULT_MIB, CUBLAS_WORKSPACE_MIB, CUDA_CONTEXT_MIB,
                         CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTORS, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB)
-from .fmt import gib
+from ..units import gib_text
 from .types import Term
 
 CONTEXT_TERM = "CUDA context"
@@ -50,4 +50,4 @@ def fragmentation(largest_block: int, pattern: str) -> Term:
     allocation pattern (``hf_held``, ``hf`` or ``chunked``)."""
     factor = FRAGMENTATION_FACTORS[pattern]
     return Term("allocator fragmentation", int(factor * largest_block),
-                f"{factor} × the largest transient block ({gib(largest_block)}), calibrated")
+                f"{factor} × the largest transient block ({gib_text(largest_block)}), calibrated")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..catalog.architecture import largest_layer_params, param_counts
 from ..catalog.models import ModelShape
 from ..schemas import GgufStage, MergeStage
-from .fmt import params
+from ..units import params
 from .types import StageEstimate, Term
 
 MERGE_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .constants import FUSED_CE_MIN_CHUNK_BYTES, TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
-from .fmt import dtype, num
+from ..units import dtype_name, num
 from .resolved import Resolved
 from .types import Term
 
@@ -69,20 +69,21 @@ def _hf(r: Resolved) -> Loss:
     n, v, el = r.tokens, s.vocab_size, r.logits_bytes
     nv = n * v
     what = f"{num(n)} tokens × {num(v)}"
-    held = (Term("output logits held", nv * el, f"{what} × {el} B ({dtype(el, r.half)})")
+    held = (Term("output logits held", nv * el, f"{what} × {el} B ({dtype_name(el, r.half)})")
             if r.loop.holds_outputs else None)
     extra = []
     if r.loop.autocast and r.lm_head_bytes == 4:
         extra.append(Term("lm_head cast weight (autocast)", v * s.hidden_size * 2,
                           f"{num(v)} × {num(s.hidden_size)} × 2 B, saved for backward"))
     logits = Term("logits + loss", nv * el + (nv * 4 if el != 4 else 0) + nv * 4,
-                  f"{what}: {dtype(el, r.half)} logits" + (" + fp32 upcast" if el != 4 else "") + " + fp32 log-softmax")
+                  f"{what}: {dtype_name(el, r.half)} logits" + (" + fp32 upcast" if el != 4 else "")
+                  + " + fp32 log-softmax")
     old = [Term("previous step's output logits", nv * el, f"{what} × {el} B")] if r.loop.holds_outputs else []
     forward = tuple(old + [logits, _final_norm(r, n)] + extra)
     back = Term("logits + loss", 3 * nv * 4, f"{what} × 4 B × 3 (fp32 log-softmax, its gradient, the logits gradient)")
     backward = tuple(([held] if held else []) + [back, _final_norm(r, n)] + extra)
     ref = (Term("reference logits", nv * el + nv * 4,
-                f"{what}: {dtype(el, r.half)} logits + fp32 log-softmax (no grad)"),)
+                f"{what}: {dtype_name(el, r.half)} logits + fp32 log-softmax (no grad)"),)
     saved = tuple(([held] if held else []) + [Term("saved log-softmax", nv * 4, f"{what} × 4 B")] + extra)
     return Loss(forward, backward, held, nv * 4, saved, ref)
 

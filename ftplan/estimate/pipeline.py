@@ -15,7 +15,7 @@ from .accuracy import accuracy_of
 from .constants import TIGHT_FRACTION
 from .fit import Checker, Fit, Outcome
 from .fit import suggest as suggest_changes
-from .fmt import gib
+from ..units import gib_text
 from .resolved import Resolved
 from .stage import estimate_resolved, setup
 from .types import StageEstimate, Suggestion
@@ -106,18 +106,19 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit], refus
     when none does, the largest term and the changes that would fit but the checks refuse. Without a ``checker``
     (the re-check's own estimate) there are no suggestions and no hint."""
     cap = est.capacity_bytes or 0
-    notes = [f"{t.name} {gib(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib(t.bytes)}"
+    notes = [f"{t.name} {gib_text(t.bytes)} ({t.detail})" if t.detail else f"{t.name} {gib_text(t.bytes)}"
              for t in est.terms[:3]]  # the three largest terms, with their arithmetic
     if est.verdict == "tight":
         pct = math.floor(100 * est.peak_bytes / cap)  # a tight peak is below the card: never "100 %"
         hint = None
         if fits:
-            hint = f"for headroom: {fits[0].suggestion.change} ({gib(fits[0].suggestion.peak_bytes)} of {gib(cap)})"
+            change = fits[0].suggestion
+            hint = f"for headroom: {change.change} ({gib_text(change.peak_bytes)} of {gib_text(cap)})"
         elif checker is not None:
             hint = (f"no single change ftplan tried brings it under {TIGHT_FRACTION:.0%} of the card and passes the "
                     "checks; the largest term is " + _term_text(est))
-        return warning("FT102", ("stages", i), f"peak {gib(est.peak_bytes)} per GPU is {pct} % of "
-                       f"{gib(cap)} ({gpu.name}): little headroom for longer batches or fragmentation",
+        return warning("FT102", ("stages", i), f"peak {gib_text(est.peak_bytes)} per GPU is {pct} % of "
+                       f"{gib_text(cap)} ({gpu.name}): little headroom for longer batches or fragmentation",
                        hint=hint, notes=notes)
     notes += [f"would fit ({_fit_text(f.suggestion, cap)}): {f.suggestion.change}" for f in fits]
     path: tuple[str | int, ...] = ("stages", i)
@@ -126,24 +127,24 @@ def _diagnostic(i: int, est: StageEstimate, gpu: GpuSpec, fits: list[Fit], refus
         best = fits[0]
         path = best.path
         hint = (("no single change fits; together: " if best.several else "")
-                + f"{best.suggestion.change} ({gib(best.suggestion.peak_bytes)} of {gib(cap)})")
+                + f"{best.suggestion.change} ({gib_text(best.suggestion.peak_bytes)} of {gib_text(cap)})")
     elif checker is not None:
         shown = refused[:MAX_REFUSED_NOTES]
         hint = ("nothing ftplan tried fits and passes the checks; the largest term is " + _term_text(est)
                 + ("; the changes noted as refused would fit, but the checks refuse them" if shown else
                    ": it needs a card with more memory"))
-        notes += [f"refused by {', '.join(o.errors)} ({gib(o.estimate.peak_bytes)} of {gib(cap)}): "
+        notes += [f"refused by {', '.join(o.errors)} ({gib_text(o.estimate.peak_bytes)} of {gib_text(cap)}): "
                   f"{checker.text(o.edit)}" for o in shown if o.estimate is not None]  # a refused change fits
     over = ">" if est.peak_bytes > cap else "≥"
-    return error("FT101", path, f"peak {gib(est.peak_bytes)} per GPU {over} {gib(cap)} ({gpu.name})", hint=hint,
-                 notes=notes)
+    return error("FT101", path, f"peak {gib_text(est.peak_bytes)} per GPU {over} {gib_text(cap)} ({gpu.name})",
+                 hint=hint, notes=notes)
 
 
 def _fit_text(s: Suggestion, cap: int) -> str:
     """``35.1 GiB of 40.0 GiB``, with the host memory an offload needs and the warnings the change adds."""
-    out = f"{gib(s.peak_bytes)} of {gib(cap)}"
+    out = f"{gib_text(s.peak_bytes)} of {gib_text(cap)}"
     if s.host_bytes:
-        out += f"; host memory {gib(s.host_bytes)} per node"
+        out += f"; host memory {gib_text(s.host_bytes)} per node"
     if s.warnings:
         out += f"; adds warning {', '.join(s.warnings)}"
     return out
@@ -152,4 +153,4 @@ def _fit_text(s: Suggestion, cap: int) -> str:
 def _term_text(est: StageEstimate) -> str:
     """The largest term of an estimate, named with its size."""
     top = est.terms[0]
-    return f"{top.name}, {gib(top.bytes)}"
+    return f"{top.name}, {gib_text(top.bytes)}"

@@ -30,7 +30,7 @@ from ..catalog.models import ModelShape
 from ..schemas import TRAIN_KINDS, FullFinetune, LoraAdapter, TrainStage
 from . import activations, fixed, logits, states, throughput
 from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
-from .fmt import gib, num
+from ..units import gib_text, num
 from ..resolved_stage import TrainingFacts, method_of, training_facts
 from .resolved import Loop, Resolved, runtime_loop
 from .types import StageEstimate, Term, Verdict
@@ -122,7 +122,7 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     per_node = max(1, r.world // max(1, r.nodes))
     notes = [f"peak during: {peak_phase.name}", f"modelled step: {r.loop.name}"]
     if st.host:
-        notes.append(f"offloaded to CPU memory: {gib(st.host)} per GPU, {gib(st.host * per_node)} per node")
+        notes.append(f"offloaded to CPU memory: {gib_text(st.host)} per GPU, {gib_text(st.host * per_node)} per node")
     if r.kernels == "ftplan":
         notes.append("kernels: ftplan terms are calibrated on H200 steps of Llama-3.1-8B LoRA and QLoRA (s2048, "
                      "s8192); other shapes are derived from the kernels")
@@ -179,7 +179,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
     else:
         per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved
         held_all = Term("activations (no checkpointing)", layers * per_layer,
-                        f"{layers} layers × {gib(per_layer)}")
+                        f"{layers} layers × {gib_text(per_layer)}")
         held_one = held_all
         layer_a = acts.inflight_mlp_tok * n
         layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved

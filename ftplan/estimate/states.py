@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 from ..catalog.architecture import LinearModule, largest_layer_params, linear_modules, lora_params, param_counts
 from .constants import ADAM_8BIT_BYTES_PER_PARAM, NF4_BYTES_PER_PARAM
-from .fmt import dtype, params
+from ..units import dtype_name, params
 from .resolved import Resolved
 from .types import Term
 
@@ -148,13 +148,13 @@ def compute(r: Resolved) -> States:
         if r.quantized:
             frozen = [Term("base weights (NF4)", int(p_lin * NF4_BYTES_PER_PARAM / shard),
                            f"{params(p_lin)} decoder linear params × 4.127 bits{where}"),
-                      Term(f"embeddings, lm_head, norms ({dtype(r.lm_head_bytes, r.half)})",
+                      Term(f"embeddings, lm_head, norms ({dtype_name(r.lm_head_bytes, r.half)})",
                            p_rest * r.lm_head_bytes // shard,
                            f"{params(p_rest)} params × {r.lm_head_bytes} B"
                            + (" (upcast by prepare_model_for_kbit_training)" if r.upcast_base else "") + where)]
         else:
             wb = half if ds else r.param_bytes
-            frozen = [Term(f"weights ({dtype(wb, r.half)})", p_all * wb // shard,
+            frozen = [Term(f"weights ({dtype_name(wb, r.half)})", p_all * wb // shard,
                            f"{params(p_all)} params × {wb} B{where}")]
         if r.offload_params and r.sharded_weights:
             host += sum(t.bytes for t in frozen)
@@ -169,12 +169,13 @@ def compute(r: Resolved) -> States:
     grads = 0
     if r.strategy in ("none", "ddp"):
         if r.full:
-            terms.append(Term(f"weights ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params × {tb} B"))
+            terms.append(Term(f"weights ({dtype_name(tb, r.half)})", p_t * tb, f"{params(p_t)} params × {tb} B"))
         else:
-            terms.append(Term(f"trainable {what} ({dtype(tb, r.half)})", p_t * tb, f"{params(p_t)} params × {tb} B"))
+            terms.append(Term(f"trainable {what} ({dtype_name(tb, r.half)})", p_t * tb,
+                              f"{params(p_t)} params × {tb} B"))
         emb = trainable_embedding_params(r) if opt_per else 0
         per = opt_per if opt_per else 2 * tb
-        detail = f"{params(p_t - emb)} × {per:g} B (m, v in {'8-bit' if opt_per else dtype(tb, r.half)})"
+        detail = f"{params(p_t - emb)} × {per:g} B (m, v in {'8-bit' if opt_per else dtype_name(tb, r.half)})"
         if emb:
             detail += f" + {params(emb)} embedding params × 8 B (32-bit: the HF Trainer keeps nn.Embedding out of 8-bit)"
         terms.append(Term(f"optimizer states ({opt_name})", int((p_t - emb) * per + emb * 8), detail))
@@ -185,7 +186,7 @@ def compute(r: Resolved) -> States:
     elif ds:
         level = int(r.strategy[-1])
         shard_w = n if level == 3 else 1
-        weights = Term(f"trainable {what} ({dtype(half, r.half)})", p_t * half // shard_w,
+        weights = Term(f"trainable {what} ({dtype_name(half, r.half)})", p_t * half // shard_w,
                        f"{params(p_t)} × {half} B" + (f" / {n}" if shard_w > 1 else ""))
         if level == 3 and r.offload_params:
             host += weights.bytes
@@ -220,10 +221,10 @@ def compute(r: Resolved) -> States:
         grad_detail = f"{params(p_t)} trainable params" + (" (on the host)" if host else "")
     elif r.strategy in ("zero2", "zero3", "fsdp2"):
         b = 4 if r.strategy != "zero2" else half
-        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype(b, r.half)} partitions) / {n}"
+        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype_name(b, r.half)} partitions) / {n}"
     else:
         b = half if ds else tb
-        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype(b, r.half)})"
+        grad_detail = f"{params(p_t)} trainable params × {b} B ({dtype_name(b, r.half)})"
     grad_term = Term("gradients", grads, grad_detail)
     early = 0
     if r.full and grads:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..diagnostics import Diagnostic, KeyPath
 from ..estimate.types import StageEstimate
 from ..sourcemap import key_path_text
-from ..units import gib_value as gib
+from ..units import gib_value
 from .serialize import to_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,12 +32,12 @@ def estimate_json(est: StageEstimate | None) -> dict[str, Any] | None:
     if est is None:
         return None
     return {
-        "capacity_bytes": est.capacity_bytes, "capacity_gib": gib(est.capacity_bytes),
+        "capacity_bytes": est.capacity_bytes, "capacity_gib": gib_value(est.capacity_bytes),
         "host_bytes": est.host_bytes, "notes": list(est.notes), "peak_bytes": est.peak_bytes,
-        "peak_gib": gib(est.peak_bytes), "step_time_s": est.step_time_s, "tokens_per_step": est.tokens_per_step,
+        "peak_gib": gib_value(est.peak_bytes), "step_time_s": est.step_time_s, "tokens_per_step": est.tokens_per_step,
         "verdict": est.verdict,
-        "terms": [{"bytes": t.bytes, "detail": t.detail, "gib": gib(t.bytes), "name": t.name} for t in est.terms],
-        "suggestions": [{"change": s.change, "peak_bytes": s.peak_bytes, "peak_gib": gib(s.peak_bytes)}
+        "terms": [{"bytes": t.bytes, "detail": t.detail, "gib": gib_value(t.bytes), "name": t.name} for t in est.terms],
+        "suggestions": [{"change": s.change, "peak_bytes": s.peak_bytes, "peak_gib": gib_value(s.peak_bytes)}
                         for s in est.suggestions],
     }
 

@@ -8,7 +8,7 @@ paths are relative to the project root (the folder of the pipeline file), where 
 Beside the file's format, this module names what both sides use: the output subfolders (``ADAPTER_SUBDIR``,
 ``MODEL_SUBDIR``), the model families the GGUF exporter and the fused kernels support (``GGUF_FAMILIES``,
 ``KERNEL_FAMILIES``), the requeue exit code, the completion stamp and the install command. The compiler's checks
-and the runtime read them from here; ``tests/test_contract.py`` holds both sides to them.
+and the runtime read them from here; ``tests/runtime/test_contract.py`` holds both sides to them.
 """
 
 from __future__ import annotations
