@@ -56,12 +56,6 @@ def summary_line(result: CheckResult, *, verbose: bool = False) -> str:
     return line + "."
 
 
-def stage_verdicts(result: CheckResult) -> list[str]:
-    """The verdict of each stage, in file order (``view_model.stage_status``: the table, the JSON and plan.md use
-    the same words)."""
-    return [row.status for row in stage_rows(result)]
-
-
 def stage_rows(result: CheckResult) -> list[StageRow]:
     """The stage table's rows (``view_model.stage_row``), in file order; a stage has an error when an error
     diagnostic is located in it."""
