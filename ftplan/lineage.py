@@ -59,8 +59,8 @@ class Result:
     """What a stage leaves for later stages.
 
     For models: full weights (``weights`` = the stage that wrote them, None for ``model.base``) plus the
-    adapters on top of them in chain order. ``merge_upto`` adapters of the chain are merged into the weights
-    before training (a DPO ``merge_input``); the rest stay separate."""
+    adapters on top of them in chain order. A stage that starts from them with ``merge_input: true`` merges the
+    chain into the weights before training (``StageLink.merges_input``); otherwise the adapters stay separate."""
 
     kind: ResultKind
     weights: str | None = None
