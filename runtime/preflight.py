@@ -30,7 +30,8 @@ _ATTENTION_PACKAGES = {
 # Backends that only run on CUDA GPUs.
 _CUDA_ONLY_ATTENTION = {"flash_attention_2", "flash_attention_3"}
 
-# The kernel ops `kernels: ftplan` must patch, per model_type (default: all three).
+# The kernel ops `kernels: ftplan` must patch, per model_type (default: all three); "lora" joins them for a model
+# with PEFT LoRA layers where the family's MLP is SwiGLU.
 _EXPECTED_KERNEL_OPS = {"gemma": ("rms_norm", "rope")}
 _ALL_KERNEL_OPS = ("rms_norm", "swiglu", "rope")
 
@@ -182,11 +183,14 @@ def apply_promised_kernels(promise: Promise, model):
     if promise.kernels != "ftplan":
         return None
     from .kernels import KernelPatchError, apply_ftplan_kernels
+    from .kernels.lora import is_lora_layer
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     ops = _EXPECTED_KERNEL_OPS.get(model_type, _ALL_KERNEL_OPS)
+    if "swiglu" in ops and any(is_lora_layer(m) for m in model.modules()):
+        ops = (*ops, "lora")  # the fused LoRA functions, on every LoRA layer of the projections (check: FT309)
     try:
-        report = apply_ftplan_kernels(model, **{op: op in ops for op in _ALL_KERNEL_OPS})
+        report = apply_ftplan_kernels(model, **{op: op in ops for op in (*_ALL_KERNEL_OPS, "lora")})
         report.require(*ops)
     except KernelPatchError as e:
         _fail("kernels", "ftplan", f"kernels not applied ({e})", "use `kernels: none` for this model and recompile")

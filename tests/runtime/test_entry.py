@@ -320,7 +320,7 @@ def test_gpu_bf16_chain_with_ftplan_kernels(tmp_path_factory, tiny_base):
     _run_chain(root, promise, {"precision": "bf16", "kernels": "ftplan", "micro_batch": 2, "logging_steps": 1,
                                "report_to": [], "gradient_checkpointing": True})
     sft = json.loads((root / "outputs/sft/metrics.json").read_text())
-    assert sft["kernels"] == {"rms_norm": 5, "swiglu": 2, "rope": 2}
+    assert sft["kernels"] == {"rms_norm": 5, "swiglu": 2, "rope": 2, "lora": 14}  # 7 LoRA projections × 2 layers
     assert sft["gpu_name"] and sft["torch_peak_allocated_gib"] > 0 and sft["device_used_peak_gib"] > 0
     assert sft["peak_vs_estimate"] == pytest.approx(sft["device_used_peak_gib"] / 1.0)
 

@@ -172,7 +172,7 @@ def test_ftplan_kernels_match_plain_loss(project):
                           env=env, cwd=project["root"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     fused = json.loads((Path(args.output_dir) / "metrics.json").read_text())
-    assert fused["kernels"] == {"rms_norm": 5, "swiglu": 2, "rope": 2}
+    assert fused["kernels"] == {"rms_norm": 5, "swiglu": 2, "rope": 2, "lora": 14}  # 7 LoRA projections × 2 layers
     assert fused["loss_first"] == pytest.approx(plain["loss_first"], rel=1e-4)
     assert fused["loss_last"] == pytest.approx(plain["loss_last"], rel=1e-3)
 
