@@ -67,7 +67,8 @@ class SftStage(_StageBase, TrainingArgs):
     """Supervised fine-tuning."""
 
     input: StageId | None = None
-    """Stage whose result to start from (``sft``, ``dpo`` or ``merge``); omitted = the base model."""
+    """Stage whose result to start from (``sft``, ``cpt``, ``dpo``, ``orpo``, ``kto`` or ``merge``); omitted = the
+    base model."""
 
     data: StageId
     """The data stage providing the examples."""
