@@ -237,8 +237,6 @@ DatasetSpec = Annotated[
 ]
 """One source dataset; ``format`` picks the descriptor."""
 
-DatasetFormat = Literal["alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "kto"]
-
 SFT_FORMATS: frozenset[str] = frozenset({"alpaca", "sharegpt", "messages", "prompt_completion", "text"})
 """Formats a supervised stage trains on."""
 PREFERENCE_FORMATS: frozenset[str] = frozenset({"preference"})
