@@ -37,7 +37,7 @@ class _DatasetBase(FtplanModel):
     @model_serializer(mode="wrap")
     def _written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """The dataset as compiled files write it: ``weight`` only when it is not 1 (reading it back gives 1)."""
-        data = handler(self)
+        data: dict[str, Any] = handler(self)  # a model's fields, as a mapping
         if isinstance(data, dict) and data.get("weight") == 1.0:
             data.pop("weight")
         return data
