@@ -223,6 +223,7 @@ CORPUS: dict[str, str] = {
                                      dpo={"adapter": {"type": "lora"}, "merge_input": True, "distributed": "zero3"}),
     "kernels on gemma": build(model={"base": "google/gemma-2-9b", "architecture": "gemma-2-9b"},
                               sft={"kernels": "ftplan"}, stages=[s for s in BASE["stages"] if s["kind"] != "gguf"]),
+    "kernels with dora and dropout": build(sft={"kernels": "ftplan", "adapter": {"type": "dora", "dropout": 0.05}}),
     "past the context": build(model={"base": "mistralai/Mistral-7B-v0.3", "architecture": "mistral-7b-v0.3"},
                               data={"max_seq_len": 65536}),
     # --- data ---------------------------------------------------------------------------------------------

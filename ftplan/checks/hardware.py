@@ -8,9 +8,11 @@ from ftplan.context import Context
 from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
 from ftplan.resolved_stage import TrainingFacts
 from ftplan.schemas import TRAIN_KINDS, TrainStage
+from ftplan.schemas.adapters import LoraAdapter
 from ftplan.schemas.runtime_args import KERNEL_FAMILIES
 
-from ._common import EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, sm, strategy_path, train_stages
+from ._common import (EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, declared_adapter, sm, strategy_path,
+                      train_stages)
 
 CODES = {
     "FT301": "the precision is not supported by the target GPU",
@@ -21,6 +23,7 @@ CODES = {
     "FT306": "DeepSpeed or FSDP with `device: cpu`",
     "FT307": "packing with an attention backend that has no variable-length kernel",
     "FT308": "the model family has no implementation of this attention backend",
+    "FT309": "`kernels: ftplan` with an adapter the fused LoRA kernels cannot run (DoRA, LoRA dropout)",
 }
 
 UNSUPPORTED_ATTENTION: dict[str, dict[str, str]] = {
@@ -48,6 +51,7 @@ def check(ctx: Context) -> list[Diagnostic]:
         diags += _family_attention(ctx, stage, here)
         diags += _packing(ctx, stage, here, cpu)
         diags += _kernels(ctx, stage, here, cpu)
+        diags += _lora_kernels(ctx, i, stage, facts)
         diags += _bitsandbytes(stage, facts, here, gpu, cpu)
         if cpu and facts.strategy in SHARDED:
             diags.append(error("FT306", strategy_path(i, stage), f"`{facts.strategy}` needs GPUs; "
@@ -130,6 +134,33 @@ def _kernels(ctx: Context, stage: TrainStage, here: KeyPath, cpu: bool) -> list[
         diags.append(warning("FT304", path, "`kernels: ftplan` on `device: cpu` runs the Triton kernels in "
                              "interpreter mode, which is much slower than the plain modules",
                              hint="set `kernels: none` for CPU runs (keep it for the GPU pipeline)"))
+    return diags
+
+
+def _lora_kernels(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
+    """`kernels: ftplan` runs every LoRA layer of the attention and MLP projections through fused LoRA kernels
+    (ftplan_runtime/kernels/lora.py), which compute plain LoRA without dropout; the runtime's preflight refuses
+    any other adapter, so check does first."""
+    adapter = facts.adapter
+    if stage.kernels != "ftplan" or not isinstance(adapter, LoraAdapter):
+        return []
+    own = declared_adapter(stage) is not None
+    link = ctx.links.get(stage.id)
+    origin = link.input.adapters[-1].origin if not own and link and link.input and link.input.adapters else None
+    where = "" if own else f" (the adapter this stage continues, declared by '{origin or stage.input}')"
+    diags = []
+    if adapter.type == "dora":
+        path = ("stages", i, "adapter", "type") if own else ("stages", i, "kernels")
+        diags.append(error("FT309", path, "`kernels: ftplan` runs the LoRA layers through fused kernels that "
+                           f"compute plain LoRA; DoRA's magnitude-scaled update{where} is not one of them, and the "
+                           "runtime stops at preflight",
+                           hint="set `kernels: none` to train DoRA, or use `type: lora` with `kernels: ftplan`"))
+    if adapter.dropout > 0:
+        path = ("stages", i, "adapter", "dropout") if own else ("stages", i, "kernels")
+        diags.append(error("FT309", path, f"`kernels: ftplan` fuses the LoRA layers, which needs adapter dropout 0; "
+                           f"this adapter{where} has `dropout: {adapter.dropout}`, and the runtime stops at preflight",
+                           hint="set `dropout: 0` on the adapter (it also saves the dropout masks' memory), or "
+                           "`kernels: none` to keep the dropout"))
     return diags
 
 

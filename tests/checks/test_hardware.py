@@ -1,4 +1,4 @@
-"""Hardware rules (FT301-FT306), checked against the declared GPU."""
+"""Hardware rules (FT301-FT309), checked against the declared GPU."""
 
 from ftplan.diagnostics import Severity
 
@@ -39,6 +39,20 @@ def test_ft303_kernels_need_a_supported_family(check, tools):
     [d] = tools.codes(check(model={"base": "google/gemma-2-9b-it"}, sft={"kernels": "ftplan"}), "FT303")
     assert "gemma2" in d.message and d.path == ("stages", 1, "kernels")
     assert not tools.codes(check(sft={"kernels": "ftplan"}), "FT303")
+
+
+def test_ft309_kernels_refuse_dora_and_adapter_dropout(check, tools):
+    """The fused LoRA kernels compute plain LoRA without dropout; the runtime's preflight refuses anything else."""
+    [d] = tools.codes(check(sft={"kernels": "ftplan", "adapter": {"type": "dora"}}), "FT309")
+    assert d.severity is Severity.ERROR and d.path == ("stages", 1, "adapter", "type")
+    assert "DoRA" in d.message and "kernels: none" in d.hint
+    [d] = tools.codes(check(sft={"kernels": "ftplan", "adapter": {"type": "qlora", "dropout": 0.05}}), "FT309")
+    assert d.path == ("stages", 1, "adapter", "dropout") and "dropout: 0.05" in d.message and "dropout: 0" in d.hint
+    # a DPO stage with the kernels continues the SFT adapter: flagged at its own kernels, naming the declaring stage
+    [d] = tools.codes(check(sft={"adapter": {"type": "lora", "dropout": 0.1}}, dpo={"kernels": "ftplan"}), "FT309")
+    assert d.path == ("stages", 2, "kernels") and "declared by 'sft'" in d.message
+    assert not tools.codes(check(sft={"kernels": "ftplan"}, dpo={"kernels": "ftplan"}), "FT309")  # dropout 0
+    assert not tools.codes(check(sft={"adapter": {"type": "dora", "dropout": 0.1}}), "FT309")  # kernels: none
 
 
 def test_ft304_kernels_on_cpu_warn_interpreter(check, tools):
