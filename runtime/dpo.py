@@ -1,13 +1,17 @@
-"""Direct preference optimisation on TRL's ``DPOTrainer`` with the data stage's pre-tokenized pairs.
+"""Direct preference optimisation and its loss family on TRL's ``DPOTrainer`` with the data stage's pre-tokenized
+pairs: ``sigmoid``, ``ipo``, ``hinge`` and ``robust``, each with an optional supervised term on the chosen answer
+(``sft_weight``: RPO, TRL's ``sft`` loss added with that weight). SimPO, which has no reference, runs on TRL's CPO
+trainer instead (``simpo.py``); ``dpo_spec`` picks it.
 
-The reference policy is always the input stage's result, never the bare base model:
+The reference policy is the input stage's result, or the base model for a stage without ``input`` (the model the
+policy starts from either way):
 
 * ``adapter: continue`` — the input's adapter is loaded trainable as ``default``; TRL (1.16) then adds a frozen
   copy named ``ref`` and switches to it for every reference forward (live) or once before training
   (``reference: precomputed``, ``precompute_ref_log_probs=True``). Either way the reference is the SFT policy.
-* new adapter (after ``merge_input``) — the input's adapters are merged into the weights; the reference is the
-  model with the new adapter disabled, i.e. the merged SFT model. (The ``ref`` copy TRL makes of the fresh,
-  zero-update adapter is dropped so the disabled-adapter path is used.)
+* new adapter (after ``merge_input``, or on the base model) — the input's adapters, if any, are merged into the
+  weights; the reference is the model with the new adapter disabled, i.e. the merged SFT model or the base model.
+  (The ``ref`` copy TRL makes of the fresh, zero-update adapter is dropped so the disabled-adapter path is used.)
 * full fine-tune — a frozen copy of the starting weights (``reference: live``), or log-probs computed from the
   policy before its first update (``precomputed``).
 """
@@ -42,20 +46,36 @@ class FtplanDPOTrainer(TokenCountingMixin, DPOTrainer):
         return dataset
 
 
-# Losses whose TRL (1.16) implementation reads ``label_smoothing``; the others ignore it.
-_SMOOTHED_LOSSES = ("robust",)
+# Losses whose TRL (1.16) implementation reads ``label_smoothing`` (DPOTrainer's robust, CPOTrainer's SimPO); the
+# others ignore it.
+_SMOOTHED_LOSSES = ("robust", "simpo")
+SFT_LOSS = "sft"
+"""TRL's name of the supervised loss on the chosen answer, added to the preference loss with ``sft_weight`` (RPO)."""
+
+
+def dpo_losses(stage) -> tuple[list[str], list[float]]:
+    """(TRL ``loss_type`` list, ``loss_weights``): the preference loss, and TRL's ``sft`` loss weighted by
+    ``sft_weight`` when it is above 0 (RPO)."""
+    if stage.sft_weight > 0:
+        return [stage.loss_type, SFT_LOSS], [1.0, stage.sft_weight]
+    return [stage.loss_type], [1.0]
 
 
 def make_dpo_config(stage, kwargs: dict[str, Any], train_ds) -> DPOConfig:
-    """DPOConfig for a DPO stage."""
+    """DPOConfig for a DPO stage of a loss with a reference (every ``loss_type`` but ``simpo``)."""
     if stage.label_smoothing > 0 and stage.loss_type not in _SMOOTHED_LOSSES:
         raise StageError(f"`label_smoothing: {stage.label_smoothing}` has no effect with `loss_type: "
-                         f"{stage.loss_type}` in this TRL version (only the robust loss uses it); use "
+                         f"{stage.loss_type}` in this TRL version (only the robust and simpo losses use it); use "
                          "`loss_type: robust` for noisy preference labels, or set `label_smoothing: 0`")
+    if stage.loss_type == "simpo":
+        raise StageError(f"stage '{stage.id}' has `loss_type: simpo`, which runs on TRL's CPO trainer, not the DPO "
+                         "one; recompile the plan")
+    losses, weights = dpo_losses(stage)
     return DPOConfig(
         **kwargs,
         beta=stage.beta,
-        loss_type=[stage.loss_type],
+        loss_type=losses,
+        loss_weights=weights,
         label_smoothing=stage.label_smoothing,
         max_length=None,  # the data stage already truncated to max_seq_len
         precompute_ref_log_probs=stage.reference == "precomputed",
@@ -88,7 +108,11 @@ def _spec(args_stage) -> TrainerSpec:
 
 
 def dpo_spec(args: RuntimeArgs) -> TrainerSpec:
-    """How a DPO stage builds its config and trainer."""
+    """How a DPO stage builds its config and trainer: TRL's DPO trainer, or its CPO trainer for SimPO."""
+    if args.stage.loss_type == "simpo":
+        from .simpo import simpo_spec
+
+        return simpo_spec(args)
     return _spec(args.stage)
 
 
