@@ -7,6 +7,9 @@ One configuration per process; prints one JSON line. Both arms run in the same s
     for cfg in "lora 2048 2" "lora 2048 2 --ftplan" "qlora 2048 2 --ftplan" "qlora 8192 1 --ftplan"; do
       set -- $cfg; python3 bench/runtime_step_probe.py --mode $1 --seq $2 --batch $3 --dir /tmp/m32 "${@:4}"
     done
+
+`--ftplan` applies every kernel the runtime applies, the fused LoRA functions included; `--no-lora-op` leaves the
+LoRA layers to PEFT (the kernel set before them), so the two arms measure what that op adds.
 """
 import argparse, json, time
 import torch
@@ -30,9 +33,10 @@ def run(a):
     lc = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     m = get_peft_model(m, lc)
+    counts = None
     if a.ftplan:
         from ftplan_runtime.kernels import apply_ftplan_kernels, causal_lm_loss
-        apply_ftplan_kernels(m)
+        counts = apply_ftplan_kernels(m, lora=not a.no_lora_op).counts()  # --no-lora-op: PEFT's LoRA layers
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
     V = m.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
@@ -51,7 +55,7 @@ def run(a):
         if step >= a.warmup:
             times.append(t1 - t0)
     times.sort()
-    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "kbit_upcast": a.kbit_upcast, "seq": a.seq, "batch": a.batch,
+    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "seq": a.seq, "batch": a.batch,
                       "tok_per_s": round(a.batch * a.seq / times[len(times) // 2], 1),
                       "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
                       "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
@@ -62,5 +66,6 @@ p = argparse.ArgumentParser()
 p.add_argument("--dir", default="/tmp/m32"); p.add_argument("--mode", default="lora"); p.add_argument("--ftplan", action="store_true")
 p.add_argument("--seq", type=int, default=2048); p.add_argument("--batch", type=int, default=2)
 p.add_argument("--kbit-upcast", action="store_true")
+p.add_argument("--no-lora-op", action="store_true", help="with --ftplan: every kernel but the fused LoRA functions")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

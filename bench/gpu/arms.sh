@@ -2,8 +2,10 @@
 # All arms of the LoRA/QLoRA step benchmark in ONE session on one card, so every ratio compares numbers
 # measured together: HF+PEFT (the reference loop, ../shared/tools/baseline_lora.py), Unsloth
 # (../shared/tools/unsloth_arm.py, its own wheel set), HF+PEFT under bf16 autocast (bench/runtime_step_probe.py,
-# QLoRA through prepare_model_for_kbit_training) and ftplan (the same probe as the runtime runs it, with
-# `kernels: ftplan`). Random-init Llama-3.1-8B shapes. One configuration per process.
+# QLoRA through prepare_model_for_kbit_training), ftplan (the same probe as the runtime runs it, with
+# `kernels: ftplan`, fused LoRA and NF4 dequantisation included) and ftplan-nolora (the same kernels but the LoRA
+# layers left to PEFT). Random-init Llama-3.1-8B shapes. One configuration per process. The op-level arms of the
+# fused LoRA blocks are bench/lora_speed.py.
 #
 # Before the run, on the launching machine (from the repo root):
 #   bash bench/gpu/wheels.sh && bash ../shared/tools/gpu-wheels.sh unsloth
@@ -12,7 +14,7 @@
 # then run `bash bench/gpu/arms.sh [CONFIG...]` on the GPU machine, carrying .whl-gpu, .whl-unsloth and
 # .gpu-tools. A CONFIG is "MODE SEQ BATCH" (default: "lora 2048 2" "qlora 2048 2" "qlora 8192 1"); pass a
 # subset to fit a session's time limit. Every arm of a config runs in the same session. ARMS="ftplan unsloth ..."
-# picks the arms and their order (default: hf-peft hf-peft-autocast ftplan unsloth).
+# picks the arms and their order (default: hf-peft hf-peft-autocast ftplan-nolora ftplan unsloth).
 # Results: one JSON line per arm in $OUT/arms.jsonl (and a timestamped $OUT/arms.log).
 set -uo pipefail
 dest=${OUT:-bench/results}
@@ -33,11 +35,12 @@ arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the 
 [ $# -gt 0 ] || set -- "lora 2048 2" "qlora 2048 2" "qlora 8192 1"
 for cfg in "$@"; do
   set -- $cfg
-  for name in ${ARMS:-hf-peft hf-peft-autocast ftplan unsloth}; do  # ARMS: which arms, in which order
+  for name in ${ARMS:-hf-peft hf-peft-autocast ftplan-nolora ftplan unsloth}; do  # ARMS: which arms, in which order
     case $name in
       hf-peft) arm $name "${base[@]}" python3 .gpu-tools/baseline_lora.py run --dir $M --mode $1 --seq $2 --batch $3 ;;
       hf-peft-autocast) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --kbit-upcast ;;
       ftplan) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan ;;
+      ftplan-nolora) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan --no-lora-op ;;
       unsloth) arm $name "${unsl[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M --mode $1 --seq $2 --batch $3 ;;
       *) echo "unknown arm: $name" >&2; exit 2 ;;
     esac

@@ -263,3 +263,23 @@ def test_swiglu_backward_in_place_kernel():
         torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one shape"):
         swiglu_backward_in_place(dh, e, g[:, :3])
+
+
+@pytest.mark.slow
+def test_lora_speed_bench_runs_every_arm(capsys):
+    """bench/lora_speed.py (the GPU benchmark) on the CPU at tiny shapes: every block, base and arm still runs."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "bench" / "lora_speed.py"
+    spec = importlib.util.spec_from_file_location("lora_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--device", "cpu", "--hidden", "32", "--intermediate", "48", "--q-heads", "2", "--kv-heads", "1",
+            "--head-dim", "16", "--rank", "4", "--tokens", "5", "--warmup", "0", "--iters", "1"]
+    assert bench.main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    arms = {(r["block"], r["base"], r["arm"]) for r in records}
+    assert arms == {(b, base, a) for b, base, a, _ in bench.configurations(bench.parse_args(argv))}
+    assert len(arms) == 16 and all("ms_median" in r and "error" not in r for r in records)

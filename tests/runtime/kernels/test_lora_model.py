@@ -155,6 +155,7 @@ def qlora(tmp_path, family: str, dtype):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_qlora_fp32_matches_unpatched_under_checkpointing(patched, tmp_path, family):
     """fp32 compute: the NF4 weights dequantise exactly as bitsandbytes does, so the match is tight; gradient
@@ -171,6 +172,7 @@ def test_qlora_fp32_matches_unpatched_under_checkpointing(patched, tmp_path, fam
     assert_same(loss_and_grads(model, data, fused_loss=True), reference, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_qlora_bf16_autocast_as_accurate_as_unpatched(patched, tmp_path):
     """The runtime's QLoRA setting: bf16 base parts and compute under autocast, fp32 adapters. Two bf16 paths
     differ by their rounding (a few percent on a layer's gradient); both are measured against the same NF4
