@@ -189,6 +189,11 @@ def apply_promised_kernels(promise: Promise, model):
     ops = _EXPECTED_KERNEL_OPS.get(model_type, _ALL_KERNEL_OPS)
     if "swiglu" in ops and any(is_lora_layer(m) for m in model.modules()):
         ops = (*ops, "lora")  # the fused LoRA functions, on every LoRA layer of the projections (check: FT309)
+        if promise.zero_stage == 3 or promise.distributed_type == "FSDP":
+            _fail("kernels with sharded weights", f"ftplan + {'zero3' if promise.zero_stage == 3 else 'fsdp2'}",
+                  "LoRA layers whose base and adapter weights stay sharded outside each module's own forward, which "
+                  "the fused LoRA functions read directly", "use `kernels: none` with this strategy, or "
+                  "`distributed: zero2`, and recompile")
     try:
         report = apply_ftplan_kernels(model, **{op: op in ops for op in (*_ALL_KERNEL_OPS, "lora")})
         report.require(*ops)

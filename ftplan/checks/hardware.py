@@ -23,7 +23,7 @@ CODES = {
     "FT306": "DeepSpeed or FSDP with `device: cpu`",
     "FT307": "packing with an attention backend that has no variable-length kernel",
     "FT308": "the model family has no implementation of this attention backend",
-    "FT309": "`kernels: ftplan` with an adapter the fused LoRA kernels cannot run (DoRA, LoRA dropout)",
+    "FT309": "`kernels: ftplan` with an adapter the fused LoRA kernels cannot run (DoRA, LoRA dropout, sharded)",
 }
 
 UNSUPPORTED_ATTENTION: dict[str, dict[str, str]] = {
@@ -139,8 +139,8 @@ def _kernels(ctx: Context, stage: TrainStage, here: KeyPath, cpu: bool) -> list[
 
 def _lora_kernels(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
     """`kernels: ftplan` runs every LoRA layer of the attention and MLP projections through fused LoRA kernels
-    (ftplan_runtime/kernels/lora.py), which compute plain LoRA without dropout; the runtime's preflight refuses
-    any other adapter, so check does first."""
+    (ftplan_runtime/kernels/lora.py), which compute plain LoRA without dropout on weights each process holds whole;
+    the runtime's preflight refuses anything else, so check does first."""
     adapter = facts.adapter
     if stage.kernels != "ftplan" or not isinstance(adapter, LoraAdapter):
         return []
@@ -149,6 +149,12 @@ def _lora_kernels(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts)
     origin = link.input.adapters[-1].origin if not own and link and link.input and link.input.adapters else None
     where = "" if own else f" (the adapter this stage continues, declared by '{origin or stage.input}')"
     diags = []
+    if facts.strategy in ("zero3", "fsdp2") and TRAIN_KINDS[stage.kind].group != "sft":  # SFT and CPT: FT320
+        diags.append(error("FT309", strategy_path(i, stage), "`kernels: ftplan` runs the LoRA layers through fused "
+                           "kernels that read the base and adapter weights directly, which "
+                           f"`{facts.strategy}` keeps sharded outside each module's own forward; the runtime stops "
+                           "at preflight", hint=f"set `kernels: none` to keep `{facts.strategy}`, or "
+                           "`distributed: zero2` (check the memory estimate)"))
     if adapter.type == "dora":
         path = ("stages", i, "adapter", "type") if own else ("stages", i, "kernels")
         diags.append(error("FT309", path, "`kernels: ftplan` runs the LoRA layers through fused kernels that "

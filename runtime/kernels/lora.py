@@ -48,8 +48,9 @@ in it, and the gradients come back in each input's own dtype (fp32 adapters unde
 
 Supported layers: PEFT LoRA `Linear` layers on an `nn.Linear` or bitsandbytes NF4 `Linear4bit` base, with plain
 LoRA (no DoRA or other variant), dropout 0, no LoRA bias, not fan_in_fan_out, at most one active adapter; and
-frozen `nn.Linear` / `Linear4bit` layers without an adapter. A disabled or merged adapter runs the base alone.
-Anything else raises LoRAUnsupported: there is no silent fallback to an unfused path.
+frozen `nn.Linear` / `Linear4bit` layers without an adapter; every weight whole in the process (not ZeRO-3 or FSDP
+sharded: the functions read the weights directly, outside the modules' own forward). A disabled or merged adapter
+runs the base alone. Anything else raises LoRAUnsupported: there is no silent fallback to an unfused path.
 """
 
 from __future__ import annotations
@@ -158,6 +159,12 @@ def _is_params4bit(weight) -> bool:
     return hasattr(weight, "quant_state") and type(weight).__name__ == "Params4bit"
 
 
+def _sharded(tensor) -> bool:
+    """A DeepSpeed ZeRO-3 or FSDP2 parameter: whole only inside its own module's forward, which the fused
+    functions bypass by reading it directly."""
+    return hasattr(tensor, "ds_id") or type(tensor).__name__ == "DTensor"
+
+
 def _frozen_base(linear: nn.Module, where: str) -> FrozenLinear:
     weight = getattr(linear, "weight", None)
     bias = getattr(linear, "bias", None)
@@ -165,6 +172,9 @@ def _frozen_base(linear: nn.Module, where: str) -> FrozenLinear:
         raise LoRAUnsupported(f"{where}: {type(linear).__name__} is not an nn.Linear or a bitsandbytes Linear4bit")
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         raise LoRAUnsupported(f"{where}: the base weight trains; the fused LoRA functions keep it frozen")
+    if _sharded(weight):
+        raise LoRAUnsupported(f"{where}: the base weight is sharded (ZeRO-3 / FSDP); the fused LoRA functions read "
+                              "whole weights")
     if _is_params4bit(weight):
         try:
             return FrozenLinear(nf4=nf4_weight(weight.data, weight.quant_state), bias=bias)
@@ -183,6 +193,9 @@ def _check_adapter(layer: nn.Module, name: str, where: str) -> None:
         raise LoRAUnsupported(f"{where}: adapter '{name}' is {kind}; the fused LoRA functions run plain LoRA")
     if getattr(layer, "lora_bias", {}).get(name, False):
         raise LoRAUnsupported(f"{where}: adapter '{name}' has a LoRA bias; the fused LoRA functions have none")
+    if _sharded(layer.lora_A[name].weight) or _sharded(layer.lora_B[name].weight):
+        raise LoRAUnsupported(f"{where}: adapter '{name}' is sharded (ZeRO-3 / FSDP); the fused LoRA functions read "
+                              "whole weights")
 
 
 def check_fusable(module: nn.Module, where: str = "layer") -> None:

@@ -19,8 +19,9 @@ What gets patched (architectures: llama, mistral, qwen2, qwen3, and gemma withou
   through `LoRAProjectionsFunction`, and where two or more of q, k, v have one, the attention module's forward
   first computes them together in one Function and hands each layer its output when the original forward calls
   it with the same hidden states. A LoRA layer the functions cannot run exactly (DoRA, dropout > 0, LoRA bias,
-  several active adapters, a trainable or non-NF4 base) is left to PEFT and counted in `lora_unfused` with the
-  reason in `notes`; strict mode (and `require("lora")`) then raises, so the promise is never broken silently.
+  several active adapters, a trainable, sharded or non-NF4 base) is left to PEFT and counted in `lora_unfused`
+  with the reason in `notes`; strict mode (and `require("lora")`) then raises, so the promise is never broken
+  silently.
   LoRA layers elsewhere (e.g. on lm_head) are outside the op and noted. Apply this op after `get_peft_model`:
   LoRA layers added later run PEFT's own forward (the patched MLP forward calls them as modules).
 

@@ -219,6 +219,11 @@ def test_unsupported_adapters_are_refused_not_run_unfused(patched):
         report = apply_ftplan_kernels(model, strict=False)
         assert report.lora == 0 and report.lora_unfused == len(ALL_LINEAR) * LAYERS
         assert apply_ftplan_kernels(model, lora=False).counts()["lora"] == 0  # switched off: PEFT's layers
+    model = lora(tiny("llama"))
+    patched.append(model)
+    model.base_model.model.model.layers[1].mlp.up_proj.lora_B["default"].weight.ds_id = 7  # as ZeRO-3 marks them
+    with pytest.raises(KernelPatchError, match="sharded"):
+        apply_ftplan_kernels(model)
 
 
 def test_lora_layers_elsewhere_are_noted(patched):
@@ -243,6 +248,9 @@ def test_preflight_requires_the_lora_op_on_a_lora_model(patched):
     patched.append(dropout)
     with pytest.raises(PreflightError, match=r"promised kernels = ftplan.*dropout 0.05.*`dropout: 0`"):
         apply_promised_kernels(promise, dropout)
+    for sharded in ({"distributed_type": "DEEPSPEED", "zero_stage": 3}, {"distributed_type": "FSDP"}):
+        with pytest.raises(PreflightError, match="sharded"):  # check says FT309 (FT320 for SFT)
+            apply_promised_kernels(promise.model_copy(update=sharded), lora(tiny("llama")))
     full = tiny("llama")
     patched.append(full)
     assert apply_promised_kernels(promise, copy.deepcopy(full)).counts()["lora"] == 0  # full weights: no lora op
