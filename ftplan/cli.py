@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("plan_dir", metavar="PLAN_DIR", help="plan folder written by `ftplan compile`")
     report.add_argument("-o", "--out", metavar="FILE", help="write the page to FILE instead of PLAN_DIR/plan.html")
     report.add_argument("--open", action="store_true", help="then open the page in a web browser")
+
+    imp = sub.add_parser("import", help="write an ftplan pipeline equivalent to another tool's config, then check it")
+    tools = imp.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    axolotl = tools.add_parser("axolotl", help="an Axolotl training config (YAML)")
+    axolotl.add_argument("config", metavar="CONFIG", help="the Axolotl config file")
+    axolotl.add_argument("-o", "--out", metavar="FILE", help="pipeline file to create (default CONFIG-NAME.ftplan.yaml "
+                         "in the current folder); an existing file is never replaced")
+    axolotl.add_argument("--gpu", metavar="KEY",
+                         help="catalog GPU the pipeline is checked against (`ftplan gpus`; default h100-sxm-80gb)")
+    axolotl.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default 1, or 8 for a config that "
+                         "shards with DeepSpeed or FSDP)")
+    axolotl.add_argument("--name", metavar="NAME", help="pipeline name (default: MODEL-KIND)")
     return parser
 
 
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None, *, out: Console | None = None, err: Cons
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     handler = {"check": _check, "compile": _compile, "schema": _schema, "gpus": _gpus, "models": _models,
                "codes": _codes, "init": _init, "diff": _diff,
-               "report": _report}[args.command]
+               "report": _report, "import": _import}[args.command]
     return handler(args, out, err)
 
 
@@ -383,3 +395,46 @@ def _init(args: argparse.Namespace, out: Console, err: Console) -> int:
                    f"{gib_number(starter.peak_bytes)} of {gib_amount(starter.gpu.memory_gib)})"))
     out.print(Text(f"next: ftplan check {path}"))
     return EXIT_OK
+
+
+def _import(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .api import check_file
+    from .console import print_check
+    from .importers import DEFAULT_GPU, ImportRefused, import_axolotl
+    from .importers.config_file import read_config
+    from .init import InitError, find_gpu, schema_reference, write_new_file
+
+    config = Path(args.config)
+    path = Path(args.out) if args.out else Path(f"{config.stem}.ftplan.yaml")
+    if path.exists():
+        err.print(Text(f"error: {path} already exists; ftplan import never replaces a file: choose another name "
+                       "with -o, or remove it"))
+        return EXIT_USAGE
+    if args.gpus is not None and not 1 <= args.gpus <= 16:
+        err.print(Text(f"error: --gpus {args.gpus}: a node has 1 to 16 GPUs"))
+        return EXIT_USAGE
+    try:
+        gpu = find_gpu(args.gpu or DEFAULT_GPU)
+        imported = import_axolotl(read_config(config), gpu=gpu.key, gpus_per_node=args.gpus, name=args.name,
+                                  source=config.name, schema=schema_reference(path))
+    except InitError as exc:
+        err.print(Text(f"error: {exc.message}; {exc.hint}"))
+        return EXIT_USAGE
+    except ImportRefused as exc:
+        err.print(Text(f"error: {exc.message}; {exc.hint}"))
+        return EXIT_USAGE if exc.usage else EXIT_INVALID
+    try:
+        write_new_file(path, imported.text)
+    except FileExistsError:
+        err.print(Text(f"error: {path} already exists; ftplan import never replaces a file"))
+        return EXIT_USAGE
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}{where}; choose another file with -o"))
+        return EXIT_USAGE
+    out.print(Text(f"wrote {path}: a {imported.kind} pipeline from {config}; {len(imported.mapped)} Axolotl keys "
+                   f"carried over, {len(imported.unmapped)} not (each listed at the end of the file with the reason)"))
+    out.print(Text(f"ftplan check {path}:"))
+    result = check_file(str(path))
+    print_check(result, out, err, verbose=False)
+    return EXIT_OK if result.ok else EXIT_INVALID

@@ -410,7 +410,10 @@ ALIASES: dict[str, Alias] = {
     "push_dataset_to_hub": Alias(None, note=_NO_HUB),
     # --- preference training ----------------------------------------------------------------------------
     "rl": Alias(None, text="preference training is a stage of its own: add `{id: dpo, kind: dpo, input: <sft "
-                "stage>, data: <data stage>, learning_rate: 5e-6, adapter: continue}`; remove it"),
+                "stage>, data: <data stage>, learning_rate: 5e-6, adapter: continue}` (without `input` it starts "
+                "from the base model, with a new adapter); `ftplan import axolotl` converts a whole config; remove it"),
+    "rpo_alpha": Alias("sft_weight", "dpo", (AXOLOTL, TRL), note="the chosen answer's NLL added to the DPO loss"),
+    "cpo_alpha": Alias("sft_weight", "dpo", (AXOLOTL, TRL), note="with `loss_type: simpo`"),
     "dpo_beta": Alias("beta", "dpo"),
     "rl_beta": Alias("beta", "dpo"),
     "beta": Alias("beta", "dpo", (TRL,)),

@@ -100,8 +100,8 @@ class DpoStage(_StageBase, TrainingArgs):
     """Merge the input stage's adapter into the base before training a new adapter."""
 
     beta: float = Field(default=0.1, gt=0.0, le=10.0)
-    """Strength of the KL penalty toward the reference policy (IPO: its τ); for SimPO the scale of the
-    length-normalised reward (the SimPO paper uses 2 to 10)."""
+    """Strength of the KL penalty toward the reference policy. For IPO it is the regulariser τ; for SimPO the
+    scale of the length-normalised reward (the SimPO paper uses 2 to 10)."""
 
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"
     """``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC), ``robust`` (label-noise robust DPO), or ``simpo`` (SimPO:
