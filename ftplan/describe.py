@@ -50,17 +50,19 @@ def method(stage: Stage, facts: ResolvedStage, link: "StageLink | None") -> str:
         return adapter_text(stage.adapter) + suffix
     head = _kind_head(stage)
     if stage.adapter == "continue":
-        return f"{head}, continues {stage.input}{suffix}"
+        return f"{head}, continues {stage.input or '—'}{suffix}"
     on = (f" on merged {stage.input}" if t is not None and t.merges_input else
           f" on {stage.input}" if stage.input is not None else "")
     return f"{head}, {adapter_text(stage.adapter)}{on}{suffix}"
 
 
 def _kind_head(stage: Stage) -> str:
-    """The start of a non-SFT training stage's description: ``DPO β0.1 sigmoid``, ``ORPO β0.1``, ``KTO β0.1``,
-    ``CPT``, ``reward model``."""
+    """The start of a non-SFT training stage's description: ``DPO β0.1 sigmoid`` (``SimPO β2 γ1``, ``+NLL×1`` with
+    ``sft_weight``), ``ORPO β0.1``, ``KTO β0.1``, ``CPT``, ``reward model``."""
     if stage.kind == "dpo":
-        return f"DPO β{stage.beta:g} {stage.loss_type}"
+        head = (f"SimPO β{stage.beta:g} γ{stage.simpo_gamma:g}" if stage.loss_type == "simpo" else
+                f"DPO β{stage.beta:g} {stage.loss_type}")
+        return head + (f" +NLL×{stage.sft_weight:g}" if stage.sft_weight else "")
     if stage.kind == "orpo":
         return f"ORPO β{stage.beta:g}"
     if stage.kind == "kto":

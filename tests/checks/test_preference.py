@@ -179,3 +179,18 @@ def test_out_of_range_settings_are_schema_errors(tools, tmp_path, field, value):
     result = check_text(yaml.safe_dump(doc), "p.yaml", tmp_path)
     assert not result.ok
     assert [d.path[:3] for d in result.diagnostics if d.severity is Severity.ERROR] == [("stages", 2, field)]
+
+
+def test_the_stage_table_names_the_loss(tools):
+    """The `method` column: SimPO with its margin, the supervised term, and DPO from the base model."""
+    from ftplan.describe import method
+
+    p = tools.build(stages=from_base(loss_type="simpo", beta=2.0, simpo_gamma=1.0, sft_weight=0.5))
+    ctx, _ = tools.resolve_ctx(p)
+    assert method(p.stages[1], ctx.stages[1], ctx.links["dpo"]) == "SimPO β2 γ1 +NLL×0.5, LoRA r16 α16"
+    p = tools.build(stages=from_base(loss_type="ipo"))
+    ctx, _ = tools.resolve_ctx(p)
+    assert method(p.stages[1], ctx.stages[1], ctx.links["dpo"]) == "DPO β0.1 ipo, LoRA r16 α16"
+    p = tools.build(stages=from_base(adapter="continue"))
+    ctx, _ = tools.resolve_ctx(p)
+    assert method(p.stages[1], ctx.stages[1], ctx.links.get("dpo")) == "DPO β0.1 sigmoid, continues —"
