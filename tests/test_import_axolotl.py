@@ -253,6 +253,14 @@ def test_qwen3_qlora_kernels_targets_and_optimizer():
                                                                                "role": "from", "content": "value"}}]
 
 
+def test_kernels_only_where_the_fused_lora_runs(tmp_path):
+    """The fused LoRA kernels compute plain LoRA: with adapter dropout the Cut Cross-Entropy plugin is not carried
+    over, and the pipeline still checks."""
+    result = import_axolotl(edited("qwen3/32b-qlora.yaml", lora_dropout=0.05))
+    assert "kernels" not in train_stage(pipeline(result)) and "dropout" in result.unmapped["plugins"]
+    assert errors_of(result, tmp_path) == set()
+
+
 def test_deepseek_fsdp_offload_and_unsupported_kernels():
     result = imported("deepseek-v2/qlora-fsdp-2_5.yaml")
     train = train_stage(pipeline(result))

@@ -313,7 +313,9 @@ def _kernels(b: Builder, stage: dict[str, Any], kind: str, base: str) -> None:
     keys = asked + (("plugins",) if fused else ())
     strategy = stage.get("distributed")
     strategy = strategy.get("strategy") if isinstance(strategy, dict) else strategy
-    if kind in ("sft", "cpt") and family in KERNEL_FAMILIES and strategy not in ("zero3", "fsdp2"):
+    adapter = stage["adapter"]
+    plain_lora = adapter["type"] == "full" or (adapter["type"] != "dora" and not adapter.get("dropout"))
+    if kind in ("sft", "cpt") and family in KERNEL_FAMILIES and strategy not in ("zero3", "fsdp2") and plain_lora:
         _put(b, stage, "kernels", "ftplan", keys, "fused RMSNorm, SwiGLU, RoPE and linear cross-entropy")
         return
     if kind not in ("sft", "cpt"):
@@ -321,8 +323,10 @@ def _kernels(b: Builder, stage: dict[str, Any], kind: str, base: str) -> None:
     elif family not in KERNEL_FAMILIES:
         why = (f"ftplan's fused kernels cover the {', '.join(KERNEL_FAMILIES)} families; '{base}' is not one of "
                "them (or not in the catalog)")
+    elif strategy in ("zero3", "fsdp2"):
+        why = f"ftplan's fused loss and LoRA kernels read whole weights, which `{strategy}` shards (FT320, FT309)"
     else:
-        why = f"ftplan's fused loss reads lm_head whole, which `{strategy}` shards (FT320)"
+        why = "ftplan's fused LoRA kernels compute plain LoRA, without DoRA or adapter dropout (FT309)"
     for key in keys:
         b.skip(key, why)
 
