@@ -177,9 +177,10 @@ def _preference(entry: Entry, raw: dict[str, Any], strategy: str, prefix: str, r
         entry.caveat = "Axolotl's bradley_terry rows: `input` is the prompt; their `system` column is not read"
         return
     if rest in _WHOLE_CONVERSATIONS or strategy == "chat_template.argilla":
-        entry.caveat = (f"Axolotl's '{strategy}' rows hold whole conversations in chosen/rejected: ftplan takes them "
-                        "as the answers after the `prompt` column, or, in a file without a `prompt` column, finds the "
-                        "shared prompt itself (TRL's implicit prompt); check that the answers are the assistant turns")
+        entry.caveat = (f"Axolotl's '{strategy}' rows hold whole conversations in chosen/rejected (the user turn, "
+                        "then the answer): next to a `prompt` column ftplan would train that user turn as part of "
+                        "each answer; use a copy of the data without the `prompt` column, where ftplan finds the "
+                        "shared prompt itself (TRL's implicit prompt)")
         return
     if prefix in TEMPLATE_PREFIXES and rest in _DPO_COLUMNS:
         if _DPO_COLUMNS[rest]:
