@@ -92,7 +92,8 @@ class Resources:
     gpus_per_node: int
     """GPUs per node; 0 for CPU-only stages."""
     processes_per_node: int
-    """Runtime processes on each node: one per GPU for a training stage on GPUs, otherwise 1."""
+    """Runtime processes on each node: one per GPU for a training stage on GPUs, ``cpu_processes`` for one on the
+    CPU, otherwise 1."""
     host_bytes: int | None
     """The estimator's host-memory figure per node (``StageEstimate.host_bytes``), when it has one."""
     steps: int | None

@@ -11,9 +11,9 @@ derived fact is computed, in one sentence each:
   without DeepSpeed) and ``DISTRIBUTED_TYPES`` to accelerate's ``distributed_type`` (``TrainingFacts.zero_stage``,
   ``TrainingFacts.distributed_type``).
 * **where a stage runs, and its world size**: ``placement`` puts a training stage on every GPU of every node (one
-  process per GPU) or on one CPU process with ``device: cpu``, and every data, merge and GGUF stage on one CPU
-  process — a merge included, because its estimate is a host-memory figure (``ResolvedStage.device``, ``nodes``,
-  ``gpus_per_node``, ``processes_per_node``, ``world_size``).
+  process per GPU) or, with ``device: cpu``, on ``cpu_processes`` CPU processes of every node, and every data,
+  merge and GGUF stage on one CPU process — a merge included, because its estimate is a host-memory figure
+  (``ResolvedStage.device``, ``nodes``, ``gpus_per_node``, ``processes_per_node``, ``world_size``).
 * **effective batch**: ``effective_batch`` multiplies micro_batch × grad_accum × world size (``Batch``).
 * **tokens per step**: ``tokens_per_step`` multiplies the effective batch by the data stage's ``max_seq_len``,
   twice for the pair kinds' chosen and rejected answers (DPO, ORPO, reward; ``Batch.tokens_per_step``).
@@ -158,7 +158,8 @@ class ResolvedStage:
     gpus_per_node: int
     """GPUs per node; 0 for a stage on the CPU."""
     processes_per_node: int
-    """Runtime processes on each node: one per GPU for a training stage on GPUs, otherwise 1."""
+    """Runtime processes on each node: one per GPU for a training stage on GPUs, ``cpu_processes`` for one on the
+    CPU, otherwise 1."""
     output_dir: str
     """Where the stage writes, relative to the project root: ``<output_dir>/<id>``."""
     data_dir: str | None
@@ -310,11 +311,14 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
 
 def placement(stage: Stage, pipeline: Pipeline) -> tuple[Device, int, int, int]:
     """(device, nodes, GPUs per node, processes per node): a training stage takes every GPU of every node (one
-    process each), or one CPU process with ``device: cpu``; data, merge and GGUF stages run one process on the
-    CPU (tokenizing, merging and exporting are host work; a merge's estimate is a host-memory figure)."""
+    process each), or with ``device: cpu`` ``cpu_processes`` processes on every node; data, merge and GGUF stages
+    run one process on the CPU (tokenizing, merging and exporting are host work; a merge's estimate is a
+    host-memory figure)."""
     hw = pipeline.hardware
-    if isinstance(stage, TRAIN_STAGE_TYPES) and hw.device == "cuda":
-        return "cuda", hw.nodes, hw.gpus_per_node, hw.gpus_per_node
+    if isinstance(stage, TRAIN_STAGE_TYPES):
+        if hw.device == "cuda":
+            return "cuda", hw.nodes, hw.gpus_per_node, hw.gpus_per_node
+        return "cpu", hw.nodes, 0, hw.cpu_processes
     return "cpu", 1, 0, 1
 
 

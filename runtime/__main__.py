@@ -30,7 +30,7 @@ from ftplan.schemas.stages import TRAIN_KINDS
 
 from . import stamps
 from .metrics import StageRecorder
-from .preflight import Requeue, StageError, prepare_kernel_import
+from .preflight import Requeue, StageError, check_launch, prepare_kernel_import
 
 USAGE = "usage: python -m ftplan_runtime stages/<id>/args.json"
 BAD_ARGS_EXIT = 2
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"stage '{stage.id}': {verdict.reason}; run the stages in order (run.sh, slurm/submit.sh)")
         return 1
     try:
+        check_launch(args.promise)  # a mismatched multi-process launch fails here, before anything loads
         prepare_kernel_import(args.promise)  # before anything imports triton
     except StageError as e:
         _err(str(e))

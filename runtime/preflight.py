@@ -107,6 +107,29 @@ def check_attention_available(promise: Promise) -> None:
         _fail("attention", attn, "a torch without flex attention", "use torch >= 2.5, or `attention: sdpa`")
 
 
+def check_launch(promise: Promise, env: "os._Environ[str] | dict[str, str]" = os.environ) -> None:
+    """The process group the launchers formed, as torchrun tells each process before anything is loaded
+    (``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_WORLD_SIZE``: processes in all, on this machine, machines), is
+    the one the plan promised. torchrun's agents agree on one group even when their launchers were started for
+    different sizes (another plan's accelerate.yaml, another ``--num_machines``), so every process of a mismatched
+    launch fails here within seconds, naming both sizes, instead of after loading the model. Nothing to check
+    for a process no launcher started (``python -m ftplan_runtime``): ``check_distributed`` compares later."""
+    if "WORLD_SIZE" not in env:
+        return
+    world = int(env["WORLD_SIZE"])
+    local = int(env.get("LOCAL_WORLD_SIZE", world))
+    machines = int(env.get("GROUP_WORLD_SIZE", max(1, world // max(1, local))))
+    per_machine = promise.world_size // max(1, promise.num_machines)
+    if (world, local, machines) == (promise.world_size, per_machine, promise.num_machines):
+        return
+    here = f"machine rank {env['GROUP_RANK']}" if "GROUP_RANK" in env else "this machine"
+    others = (f" and the other {machines - 1} machine(s) {world - local}" if machines > 1 else "")
+    _fail("world size", f"{promise.world_size} ({promise.num_machines} machine(s) × {per_machine} process(es))",
+          f"a launch of {world} process(es) on {machines} machine(s): {here} started {local}{others}",
+          "start every machine's launcher with this stage's compiled accelerate.yaml and the same `--num_machines` "
+          f"({promise.num_machines}), as the compiled run.sh and sbatch script do, or " + FIX_PLAN)
+
+
 def check_distributed(promise: Promise, training_args) -> None:
     """World size, machines, distributed type and ZeRO stage, from accelerate's state (training stages)."""
     state = training_args.distributed_state

@@ -15,6 +15,7 @@ from ._common import (EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, declared_ada
                       train_stages)
 
 CODES = {
+    "FT300": "`cpu_processes` with `device: cuda`",
     "FT301": "the precision is not supported by the target GPU",
     "FT302": "the attention backend cannot run on the target GPU or at this precision",
     "FT303": "`kernels: ftplan` does not support this model family",
@@ -39,8 +40,14 @@ VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "flex_attention")
 def check(ctx: Context) -> list[Diagnostic]:
     """Every hardware rule for every training stage."""
     diags: list[Diagnostic] = []
-    cpu = ctx.pipeline.hardware.device == "cpu"
+    hw = ctx.pipeline.hardware
+    cpu = hw.device == "cpu"
     gpu = ctx.gpu
+    if not cpu and hw.cpu_processes != 1:
+        diags.append(error("FT300", ("hardware", "cpu_processes"), f"`cpu_processes: {hw.cpu_processes}` sets the "
+                           "training processes of `device: cpu`; with `device: cuda` every training stage runs one "
+                           "process per GPU", hint="remove `cpu_processes` and set `gpus_per_node`, or set "
+                           "`device: cpu` to train on CPU processes"))
     for i, stage, facts in train_stages(ctx):
         here = ("stages", i)
         if gpu is not None and stage.precision == "bf16" and not gpu.bf16:
@@ -54,9 +61,11 @@ def check(ctx: Context) -> list[Diagnostic]:
         diags += _lora_kernels(ctx, i, stage, facts)
         diags += _bitsandbytes(stage, facts, here, gpu, cpu)
         if cpu and facts.strategy in SHARDED:
-            diags.append(error("FT306", strategy_path(i, stage), f"`{facts.strategy}` needs GPUs; "
-                               "`device: cpu` runs a single process without DeepSpeed or FSDP",
-                               hint="set `distributed: none` (or `auto`), or `device: cuda` with a `gpu`"))
+            diags.append(error("FT306", strategy_path(i, stage), f"`{facts.strategy}` needs GPUs: on `device: cpu` "
+                               "accelerate (1.15) runs the processes as plain data parallelism over gloo and applies "
+                               "neither DeepSpeed nor FSDP, which the runtime's preflight refuses",
+                               hint="set `distributed: auto` (DDP over `cpu_processes` processes, or one process), "
+                               "or `device: cuda` with a `gpu`"))
     return diags
 
 

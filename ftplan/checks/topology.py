@@ -64,7 +64,7 @@ def valid_slurm_time(value: str) -> bool:
 def _hardware(ctx: Context) -> list[Diagnostic]:
     hw = ctx.pipeline.hardware
     diags = []
-    if hw.device == "cuda" and hw.nodes > 1 and hw.slurm is None:
+    if hw.nodes > 1 and hw.slurm is None:
         diags.append(error("FT312", ("hardware", "nodes"), f"`nodes: {hw.nodes}` needs a launcher that starts one "
                            "process group per node; ftplan generates it for Slurm only",
                            hint="add a `slurm:` block under `hardware` (partition, time, ...), or set `nodes: 1`"))
@@ -90,8 +90,9 @@ def _stage(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> lis
     spath = strategy_path(i, stage)
     offload = spec.offload_optimizer or spec.offload_params
     if name == "none" and world > 1:
-        diags.append(error("FT310", spath, f"`distributed: none` with {world} GPUs launches one process: only 1 of "
-                           f"{world} GPUs would train", hint="use `auto` (DDP), `zero2`, `zero3` or `fsdp2`"))
+        units = "GPUs" if ctx.pipeline.hardware.device == "cuda" else "CPU processes"
+        diags.append(error("FT310", spath, f"`distributed: none` with {world} {units} launches one process: only 1 "
+                           f"of {world} {units} would train", hint="use `auto` (DDP), `zero2`, `zero3` or `fsdp2`"))
     if name in ("ddp", *SHARDED) and world == 1 and not offload and ctx.pipeline.hardware.device == "cuda":
         diags.append(warning("FT311", spath, f"`{name}` with one GPU only adds launcher overhead: there is nothing "
                              "to replicate or shard", hint="use `distributed: auto` (or `none`); keep ZeRO only "

@@ -316,7 +316,8 @@ def _stage_section(doc: PlanDocument, s: dict[str, Any]) -> list[str]:
     """A stage's details: launch command, folders, run time, Slurm job, memory bar with its terms, notes."""
     hw = doc["pipeline"]["resolved"]["hardware"]
     est, r, job = s["estimate"], s["resources"], s["slurm"]
-    command = launch_command(doc["plan_dir"], s["dir"], s["launcher"], r["nodes"], hw["main_process_port"])
+    command = launch_command(doc["plan_dir"], s["dir"], s["launcher"], r["nodes"], hw["main_process_port"],
+                             hw.get("rendezvous_timeout_s"))
     where = f"{r['nodes']} node(s) × {r['gpus_per_node']} GPU" if r["device"] == "cuda" else "CPU only"
     out = [f'<section class="stage" id="stage-{e(s["id"])}" {_data(stage=s["id"])}>',
            f'<h3>{s["index"]:02d} {e(s["id"])} <span class="muted">({e(s["kind"])})</span></h3>',

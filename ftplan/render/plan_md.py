@@ -79,7 +79,8 @@ def _jobs_table(plan: "Plan") -> list[str]:
 
 def _launch(plan: "Plan", s: "PlanStage") -> str:
     """The stage's launch command, as run from the project root (``commands.launch_command``)."""
-    return launch_command(plan.plan_dir, s.dir, s.launcher, s.resources.nodes, plan.hardware.main_process_port)
+    return launch_command(plan.plan_dir, s.dir, s.launcher, s.resources.nodes, plan.hardware.main_process_port,
+                          plan.hardware.rendezvous_timeout_s)
 
 
 def _stage_details(plan: "Plan", s: "PlanStage", row: StageRow) -> list[str]:

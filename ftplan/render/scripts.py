@@ -29,6 +29,7 @@ from ..schemas import DataStage, GgufStage, MergeStage
 from ..schemas.runtime_args import COMPLETE_MARKER, REQUEUE_EXIT_CODE, RUNTIME_INSTALL
 from ..describe import batch_arithmetic, job_lines, job_memory
 from ..units import gib_text, size
+from .commands import rendezvous_option
 from .shell import comment, shq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,8 +57,11 @@ def stage_comment(plan: "Plan", s: "PlanStage") -> list[str]:
             gpu = t.gpu_name or "GPU"
             lines.append(f"{b.world_size} process(es): {s.resources.nodes} node(s) × {s.resources.gpus_per_node} "
                          f"{gpu}, strategy {s.strategy}")
-        else:
+        elif b.world_size == 1:
             lines.append(f"1 process on the CPU, strategy {s.strategy}")
+        else:
+            lines.append(f"{b.world_size} process(es) on the CPU: {s.resources.nodes} node(s) × "
+                         f"{s.resources.processes_per_node} process(es) over gloo, strategy {s.strategy}")
         lines.append(f"effective batch {batch_arithmetic(b)}")
         if est is not None and est.capacity_bytes:
             lines.append(f"estimated peak {gib_text(est.peak_bytes, unit=False)} / {gib_text(est.capacity_bytes)} per GPU "
@@ -87,6 +91,7 @@ def _stage_view(plan: "Plan", s: "PlanStage") -> dict[str, Any]:
         "args": plan.path(s.dir, "args.json"), "config": plan.path(s.dir, "accelerate.yaml"),
         "sbatch": plan.path("slurm", f"{s.name}.sbatch"),
         "nodes": s.resources.nodes, "gpus_per_node": s.resources.gpus_per_node,
+        "processes_per_node": s.resources.processes_per_node,
     }
 
 
@@ -127,6 +132,7 @@ def render_sbatch(plan: "Plan", s: "PlanStage") -> str:
         **common, s=_stage_view(plan, s), job=job, job_lines=job_lines(job), container=job.container,
         mem_text=job_memory(job), srun_cpus=srun_cpus,
         mem_option=f"--mem-per-gpu={job.mem_per_gpu}" if job.mem_per_gpu else f"--mem={job.mem}", port=plan.hardware.main_process_port,
+        rendezvous=rendezvous_option(s.resources.nodes, plan.hardware.rendezvous_timeout_s),
         requeue_code=REQUEUE_EXIT_CODE)
 
 

@@ -183,6 +183,12 @@ class HardwareSpec(FtplanModel):
     nodes: int = Field(default=1, ge=1, le=1024)
     """Number of nodes. More than one needs a ``slurm`` block."""
 
+    cpu_processes: int = Field(default=1, ge=1, le=64)
+    """With ``device: cpu``: training processes per node. More than 1 trains data-parallel over gloo (DDP, each
+    process on its share of every batch, as ``gpus_per_node`` GPUs do), to rehearse a multi-GPU or multi-node plan
+    on CPUs (tests, CI); ZeRO and FSDP2 still need GPUs. With ``device: cuda`` it must stay 1: one process per GPU
+    (FT300)."""
+
     modules: list[NonEmptyStr] = Field(default_factory=list)
     """Environment modules loaded before each stage (``module load NAME``), such as ``cuda/12.4``. They load
     with ``set -u`` off, which Lmod and environment-modules scripts need."""
@@ -200,6 +206,12 @@ class HardwareSpec(FtplanModel):
     main_process_port: int = Field(default=29500, ge=1024, le=65535)
     """TCP port of the rendezvous on the first node (multi-GPU and multi-node stages)."""
 
+    rendezvous_timeout_s: int = Field(default=600, ge=5, le=86400)
+    """Seconds the launcher on the first node waits for the other nodes' launchers to join a multi-node stage
+    (torch's static rendezvous ``timeout``, passed as ``--rdzv_conf timeout=N``) before it fails with how many
+    joined; torch's default is 600. Lower it to learn sooner that a node never started; keep it above the time a
+    node's launcher may take to start (a container image pulled on each node counts)."""
+
     slurm: SlurmSpec | None = None
     """Slurm settings; when present ``compile`` also writes ``slurm/*.sbatch`` and ``slurm/submit.sh``."""
 
@@ -208,5 +220,5 @@ class HardwareSpec(FtplanModel):
 
     @property
     def world_size(self) -> int:
-        """Total training processes: one per GPU on every node (1 on CPU)."""
-        return 1 if self.device == "cpu" else self.gpus_per_node * self.nodes
+        """Total training processes: one per GPU on every node, or ``cpu_processes`` per node on the CPU."""
+        return (self.cpu_processes if self.device == "cpu" else self.gpus_per_node) * self.nodes
