@@ -189,6 +189,7 @@ CORPUS: dict[str, str] = {
     "unknown architecture": build(model={"base": "acme/x", "architecture": "llama-3.1-8"}),
     "cpu with a gpu": build(hardware={"device": "cpu"}),
     "cuda without a gpu": build(hardware={"gpu": None}),
+    "cpu processes on a gpu plan": build(hardware={"cpu_processes": 2}),
     # --- pre-launch rules ---------------------------------------------------------------------------------
     "old gpu": build(hardware={"gpu": "t4"}, sft={"attention": "flash_attention_3", "kernels": "ftplan"}),
     "eight gpus": build(hardware={"gpus_per_node": 8}, sft={"distributed": "none", "optimizer": "adamw_8bit"},
