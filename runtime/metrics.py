@@ -5,6 +5,11 @@ device-level peak (total memory minus the lowest free memory seen through ``torc
 at every optimizer step by ``MemorySampler``), set against the plan's ``estimate_peak_gib``. Training stages add
 steps, token counts (``TokenCountingMixin`` on the trainers: non-pad input tokens and loss-bearing tokens per
 micro-batch, summed over processes at the end), throughput and a loss summary from the trainer's log history.
+
+Every process of a multi-process stage measures its own GPU and its own host process. ``StageRecorder.gather``
+collects them all (every process calls it before the main process writes): ``metrics.json`` lists each process's
+figures under ``ranks`` and its top-level peaks are the largest over the processes (``peak_rank`` names the process),
+so ``peak_vs_estimate`` compares the per-GPU estimate with the GPU that came closest to its limit, not with rank 0.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,6 +31,11 @@ __all__ = ["METRICS_FILE", "StageRecorder", "TokenCountingMixin", "count_tokens"
            "reduce_tokens"]
 
 _GIB = 2**30
+_PEAKS = ("peak_rss_gib", "torch_peak_allocated_gib", "torch_peak_reserved_gib", "device_used_peak_gib",
+          "device_used_delta_gib")
+"""The memory figures each process measures for itself; metrics.json's top level holds the largest over processes."""
+LOSS_STEPS = 50
+"""Logged training losses kept step by step in metrics.json (``loss_steps``): the first steps, for comparing runs."""
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes")
 
 
@@ -40,6 +51,7 @@ class StageRecorder:
         # This process's own GPU: the recorder starts before accelerate selects it, and the default device (0)
         # would put a CUDA context of every rank on GPU 0 and measure GPU 0 for all of them.
         self.device = int(os.environ.get("LOCAL_RANK", "0"))
+        self.ranks: list[dict[str, Any]] | None = None
         self.free_at_start: int | None = None
         self.min_free: int | None = None
         self.total: int | None = None
@@ -59,8 +71,42 @@ class StageRecorder:
             free, _ = torch.cuda.mem_get_info(self.device)
             self.min_free = free if self.min_free is None else min(self.min_free, free)
 
+    def gather(self) -> None:
+        """Collect every process's own figures (``rank_figures``) into ``ranks``, which ``memory`` and ``write``
+        report. A collective: every process of a multi-process stage calls it, at the same point; a process outside
+        a process group keeps its own figures only."""
+        mine = self.rank_figures()
+        ranks: list[Any] = [mine]
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        self.ranks = sorted(ranks, key=lambda r: r["rank"])
+
+    def rank_figures(self) -> dict[str, Any]:
+        """This process's own peak memory figures (``own_memory``), with its rank, local rank and host name."""
+        return {"rank": int(os.environ.get("RANK", "0")), "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+                "host": socket.gethostname(), **self.own_memory()}
+
     def memory(self) -> dict[str, Any]:
-        """Peak memory figures in GiB (GPU figures are None on CPU), plus the estimate and ratio."""
+        """Peak memory figures in GiB (GPU figures are None on CPU), plus the estimate and ratio: this process's,
+        or after ``gather`` the largest of every process's with ``peak_rank`` naming the process it comes from."""
+        out = self.own_memory()
+        if self.ranks:
+            for key in _PEAKS:
+                values = [r[key] for r in self.ranks if r.get(key) is not None]
+                out[key] = max(values) if values else None
+            key = "device_used_peak_gib" if out["device_used_peak_gib"] is not None else "peak_rss_gib"
+            out["peak_rank"] = max(self.ranks, key=lambda r: r.get(key) or 0.0)["rank"]
+        est = self.args.estimate_peak_gib
+        out["estimate_peak_gib"] = est
+        measured = out["device_used_peak_gib"]
+        out["peak_vs_estimate"] = (measured / est) if (est and measured is not None) else None
+        return out
+
+    def own_memory(self) -> dict[str, Any]:
+        """This process's peak memory figures in GiB (GPU figures are None on CPU)."""
         self.sample()
         out: dict[str, Any] = {
             "peak_rss_gib": _rss_peak_bytes() / _GIB,
@@ -80,14 +126,11 @@ class StageRecorder:
             out["device_used_delta_gib"] = (self.free_at_start - self.min_free) / _GIB
             out["gpu_name"] = torch.cuda.get_device_name(self.device)
             out["gpu_total_gib"] = self.total / _GIB
-        est = self.args.estimate_peak_gib
-        out["estimate_peak_gib"] = est
-        measured = out["device_used_peak_gib"]
-        out["peak_vs_estimate"] = (measured / est) if (est and measured is not None) else None
         return out
 
     def write(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``metrics.json`` (sorted keys) with the common fields plus ``extra``; returns its path."""
+        """Write ``metrics.json`` (sorted keys) with the common fields plus ``extra``; returns its path. After
+        ``gather`` it lists every process's figures under ``ranks``."""
         data: dict[str, Any] = {
             "stage": self.args.stage.id,
             "kind": self.args.stage.kind,
@@ -97,6 +140,8 @@ class StageRecorder:
             "python": sys.version.split()[0],
         }
         data.update(self.memory())
+        if self.ranks is not None:
+            data["ranks"] = self.ranks
         data.update(extra or {})
         path = Path(out_dir) / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +152,11 @@ class StageRecorder:
 
 
 def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """First, last, min and mean-of-last-10 of the logged training loss; last and min eval loss."""
+    """First, last, min and mean-of-last-10 of the logged training loss; last and min eval loss; the first
+    ``LOSS_STEPS`` logged losses as ``[step, loss]`` pairs (``loss_steps``: the loss the trainer logs is the mean
+    over every process)."""
     losses = [float(e["loss"]) for e in log_history if "loss" in e]
+    steps = [[int(e.get("step", 0)), float(e["loss"])] for e in log_history if "loss" in e][:LOSS_STEPS]
     evals = [float(e["eval_loss"]) for e in log_history if "eval_loss" in e]
     tail = losses[-10:]
     return {
@@ -117,6 +165,7 @@ def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
         "loss_min": min(losses) if losses else None,
         "loss_mean_last10": sum(tail) / len(tail) if tail else None,
         "loss_logged_points": len(losses),
+        "loss_steps": steps,
         "eval_loss": evals[-1] if evals else None,
         "eval_loss_min": min(evals) if evals else None,
     }

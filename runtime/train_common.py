@@ -251,6 +251,7 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
         "result": saved,
         **loss_summary(trainer.state.log_history),
     }
+    prep.recorder.gather()  # every process's memory figures, for the main process's metrics.json
     if prep.config.distributed_state.is_main_process:
         prep.recorder.write(args.output_dir, extra)
     return extra
@@ -288,6 +289,7 @@ def _publish_finished(args: RuntimeArgs, prep: Prepared) -> dict[str, Any]:
         "world_size": state.num_processes, "zero_stage": zero_stage(prep.config), "result": str(dest),
         **loss_summary(ckpt.get("log_history", [])),
     }
+    prep.recorder.gather()
     if state.is_main_process:
         prep.recorder.write(args.output_dir, extra)
     return extra
