@@ -1,5 +1,5 @@
 """ftplan's Triton kernels (`kernels: ftplan` in a pipeline): RMSNorm, SwiGLU, RoPE, cross-entropy and fused
-linear cross-entropy, fused LoRA projections and MLP (16-bit or NF4 bases, NF4 dequantisation), plus the patcher
+linear cross-entropy, fused linear log-probs (DPO, KTO), fused LoRA projections and MLP (16-bit or NF4 bases, NF4 dequantisation), plus the patcher
 that applies them to a HF causal LM.
 
 Only autograd-level entry points are exported; the kernels and host launchers stay in their op modules.
@@ -12,6 +12,12 @@ from .cross_entropy import (
     FusedLinearCrossEntropyFunction,
     cross_entropy,
     fused_linear_cross_entropy,
+)
+from .logprobs import (
+    FusedLinearLogprobsFunction,
+    LogprobStats,
+    fused_linear_logprobs,
+    fused_linear_logprobs_stats,
 )
 from .lora import LoRAMLPFunction, LoRAProjectionsFunction, LoRAUnsupported, lora_mlp, lora_projections
 from .nf4 import dequantize_nf4, nf4_weight
@@ -29,9 +35,11 @@ from .swiglu import SwiGLUFunction, swiglu
 __all__ = [
     "CrossEntropyFunction",
     "FusedLinearCrossEntropyFunction",
+    "FusedLinearLogprobsFunction",
     "KernelPatchError",
     "KernelReport",
     "LoRAMLPFunction",
+    "LogprobStats",
     "LoRAProjectionsFunction",
     "LoRAUnsupported",
     "RMSNormFunction",
@@ -43,6 +51,8 @@ __all__ = [
     "cross_entropy",
     "dequantize_nf4",
     "fused_linear_cross_entropy",
+    "fused_linear_logprobs",
+    "fused_linear_logprobs_stats",
     "lora_mlp",
     "lora_projections",
     "nf4_weight",

@@ -7,6 +7,12 @@ Cross-entropy kernel (one program per token row, fp32 math on bf16/fp16/fp32 log
     loss_i = (lse_i − x_i,y_i) / n                  0 for rows whose label is ignore_index
     ∂loss/∂x_ij = (softmax_ij − [j = y_i]) / n      written over x_ij in the logits buffer (0 for ignored rows)
 
+With STATS the same pass also gives what TRL's preference trainers log per token (the log-prob op uses it):
+
+    entropy_i = lse_i − Σ_j softmax_ij · x_ij       s ← s·e^(m_old − m) + Σ e^(x_blk − m)·x_blk; entropy = lse − s/d
+    mean_i    = Σ_j x_ij / V
+    top1_i    = [x_i,y_i = max_j x_ij and no earlier column reaches it]   (torch.argmax's first maximum)
+
 n is read from a 1-element fp32 tensor: the number of non-ignored labels (reduction="mean"; clamped to >= 1, so
 a fully ignored batch gives loss 0 and zero grads where torch gives nan), `num_items_in_batch` when the caller
 normalises across gradient-accumulation steps (HF's `ForCausalLMLoss` convention), or 1 for reduction="sum".
@@ -71,9 +77,11 @@ def _cross_entropy_kernel(
     Y_ptr,  # pointer to int labels (n_rows,), contiguous
     LOSS_ptr,  # pointer to fp32 per-row loss (n_rows,), already divided by n
     DIV_ptr,  # pointer to a 1-element fp32 tensor holding n (the normaliser)
+    STATS_ptr,  # pointer to fp32 (n_rows, 3): entropy, mean logit, target is the argmax; written when STATS
     n_cols,  # int: vocab size V
     ignore_index,  # int: label value that contributes neither loss nor gradient
     COMPUTE_GRAD: tl.constexpr,  # write the gradient over the logits
+    STATS: tl.constexpr,  # also write the row's statistics (see module docstring)
     BLOCK_SIZE: tl.constexpr,  # vocab columns per iteration
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -82,6 +90,9 @@ def _cross_entropy_kernel(
 
     if y == ignore_index:
         tl.store(LOSS_ptr + row, 0.0)
+        if STATS:
+            for k in range(3):
+                tl.store(STATS_ptr + row * 3 + k, 0.0)
         if COMPUTE_GRAD:
             for start in range(0, n_cols, BLOCK_SIZE):
                 cols = start + tl.arange(0, BLOCK_SIZE)
@@ -93,16 +104,32 @@ def _cross_entropy_kernel(
     x_y = tl.load(x_row + y).to(tl.float32)
 
     # pass 1: online logsumexp; m = running max, d = Σ exp(x − m)
+    # (STATS: s = Σ exp(x − m)·x rescaled like d, z = Σ x, m_before = max of the columns before y)
     m = float("-inf")
     d = 0.0
+    s = 0.0
+    z = 0.0
+    m_before = float("-inf")
     for start in range(0, n_cols, BLOCK_SIZE):
         cols = start + tl.arange(0, BLOCK_SIZE)
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        mask = cols < n_cols
+        x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(x, axis=0))
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        scale = tl.exp(m - m_new)
+        e = tl.exp(x - m_new)
+        d = d * scale + tl.sum(e, axis=0)
+        if STATS:
+            x0 = tl.where(mask, x, 0.0)
+            s = s * scale + tl.sum(e * x0, axis=0)
+            z += tl.sum(x0, axis=0)
+            m_before = tl.maximum(m_before, tl.max(tl.where(cols < y, x, float("-inf")), axis=0))
         m = m_new
     lse = m + tl.log(d)
     tl.store(LOSS_ptr + row, (lse - x_y) * inv_n)
+    if STATS:
+        tl.store(STATS_ptr + row * 3, lse - s / d)
+        tl.store(STATS_ptr + row * 3 + 1, z / n_cols)
+        tl.store(STATS_ptr + row * 3 + 2, ((x_y >= m) & (x_y > m_before)).to(tl.float32))
 
     # pass 2: dx_j = (exp(x_j − lse) − [j = y]) / n
     if COMPUTE_GRAD:
@@ -151,15 +178,20 @@ def cross_entropy_forward_(
     ignore_index: int = -100,
     compute_grad: bool = True,
     block_size: int | None = None,
+    stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-row losses (fp32, divided by `divisor`); overwrites `logits` with dloss/dlogits if compute_grad.
 
     `logits` is (rows, V) with a contiguous last dim; its row stride may be anything (e.g. a chunk of a buffer).
-    `block_size` overrides the vocab block (tests use it to force several blocks per row).
+    `block_size` overrides the vocab block (tests use it to force several blocks per row). `stats`, a contiguous
+    fp32 (rows, 3) tensor, receives each row's entropy, mean logit and whether the label is the argmax (1.0/0.0;
+    the first maximum, as torch.argmax), all 0 for ignored rows.
     """
     n_rows, n_cols = logits.shape
     if logits.stride(-1) != 1:
         raise ValueError("logits must have a contiguous last dimension")
+    if stats is not None and (stats.shape != (n_rows, 3) or stats.dtype != torch.float32 or not stats.is_contiguous()):
+        raise ValueError(f"stats must be a contiguous fp32 ({n_rows}, 3) tensor")
     labels = labels.contiguous()
     loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows == 0:
@@ -168,9 +200,10 @@ def cross_entropy_forward_(
     if block_size is not None:
         block = block_size
     _cross_entropy_kernel[(n_rows,)](
-        logits, logits.stride(0), labels, loss, divisor,
+        logits, logits.stride(0), labels, loss, divisor, stats if stats is not None else loss,
         n_cols, ignore_index,
         COMPUTE_GRAD=compute_grad,
+        STATS=stats is not None,
         BLOCK_SIZE=block,
         num_warps=num_warps,
     )  # fmt: skip

@@ -36,6 +36,7 @@ KERNEL_MODULES = (
     "ftplan_runtime.kernels.swiglu",
     "ftplan_runtime.kernels.rope",
     "ftplan_runtime.kernels.cross_entropy",
+    "ftplan_runtime.kernels.logprobs",
     "ftplan_runtime.kernels.nf4",
     "ftplan_runtime.kernels.lora",
     "ftplan_runtime.kernels.patch",
