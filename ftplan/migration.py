@@ -70,6 +70,14 @@ def _truthy(value: Any) -> bool | None:
     return None
 
 
+def _checkpointing(value: Any) -> str:
+    """Axolotl's and TRL's ``gradient_checkpointing``: ``offload`` (Axolotl's ``offload``/``offload_disk``), else
+    ``true`` or ``false``."""
+    if isinstance(value, str) and value.strip().lower() in ("offload", "offload_disk"):
+        return "offload"
+    return "false" if _truthy(value) is False else "true"
+
+
 def _when_true(result: str) -> Convert:
     """``result`` for a true-like value (``bf16: true`` -> ``bf16``), None otherwise."""
     return lambda value, written: result if _truthy(value) else None
@@ -305,7 +313,7 @@ ALIASES: dict[str, Alias] = {
     "adam_beta2": Alias(None, sources=(AXOLOTL, TRL), note="its AdamW uses the torch defaults"),
     "adam_epsilon": Alias(None, sources=(AXOLOTL, TRL), note="its AdamW uses the torch defaults"),
     "gradient_checkpointing": Alias("gradient_checkpointing", sources=(AXOLOTL, TRL),
-                                    convert=lambda v, w: "false" if _truthy(v) is False else "true"),
+                                    convert=lambda v, w: _checkpointing(v)),
     "gradient_checkpointing_kwargs": Alias(None, sources=(AXOLOTL, TRL),
                                            note="it recomputes each decoder layer (non-reentrant)"),
     "seed": Alias("seed", sources=(AXOLOTL, TRL), note="the data stage's own `seed` shuffles and splits the rows"),

@@ -14,6 +14,9 @@ derived fact is computed, in one sentence each:
   process per GPU) or, with ``device: cpu``, on ``cpu_processes`` CPU processes of every node, and every data,
   merge and GGUF stage on one CPU process — a merge included, because its estimate is a host-memory figure
   (``ResolvedStage.device``, ``nodes``, ``gpus_per_node``, ``processes_per_node``, ``world_size``).
+* **checkpointing**: ``checkpoint_mode`` (the args contract, which the runtime reads too) turns
+  ``gradient_checkpointing`` into ``off``, ``on`` or ``offload``; ``offload`` runs as ``on`` on a CPU device
+  (``TrainingFacts.checkpointing``).
 * **effective batch**: ``effective_batch`` multiplies micro_batch × grad_accum × world size (``Batch``).
 * **tokens per step**: ``tokens_per_step`` multiplies the effective batch by the data stage's ``max_seq_len``,
   twice for the pair kinds' chosen and rejected answers (DPO, ORPO, reward; ``Batch.tokens_per_step``).
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Iterable, Literal
 
 from .schemas import DataStage, DpoStage, FullFinetune, KtoStage, LoraAdapter, Pipeline
 from .schemas.datasets import TEXT_FORMATS
+from .schemas.runtime_args import CheckpointMode, checkpoint_mode
 from .schemas.stages import TRAIN_KINDS, TRAIN_STAGE_TYPES, Stage, TrainStage
 from .schemas.training import DistributedStrategy
 
@@ -112,6 +116,9 @@ class TrainingFacts:
     """Parameters kept in CPU memory between uses."""
     batch: Batch
     """Batch arithmetic."""
+    checkpointing: CheckpointMode
+    """``off``, ``on`` (each decoder layer's input kept on the GPU for its recompute) or ``offload`` (kept in pinned
+    host memory; on a CUDA device only)."""
     adapter: LoraAdapter | FullFinetune | None
     """What the stage trains: its own spec, or for ``adapter: continue`` the continued adapter's (None when the
     stage graph is broken and the continued adapter is unknown)."""
@@ -287,9 +294,9 @@ def optimizer_steps(stage: TrainStage, rows: int | None, effective: int, *, pack
 
 def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
                    adapter: LoraAdapter | FullFinetune | None, quantized_base: bool, merges_input: bool = False,
-                   rows: int | None = None, packing: bool = False) -> TrainingFacts:
-    """The facts of a training stage run by ``world_size`` processes on rows of ``seq_len`` tokens, training
-    ``adapter`` (None: a continued adapter that is unknown)."""
+                   rows: int | None = None, packing: bool = False, device: Device = "cuda") -> TrainingFacts:
+    """The facts of a training stage run by ``world_size`` processes on ``device`` on rows of ``seq_len`` tokens,
+    training ``adapter`` (None: a continued adapter that is unknown)."""
     spec = stage.distributed_spec()
     strategy = strategy_of(spec.strategy, world_size)
     effective = effective_batch(stage.micro_batch, stage.grad_accum, world_size)
@@ -301,6 +308,7 @@ def training_facts(stage: TrainStage, *, world_size: int, seq_len: int | None,
         batch=Batch(stage.micro_batch, stage.grad_accum, world_size, effective, seq_len,
                     tokens_per_step(effective, seq_len, pairs=TRAIN_KINDS[stage.kind].pairs),
                     pairs=TRAIN_KINDS[stage.kind].pairs),
+        checkpointing=checkpoint_mode(stage.gradient_checkpointing, device),
         adapter=adapter, method=method, quantized_base=quantized_base,
         continues_adapter=stage.adapter == "continue", merges_input=merges_input,
         reference=reference_of(stage, method),
@@ -335,7 +343,7 @@ def resolve_stage(pipeline: Pipeline, index: int, link: "StageLink | None", inpu
         train = training_facts(
             stage, world_size=nodes * processes, seq_len=found[1].max_seq_len if found else None, adapter=adapter,
             quantized_base=quantized, merges_input=bool(link is not None and link.merges_input),
-            rows=known_rows(pipeline, inputs, stage), packing=bool(found and found[1].packing))
+            rows=known_rows(pipeline, inputs, stage), packing=bool(found and found[1].packing), device=device)
         data_dir = stage_output_dir(pipeline, stage.data)
     return ResolvedStage(index=index, id=stage.id, kind=stage.kind, device=device, nodes=nodes, gpus_per_node=gpus,
                          processes_per_node=processes, output_dir=stage_output_dir(pipeline, stage.id),

@@ -49,9 +49,16 @@ def show_value(value: Any, raw: str | None) -> str:
     return quote(str(value))
 
 
+def _choice(value: Any) -> str:
+    """An allowed value as YAML takes it: ``true``, ``4``, or quoted text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return quote(value) if isinstance(value, str) else show_number(value)
+
+
 def choices_text(values: list[Any]) -> str:
     """``one of 'a', 'b' or 'c'``: allowed values in words."""
-    shown = [quote(v) if isinstance(v, str) else show_number(v) for v in values]
+    shown = [_choice(v) for v in values]
     return shown[0] if len(shown) == 1 else "one of " + ", ".join(shown)
 
 
@@ -323,7 +330,7 @@ def pick_hint(path: KeyPath, allowed: list[Any]) -> str:
     """``write one of them, e.g. `precision: bf16``` for a value that is none of the allowed ones."""
     name = field_name(path)
     first = allowed[0] if allowed else "..."
-    shown = first if isinstance(first, str) else show_number(first)
+    shown = first if isinstance(first, str) else _choice(first)
     return f"write one of them, e.g. `{name}: {shown}`" if name else f"write one of them, e.g. {shown}"
 
 

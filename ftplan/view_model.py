@@ -108,6 +108,8 @@ def stage_row(facts: "ResolvedStage", method: str, estimate: "StageEstimate | No
     if estimate is not None:
         if facts.device == "cuda" and estimate.capacity_bytes and estimate.peak_bytes > 0:
             memory, is_bar = bar(estimate.peak_bytes, estimate.capacity_bytes), True
+            if estimate.host_bytes:  # offloaded states or activation checkpoints
+                memory += f" + host {size(estimate.host_bytes)}"
         elif estimate.host_bytes:
             memory = f"host RAM {size(estimate.host_bytes)}"
     return StageRow(facts.id, facts.kind, method, batch, tokens, memory, is_bar, status)
@@ -125,12 +127,17 @@ def peak_text(facts: "ResolvedStage", estimate: "StageEstimate", status: Status)
 
 def breakdown_lines(facts: "ResolvedStage", estimate: "StageEstimate | None", status: Status) -> list[str]:
     """A training stage's memory estimate, line item by line item, largest first (``check -v``): ``sft: peak 8.9 /
-    24.0 GiB per GPU (fits)`` then ``  base weights (NF4) 3.4 GiB (...)``; nothing for other stages."""
+    24.0 GiB per GPU (fits)`` then ``  base weights (NF4) 3.4 GiB (...)``, and what a stage on GPUs keeps in host
+    memory per node (``host memory 4.0 GiB per node:`` then its items); nothing for other stages."""
     if facts.train is None or estimate is None or not estimate.terms:
         return []
     peak = peak_text(facts, estimate, status)
     head = f"{facts.id}: " + (f"peak {peak}" if peak and "per GPU" in peak else peak or "no estimate")
-    return [head, *(f"  {term_line(t)}" for t in sorted(estimate.terms, key=lambda t: -t.bytes))]
+    lines = [head, *(f"  {term_line(t)}" for t in sorted(estimate.terms, key=lambda t: -t.bytes))]
+    if estimate.host_terms:
+        lines.append(f"  host memory {size(estimate.host_bytes or 0)} per node:")
+        lines += [f"    {term_line(t)}" for t in estimate.host_terms]
+    return lines
 
 
 def training_settings(stage: "TrainStage", facts: "ResolvedStage", resources: "Resources", job: "SlurmJob | None",

@@ -3,28 +3,32 @@ loading, the run loop, the final save.
 
 ``run_training(args, sha, spec)`` is the whole life of a training stage after argument parsing:
 preflight (device, attention package, kernels import) → datasets → trainer config → preflight (world size,
-distributed type, ZeRO stage) → model → preflight (attention after load, kernels) → trainer → resume from the
-newest complete checkpoint → train (SIGTERM/SIGUSR1: checkpoint, then ``Requeue``) → save the adapter or full
-weights with the tokenizer → metrics. ``spec`` supplies the trainer-specific parts (config class and extra
-fields, trainer construction) — see ``sft.py``, ``cpt.py``, ``dpo.py``, ``orpo.py``, ``kto.py`` and ``reward.py``.
+distributed type, ZeRO stage) → model → preflight (attention after load, kernels) → checkpoint offload
+(``gradient_checkpointing: offload``, ``offload.py``) → trainer → resume from the newest complete checkpoint →
+train (SIGTERM/SIGUSR1: checkpoint, then ``Requeue``) → save the adapter or full weights with the tokenizer →
+metrics.
+``spec`` supplies the trainer-specific parts (config class and extra fields, trainer construction) — see ``sft.py``,
+``cpt.py``, ``dpo.py``, ``orpo.py``, ``kto.py`` and ``reward.py``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ftplan.schemas.adapters import LoraAdapter
-from ftplan.schemas.runtime_args import ADAPTER_SUBDIR, MODEL_SUBDIR, RuntimeArgs
+from ftplan.schemas.runtime_args import ADAPTER_SUBDIR, MODEL_SUBDIR, RuntimeArgs, checkpoint_mode
 from transformers import TrainerCallback
 
 from .metrics import StageRecorder, TokenCountingMixin, loss_summary, reduce_tokens
 from .model_loading import (LoadedModel, check_saved_weights, load_for_training, load_tokenizer,
                             save_tokenizer)
+from .offload import CheckpointOffload, offload_checkpoints, offloading_layers
 from .preemption import (Preemption, PreemptionCallback, Requeue, checkpoint_state, finished_checkpoint,
                          guard_checkpoints, latest_checkpoint, publish_checkpoint, result_checkpoint)
 from .preflight import (StageError, apply_promised_kernels, check_attention_available, check_attention_loaded,
@@ -69,6 +73,8 @@ class Prepared:
     kernel_report: Any
     resume_from: str | None
     recorder: StageRecorder
+    offload: CheckpointOffload | None = None
+    """The checkpoint offload of ``gradient_checkpointing: offload`` on a GPU (None otherwise)."""
 
 
 def check_trackers(report_to: list[str]) -> None:
@@ -143,7 +149,7 @@ def config_kwargs(args: RuntimeArgs, *, has_eval: bool) -> dict[str, Any]:
         per_device_train_batch_size=stage.micro_batch,
         per_device_eval_batch_size=stage.micro_batch,
         gradient_accumulation_steps=stage.grad_accum,
-        **checkpointing_fields(stage.gradient_checkpointing),
+        **checkpointing_fields(checkpoint_mode(stage.gradient_checkpointing, args.promise.device) != "off"),
         optim=optim,
         bf16=stage.precision == "bf16",
         fp16=stage.precision == "fp16",
@@ -206,6 +212,9 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
                                is_main_process=state.is_main_process, wait_for_everyone=state.wait_for_everyone)
     check_attention_loaded(promise, loaded.model)
     kernel_report = apply_promised_kernels(promise, loaded.model)
+    offload = None
+    if checkpoint_mode(args.stage.gradient_checkpointing, promise.device) == "offload":
+        offload = offload_checkpoints(loaded.model, CheckpointOffload())
 
     trainer = spec.make_trainer(args, config, loaded, train_ds, eval_ds)
     if not interactive():
@@ -214,7 +223,9 @@ def prepare_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> Prepa
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(ProgressLogger(args.stage.id))
     trainer.add_callback(_MemorySampler(recorder))
-    return Prepared(trainer, loaded, config, kernel_report, resume, recorder)
+    if offload is not None:
+        trainer.add_callback(OffloadCheck(offload, args.stage.id, log=state.is_main_process))
+    return Prepared(trainer, loaded, config, kernel_report, resume, recorder, offload)
 
 
 def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str, Any]:
@@ -227,7 +238,11 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
         stopper = PreemptionCallback(preemption)
         trainer.add_callback(stopper)
         t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=prep.resume_from)
+        try:
+            trainer.train(resume_from_checkpoint=prep.resume_from)
+        finally:
+            if prep.offload is not None:
+                prep.offload.close()
         train_s = time.perf_counter() - t0
         if stopper.stopped_early(trainer.state):
             raise Requeue(f"stage '{args.stage.id}' stopped at step {trainer.state.global_step} on a signal; "
@@ -251,6 +266,8 @@ def run_training(args: RuntimeArgs, sha256: str, spec: TrainerSpec) -> dict[str,
         "result": saved,
         **loss_summary(trainer.state.log_history),
     }
+    if prep.offload is not None:
+        extra["checkpoint_offload"] = prep.offload.report()
     prep.recorder.gather()  # every process's memory figures, for the main process's metrics.json
     if prep.config.distributed_state.is_main_process:
         prep.recorder.write(args.output_dir, extra)
@@ -293,6 +310,38 @@ def _publish_finished(args: RuntimeArgs, prep: Prepared) -> dict[str, Any]:
     if state.is_main_process:
         prep.recorder.write(args.output_dir, extra)
     return extra
+
+
+class OffloadCheck(TrainerCallback):
+    """``gradient_checkpointing: offload``, held to what it promises: once the trainer has switched checkpointing
+    on (inside ``train()``), every checkpointed layer saves its input through the stage's ``CheckpointOffload``,
+    and the first step moved something; otherwise the stage stops naming why (no silent fallback to checkpoints
+    kept on the GPU). The main process says how many layers offload."""
+
+    def __init__(self, offload: CheckpointOffload, stage_id: str, *, log: bool = True):
+        self.offload = offload
+        self.stage_id = stage_id
+        self.log = log
+        self._stepped = False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Every checkpointed layer offloads."""
+        ours, total = offloading_layers(model, self.offload)
+        if total == 0 or ours != total:
+            raise StageError(f"stage '{self.stage_id}': `gradient_checkpointing: offload`, but {ours} of the "
+                             f"{total} checkpointed layers of the model offload their checkpoints (the model's "
+                             "layers do not checkpoint through transformers' GradientCheckpointingLayer); use "
+                             "`gradient_checkpointing: true` for this model and recompile")
+        if self.log:
+            print(f"ftplan_runtime: stage '{self.stage_id}': gradient_checkpointing: offload: the inputs of "
+                  f"{total} checkpointed layers go to pinned host memory", file=sys.stderr, flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """After the first step: something went to host memory."""
+        if not self._stepped and self.offload.stats.tensors == 0:
+            raise StageError(f"stage '{self.stage_id}': `gradient_checkpointing: offload`, but the first step "
+                             "moved no checkpoint to host memory; use `gradient_checkpointing: true` and recompile")
+        self._stepped = True
 
 
 class _MemorySampler(TrainerCallback):

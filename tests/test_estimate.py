@@ -476,13 +476,16 @@ def test_several_changes_when_no_single_one_fits():
     assert d.hint.startswith("no single change fits; together: ")
     (s,) = estimates["sft"].suggestions
     both = DistributedSpec(strategy="zero3", offload_optimizer=True, offload_params=True)
-    assert s.change == ("micro_batch 4 → 1, grad_accum 2 → 8, distributed ddp → {strategy: zero3, "
+    # the activation checkpoints go to host memory (the micro-batch stays), the states to the CPU with ZeRO-3
+    assert s.change == ("gradient_checkpointing true → offload, distributed ddp → {strategy: zero3, "
                         "offload_optimizer: true, offload_params: true}")
-    again = est(stage.model_copy(update={"micro_batch": 1, "grad_accum": 8, "distributed": both}), gpu=a100,
+    again = est(stage.model_copy(update={"gradient_checkpointing": "offload", "distributed": both}), gpu=a100,
                 shape=LLAMA_70B, seq=8192, world_size=8)
     assert again.peak_bytes == s.peak_bytes and again.verdict == "fits"
+    assert s.host_bytes == again.host_bytes  # offloaded states and checkpoints of the node's 8 processes
     # each change alone is not enough, and neither is a milder one of either kind
-    for alone in ({"micro_batch": 1, "grad_accum": 8}, {"distributed": both},
+    for alone in ({"micro_batch": 1, "grad_accum": 8}, {"distributed": both}, {"gradient_checkpointing": "offload"},
+                  {"gradient_checkpointing": "offload", "distributed": "zero3"},
                   {"micro_batch": 2, "grad_accum": 4, "distributed": both},
                   {"micro_batch": 1, "grad_accum": 8, "distributed": "zero3"}):
         e = est(stage.model_copy(update=alone), gpu=a100, shape=LLAMA_70B, seq=8192, world_size=8)

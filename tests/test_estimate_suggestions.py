@@ -280,7 +280,7 @@ def test_edit_text_parses_back_to_the_settings_it_applies(tmp_path):
                               gradient_checkpointing=False, distributed={"strategy": "zero3", "offload_params": True}))
     ctx = check_file(path).ctx
     candidates = fit.candidates(ctx.pipeline, 1, stage_setup(ctx, 1))
-    assert [e.kind for e in candidates] == ["gc", "kernels", "attention", *["micro_batch"] * 5, "optimizer",
+    assert [e.kind for e in candidates] == ["gc", "kernels", "attention", "offload", *["micro_batch"] * 5, "optimizer",
                                             "sharding", "qlora", "gpus", "gpus"]
     data = ctx.pipeline.model_dump(mode="json", exclude_unset=True)
     doc = yaml.safe_load(path.read_text())

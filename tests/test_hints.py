@@ -198,6 +198,8 @@ CORPUS: dict[str, str] = {
                        sft={"adapter": {"type": "qlora"}, "distributed": "zero3"}),
     "bad slurm time": build(hardware={"slurm": {"time": "12h"}}),
     "slurm memory below the estimate": build(hardware={"slurm": {"partition": "gpu", "mem": "8G"}}),
+    "slurm memory below the offloaded checkpoints": build(hardware={"slurm": {"partition": "gpu", "mem": "2G"}},
+                                                          sft={"gradient_checkpointing": "offload", "micro_batch": 8}),
     "slurm memory twice": build(hardware={"slurm": {"mem": "64G", "mem_per_gpu": "8G"}},
                                 data={"slurm": {"mem_per_gpu": "8G"}}),
     "bad slurm memory size": build(hardware={"slurm": {"mem": "64GB"}}),
@@ -370,7 +372,8 @@ def test_the_corpus_reaches_every_error_code(project):
     seen |= {"FT000"}  # test_an_unreadable_pipeline_file_says_how_to_fix_it
     # never errors, or not reachable from a pipeline file alone (a local model folder, tokenizer or template)
     not_errors = {"FT013", "FT102", "FT304", "FT305", "FT311", "FT314", "FT317", "FT331", "FT332", "FT333", "FT335",
-                  "FT336", "FT337", "FT405", "FT410", "FT411", "FT414", "FT416", "FT506", "FT508", "FT511", "FT512",
+                  "FT336", "FT337", "FT338", "FT340", "FT405", "FT410", "FT411", "FT414", "FT416", "FT506", "FT508",
+                  "FT511", "FT512",
                   "FT514", "FT517", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615",
                   "FT622", "FT623", "FT624"}
     local_files = {"FT011", "FT406", "FT407", "FT408", "FT409", "FT412", "FT413"}

@@ -247,7 +247,7 @@ def test_qwen3_qlora_kernels_targets_and_optimizer():
     assert train["kernels"] == "ftplan"  # the Cut Cross-Entropy plugin, on a family ftplan fuses
     assert train["adapter"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "up_proj"]
     assert "adamw_torch_4bit" in result.unmapped["optimizer"] and "optimizer" not in train
-    assert train["gradient_checkpointing"] is True and "offload" in result.text
+    assert train["gradient_checkpointing"] == "offload"  # Axolotl's own word for it
     assert doc["stages"][0]["datasets"] == [{"path": "mlabonne/FineTome-100k", "split": "train[:20%]",
                                              "format": "sharegpt", "columns": {"messages": "conversations",
                                                                                "role": "from", "content": "value"}}]

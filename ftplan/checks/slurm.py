@@ -68,8 +68,10 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def check_jobs(ctx: Context, estimates: dict[str, StageEstimate]) -> list[Diagnostic]:
-    """Rules on each stage's Slurm job as it will be submitted (needs the estimates)."""
+def check_jobs(ctx: Context, estimates: dict[str, StageEstimate], *,
+               memory_explained: frozenset[int] = frozenset()) -> list[Diagnostic]:
+    """Rules on each stage's Slurm job as it will be submitted (needs the estimates). The stages at
+    ``memory_explained`` get no memory finding here: another rule reports theirs at its cause (FT339)."""
     from ftplan.jobs import slurm_job, stage_resources
 
     if ctx.pipeline.hardware.slurm is None:
@@ -87,7 +89,7 @@ def check_jobs(ctx: Context, estimates: dict[str, StageEstimate]) -> list[Diagno
             continue
         job = slurm_job(ctx, i, res)
         if job is not None:
-            diags += _memory(ctx, i, stage, res, job) + _time(i, stage, res, job)
+            diags += ([] if i in memory_explained else _memory(ctx, i, stage, res, job)) + _time(i, stage, res, job)
     return _one_per_key(diags)
 
 

@@ -15,6 +15,12 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   PEFT skips that cast and the input is shared; without autocast a 16-bit input is copied to fp32 per module
   (4 × d_in), and an fp32 input is shared.
 
+Gradient checkpointing keeps one tensor per layer, its input (``ckpt_tok`` per token); ``checkpoints`` says where
+those are in each phase of the step. With ``gradient_checkpointing: offload`` they wait in pinned host memory
+(``host.offloaded_checkpoints``), and the GPU holds only the ones in transit: during the forward and the loss, the
+top layer's input while its copy to the host finishes; while the backward recomputes a layer, that layer's input
+and the ``OFFLOAD_PREFETCH`` inputs fetched back ahead of it (none below the bottom layer).
+
 Measured on H200 (probe runs, 4-layer Llama-3.1-8B shape): the no-checkpointing LoRA layer under autocast is
 0.82 GiB at 4,096 tokens against 0.83 GiB from these rules; checkpoint inputs are h × stream bytes per token
 (fp32 under QLoRA: 0.125 GiB per layer at 8,192 tokens, measured); the math-SDPA backward holds four
@@ -26,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.architecture import linear_modules
+from ..schemas.runtime_args import OFFLOAD_PREFETCH
 from .resolved import Resolved
 from .states import targeted
 
@@ -174,3 +181,27 @@ def compute(r: Resolved) -> LayerActivations:
         inflight_attn_tok=q_out * e_at + h * e_s, inflight_mlp_tok=2 * inter * e_lin + h * e_s,
         ckpt_tok=h * e_s, scores_saved=saved, scores_peak=peak, mask=mask, weight_transient=weight_transient,
         scores_detail=detail)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """How many decoder layers' inputs (the activation checkpoints) are on the GPU in each phase of the step."""
+
+    forward: int
+    """During the forward and the loss: every layer's; under offload, the top layer's (its copy to the host in
+    flight)."""
+    top: int
+    """While the backward recomputes the top layer: every layer's; under offload, that layer's and the ones
+    prefetched ahead of it."""
+    bottom: int
+    """While it recomputes the bottom layer: that layer's own."""
+    host: int
+    """Held in pinned host memory (every layer's under offload, else none)."""
+
+
+def checkpoints(r: Resolved) -> Checkpoints:
+    """Where the activation checkpoints are under gradient checkpointing (``r.gc``), counted in layers."""
+    layers = r.shape.num_layers
+    if not r.offload_checkpoints:
+        return Checkpoints(forward=layers, top=layers, bottom=1, host=0)
+    return Checkpoints(forward=1, top=min(layers, 1 + OFFLOAD_PREFETCH), bottom=1, host=layers)

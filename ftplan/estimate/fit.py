@@ -12,7 +12,9 @@ every stage (without suggestions). An edit passes when
 Only passing edits are offered. Warnings an edit adds (FT314 for an 8-bit optimizer under ZeRO) travel with it.
 
 Candidates, in order of preference (what changes least about the run comes first): gradient checkpointing on,
-``kernels: ftplan``, sdpa instead of eager attention, a smaller micro-batch (``grad_accum`` raised to keep the
+``kernels: ftplan``, sdpa instead of eager attention, activation checkpoints offloaded to host memory
+(``gradient_checkpointing: offload``: the same step, with copies over PCIe and pinned host memory), a smaller
+micro-batch (``grad_accum`` raised to keep the
 effective batch), a precomputed DPO reference, an 8-bit optimizer, sharding on more than one GPU (mildest first:
 ZeRO-3, then optimizer offload, then parameter offload too; an offloaded optimizer steps on the CPU, so an 8-bit one
 becomes ``adamw``), QLoRA instead of LoRA, more GPUs per node (with ZeRO-3 unless already sharded). When no single
@@ -180,6 +182,8 @@ def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
         add("kernels", (at("kernels"), "ftplan"))
     if stage.attention == "eager":
         add("attention", (at("attention"), "sdpa"))
+    if stage.gradient_checkpointing != "offload":
+        add("offload", (at("gradient_checkpointing"), "offload"))
     mb, accum = stage.micro_batch, stage.grad_accum
     for smaller in sorted((d for d in range(1, mb) if mb % d == 0), reverse=True):
         add("micro_batch", (at("micro_batch"), smaller), (at("grad_accum"), accum * (mb // smaller)))

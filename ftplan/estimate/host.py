@@ -1,11 +1,14 @@
-"""Host-memory estimates of the stages that run on the CPU: LoRA merge and GGUF export."""
+"""Host-memory estimates: the stages that run on the CPU (LoRA merge, GGUF export), and what a training stage on GPUs
+keeps in host memory for its activation checkpoints (``gradient_checkpointing: offload``)."""
 
 from __future__ import annotations
 
 from ..catalog.architecture import largest_layer_params, param_counts
 from ..catalog.models import ModelShape
 from ..schemas import GgufStage, MergeStage
-from ..units import params
+from ..units import num, params
+from .activations import LayerActivations, checkpoints
+from .resolved import Resolved
 from .types import StageEstimate, Term
 
 MERGE_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -39,3 +42,19 @@ def gguf(shape: ModelShape, stage: GgufStage) -> StageEstimate:
         terms += (Term("HF model for verification (fp32)", total * 4, f"{params(total)} params × 4 B"),)
     return StageEstimate(stage.id, 0, None, "n/a", terms, host_bytes=sum(t.bytes for t in terms),
                          notes=("runs on the CPU: host memory",))
+
+
+PINNED_CHECKPOINTS = "activation checkpoints (pinned host memory)"
+"""The name of the host-memory term of ``gradient_checkpointing: offload`` (``StageEstimate.host_terms``)."""
+
+
+def offloaded_checkpoints(r: Resolved, acts: LayerActivations) -> Term | None:
+    """Pinned host memory one training process holds for ``gradient_checkpointing: offload`` (None without it):
+    every decoder layer's input at a full micro-batch. The runtime keeps one page-locked buffer per layer, grown to
+    the largest input it has seen and reused for every later step (``ftplan_runtime.offload``), so this is also
+    what it holds for the whole run, to within a page per layer."""
+    if not (r.gc and r.offload_checkpoints):
+        return None
+    layers, h = checkpoints(r).host, r.shape.hidden_size
+    return Term(PINNED_CHECKPOINTS, layers * acts.ckpt_tok * r.tokens,
+                f"{layers} layers × {num(r.tokens)} tokens × {acts.ckpt_tok // h} B × {num(h)}")

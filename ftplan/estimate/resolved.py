@@ -79,6 +79,7 @@ class Resolved:
     tokens_per_step: int
     """Tokens per optimizer step over all GPUs (``Batch.tokens_per_step``)."""
     gc: bool
+    """Gradient checkpointing: each decoder layer keeps only its input and is recomputed in backward."""
     attention: str
     kernels: Literal["ftplan", "none"]
     optimizer: str
@@ -103,6 +104,9 @@ class Resolved:
     forward, with no reference."""
     chosen_nll: bool = False
     """SimPO with ``sft_weight``: the CPO trainer adds a cross-entropy over the chosen half of those logits."""
+    offload_checkpoints: bool = False
+    """``gradient_checkpointing: offload`` on a GPU: the layer inputs checkpointing keeps are in pinned host memory,
+    fetched back ahead of each layer's recompute (``TrainingFacts.checkpointing``)."""
 
     @property
     def tokens(self) -> int:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 from ..catalog.gpus import GpuSpec
 from ..catalog.models import ModelShape
 from ..schemas import TRAIN_KINDS, FullFinetune, LoraAdapter, TrainStage
-from . import activations, fixed, logits, states, throughput
+from . import activations, fixed, host, logits, states, throughput
 from .constants import MIB, OOM_FRACTION, TIGHT_FRACTION
 from ..units import gib_text, num
-from ..resolved_stage import TrainingFacts, method_of, training_facts
+from ..resolved_stage import Device, TrainingFacts, method_of, training_facts
 from .resolved import Loop, Resolved, runtime_loop
 from .types import StageEstimate, Term, Verdict
 
@@ -51,13 +51,13 @@ class Phase:
 
 def resolve(shape: ModelShape, stage: TrainStage, *, seq_len: int, world_size: int = 1, nodes: int = 1,
             quantized_base: bool = False, adapter: LoraAdapter | FullFinetune | None = None,
-            loop: Loop | None = None, packed: bool = False, nvls: bool = False) -> Resolved:
+            loop: Loop | None = None, packed: bool = False, nvls: bool = False, device: Device = "cuda") -> Resolved:
     """Reduce a stage outside a pipeline to the quantities memory depends on: its ``TrainingFacts`` for
-    ``world_size`` processes at ``seq_len`` tokens (``adapter`` overrides the stage's own: the spec of a continued
-    adapter), then ``setup``."""
+    ``world_size`` processes on ``device`` at ``seq_len`` tokens (``adapter`` overrides the stage's own: the spec of
+    a continued adapter), then ``setup``."""
     spec = adapter if adapter is not None else (None if stage.adapter == "continue" else stage.adapter)
     facts = training_facts(stage, world_size=world_size, seq_len=seq_len, adapter=spec,
-                           quantized_base=quantized_base)
+                           quantized_base=quantized_base, device=device)
     return setup(shape, stage, facts, nodes=nodes, loop=loop, packed=packed, nvls=nvls)
 
 
@@ -78,7 +78,8 @@ def setup(shape: ModelShape, stage: TrainStage, facts: TrainingFacts, *, nodes: 
         loop=loop if loop is not None else runtime_loop(stage, packed=packed),
         seq=seq, micro_batch=facts.batch.micro_batch, grad_accum=facts.batch.grad_accum,
         sequences=facts.batch.micro_batch * (2 if pairs else 1), tokens_per_step=tokens,
-        gc=stage.gradient_checkpointing, attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
+        gc=facts.checkpointing != "off", offload_checkpoints=facts.checkpointing == "offload",
+        attention=stage.attention, kernels=stage.kernels, optimizer=stage.optimizer,
         strategy=facts.strategy, offload_optimizer=facts.offload_optimizer, offload_params=facts.offload_params,
         world=facts.batch.world_size, nodes=nodes, kind=stage.kind, reference=facts.reference_in_step, nvls=nvls,
         continues=facts.continues_adapter, kl_estimate=getattr(stage, "loss_type", "kto") == "kto",
@@ -86,7 +87,7 @@ def setup(shape: ModelShape, stage: TrainStage, facts: TrainingFacts, *, nodes: 
 
 
 def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: TrainStage, *, seq_len: int,
-                      world_size: int = 1, nodes: int = 1, quantized_base: bool = False, device: str = "cuda",
+                      world_size: int = 1, nodes: int = 1, quantized_base: bool = False, device: Device = "cuda",
                       adapter: LoraAdapter | FullFinetune | None = None, loop: Loop | None = None,
                       packed: bool = False, nvls: bool = False) -> StageEstimate:
     """Peak memory per GPU (or host memory on ``device: cpu``), tokens per step and a rough step time.
@@ -95,7 +96,7 @@ def estimate_training(shape: ModelShape, gpu: GpuSpec | None, stage: TrainStage,
     (default: the runtime's TRL trainer; ``BASELINE_LOOP`` for the plain loop of baselines.md); ``packed``: the data
     stage packs examples (padding-free batches); ``nvls``: NCCL allocates NVLink SHARP buffers."""
     r = resolve(shape, stage, seq_len=seq_len, world_size=world_size, nodes=nodes, quantized_base=quantized_base,
-                adapter=adapter, loop=loop, packed=packed, nvls=nvls)
+                adapter=adapter, loop=loop, packed=packed, nvls=nvls, device=device)
     return estimate_resolved(r, gpu, device=device, stage_id=stage.id)
 
 
@@ -123,6 +124,15 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     notes = [f"peak during: {peak_phase.name}", f"modelled step: {r.loop.name}"]
     if st.host:
         notes.append(f"offloaded to CPU memory: {gib_text(st.host)} per GPU, {gib_text(st.host * per_node)} per node")
+    pinned = host.offloaded_checkpoints(r, acts)
+    host_per_gpu = st.host + (pinned.bytes if pinned is not None else 0)
+    if pinned is not None:
+        notes.append(f"activation checkpoints offloaded to pinned host memory: {gib_text(pinned.bytes)} per GPU "
+                     f"({pinned.detail}), {gib_text(pinned.bytes * per_node)} per node")
+    processes = f"{per_node} processes × " if per_node > 1 else ""
+    host_terms = _merge([Term("offloaded model states", st.host * per_node, f"{processes}{gib_text(st.host)}"),
+                         *([replace(pinned, bytes=pinned.bytes * per_node, detail=processes + pinned.detail)]
+                           if pinned is not None else [])])
     if r.kernels == "ftplan":
         notes.append("kernels: ftplan terms are calibrated on H200 steps of Llama-3.1-8B LoRA and QLoRA (s2048, "
                      "s8192); other shapes are derived from the kernels")
@@ -134,7 +144,7 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     capacity = gpu.memory_mib * MIB if gpu is not None else None
     return StageEstimate(stage_id, total, capacity, verdict(total, capacity), terms, tokens_per_step=tokens,
                          step_time_s=throughput.step_time(r, gpu, st.trainable),
-                         host_bytes=(st.host * per_node) or None, notes=tuple(notes))
+                         host_bytes=(host_per_gpu * per_node) or None, host_terms=host_terms, notes=tuple(notes))
 
 
 def verdict_thresholds(capacity: int) -> tuple[int, int]:
@@ -169,10 +179,19 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
     shape, n = r.shape, r.tokens
     layers = shape.num_layers
     if r.gc:
-        held_all = Term("activation checkpoints", layers * acts.ckpt_tok * n,
-                        f"{layers} layers × {num(n)} tokens × {acts.ckpt_tok // shape.hidden_size} B"
-                        f" × {num(shape.hidden_size)}")
-        held_one = replace(held_all, bytes=acts.ckpt_tok * n, detail="the bottom layer's input")
+        where = activations.checkpoints(r)
+        each = f"{num(n)} tokens × {acts.ckpt_tok // shape.hidden_size} B × {num(shape.hidden_size)}"
+        if r.offload_checkpoints:
+            name = "activation checkpoints on the GPU (offloaded)"
+            held_all = Term(name, where.forward * acts.ckpt_tok * n,
+                            f"{where.forward} layer × {each}: the top layer's input on its way to host memory")
+            held_top = Term(name, where.top * acts.ckpt_tok * n,
+                            f"{where.top} layers × {each}: the layer recomputed and the input fetched ahead; all "
+                            f"{where.host} in host memory")
+        else:
+            held_all = held_top = Term("activation checkpoints", layers * acts.ckpt_tok * n,
+                                       f"{layers} layers × {each}")
+        held_one = replace(held_all, bytes=where.bottom * acts.ckpt_tok * n, detail="the bottom layer's input")
         layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved
         layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak
         layer_what = "recomputed layer"
@@ -180,7 +199,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved
         held_all = Term("activations (no checkpointing)", layers * per_layer,
                         f"{layers} layers × {gib_text(per_layer)}")
-        held_one = held_all
+        held_one = held_top = held_all
         layer_a = acts.inflight_mlp_tok * n
         layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
         layer_what = "layer backward"
@@ -206,7 +225,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         Phase("loss forward", tuple([held_all, *common, *accum, *loss.forward])),
         Phase("loss backward", tuple([held_all, *common, *accum, *loss.backward])),
         Phase("backward through the top layer",
-              tuple([held_all, *common, *held, *(accum or ([grads_early] if grads_early else [])), *layer])),
+              tuple([held_top, *common, *held, *(accum or ([grads_early] if grads_early else [])), *layer])),
         Phase("backward through the bottom layer", tuple([held_one, *common, *held, st.grads, *layer])),
         Phase("optimizer step", tuple([*held, st.grads, *_step_transient(r, st, cpu)])),
     ]

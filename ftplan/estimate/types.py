@@ -59,6 +59,9 @@ class StageEstimate:
     """Rough seconds per optimizer step from the catalog's FLOP/s at an assumed utilisation."""
     host_bytes: int | None = None
     """Host (CPU) memory the stage needs, for stages that work on the CPU (merge, export) or offload."""
+    host_terms: tuple[Term, ...] = ()
+    """What ``host_bytes`` of a training stage on GPUs is made of, per node, largest first: offloaded model states,
+    activation checkpoints offloaded to pinned host memory."""
     notes: tuple[str, ...] = field(default=())
     accuracy: "Accuracy | None" = None
     """What the measured calibration points say about this estimate (training stages on a GPU)."""

@@ -46,7 +46,8 @@ REASONS: dict[str, str] = {
     "merge_method": "the merge stage folds the adapter into the base in one pass",
     "save_first_step": "checkpoints are saved every `save_steps` and at the end",
     "lora_target_parameters": "ftplan's adapters wrap linear modules (`targets`), not expert parameter tensors",
-    "activation_offloading": "ftplan keeps activations on the GPU (`gradient_checkpointing` recomputes them)",
+    "activation_offloading": "ftplan offloads the checkpoints of gradient checkpointing, not every activation: "
+                             "`gradient_checkpointing: offload`",
     "do_causal_lm_eval": "evaluation reports the validation loss",
     "processor_type": "ftplan trains text models: no image or audio processor",
     "skip_prepare_dataset": "the data stage always reads, checks and tokenizes the rows",

@@ -269,10 +269,13 @@ def _memory_and_speed(b: Builder, stage: dict[str, Any], kind: str, base: str) -
     cfg = b.cfg
     if b.given("gradient_checkpointing"):
         value = cfg["gradient_checkpointing"]
-        offload = isinstance(value, str) and value.strip().lower() == "offload"
-        _put(b, stage, "gradient_checkpointing", on(value), ("gradient_checkpointing",),
-             "Axolotl's `offload` also moves the checkpoints to the CPU; ftplan keeps them on the GPU" if offload
-             else "")
+        word = value.strip().lower() if isinstance(value, str) else ""
+        if word in ("offload", "offload_disk"):
+            _put(b, stage, "gradient_checkpointing", "offload", ("gradient_checkpointing",),
+                 "each layer's checkpoint in pinned host memory" + (
+                     " (Axolotl's `offload_disk` writes them to disk)" if word == "offload_disk" else ""))
+        else:
+            _put(b, stage, "gradient_checkpointing", on(value), ("gradient_checkpointing",))
     attention = _attention(b, kind)
     if attention is not None:
         _put(b, stage, "attention", attention[0], attention[1])

@@ -138,3 +138,20 @@ complete while the stamp matches those files and every stage it consumes is comp
 RUNTIME_INSTALL = "pip install 'ftplan[runtime,gpu]' (pip install 'ftplan[runtime]' on CPU-only machines)"
 """How to install the runtime and the packages its stages need; the launch scripts and
 ``python -m ftplan_runtime.installed`` say it when something is missing."""
+
+CheckpointMode = Literal["off", "on", "offload"]
+"""How a training stage keeps what the backward needs: every layer's activations (``off``), each decoder layer's
+input only, recomputing the rest (``on``), or that input in pinned host memory (``offload``)."""
+
+OFFLOAD_PREFETCH: Final = 1
+"""Under ``offload``, how many checkpoint inputs the runtime fetches back ahead of the layer being recomputed
+(``ftplan_runtime.offload``); the estimator counts this many plus that layer's own on the GPU."""
+
+
+def checkpoint_mode(gradient_checkpointing: bool | str, device: str) -> CheckpointMode:
+    """The checkpointing a training stage runs with (``gradient_checkpointing`` as written, on ``device``):
+    ``offload`` frees device memory, so on a CPU device, where the checkpoints already are in host memory, it runs
+    as ``on`` (check says so: FT338). The compiler's resolved facts and the runtime both read it from here."""
+    if gradient_checkpointing == "offload":
+        return "offload" if device == "cuda" else "on"
+    return "on" if gradient_checkpointing else "off"

@@ -67,8 +67,15 @@ class TrainingArgs(FtplanModel):
     grad_accum: int = Field(default=1, ge=1, le=65536)
     """Micro-batches accumulated per optimizer step."""
 
-    gradient_checkpointing: bool = True
-    """Recompute each decoder layer in backward instead of keeping its activations."""
+    gradient_checkpointing: Literal[True, False, "offload"] = True
+    """Recompute each decoder layer in backward instead of keeping its activations; ``offload`` also keeps the
+    one tensor each layer holds for that, its input, in host memory. That input (layers × tokens × hidden size)
+    is what stays on the GPU under checkpointing and grows with the context: ``offload`` copies it to pinned host
+    memory during the forward and back, fetched ahead, before the layer is recomputed (Unsloth's
+    ``use_gradient_checkpointing="unsloth"``, Axolotl's ``gradient_checkpointing: offload``). The copies overlap
+    compute, but they cross PCIe and need that much host memory per GPU, which ``check`` reports. Default
+    ``true``: a stage that fits keeps its checkpoints on the GPU and pays for neither; ``check`` suggests
+    ``offload`` where it makes a stage fit. On ``device: cpu`` ``offload`` runs as ``true``."""
 
     attention: Literal["sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "eager"] = "sdpa"
     """Attention backend; the runtime fails if it cannot use exactly this one."""

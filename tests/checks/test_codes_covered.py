@@ -36,7 +36,7 @@ def test_codes_are_unique_well_formed_and_titled():
 
 
 def test_rule_modules_keep_their_ranges():
-    ranges = {"hardware": "FT30", "topology": "FT31", "runtime_limits": "FT32", "slurm": "FT33", "model": "FT4",
+    ranges = {"hardware": "FT30", "topology": "FT31", "runtime_limits": "FT32", "slurm": "FT33", "offload": "FT3", "model": "FT4",
               "tokenizer": "FT4",
               "data": "FT5", "training": "FT6", "kinds": "FT61", "preference": "FT62"}
     for module in RULE_MODULES:
