@@ -14,6 +14,11 @@ policy starts from either way):
   (The ``ref`` copy TRL makes of the fresh, zero-update adapter is dropped so the disabled-adapter path is used.)
 * full fine-tune — a frozen copy of the starting weights (``reference: live``), or log-probs computed from the
   policy before its first update (``precomputed``).
+
+With ``kernels: ftplan`` the policy's and the reference's chosen/rejected log-probs (precomputed ones included)
+come from the decoder's last hidden states through the fused linear log-prob op (``logprob_head.py``), never from
+``lm_head`` logits; the preflight refuses it where lm_head's weight is sharded (ZeRO-3, FSDP2), as check's FT320
+does.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from ftplan.schemas.runtime_args import RuntimeArgs
+from ftplan.schemas.runtime_args import RuntimeArgs, fused_head
 
+from .logprob_head import FUSED_OUTPUTS, FusedLogprobTrainerMixin
 from .model_loading import load_reference
-from .preflight import StageError
+from .preflight import StageError, check_fused_loss, zero_stage
 from .metrics import TokenCountingMixin
 from .train_common import TrainerSpec, run_training
 
@@ -35,8 +41,11 @@ REF_ADAPTER = "ref"
 """Name TRL gives the frozen copy of a continued adapter."""
 
 
-class FtplanDPOTrainer(TokenCountingMixin, DPOTrainer):
-    """DPOTrainer that takes the data stage's token ids as they are, and counts tokens."""
+class FtplanDPOTrainer(FusedLogprobTrainerMixin, TokenCountingMixin, DPOTrainer):
+    """DPOTrainer that takes the data stage's token ids as they are, counts tokens, and with ``fused_logprobs``
+    computes its log-probs through the fused linear log-prob op."""
+
+    policy_outputs = FUSED_OUTPUTS  # log-probs, and the entropy, logits/* and mean_token_accuracy metrics
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         cols = set(dataset.column_names)
@@ -90,7 +99,8 @@ def make_dpo_trainer(args: RuntimeArgs, config: DPOConfig, loaded, train_ds, eva
     if not loaded.peft and stage.reference == "live":
         ref_model = load_reference(args, loaded.tokenizer)
     trainer = FtplanDPOTrainer(model=loaded.model, ref_model=ref_model, args=config, train_dataset=train_ds,
-                               eval_dataset=eval_ds, processing_class=loaded.tokenizer)
+                               eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                               fused_logprobs=fused_head(stage) == "logprobs" and args.promise.kernels == "ftplan")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if loaded.peft and stage.adapter == "continue" and REF_ADAPTER not in model.peft_config:
         raise StageError("the DPO reference adapter (a frozen copy of the continued adapter) was not created; "
@@ -101,9 +111,15 @@ def make_dpo_trainer(args: RuntimeArgs, config: DPOConfig, loaded, train_ds, eva
     return trainer
 
 
-def _spec(args_stage) -> TrainerSpec:
-    return TrainerSpec(family="preference",
-                       make_config=lambda kwargs, ds: make_dpo_config(args_stage, kwargs, ds),
+def _make_config(args: RuntimeArgs, kwargs: dict[str, Any], train_ds) -> DPOConfig:
+    """The DPO config; with ``kernels: ftplan``, the preflight of the fused log-prob head's weight access."""
+    config = make_dpo_config(args.stage, kwargs, train_ds)
+    check_fused_loss(args.promise, zero_stage(config))
+    return config
+
+
+def _spec(args: RuntimeArgs) -> TrainerSpec:
+    return TrainerSpec(family="preference", make_config=lambda kwargs, ds: _make_config(args, kwargs, ds),
                        make_trainer=make_dpo_trainer)
 
 
@@ -113,7 +129,7 @@ def dpo_spec(args: RuntimeArgs) -> TrainerSpec:
         from .simpo import simpo_spec
 
         return simpo_spec(args)
-    return _spec(args.stage)
+    return _spec(args)
 
 
 def run_dpo(args: RuntimeArgs, sha256: str) -> dict[str, Any]:

@@ -7,7 +7,9 @@ reads them in order and a file sorted by label would give micro-batches of one l
 
 The reference policy is the input stage's result, as for DPO (``dpo.py``): a continued adapter's frozen ``ref``
 copy, the policy with a new adapter switched off (the ``ref`` copy TRL makes of a fresh adapter is dropped), or a
-frozen copy of the full weights; ``reference: precomputed`` computes its log-probs once before training.
+frozen copy of the full weights; ``reference: precomputed`` computes its log-probs once before training. With
+``kernels: ftplan`` every log-prob (policy, reference, KL batch) comes from the fused linear log-prob op
+(``logprob_head.py``), as for DPO.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 
 from trl import KTOConfig, KTOTrainer
 
-from ftplan.schemas.runtime_args import RuntimeArgs
+from ftplan.schemas.runtime_args import RuntimeArgs, fused_head
 
 from .data.output import columns_of
 from .dpo import REF_ADAPTER
+from .logprob_head import FusedLogprobTrainerMixin
 from .metrics import TokenCountingMixin
 from .model_loading import load_reference
-from .preflight import StageError
+from .preflight import StageError, check_fused_loss, zero_stage
 from .train_common import TrainerSpec, run_training
 
 KTO_COLUMNS = tuple(columns_of("kto", packing=False))
@@ -39,8 +42,11 @@ def add_kl_completions(dataset, micro_batch: int):
     return dataset.map(shift, batched=True, batch_size=micro_batch)
 
 
-class FtplanKTOTrainer(TokenCountingMixin, KTOTrainer):
-    """KTOTrainer that takes the data stage's token ids as they are, and counts tokens."""
+class FtplanKTOTrainer(FusedLogprobTrainerMixin, TokenCountingMixin, KTOTrainer):
+    """KTOTrainer that takes the data stage's token ids as they are, counts tokens, and with ``fused_logprobs``
+    computes its log-probs (policy, reference, KL batch) through the fused linear log-prob op."""
+
+    policy_outputs = ("log_probs", "entropy", "mean_logits")  # what TRL 1.16's KTO trainer reads
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         cols = set(dataset.column_names)
@@ -73,7 +79,8 @@ def make_kto_trainer(args: RuntimeArgs, config: KTOConfig, loaded, train_ds, eva
     if not loaded.peft and stage.reference == "live":
         ref_model = load_reference(args, loaded.tokenizer)
     trainer = FtplanKTOTrainer(model=loaded.model, ref_model=ref_model, args=config, train_dataset=train_ds,
-                               eval_dataset=eval_ds, processing_class=loaded.tokenizer)
+                               eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                               fused_logprobs=fused_head(stage) == "logprobs" and args.promise.kernels == "ftplan")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if loaded.peft and stage.adapter == "continue" and REF_ADAPTER not in model.peft_config:
         raise StageError("the KTO reference adapter (a frozen copy of the continued adapter) was not created; "
@@ -86,9 +93,12 @@ def make_kto_trainer(args: RuntimeArgs, config: KTOConfig, loaded, train_ds, eva
 
 def kto_spec(args: RuntimeArgs) -> TrainerSpec:
     """How a KTO stage builds its config and trainer, on the data stage's ``kto`` group."""
-    stage = args.stage
-    return TrainerSpec(family="kto", make_config=lambda kwargs, ds: make_kto_config(stage, kwargs, ds),
-                       make_trainer=make_kto_trainer)
+    def make_config(kwargs: dict[str, Any], train_ds) -> KTOConfig:
+        config = make_kto_config(args.stage, kwargs, train_ds)
+        check_fused_loss(args.promise, zero_stage(config))  # the fused log-prob head reads lm_head whole
+        return config
+
+    return TrainerSpec(family="kto", make_config=make_config, make_trainer=make_kto_trainer)
 
 
 def run_kto(args: RuntimeArgs, sha256: str) -> dict[str, Any]:

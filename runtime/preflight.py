@@ -179,16 +179,19 @@ def zero_stage(training_args) -> int | None:
 
 
 def check_fused_loss(promise: Promise, zero: int | None) -> None:
-    """The fused linear cross-entropy of ``kernels: ftplan`` reads lm_head's full weight and calls the decoder
-    directly: not under ZeRO-3 (sharded head) nor FSDP2 (the root module's unshard never runs)."""
+    """The fused loss head of ``kernels: ftplan`` (the linear cross-entropy of SFT and CPT, the linear log-probs of
+    DPO and KTO: ``fused_head``) reads lm_head's full weight outside lm_head's own forward, and SFT's calls the
+    decoder directly: not under ZeRO-3 (sharded head) nor FSDP2 (parameters gathered only inside the forwards it
+    wraps; SFT's bypasses the root module's)."""
     if promise.kernels != "ftplan":
         return
     if zero == 3:
         _fail("kernels with ZeRO-3", "ftplan + zero3", "a ZeRO-3 run, whose sharded lm_head weight the fused "
-              "cross-entropy cannot read", "use `kernels: none` with zero3, or `distributed: zero2`, and recompile")
+              "loss head (cross-entropy or log-probs) cannot read", "use `kernels: none` with zero3, or "
+              "`distributed: zero2`, and recompile")
     if promise.distributed_type == "FSDP":
         _fail("kernels with FSDP2", "ftplan + fsdp2", "an FSDP2 run, whose root module holds the embeddings, "
-              "final norm and lm_head sharded until its own forward, which the fused loss bypasses",
+              "final norm and lm_head sharded outside the forwards it wraps, where the fused loss head reads them",
               "use `kernels: none` with fsdp2, or `distributed: zero2`, and recompile")
 
 
@@ -199,6 +202,22 @@ def check_attention_loaded(promise: Promise, model) -> None:
     if actual != promise.attention:
         _fail("attention", promise.attention, f"a model running `{actual}` after loading",
               "install the backend's package or pick a backend the model supports, then recompile")
+
+
+def check_4bit_storage(promise: Promise, model, storage: str) -> None:
+    """After loading a QLoRA base: every 4-bit weight is stored in ``storage`` (the contract's ``quant_storage``:
+    the compute dtype under ZeRO-3 and FSDP2, which can shard only such weights; ``uint8`` otherwise)."""
+    found = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                    if type(p).__name__ == "Params4bit"})
+    if not found:
+        _fail("4-bit base", "bitsandbytes NF4 weights", "a model without 4-bit weights after loading",
+              "check that bitsandbytes is installed with a backend for this device, and recompile")
+    if found != [storage]:
+        sharded = promise.zero_stage == 3 or promise.distributed_type == "FSDP"
+        _fail("4-bit storage dtype", storage, f"4-bit weights stored as {', '.join(found)}"
+              + (" (the sharded strategies partition only weights stored in the compute dtype)" if sharded else ""),
+              "use a transformers release whose BitsAndBytesConfig honours `bnb_4bit_quant_storage` "
+              "(ftplan's constraints.txt pins one), or recompile")
 
 
 def apply_promised_kernels(promise: Promise, model):

@@ -26,7 +26,9 @@ What gets patched (architectures: llama, mistral, qwen2, qwen3, and gemma withou
   LoRA layers added later run PEFT's own forward (the patched MLP forward calls them as modules).
 
 Per-module patches are instance attributes (`module.forward`), so other instances of the same class are
-untouched. Re-applying is a no-op that reports the same counts.
+untouched. Re-applying is a no-op that reports the same counts. The latest report stays on the model
+(`_ftplan_kernel_report`): a DPO or KTO trainer adds to it the heads it runs through the fused linear log-prob op
+(`ftplan_runtime.logprob_head`), which `counts()` then lists as `logprobs`.
 
 `causal_lm_loss` runs the decoder (through PEFT wrappers) for the last hidden states and feeds them with
 `lm_head`'s weight to `fused_linear_cross_entropy`, so the (tokens × vocab) logits never exist. It matches
@@ -55,6 +57,7 @@ from .swiglu import swiglu as fused_swiglu
 
 OPS = ("rms_norm", "swiglu", "rope", "lora")
 _PATCH_ATTR = "_ftplan_kernel"
+_REPORT_ATTR = "_ftplan_kernel_report"  # the model's latest KernelReport
 _ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _GROUPED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # read the same hidden states
 _MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -94,12 +97,16 @@ class KernelReport:
     rope: int = 0  # attention modules whose rotary call goes to the fused kernel
     lora: int = 0  # PEFT LoRA layers of attention / MLP projections running the fused LoRA Functions
     lora_unfused: int = 0  # LoRA layers of those projections the Functions cannot run (why: notes)
+    logprobs: int = 0  # causal-LM heads whose DPO/KTO log-probs run the fused linear log-prob op (logprob_head.py)
     rope_functions: list[str] = field(default_factory=list)  # "<module>.apply_rotary_pos_emb" rebound
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        """Patched modules per op."""
-        return {op: getattr(self, op) for op in OPS}
+        """Patched modules per op, and the fused log-prob heads when a preference trainer installed any."""
+        counts = {op: getattr(self, op) for op in OPS}
+        if self.logprobs:
+            counts["logprobs"] = self.logprobs
+        return counts
 
     def require(self, *ops: str) -> KernelReport:
         """Raise KernelPatchError unless every op in `ops` patched at least one module (for lora: and left no LoRA
@@ -325,6 +332,7 @@ def apply_ftplan_kernels(
         report.require(*[op for op, on in zip(OPS[:3], (rms_norm, swiglu, rope)) if on])
         if lora and report.lora_unfused:
             report.require("lora")
+    model.__dict__[_REPORT_ATTR] = report  # a preference trainer adds its fused log-prob heads to it
     return report
 
 
@@ -333,6 +341,7 @@ def revert_ftplan_kernels(model: nn.Module) -> None:
 
     The RoPE restore is process-wide (see the module docstring).
     """
+    model.__dict__.pop(_REPORT_ATTR, None)
     for module in model.modules():
         if getattr(module, _PATCH_ATTR, None) is not None:
             for attr in _PATCH_ATTRS:
