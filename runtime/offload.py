@@ -29,8 +29,10 @@ The copies, on a CUDA device:
   is copied now. Then the next input the backward will need — the most recently saved one still held — is
   prefetched on the side stream, overlapping this layer's recompute and backward. At most two inputs are on the
   GPU at once: the one being recomputed and the one prefetched.
-* The host buffer of an input is handed back to the pool as soon as its host-to-device copy is queued: every
-  copy runs on the one side stream, so the next device-to-host copy into that buffer is ordered after it.
+* The host buffer of an input goes back to the pool when autograd drops the saved input (once its layer's
+  backward is done, or with a graph freed without a backward; a second backward over a retained graph fetches
+  it again). Every copy runs on the one side stream, so the next device-to-host copy into that buffer is ordered
+  after the last copy out of it, and nothing on the host waits.
 
 Pinned buffers are reused for the whole run: the pool keeps one buffer per input in flight (one per decoder layer
 for one micro-batch) and grows a buffer only when a larger input arrives, to the largest size seen, so after the
@@ -163,7 +165,7 @@ def _unregister(owner: torch.Tensor, ptr: int) -> None:
 class _Saved:
     """What the pack hook returns for an offloaded tensor: where its bytes are, and the device copy once fetched."""
 
-    __slots__ = ("owner", "slot", "shape", "dtype", "device", "nbytes", "on_device", "ready", "done",
+    __slots__ = ("owner", "slot", "shape", "dtype", "device", "nbytes", "on_device", "ready", "unpacked",
                  "__weakref__")
 
     def __init__(self, owner: "CheckpointOffload", slot: _Slot, t: torch.Tensor):
@@ -173,7 +175,7 @@ class _Saved:
         self.nbytes = t.numel() * t.element_size()
         self.on_device: torch.Tensor | None = None  # fetched back (by unpack or a prefetch)
         self.ready: Any = None  # CUDA event: the fetch has landed
-        self.done = False  # unpacked
+        self.unpacked = False  # handed back to autograd at least once
 
     def host(self) -> torch.Tensor:
         """The host copy, as a tensor of the original shape and dtype."""
@@ -181,7 +183,8 @@ class _Saved:
         return self.slot.view[:self.nbytes].view(self.dtype).view(self.shape)
 
     def __del__(self) -> None:
-        # a graph freed without a backward (or a prefetched input never asked for): hand the buffer back
+        # autograd dropped the saved tensor (its layer's backward is done, or its graph was freed without one):
+        # hand the buffer back; the next copy into it runs after this one's on the same side stream
         if self.slot is not None:
             self.owner._returned.append(self.slot)
             self.slot = None
@@ -279,19 +282,17 @@ class CheckpointOffload:
         if not isinstance(packed, _Saved):
             return packed
         with self._lock:
-            if packed.done:
-                raise RuntimeError("a checkpoint input offloaded to host memory was asked for twice; it is handed "
-                                   "back once per backward (backward(retain_graph=True) is not supported with "
-                                   "gradient_checkpointing: offload)")
             self.stats.fetched += 1
             if packed.on_device is not None:
                 self.stats.prefetched += 1
             else:
-                self._fetch(packed)
+                self._fetch(packed)  # the first layer the backward meets, or a second backward (retain_graph)
             out, ready = packed.on_device, packed.ready
-            packed.on_device, packed.ready, packed.done = None, None, True
-            self._forget(packed)
-            self._prefetch()
+            packed.on_device, packed.ready = None, None
+            if not packed.unpacked:
+                packed.unpacked = True
+                self._forget(packed)
+                self._prefetch()
         assert out is not None
         if ready is not None:
             torch.cuda.current_stream(out.device).wait_event(ready)
@@ -300,7 +301,8 @@ class CheckpointOffload:
     # --- bookkeeping -------------------------------------------------------------------------------------------
 
     def _fetch(self, saved: _Saved) -> None:
-        """Queue the copy of ``saved`` back to its device and hand its host buffer back to the pool."""
+        """Queue the copy of ``saved`` back to its device (its host buffer stays with it until autograd drops it,
+        so a second backward can fetch it again)."""
         slot = saved.slot
         assert slot is not None
         if saved.device.type == "cuda":
@@ -316,14 +318,12 @@ class CheckpointOffload:
             saved.on_device, saved.ready = out, event
         else:
             saved.on_device = saved.host().clone()
-        saved.slot = None
-        self._buffers(slot).release(slot)  # the next copy into it runs after this one on the same side stream
 
     def _buffers(self, slot: _Slot) -> HostBuffers:
         return self._pinned if slot.pinned_ptr is not None else self._plain
 
     def _forget(self, saved: _Saved) -> None:
-        self._held = [r for r in self._held if (s := r()) is not None and s is not saved and not s.done]
+        self._held = [r for r in self._held if (s := r()) is not None and s is not saved and not s.unpacked]
         self._held_bytes = sum(s.nbytes for r in self._held if (s := r()) is not None)
 
     def _prefetch(self) -> None:
@@ -333,7 +333,7 @@ class CheckpointOffload:
             if ahead >= self.prefetch:
                 return
             s = ref()
-            if s is None or s.done:
+            if s is None or s.unpacked:
                 continue
             if s.on_device is None:
                 self._fetch(s)
@@ -361,7 +361,7 @@ class CheckpointOffload:
             out = []
             for ref in self._held:
                 s = ref()
-                if s is None or s.done or s.slot is None:
+                if s is None or s.unpacked or s.slot is None:
                     continue
                 if s.slot.last_use is not None:
                     s.slot.last_use.synchronize()

@@ -96,6 +96,46 @@ def test_the_runtime_config_checkpoints_under_offload(tmp_path):
     assert fields == train_common.checkpointing_fields(True)
 
 
+PIPELINE = """
+name: contract
+output_dir: out
+model: {{base: meta-llama/Llama-3.2-1B, architecture: llama-3.2-1b, revision: "{revision}"}}
+hardware: {hardware}
+stages:
+  - id: data
+    kind: data
+    max_seq_len: 512
+    datasets: [{{path: example/chat, format: sharegpt}}]
+  - id: sft
+    kind: sft
+    data: data
+    adapter: {{type: lora, r: 8}}
+    learning_rate: 1.0e-4
+    gradient_checkpointing: {gc}
+"""
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("gc", ["true", "false", "offload"])
+def test_the_compiled_args_give_the_runtime_the_planned_mode(gc, device, tmp_path, monkeypatch):
+    """What the compiler resolved (``TrainingFacts.checkpointing``) is what the runtime reads from the args file:
+    the same mode, and the trainer's checkpointing on unless it is ``off``."""
+    from ftplan.api import check_text, plan_files
+    from ftplan.schemas.runtime_args import RuntimeArgs
+    from ftplan_runtime import train_common
+
+    hardware = "{device: cpu}" if device == "cpu" else "{gpu: h100-sxm-80gb}"
+    result = check_text(PIPELINE.format(hardware=hardware, gc=gc, revision="0" * 40), "contract.yaml", tmp_path)
+    assert result.ok, [d.message for d in result.diagnostics if d.severity.value == "error"]
+    planned = result.ctx.facts("sft").train.checkpointing
+    assert planned == {"true": "on", "false": "off", "offload": "offload" if device == "cuda" else "on"}[gc]
+    args = RuntimeArgs.model_validate_json(plan_files(result, "plan")["stages/sft/args.json"])
+    assert checkpoint_mode(args.stage.gradient_checkpointing, args.promise.device) == planned
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")  # config_kwargs sets it
+    fields = train_common.config_kwargs(args, has_eval=False)
+    assert fields == {**fields, **train_common.checkpointing_fields(planned != "off")}
+
+
 # --- the hooks take each layer's input and nothing else --------------------------------------------------------------
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
@@ -222,14 +262,20 @@ def test_the_runtime_stops_when_layers_do_not_offload():
         check.on_step_end(None, None, None)
 
 
-def test_a_second_unpack_is_refused():
-    offload = CheckpointOffload(cpu_tensors=True)
-    x = torch.randn(4, 8, requires_grad=True)
-    with offload.hooks():
-        y = (x * x).sum()  # mul saves x (twice: both operands)
-    y.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="asked for twice"):
-        y.backward()
+def test_a_retained_graph_fetches_its_inputs_again():
+    model = checkpointing(tiny())
+    offload = offload_checkpoints(model, CheckpointOffload(cpu_tensors=True))
+    ids, labels = batch()
+    loss = model(input_ids=ids, labels=labels).loss
+    loss.backward(retain_graph=True)
+    first = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss.backward()  # accumulates the same gradients again
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * first[n], msg=n)
+    assert (offload.stats.tensors, offload.stats.fetched) == (LAYERS, 2 * LAYERS)
+    del loss
+    loss_and_grads(model, batch())
+    assert offload.buffers.allocations == LAYERS  # the retained graph's buffers came back
 
 
 def test_parameters_and_integer_tensors_stay_where_they_are():
@@ -280,7 +326,7 @@ def test_cuda_copies_give_identical_loss_and_gradients(reentrant, peft):
     report = offload.report()
     assert report["pinned"] is True and report["host_buffer_allocations"] == 4 == report["host_buffers"]
     assert (report["tensors"], report["fetched"], report["prefetched"]) == (12, 12, 9)
-    assert offload.buffers._free and all(s.view.is_pinned() for s in offload.buffers._free)
+    assert all(s.view.is_pinned() for s in offload.buffers._all)
     offload.close()
     assert offload.buffers.capacity_bytes == 0
 
@@ -289,11 +335,17 @@ def test_cuda_copies_give_identical_loss_and_gradients(reentrant, peft):
 @needs_cuda
 def test_cuda_offload_frees_the_checkpoints():
     """Peak allocated memory of a forward + backward falls by about (layers − 1 − OFFLOAD_PREFETCH) × tokens ×
-    hidden × 2 bytes: only the layer being recomputed and the input fetched ahead stay on the GPU."""
-    layers, hidden, rows, seq = 16, 1024, 2, 4096
-    model = with_lora(tiny(layers=layers, hidden=hidden, intermediate_size=2816, num_attention_heads=8,
-                           num_key_value_heads=8, max_position_embeddings=seq, attn_implementation="sdpa")
-                      .to(torch.bfloat16).cuda())
+    hidden × 2 bytes: only the layer being recomputed and the input fetched ahead stay on the GPU. The layers are
+    wide enough (hidden 4096) for each one's compute to outlast the copy of its input over PCIe, as in the models
+    offloading is for; a narrow layer would finish before its input had left, keeping it alive a little longer."""
+    layers, hidden, rows, seq = 8, 4096, 2, 2048
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = with_lora(tiny(layers=layers, hidden=hidden, intermediate_size=8192, num_attention_heads=32,
+                                   num_key_value_heads=8, max_position_embeddings=seq, attn_implementation="sdpa"))
+    finally:
+        torch.set_default_dtype(torch.float32)
     checkpointing(model)
     data = batch(seq=seq, rows=rows, device="cuda")
 
