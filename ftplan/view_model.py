@@ -160,7 +160,8 @@ def training_settings(stage: "TrainStage", facts: "ResolvedStage", resources: "R
     objective = _objective(stage, facts)
     if objective is not None:
         out.append(("objective", objective))
-    checkpointing = "gradient checkpointing" if stage.gradient_checkpointing else "no gradient checkpointing"
+    checkpointing = {"off": "no gradient checkpointing", "on": "gradient checkpointing",
+                     "offload": "gradient checkpointing offloaded to host memory"}[t.checkpointing]
     out.append(("precision", f"{stage.precision}, attention {stage.attention}, {checkpointing}, kernels "
                              f"{stage.kernels}"))
     out.append(("checkpoints", _checkpoints(stage)))

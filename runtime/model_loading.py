@@ -11,6 +11,13 @@ Order for a training stage:
    compute dtype (no ``prepare_model_for_kbit_training``, whose fp32 upcast costs memory and buys nothing);
 5. the trained part: ``continue_adapter`` reloaded trainable, or a new ``LoraConfig``, or nothing (full).
 
+Sharded QLoRA (ZeRO-3 or FSDP2, the FSDP-QLoRA recipe): the packed 4-bit codes are stored in the compute dtype
+(``quant_storage`` of the contract), so both can partition them like any 16-bit weight, and the preflight checks the
+loaded weights are. Under FSDP2 the base is quantized in host memory (``loads_4bit_on_host``): ``fully_shard`` moves it
+onto the GPU one decoder layer at a time, keeping each process's shard, so no GPU holds the whole 4-bit model; and
+every trainable parameter is fp32 (FSDP2 needs one dtype per sharded group, and accelerate upcasts a model's trainable
+parameters only when it has no 4-bit weights).
+
 A reward stage loads the same weights as ``AutoModelForSequenceClassification`` with one label (a ``score`` head,
 initialised from the stage's seed, replaces ``lm_head``) and its adapter as PEFT's ``SEQ_CLS`` task, which trains the
 head in full beside it; the graph hands it full weights only (FT212), so nothing is merged into it.
@@ -30,9 +37,9 @@ from pathlib import Path
 
 from ftplan.schemas.adapters import LoraAdapter
 from ftplan.schemas.model import ModelSpec
-from ftplan.schemas.runtime_args import AdapterRef, ModelSource, RuntimeArgs
+from ftplan.schemas.runtime_args import (AdapterRef, ModelSource, RuntimeArgs, loads_4bit_on_host, quant_storage)
 
-from .preflight import StageError
+from .preflight import StageError, check_4bit_storage
 from .stamps import TOKENIZER_FILES
 
 MERGED_INPUT_DIR = "merged_input"
@@ -142,9 +149,11 @@ def save_tokenizer(tok, source_dir: str, dest: str | Path, *, changed: bool) -> 
 
 
 def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | None = None,
-                 quantize_4bit: bool = False, device_map=None, reward: bool = False):
-    """``AutoModelForCausalLM`` from ``path`` at ``dtype`` (NF4 + double quant with ``quantize_4bit``); with
-    ``reward``, ``AutoModelForSequenceClassification`` with one label instead (the reward model's score head)."""
+                 quantize_4bit: bool = False, device_map=None, reward: bool = False, storage: str = "uint8"):
+    """``AutoModelForCausalLM`` from ``path`` at ``dtype`` (NF4 + double quant with ``quantize_4bit``, the packed
+    codes stored as ``storage``, a torch dtype name); with ``reward``, ``AutoModelForSequenceClassification`` with
+    one label instead (the reward model's score head)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {"dtype": dtype, "attn_implementation": attention, "revision": revision}
@@ -155,7 +164,7 @@ def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | N
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=getattr(torch, storage),
         )
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -235,6 +244,9 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
     qlora = (isinstance(adapter, LoraAdapter) and adapter.type == "qlora") or (
         adapter == "continue" and cont.type == "qlora")
     dtype = train_dtype(stage.precision, full)
+    storage = quant_storage(args.promise)
+    if qlora and loads_4bit_on_host(args.promise):
+        device_map = {"": "cpu"}  # FSDP2 moves each wrapped layer onto this process's GPU as it shards it
     tok, changed = load_tokenizer(src, args.model)
 
     weights, revision = src.weights, src.revision
@@ -259,8 +271,11 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
             model = merge_adapters(model, src.merge)
     if model is None:
         model = load_weights(weights, dtype=dtype, attention=stage.attention, revision=revision,
-                             quantize_4bit=qlora, device_map=device_map if qlora else None, reward=reward)
+                             quantize_4bit=qlora, device_map=device_map if qlora else None, reward=reward,
+                             storage=storage)
         fit_embeddings(model, tok)
+    if qlora:
+        check_4bit_storage(args.promise, model, storage)
     if reward:
         model.config.pad_token_id = tok.pad_token_id  # the score is read at each row's last non-pad token
     if src.merge and qlora:
@@ -287,16 +302,20 @@ def load_for_training(args: RuntimeArgs, *, zero_stage: int | None = None, devic
                                autocast_adapter_dtype=autocast)
     if not full and autocast and stage.precision == "fp16":
         upcast_trainable(model)
+    if qlora and args.promise.distributed_type == "FSDP":
+        upcast_trainable(model, every_half=True)
     return LoadedModel(model=model, tokenizer=tok, tokenizer_changed=changed, peft=not full, quantized=qlora)
 
 
-def upcast_trainable(model) -> None:
+def upcast_trainable(model, *, every_half: bool = False) -> None:
     """Keep every trainable fp16 parameter in fp32 (fp16 mixed precision: the loss scaler refuses fp16
-    gradients). PEFT upcasts the adapter matrices, but not the ``modules_to_save`` copies of base modules."""
+    gradients). PEFT upcasts the adapter matrices, but not the ``modules_to_save`` copies of base modules. With
+    ``every_half``, bf16 ones too (FSDP2 over a 4-bit base: one trainable dtype per sharded group)."""
     import torch
 
+    half = (torch.float16, torch.bfloat16) if every_half else (torch.float16,)
     for p in model.parameters():
-        if p.requires_grad and p.dtype == torch.float16:
+        if p.requires_grad and p.dtype in half:
             p.data = p.data.float()
 
 

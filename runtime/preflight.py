@@ -204,6 +204,22 @@ def check_attention_loaded(promise: Promise, model) -> None:
               "install the backend's package or pick a backend the model supports, then recompile")
 
 
+def check_4bit_storage(promise: Promise, model, storage: str) -> None:
+    """After loading a QLoRA base: every 4-bit weight is stored in ``storage`` (the contract's ``quant_storage``:
+    the compute dtype under ZeRO-3 and FSDP2, which can shard only such weights; ``uint8`` otherwise)."""
+    found = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                    if type(p).__name__ == "Params4bit"})
+    if not found:
+        _fail("4-bit base", "bitsandbytes NF4 weights", "a model without 4-bit weights after loading",
+              "check that bitsandbytes is installed with a backend for this device, and recompile")
+    if found != [storage]:
+        sharded = promise.zero_stage == 3 or promise.distributed_type == "FSDP"
+        _fail("4-bit storage dtype", storage, f"4-bit weights stored as {', '.join(found)}"
+              + (" (the sharded strategies partition only weights stored in the compute dtype)" if sharded else ""),
+              "use a transformers release whose BitsAndBytesConfig honours `bnb_4bit_quant_storage` "
+              "(ftplan's constraints.txt pins one), or recompile")
+
+
 def apply_promised_kernels(promise: Promise, model):
     """Apply ``kernels: ftplan`` and require every expected op patched; returns the KernelReport (or None)."""
     if promise.kernels != "ftplan":

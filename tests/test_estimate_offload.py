@@ -93,6 +93,12 @@ def test_the_view_shows_the_host_memory(tmp_path):
     assert "  host memory 4.0 GiB per node:" in text
     assert f"    {PINNED_CHECKPOINTS} 4.0 GiB (32 layers × 16,384 tokens × 2 B × 4,096)" in text
     assert "activation checkpoints on the GPU (offloaded)" in text
+    from ftplan.api import plan_files
+
+    result = check_file(path)
+    md = plan_files(result, "plan")["plan.md"]
+    assert "gradient checkpointing offloaded to host memory" in md and "- host memory: 4.0 GiB" in md
+    assert "activation checkpoints offloaded to pinned host memory: 4.0 GiB per GPU" in md
 
 
 def test_a_stage_that_fits_only_offloaded_is_offered_offload(tmp_path):

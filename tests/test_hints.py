@@ -221,7 +221,9 @@ CORPUS: dict[str, str] = {
     "simpo with a reference": build(dpo={"loss_type": "simpo", "beta": 2.0, "reference": "precomputed"}),
     "simpo margin on ipo": build(dpo={"loss_type": "ipo", "simpo_gamma": 1.0}),
     "too big": build(data={"max_seq_len": 131072}, sft={"micro_batch": 8}),
-    "qlora and fsdp2": build(hardware={"gpus_per_node": 8}, sft={"adapter": {"type": "qlora"}, "distributed": "fsdp2"}),
+    "qlora and fsdp2 for dpo": build(hardware={"gpus_per_node": 8},
+                                     sft={"adapter": {"type": "qlora"}, "distributed": "fsdp2"},
+                                     dpo={"distributed": "fsdp2"}),
     "merge_input under zero3": build(hardware={"gpus_per_node": 8},
                                      dpo={"adapter": {"type": "lora"}, "merge_input": True, "distributed": "zero3"}),
     "kernels on gemma": build(model={"base": "google/gemma-2-9b", "architecture": "gemma-2-9b"},
@@ -375,7 +377,8 @@ def test_the_corpus_reaches_every_error_code(project):
                   "FT336", "FT337", "FT338", "FT340", "FT405", "FT410", "FT411", "FT414", "FT416", "FT506", "FT508",
                   "FT511", "FT512",
                   "FT514", "FT517", "FT603", "FT604", "FT607", "FT608", "FT609", "FT610", "FT612", "FT613", "FT614", "FT615",
-                  "FT622", "FT623", "FT624"}
+                  "FT622", "FT623", "FT624",
+                  "FT326"}  # a warning: kernels: ftplan on ORPO/SimPO (tests/checks/test_runtime_limits.py)
     local_files = {"FT011", "FT406", "FT407", "FT408", "FT409", "FT412", "FT413"}
     missing = sorted(set(all_codes()) - seen - not_errors - local_files)
     assert missing == [], f"no corpus entry reaches {missing}"

@@ -10,7 +10,7 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
   norm, lm_head); on a freshly wrapped model the embedding lookup then meets a sharded DTensor and fails.
 * FT321 mirrors ``model_loading.load_for_training``: adapters merged into the base when the stage loads (a DPO
   ``merge_input``, or the earlier adapters of a continued chain) cannot be merged into ZeRO-3's sharded weights.
-  A QLoRA stage merges at 16-bit before sharding, but QLoRA under ZeRO-3 is FT318 already.
+  A QLoRA stage merges at 16-bit on the main process before it loads the merge in 4-bit and shards it.
 * FT322 mirrors ``kernels.patch._head_parameters``: the fused cross-entropy refuses an active LoRA on ``lm_head``
   (a ``NotImplementedError`` at the first SFT step). ``all-linear`` never adapts the output layer.
 * FT323 mirrors ``preflight.check_device``: fp16 mixed precision needs a CUDA device.
@@ -90,7 +90,7 @@ def _merge_at_load(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts
     if facts.strategy != "zero3" or link is None or link.input is None or link.result is None:
         return []
     if facts.method == "qlora":
-        return []  # merged at 16-bit before the 4-bit reload; QLoRA + ZeRO-3 itself is FT318
+        return []  # merged at 16-bit on the main process, then reloaded in 4-bit and sharded
     adapters = link.input.adapters
     if link.merges_input and stage.input is not None:
         chain = ", ".join(f"'{a.stage}'" for a in adapters)

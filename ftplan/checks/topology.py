@@ -3,11 +3,19 @@ under DeepSpeed/FSDP, and a 4-bit (QLoRA) base under sharding.
 
 Decisions (see the messages for the user-facing reasons):
 
-* QLoRA with ZeRO-3 is refused. ZeRO-3 partitions parameters and cannot partition bitsandbytes'
-  packed 4-bit tensors unless the model is loaded with a matching ``bnb_4bit_quant_storage``; the supported
-  sharded path in ftplan is FSDP2 (FSDP-QLoRA). QLoRA with ZeRO-1/2 is fine (only optimizer states and
-  gradients are partitioned).
-* QLoRA + FSDP2 + DPO is refused (Axolotl blocks it too); QLoRA + FSDP2 for SFT is allowed.
+* Sharded QLoRA (the FSDP-QLoRA recipe): under ZeRO-3 and FSDP2 the runtime stores the packed 4-bit codes in the
+  compute dtype (the contract's ``quant_storage``), which both partition like any 16-bit weight; with the stack
+  ftplan pins (transformers 5.24, accelerate 1.15, DeepSpeed 0.19, bitsandbytes 0.50) both train a LoRA on a
+  sharded 4-bit base to the unsharded loss (``tests/runtime/test_sharded_qlora.py``, two processes). What differs
+  is the load: FSDP2 quantizes the base in host memory and moves it onto the GPUs one layer at a time
+  (``loads_4bit_on_host``), while under ZeRO-3 every GPU holds the whole 4-bit model until DeepSpeed partitions it,
+  a memory matter the estimator counts (its model-load phase). So QLoRA with ``zero3`` is accepted for every kind,
+  and QLoRA with ``fsdp2`` for SFT, CPT and reward models; ``kernels: ftplan`` (FT309, FT320) and the 8-bit
+  optimizers (FT315) are refused there as for any FSDP2 run.
+* QLoRA + FSDP2 for DPO, ORPO and KTO stays refused (FT319): those trainers' passes over an FSDP2-sharded 4-bit base
+  (the adapter switched off for the reference, log-probs precomputed before the model is sharded) have not been run,
+  and Axolotl refuses the combination as well; ``zero3`` shards the same 4-bit base for them.
+  QLoRA with ZeRO-1/2 is fine (only optimizer states and gradients are partitioned).
 * A bitsandbytes 8-bit optimizer under ZeRO runs as a client optimizer DeepSpeed calls "untested" (the
   trainer sets ``zero_allow_untested_optimizer``): a warning. With ``offload_optimizer`` DeepSpeed refuses a
   client optimizer (``zero_force_ds_cpu_optimizer``), and under FSDP2 the optimizer meets sharded DTensor
@@ -34,8 +42,7 @@ CODES = {
     "FT315": "a bitsandbytes 8-bit optimizer with optimizer offload or FSDP2",
     "FT316": "invalid Slurm time limit",
     "FT317": "more than 8 GPUs per node",
-    "FT318": "QLoRA with ZeRO-3",
-    "FT319": "QLoRA with FSDP2",
+    "FT319": "QLoRA with FSDP2 in a preference stage (DPO, ORPO, KTO)",
 }
 
 _TIME = re.compile(r"^(?:(\d+)|(\d+):(\d{1,2})|(\d+):(\d{1,2}):(\d{1,2})"
@@ -133,17 +140,11 @@ def _optimizer(stage: TrainStage, i: int, name: str, spec: DistributedSpec) -> l
 
 def _quantized(stage: TrainStage, facts: TrainingFacts, i: int, name: str,
                spath: KeyPath) -> list[Diagnostic]:
-    if facts.method != "qlora":
+    if facts.method != "qlora" or name != "fsdp2" or stage.kind not in ("dpo", "orpo", "kto"):
         return []
-    if name == "zero3":
-        return [error("FT318", spath, "QLoRA with `zero3` is refused: ZeRO-3 partitions parameters, and the "
-                      "4-bit base's packed bitsandbytes tensors cannot be partitioned and gathered like bf16 weights",
-                      hint="use `zero2` (shards optimizer states and gradients; the 4-bit base is small)")]
-    if name == "fsdp2":
-        why = ("preference training over an FSDP2-sharded 4-bit base is not a working path (Axolotl refuses it "
-               "for DPO/KTO too)" if stage.kind in ("dpo", "orpo", "kto") else
-               "the runtime does not store the 4-bit weights in the compute dtype that FSDP needs to shard them "
-               "(FSDP-QLoRA), so the path is not offered")
-        return [error("FT319", spath, f"QLoRA with `fsdp2` is not supported: {why}",
-                      hint="use `zero2`, or a `lora` adapter with `fsdp2`")]
-    return []
+    return [error("FT319", spath, f"QLoRA with `fsdp2` is not offered for a {stage.kind.upper()} stage: ftplan shards "
+                  "a 4-bit base with FSDP2 for SFT, CPT and reward models, but has not run TRL's preference trainers "
+                  "over one (the reference pass with the adapter switched off, log-probs precomputed before the "
+                  "model is sharded), and Axolotl refuses the combination too",
+                  hint="use `zero3`, which shards the same 4-bit base (each GPU holds all of it while it loads), "
+                  "or `zero2`")]

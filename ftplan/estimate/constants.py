@@ -97,9 +97,13 @@ NCCL_NVLS_MIB = 2304
 
 # --- Weights and optimizer ---------------------------------------------------------------------------------------
 
-NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+NF4_CODE_BYTES_PER_PARAM = 0.5
+"""The packed 4-bit codes of an NF4 weight: the parameter tensor itself, which ZeRO-3 and FSDP2 shard."""
+
+NF4_BYTES_PER_PARAM = NF4_CODE_BYTES_PER_PARAM + 1 / 64 + 4 / (64 * 256)
 """bitsandbytes NF4 with double quantization: 4-bit codes, an 8-bit absmax per 64-block and an fp32 absmax per
-256 such blocks = 4.127 bits (QLoRA paper, section 3)."""
+256 such blocks = 4.127 bits (QLoRA paper, section 3). The absmax constants live in the weight's ``QuantState``, not
+in a parameter: no sharding strategy partitions them, every GPU holds all of them."""
 
 ADAM_8BIT_BYTES_PER_PARAM = 2 + 2 * 4 / 256
 """bitsandbytes 8-bit Adam: two 1-byte states plus an fp32 absmax per 256-block for each (tensors under 4096

@@ -6,7 +6,7 @@ validated pipeline's data, validates the result against the schema, resolves it,
 every stage (without suggestions). An edit passes when
 
 * the edited file is valid and adds no error the unedited file does not already have (a rule that refuses the
-  new combination, e.g. FT318 for QLoRA with ``zero3``; another stage turned ``oom``), and
+  new combination, e.g. FT315 for an 8-bit optimizer under ``fsdp2``; another stage turned ``oom``), and
 * the stage's verdict is ``fits`` (below ``TIGHT_FRACTION`` of the card; see ``constants.py``).
 
 Only passing edits are offered. Warnings an edit adds (FT314 for an 8-bit optimizer under ZeRO) travel with it.
@@ -17,8 +17,10 @@ Candidates, in order of preference (what changes least about the run comes first
 micro-batch (``grad_accum`` raised to keep the
 effective batch), a precomputed DPO reference, an 8-bit optimizer, sharding on more than one GPU (mildest first:
 ZeRO-3, then optimizer offload, then parameter offload too; an offloaded optimizer steps on the CPU, so an 8-bit one
-becomes ``adamw``), QLoRA instead of LoRA, more GPUs per node (with ZeRO-3 unless already sharded). When no single
-change passes, ``combined`` looks for two or three kinds together.
+becomes ``adamw``; for a QLoRA stage then FSDP2, without and with offload, which shards the 4-bit base without
+loading it whole onto a GPU first, with ``adamw`` and ``kernels: none`` where FSDP2 needs them), QLoRA instead of
+LoRA, more GPUs per node (with ZeRO-3 unless already sharded, or for QLoRA with FSDP2). When no single change
+passes, ``combined`` looks for two or three kinds together.
 """
 
 from __future__ import annotations
@@ -204,15 +206,36 @@ def candidates(pipeline: Pipeline, index: int, r: Resolved) -> list[Edit]:
             cpu_step = update.get("offload_optimizer") and stage.optimizer != "adamw"
             add("sharding", (at("distributed"), _distributed(stage, **update)),
                 *([(at("optimizer"), "adamw")] if cpu_step else []))
+        if r.quantized and r.strategy != "fsdp2":  # sharded QLoRA without loading the whole 4-bit base onto a GPU
+            fsdp2: list[dict[str, str | bool]] = [{"strategy": "fsdp2"}, {"strategy": "fsdp2", "offload_params": True}]
+            for shard in fsdp2:
+                add("sharding", (at("distributed"), _distributed(stage, **shard)), *_fsdp2_needs(stage, at))
     if r.method in ("lora", "dora") and isinstance(stage.adapter, LoraAdapter):
         add("qlora", (at("adapter", "type"), "qlora"))
     gpn = pipeline.hardware.gpus_per_node
     more = gpn * 2
     while more <= MAX_GPUS_PER_NODE:
-        shard = [] if r.sharded_weights else [(at("distributed"), _distributed(stage, strategy="zero3"))]
-        add("gpus", (("hardware", "gpus_per_node"), more), *shard)
+        if r.sharded_weights:
+            add("gpus", (("hardware", "gpus_per_node"), more))
+        else:
+            add("gpus", (("hardware", "gpus_per_node"), more),
+                (at("distributed"), _distributed(stage, strategy="zero3")))
+            if r.quantized:
+                add("gpus", (("hardware", "gpus_per_node"), more),
+                    (at("distributed"), _distributed(stage, strategy="fsdp2")), *_fsdp2_needs(stage, at))
         more *= 2
     return out
+
+
+def _fsdp2_needs(stage: TrainStage, at: Any) -> list[tuple[KeyPath, object]]:
+    """What a stage moved to ``fsdp2`` must change with it: torch AdamW for a bitsandbytes 8-bit optimizer (FT315),
+    ``kernels: none`` for the fused kernels, which read weights FSDP2 keeps sharded (FT309, FT320)."""
+    needs: list[tuple[KeyPath, object]] = []
+    if stage.optimizer != "adamw":
+        needs.append((at("optimizer"), "adamw"))
+    if stage.kernels == "ftplan":
+        needs.append((at("kernels"), "none"))
+    return needs
 
 
 def _distributed(stage: TrainStage, **update: str | bool) -> str | dict[str, Any]:

@@ -121,7 +121,11 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     terms = _merge(base + body)
     total = sum(t.bytes for t in terms)
     per_node = max(1, r.world // max(1, r.nodes))
-    notes = [f"peak during: {peak_phase.name}", f"modelled step: {r.loop.name}"]
+    peak_name, load_notes = _model_load(r, gpu, cpu, total, per_node)
+    if peak_name is not None:
+        terms = _merge([fixed.context(gpu), *fixed.nccl(r.world, gpu, r.nvls), *states.model_load(r)])
+        total = sum(t.bytes for t in terms)
+    notes = [f"peak during: {peak_name or peak_phase.name}", f"modelled step: {r.loop.name}", *load_notes]
     if st.host:
         notes.append(f"offloaded to CPU memory: {gib_text(st.host)} per GPU, {gib_text(st.host * per_node)} per node")
     pinned = host.offloaded_checkpoints(r, acts)
@@ -145,6 +149,27 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     return StageEstimate(stage_id, total, capacity, verdict(total, capacity), terms, tokens_per_step=tokens,
                          step_time_s=throughput.step_time(r, gpu, st.trainable),
                          host_bytes=(host_per_gpu * per_node) or None, host_terms=host_terms, notes=tuple(notes))
+
+
+def _model_load(r: Resolved, gpu: GpuSpec | None, cpu: bool, step_peak: int,
+                per_node: int) -> tuple[str | None, list[str]]:
+    """(the peak's name when loading the model takes more of a GPU than the training step, notes on the load): a
+    QLoRA base under ZeRO-3 is whole on every GPU until DeepSpeed partitions it (``states.model_load``); under FSDP2
+    it is quantized in each process's host memory instead (``states.host_load``)."""
+    notes = []
+    host_bytes = states.host_load(r)
+    if host_bytes:
+        notes.append(f"loading: every process quantizes the whole base in host memory before FSDP2 moves it onto the "
+                     f"GPU layer by layer: {gib_text(host_bytes)} per process, {gib_text(host_bytes * per_node)} per "
+                     "node")
+    load = states.model_load(r)
+    if cpu or not load:
+        return None, notes
+    at_load = sum(t.bytes for t in [fixed.context(gpu), *fixed.nccl(r.world, gpu, r.nvls), *load])
+    what = "every GPU holds the whole 4-bit model until ZeRO-3 partitions it"
+    if at_load > step_peak:
+        return f"model load ({what})", notes
+    return None, [*notes, f"model load: {gib_text(at_load)} per GPU ({what}), below the training step's peak"]
 
 
 def verdict_thresholds(capacity: int) -> tuple[int, int]:

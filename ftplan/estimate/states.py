@@ -49,6 +49,15 @@ task keeps it in ``modules_to_save``).
 Frozen weights (adapter methods) are replicated under none/ddp/zero1/zero2 and sharded 1/N under zero3/fsdp2, where
 ``offload_params`` moves them to the host. Beyond the model states, ``_sharding_buffers`` adds what the DeepSpeed
 estimators leave out: ZeRO-3's live parameters (``stage3_max_live_parameters``) and the communication buckets.
+
+Sharded QLoRA (zero3, fsdp2; the runtime stores the 4-bit codes in the compute dtype so both can partition them,
+``schemas.runtime_args.quant_storage``): the packed codes, 0.5 B per decoder linear parameter, are sharded 1/N like
+any weight, and moved to the host by ``offload_params``; the NF4 quantization constants (0.127 bits per parameter)
+live in each weight's ``QuantState``, not in a parameter, and stay whole on every GPU. FSDP2 gathers one decoder
+layer's codes (and its norms and adapters) at a time, plus the 16-bit embedding or head; the dequantised 16-bit
+copy of each linear, made per call, is the activations' ``weight_transient``. Loading differs: under ZeRO-3 every GPU
+quantizes and holds the whole 4-bit model before DeepSpeed partitions it (``model_load``, a peak of its own), while
+FSDP2 quantizes it in each process's host memory and moves it onto the GPU layer by layer (``host_load``).
 """
 
 from __future__ import annotations
@@ -56,8 +65,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.architecture import LinearModule, largest_layer_params, linear_modules, lora_params, param_counts
-from .constants import ADAM_8BIT_BYTES_PER_PARAM, NF4_BYTES_PER_PARAM
-from ..units import dtype_name, params
+from .constants import ADAM_8BIT_BYTES_PER_PARAM, NF4_BYTES_PER_PARAM, NF4_CODE_BYTES_PER_PARAM
+from ..units import dtype_name, gib_text, params
 from .resolved import Resolved
 from .types import Term
 
@@ -146,12 +155,17 @@ def compute(r: Resolved) -> States:
         shard = n if r.sharded_weights else 1
         where = f" / {n} GPUs" if shard > 1 else ""
         if r.quantized:
-            frozen = [Term("base weights (NF4)", int(p_lin * NF4_BYTES_PER_PARAM / shard),
-                           f"{params(p_lin)} decoder linear params × 4.127 bits{where}"),
-                      Term(f"embeddings, lm_head, norms ({dtype_name(r.lm_head_bytes, r.half)})",
-                           p_rest * r.lm_head_bytes // shard,
-                           f"{params(p_rest)} params × {r.lm_head_bytes} B"
-                           + (" (upcast by prepare_model_for_kbit_training)" if r.upcast_base else "") + where)]
+            rest = Term(f"embeddings, lm_head, norms ({dtype_name(r.lm_head_bytes, r.half)})",
+                        p_rest * r.lm_head_bytes // shard,
+                        f"{params(p_rest)} params × {r.lm_head_bytes} B"
+                        + (" (upcast by prepare_model_for_kbit_training)" if r.upcast_base else "") + where)
+            if shard > 1:
+                frozen = [Term("base weights (NF4)", int(p_lin * NF4_CODE_BYTES_PER_PARAM / shard),
+                               f"{params(p_lin)} decoder linear params × 4-bit codes{where}"), rest]
+                terms.append(_nf4_constants(p_lin))
+            else:
+                frozen = [Term("base weights (NF4)", int(p_lin * NF4_BYTES_PER_PARAM),
+                               f"{params(p_lin)} decoder linear params × 4.127 bits"), rest]
         else:
             wb = half if ds else r.param_bytes
             frozen = [Term(f"weights ({dtype_name(wb, r.half)})", p_all * wb // shard,
@@ -256,6 +270,8 @@ def _sharding_buffers(r: Resolved, p_t: int) -> list[Term]:
         out.append(Term("ZeRO-3 live parameters", live * 2, f"stage3_max_live_parameters {params(live)} × 2 B"))
         out.append(Term("DeepSpeed comm buckets", int(DEEPSPEED_OVERLAP_FACTOR * 2 * h2 + 2 * (9 * h2 // 10)),
                         f"reduce bucket {h2:,} × 2 B × {DEEPSPEED_OVERLAP_FACTOR} + prefetch bucket 0.9 h^2 × 2 B"))
+    elif r.strategy == "fsdp2" and r.quantized:
+        out.append(_fsdp2_4bit_units(r))
     elif r.strategy == "fsdp2":
         pc = param_counts(shape)
         unit = max(pc.per_layer_linear + pc.per_layer_norm, pc.embedding)
@@ -263,6 +279,60 @@ def _sharding_buffers(r: Resolved, p_t: int) -> list[Term]:
         out.append(Term("FSDP2 unsharded units", 2 * 2 * unit + grads,
                         f"current + prefetched unit {params(unit)} × 2 B" + (" + fp32 unit grads" if grads else "")))
     return out
+
+
+def _nf4_constants(p_lin: int) -> Term:
+    """The NF4 quantization constants of a sharded 4-bit base: whole on every GPU (``QuantState`` attributes, which
+    neither ZeRO-3 nor FSDP2 partitions)."""
+    per = NF4_BYTES_PER_PARAM - NF4_CODE_BYTES_PER_PARAM
+    return Term("NF4 quantization constants", int(p_lin * per),
+                f"{params(p_lin)} params × {per * 8:.3f} bits (absmax per 64 and per 64 × 256 weights), whole on "
+                "every GPU")
+
+
+def _fsdp2_4bit_units(r: Resolved) -> Term:
+    """FSDP2's unsharded units over a 4-bit base: the unit in use and the one prefetched, each the larger of a
+    decoder layer (4-bit codes, 16-bit norms, adapters gathered at the compute dtype) and the 16-bit embedding (its
+    own unit; the head, in the tail unit with the final norm, is as large)."""
+    pc = param_counts(r.shape)
+    cast = 2 if r.precision in ("bf16", "fp16") else 4
+    adapters = trainable_params(r) // max(1, r.shape.num_layers)
+    layer = int(pc.per_layer_linear * NF4_CODE_BYTES_PER_PARAM) + pc.per_layer_norm * r.lm_head_bytes + adapters * cast
+    embedding = pc.embedding * r.lm_head_bytes
+    unit = max(layer, embedding)
+    what = "a decoder layer's 4-bit codes, norms and adapters" if layer >= embedding else "the 16-bit embedding or head"
+    return Term("FSDP2 unsharded units", 2 * unit, f"current + prefetched unit: {what}, {gib_text(unit)}")
+
+
+def model_load(r: Resolved) -> tuple[Term, ...]:
+    """What each GPU holds while the stage loads its model, where that can exceed its share of the training states: a
+    QLoRA base under ZeRO-3 is quantized whole on every GPU with its new adapters, and DeepSpeed partitions it only
+    then (transformers builds a 4-bit model without ``zero.Init``; DeepSpeed moves an unpartitioned model onto the
+    device before partitioning it). Empty for every other setup (ZeRO-3 builds a 16-bit model partitioned; FSDP2
+    loads on the host: ``host_load``)."""
+    if not (r.quantized and r.strategy == "zero3"):
+        return ()
+    pc = param_counts(r.shape)
+    p_lin = r.shape.num_layers * pc.per_layer_linear
+    p_rest = loaded_params(r) - p_lin
+    p_t = trainable_params(r)
+    return (Term("whole 4-bit model (loading, before ZeRO-3 partitions it)",
+                 int(p_lin * NF4_BYTES_PER_PARAM) + p_rest * r.lm_head_bytes,
+                 f"{params(p_lin)} params × 4.127 bits + {params(p_rest)} params × {r.lm_head_bytes} B"),
+            Term("new adapters (fp32)", p_t * 4, f"{params(p_t)} params × 4 B"))
+
+
+def host_load(r: Resolved) -> int:
+    """Host memory each process needs to load the stage's model, where the GPU is not where it loads: a QLoRA base
+    under FSDP2 is quantized in host memory, whole in every process, before ``fully_shard`` moves it onto the GPU one
+    layer at a time (the 4-bit model plus the largest 16-bit weight being quantized). 0 otherwise."""
+    if not (r.quantized and r.strategy == "fsdp2"):
+        return 0
+    pc = param_counts(r.shape)
+    p_lin = r.shape.num_layers * pc.per_layer_linear
+    p_rest = loaded_params(r) - p_lin
+    largest_linear = max(m.weight_params for m in linear_modules(r.shape))
+    return int(p_lin * NF4_BYTES_PER_PARAM) + p_rest * r.lm_head_bytes + largest_linear * r.lm_head_bytes
 
 
 def _reference(r: Resolved, total: int, p_t: int) -> list[Term]:

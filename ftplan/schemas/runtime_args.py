@@ -82,6 +82,38 @@ class Promise(FtplanModel):
     """Its memory; the runtime fails when the visible GPU has less (5 % tolerance)."""
 
 
+QuantStorage = Literal["uint8", "bfloat16", "float16", "float32"]
+"""The torch dtype (by name) bitsandbytes stores a QLoRA base's packed 4-bit codes in (``bnb_4bit_quant_storage``)."""
+
+_COMPUTE_STORAGE: dict[str, QuantStorage] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def shards_parameters(promise: Promise) -> bool:
+    """The plan partitions every parameter across its processes, a 4-bit base's included: DeepSpeed ZeRO-3 or
+    FSDP2 (the estimator's ``Resolved.sharded_weights``)."""
+    return promise.zero_stage == 3 or promise.distributed_type == "FSDP"
+
+
+def quant_storage(promise: Promise) -> QuantStorage:
+    """The dtype a QLoRA stage stores its packed 4-bit codes in: bitsandbytes' ``uint8`` unless the plan shards
+    parameters, and then the stage's compute dtype (the FSDP-QLoRA recipe). FSDP2 shards floating tensors only
+    (accelerate leaves a ``uint8`` 4-bit weight out of ``fully_shard``, whole on every GPU), and both FSDP2's
+    ``MixedPrecisionPolicy`` and DeepSpeed's bf16/fp16 engine cast the parameters they gather or hold to the compute
+    dtype: codes stored in any other floating dtype would be converted as numbers and destroyed. The runtime loads
+    with it and its preflight checks the loaded weights (``ftplan_runtime.model_loading``)."""
+    return _COMPUTE_STORAGE[promise.precision] if shards_parameters(promise) else "uint8"
+
+
+def loads_4bit_on_host(promise: Promise) -> bool:
+    """A QLoRA base is quantized in host memory rather than on the GPU: under FSDP2, whose ``fully_shard`` then moves
+    it onto the GPU one wrapped layer at a time, so no GPU holds the whole 4-bit model (accelerate's rank-0
+    ``cpu_ram_efficient_loading`` does not apply to 4-bit weights: every process loads the whole base). Under
+    ZeRO-3 the base is quantized on each GPU, which holds it whole until DeepSpeed partitions it (DeepSpeed moves
+    an unpartitioned model onto the device first, wherever it was loaded; transformers builds a 4-bit model without
+    ``zero.Init``): the estimator's model-load phase."""
+    return promise.distributed_type == "FSDP"
+
+
 class AdapterRef(FtplanModel):
     """An adapter trained by an earlier stage."""
 
