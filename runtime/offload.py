@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+import types
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -130,7 +131,9 @@ class HostBuffers:
             view = owner[start:start + capacity]
             code = int(torch.cuda.cudart().cudaHostRegister(view.data_ptr(), capacity, 0))
             if code != 0:
-                raise RuntimeError(
+                from .preflight import StageError
+
+                raise StageError(
                     f"gradient_checkpointing: offload could not page-lock {capacity / 2**20:,.1f} MiB of host memory "
                     f"for a layer's checkpoint (cudaHostRegister returned CUDA error {code}); the node is short of "
                     "memory it can lock: give the job more host memory, or use `gradient_checkpointing: true`")
@@ -387,6 +390,9 @@ class CheckpointOffload:
             self._pinned.close()
             self._plain.close()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CheckpointOffload":
+        return self  # one per process: its buffers, streams and lock are not copied
+
     def wrap(self, checkpoint: Callable[..., Any]) -> "OffloadedCheckpoint":
         """``checkpoint`` (a checkpoint function: ``fn(function, *args, **kwargs)``) with its inputs offloaded."""
         return checkpoint if isinstance(checkpoint, OffloadedCheckpoint) else OffloadedCheckpoint(checkpoint, self)
@@ -404,6 +410,9 @@ class OffloadedCheckpoint:
         with self.offload.hooks():
             return self.checkpoint(function, *args, **kwargs)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "OffloadedCheckpoint":
+        return self  # a deep copy of the model (a frozen reference) offloads through the same buffers and streams
+
 
 def _pretrained_models(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformers models inside ``model`` (a PEFT model holds one), outermost first."""
@@ -412,30 +421,33 @@ def _pretrained_models(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
 
 
+def _offloading_set_gradient_checkpointing(self: Any, enable: bool = True, gradient_checkpointing_func: Any = None,
+                                           **kwargs: Any) -> Any:
+    """A transformers model's ``_set_gradient_checkpointing``, handing out its checkpoint function wrapped by the
+    model's ``CheckpointOffload`` (bound to each model by ``offload_checkpoints``; a deep copy of the model is bound
+    to the copy and offloads through the same one)."""
+    ref = getattr(self, "_ftplan_offload", None)
+    offload = ref() if ref is not None else None
+    if enable and offload is not None:
+        from torch.utils.checkpoint import checkpoint
+
+        gradient_checkpointing_func = offload.wrap(gradient_checkpointing_func or checkpoint)
+    if gradient_checkpointing_func is not None:
+        kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+    return type(self)._set_gradient_checkpointing(self, enable=enable, **kwargs)
+
+
 def offload_checkpoints(model: torch.nn.Module, offload: CheckpointOffload) -> CheckpointOffload:
     """Make ``model``'s gradient checkpointing offload its checkpoint inputs, now and whenever it is enabled again.
 
     transformers enables checkpointing by handing every checkpointed layer a checkpoint function through
     ``_set_gradient_checkpointing`` (the Trainer does so inside ``train()``, TRL again after switching it off for a
-    reference pass). That method is wrapped on each transformers model inside ``model`` so the function it hands out
-    is ``offload.wrap(function)``; layers already checkpointing get theirs wrapped now."""
+    reference pass). Each transformers model inside ``model`` gets that method bound to a version that hands out
+    ``offload.wrap(function)`` (it holds ``offload`` by a weak reference); layers already checkpointing get theirs
+    wrapped now. The model must be kept alive with ``offload``: the runtime holds both for the run."""
     for m in _pretrained_models(model):
-        if getattr(m, "_ftplan_offload", None) is offload:
-            continue
-        original = m._set_gradient_checkpointing
-
-        def _set_gradient_checkpointing(enable: bool = True, gradient_checkpointing_func: Any = None, *,
-                                        _original: Any = original, **kwargs: Any) -> Any:
-            if enable:
-                from torch.utils.checkpoint import checkpoint
-
-                kwargs["gradient_checkpointing_func"] = offload.wrap(gradient_checkpointing_func or checkpoint)
-            elif gradient_checkpointing_func is not None:
-                kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
-            return _original(enable=enable, **kwargs)
-
-        m._set_gradient_checkpointing = _set_gradient_checkpointing
-        m._ftplan_offload = offload
+        m._ftplan_offload = weakref.ref(offload)
+        m._set_gradient_checkpointing = types.MethodType(_offloading_set_gradient_checkpointing, m)
     for layer in model.modules():
         func = getattr(layer, "_gradient_checkpointing_func", None)
         if func is not None and not isinstance(func, OffloadedCheckpoint):

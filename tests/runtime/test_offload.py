@@ -289,6 +289,20 @@ def test_parameters_and_integer_tensors_stay_where_they_are():
     assert torch.equal(w.grad, x.sum(0).expand(3, 3).t() + torch.tensor([[1.0] * 3, [0.0] * 3, [1.0] * 3]))
 
 
+def test_a_deep_copy_of_an_offloading_model_checkpoints_itself():
+    """A frozen reference copy (``copy.deepcopy``) shares the offload, and enabling or disabling checkpointing on
+    the copy changes the copy's layers, not the original's."""
+    model = checkpointing(tiny())
+    offload = offload_checkpoints(model, CheckpointOffload(cpu_tensors=True))
+    twin = copy.deepcopy(model)
+    assert offloading_layers(twin, offload) == (LAYERS, LAYERS)
+    twin.gradient_checkpointing_disable()
+    assert offloading_layers(twin, offload) == (0, 0) and offloading_layers(model, offload) == (LAYERS, LAYERS)
+    twin.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert offloading_layers(twin, offload) == (LAYERS, LAYERS)
+    assert_identical(loss_and_grads(twin, batch()), loss_and_grads(model, batch()))
+
+
 def test_wrapping_is_idempotent():
     offload = CheckpointOffload(cpu_tensors=True)
     wrapped = offload.wrap(torch.utils.checkpoint.checkpoint)
