@@ -9,7 +9,7 @@ from ftplan.diagnostics import Diagnostic, KeyPath, error, warning
 from ftplan.resolved_stage import TrainingFacts
 from ftplan.schemas import TRAIN_KINDS, TrainStage
 from ftplan.schemas.adapters import LoraAdapter
-from ftplan.schemas.runtime_args import KERNEL_FAMILIES
+from ftplan.schemas.runtime_args import KERNEL_FAMILIES, fused_head
 
 from ._common import (EIGHT_BIT_OPTIMIZERS, SHARDED, data_stage_of, declared_adapter, sm, strategy_path,
                       train_stages)
@@ -158,7 +158,7 @@ def _lora_kernels(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts)
     origin = link.input.adapters[-1].origin if not own and link and link.input and link.input.adapters else None
     where = "" if own else f" (the adapter this stage continues, declared by '{origin or stage.input}')"
     diags = []
-    if facts.strategy in ("zero3", "fsdp2") and TRAIN_KINDS[stage.kind].group != "sft":  # SFT and CPT: FT320
+    if facts.strategy in ("zero3", "fsdp2") and fused_head(stage) is None:  # a fused loss head: FT320 says it
         diags.append(error("FT309", strategy_path(i, stage), "`kernels: ftplan` runs the LoRA layers through fused "
                            "kernels that read the base and adapter weights directly, which "
                            f"`{facts.strategy}` keeps sharded outside each module's own forward; the runtime stops "

@@ -2,17 +2,19 @@
 
 Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pipeline and the declared hardware:
 
-* FT320 mirrors ``preflight.check_fused_loss`` (SFT and CPT only: the preference kinds do not use the fused loss).
-  ``kernels: ftplan`` computes the SFT loss with ``causal_lm_loss``, which reads ``lm_head.weight`` whole; ZeRO-3
-  shards it. ZeRO-1/2 keep every parameter whole and are accepted. FSDP2 is refused too: ``causal_lm_loss`` calls
-  the decoder
-  directly, skipping the forward of the root FSDP2 module that unshards the parameters it holds (embeddings, final
-  norm, lm_head); on a freshly wrapped model the embedding lookup then meets a sharded DTensor and fails.
+* FT320 mirrors ``preflight.check_fused_loss``, for the stages whose loss ``kernels: ftplan`` computes through a
+  fused head (``runtime_args.fused_head``: SFT and CPT, DPO but SimPO, KTO). ``kernels: ftplan`` computes the SFT
+  loss with ``causal_lm_loss`` and the DPO/KTO log-probs with ``logprob_head``, both reading ``lm_head.weight``
+  whole; ZeRO-3 shards it. ZeRO-1/2 keep every parameter whole and are accepted. FSDP2 is refused too:
+  ``causal_lm_loss`` calls the decoder directly, skipping the forward of the root FSDP2 module that unshards the
+  parameters it holds (embeddings, final norm, lm_head), so on a freshly wrapped model the embedding lookup meets a
+  sharded DTensor and fails; the log-prob head reads lm_head's weight outside any forward FSDP2 wraps.
 * FT321 mirrors ``model_loading.load_for_training``: adapters merged into the base when the stage loads (a DPO
   ``merge_input``, or the earlier adapters of a continued chain) cannot be merged into ZeRO-3's sharded weights.
   A QLoRA stage merges at 16-bit on the main process before it loads the merge in 4-bit and shards it.
-* FT322 mirrors ``kernels.patch._head_parameters``: the fused cross-entropy refuses an active LoRA on ``lm_head``
-  (a ``NotImplementedError`` at the first SFT step). ``all-linear`` never adapts the output layer.
+* FT322 mirrors ``kernels.patch._head_parameters``: the fused cross-entropy and the fused log-prob head refuse an
+  active LoRA on ``lm_head`` (a ``NotImplementedError`` at the first step), whether the stage declares that adapter
+  or continues it. ``all-linear`` never adapts the output layer.
 * FT323 mirrors ``preflight.check_device``: fp16 mixed precision needs a CUDA device.
 * FT324 mirrors the same check for a merge stage, whose promise carries ``dtype`` as its precision and which the
   plan runs on the CPU (``resolved_stage.placement``). The check is aimed at training's mixed precision; this rule
@@ -20,24 +22,29 @@ Each rule mirrors one refusal of ``ftplan_runtime`` that depends only on the pip
 * FT325 mirrors ``dpo.make_dpo_config``: TRL's sigmoid, IPO and hinge losses ignore ``label_smoothing``; only
   the robust loss (``DPOTrainer``) and SimPO (``CPOTrainer``) read it, so a smoothing that would silently do
   nothing is refused.
+* FT326 (a warning) says what ``kernels: ftplan`` does on an ORPO stage or a SimPO one (TRL's ORPO and CPO
+  trainers): the layer kernels run, but the loss takes the trainer's full logits (``fused_head`` is None), so the
+  logits cost what they cost with ``kernels: none``.
 """
 
 from __future__ import annotations
 
 from ftplan.context import Context
-from ftplan.diagnostics import Diagnostic, error
+from ftplan.diagnostics import Diagnostic, error, warning
 from ftplan.resolved_stage import TrainingFacts
-from ftplan.schemas import TRAIN_KINDS, TRAIN_STAGE_TYPES, DpoStage, MergeStage, TrainStage
+from ftplan.schemas import TRAIN_STAGE_TYPES, DpoStage, LoraAdapter, MergeStage, TrainStage
+from ftplan.schemas.runtime_args import fused_head
 
 from ._common import declared_adapter, strategy_path, train_stages
 
 CODES = {
-    "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT or CPT stage",
+    "FT320": "`kernels: ftplan` with ZeRO-3 or FSDP2 in an SFT, CPT, DPO or KTO stage (a fused loss head)",
     "FT321": "adapters merged into the base at load under ZeRO-3",
-    "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT or CPT stage",
+    "FT322": "`kernels: ftplan` with a LoRA adapter on lm_head in an SFT, CPT, DPO or KTO stage",
     "FT323": "fp16 mixed precision with `device: cpu`",
     "FT324": "a merge stage with `dtype: fp16` that runs on the CPU",
     "FT325": "DPO `label_smoothing` with a loss that ignores it",
+    "FT326": "`kernels: ftplan` on an ORPO or SimPO stage: layer kernels only, the loss takes the full logits",
 }
 
 SMOOTHED_LOSSES = ("robust", "simpo")
@@ -48,7 +55,8 @@ def check(ctx: Context) -> list[Diagnostic]:
     """The runtime's start-up refusals, for every training stage and every merge stage."""
     diags: list[Diagnostic] = []
     for i, stage, facts in train_stages(ctx):
-        diags += _fused_loss(i, stage, facts)
+        diags += _fused_loss(ctx, i, stage, facts)
+        diags += _full_logits(i, stage)
         diags += _merge_at_load(ctx, i, stage, facts)
         diags += _cpu_fp16(ctx, i, stage)
         diags += _label_smoothing(i, stage)
@@ -58,31 +66,60 @@ def check(ctx: Context) -> list[Diagnostic]:
     return diags
 
 
-def _fused_loss(i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
-    if TRAIN_KINDS[stage.kind].group != "sft" or stage.kernels != "ftplan":
+_HEAD_WORK = {"cross_entropy": "computes the SFT loss with a fused linear cross-entropy",
+              "logprobs": "computes the preference log-probs with a fused linear log-prob head"}
+
+
+def _fused_loss(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:
+    head = fused_head(stage)
+    if head is None or stage.kernels != "ftplan":
         return []
     diags = []
     path = ("stages", i, "kernels")
     name = facts.strategy
     if name == "zero3":
-        diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss with a fused linear "
-                           "cross-entropy that reads lm_head's whole weight, which `zero3` shards across GPUs; "
-                           "the runtime stops at preflight", hint="set `kernels: none` to keep `zero3`, or "
-                           "`distributed: zero2` (lm_head stays whole on every GPU; check the memory estimate)"))
+        diags.append(error("FT320", path, f"`kernels: ftplan` {_HEAD_WORK[head]} that reads lm_head's whole "
+                           "weight, which `zero3` shards across GPUs; the runtime stops at preflight",
+                           hint="set `kernels: none` to keep `zero3`, or `distributed: zero2` (lm_head stays whole "
+                           "on every GPU; check the memory estimate)"))
     elif name == "fsdp2":
-        diags.append(error("FT320", path, "`kernels: ftplan` computes the SFT loss by calling the decoder and "
-                           "lm_head directly, bypassing the forward of the FSDP2 root module that gathers the "
-                           "embeddings, final norm and lm_head it holds sharded; the runtime stops at preflight",
-                           hint="set `kernels: none` to keep `fsdp2`, or `distributed: zero2` (check the memory "
-                           "estimate)"))
-    adapter = declared_adapter(stage)  # an SFT or CPT stage always declares its adapter (it never continues one)
-    if adapter is not None and adapter.targets != "all-linear" and "lm_head" in adapter.targets:
-        where = ("stages", i, "adapter", "targets", adapter.targets.index("lm_head"))
-        diags.append(error("FT322", where, "LoRA on `lm_head` with `kernels: ftplan`: the fused cross-entropy "
-                           "reads lm_head's weight directly and refuses an adapter on it, so the run stops at its "
-                           "first step", hint="set `kernels: none`, or train lm_head in "
-                           "full with `modules_to_save: [lm_head]` instead of a LoRA target"))
+        how = ("calling the decoder and lm_head directly, bypassing the forward of the FSDP2 root module that "
+               "gathers the embeddings, final norm and lm_head it holds sharded" if head == "cross_entropy" else
+               "reading lm_head's weight outside the forwards in which FSDP2 gathers it")
+        diags.append(error("FT320", path, f"`kernels: ftplan` {_HEAD_WORK[head]}, {how}; the runtime stops at "
+                           "preflight", hint="set `kernels: none` to keep `fsdp2`, or `distributed: zero2` (check "
+                           "the memory estimate)"))
+    adapter = facts.adapter
+    if isinstance(adapter, LoraAdapter) and adapter.targets != "all-linear" and "lm_head" in adapter.targets:
+        hint = "set `kernels: none`, or train lm_head in full with `modules_to_save: [lm_head]` instead of a LoRA target"
+        if declared_adapter(stage) is not None:
+            where = ("stages", i, "adapter", "targets", adapter.targets.index("lm_head"))
+            diags.append(error("FT322", where, f"LoRA on `lm_head` with `kernels: ftplan`: the stage "
+                               f"{_HEAD_WORK[head].removeprefix('computes ')}, which reads lm_head's weight directly "
+                               "and refuses an adapter on it, so the run stops at its first step", hint=hint))
+        else:
+            link = ctx.links.get(stage.id)
+            origin = (link.input.adapters[-1].origin if link and link.input and link.input.adapters
+                      else stage.input)
+            diags.append(error("FT322", path, f"this stage continues the adapter of '{origin}', which puts LoRA on "
+                               f"`lm_head`; `kernels: ftplan` {_HEAD_WORK[head]} that reads lm_head's weight "
+                               "directly and refuses an adapter on it, so the run stops at its first step",
+                               hint=f"set `kernels: none` on this stage, or retrain '{origin}' with "
+                               "`modules_to_save: [lm_head]` instead of a LoRA target on it"))
     return diags
+
+
+def _full_logits(i: int, stage: TrainStage) -> list[Diagnostic]:
+    if stage.kernels != "ftplan" or fused_head(stage) is not None or stage.kind == "reward":
+        return []
+    trainer = "ORPO" if stage.kind == "orpo" else "CPO (SimPO)"
+    return [warning("FT326", ("stages", i, "kernels"), f"`kernels: ftplan` runs the fused norm, SwiGLU, RoPE and "
+                    f"LoRA kernels here, but TRL's {trainer} trainer computes the loss from the full logits of every "
+                    "token, so the logits take the memory they take with `kernels: none` (the fused log-prob head "
+                    "serves DPO's reference losses and KTO)",
+                    hint="keep `kernels: ftplan` for the layer kernels (the estimate counts the full logits), or "
+                    "use `kind: dpo` with a reference loss such as `loss_type: sigmoid` for logits-free "
+                    "preference training")]
 
 
 def _merge_at_load(ctx: Context, i: int, stage: TrainStage, facts: TrainingFacts) -> list[Diagnostic]:

@@ -12,6 +12,13 @@ N = tokens per micro-step, V = vocabulary, h = hidden size, e_l = dtype of the l
 - ``fused`` (``kernels: ftplan``): chunks of C = min(N, max(N.h // V, 256 MiB / (V.elt))) rows; the hidden-state
   gradient is written during the forward. Measured at kernel level: 0.31 GiB above the inputs at N=8192 with a
   frozen Llama-3 head, 1.3 GiB with a trainable one (``runtime/kernels/cross_entropy.py``).
+- ``fused_logprobs`` (``kernels: ftplan`` on DPO and KTO): the per-token log-probs of the policy and of its
+  reference through the fused linear log-prob op (``runtime/kernels/logprobs.py``), in chunks of the same C rows
+  (each chunk's hidden rows gathered into a C × h buffer). With a frozen head the hidden-state gradient is written
+  during the forward and kept until the backward (alive through the reference forward); with a trainable head the
+  forward keeps the hidden states instead and the backward recomputes each chunk, writing the hidden-state and
+  lm_head gradients there. Per-token outputs: the log-prob and, for the policy, entropy, mean logit and top-1
+  (4 × 4 B). The op scores only labelled rows (the answers); the estimate counts every token, an upper bound.
 - ``orpo``: TRL's ``ORPOTrainer`` (1.16) takes the full logits of chosen and rejected from one forward; beside the
   ``hf`` terms (logits, fp32 upcast, fp32 log-softmax of every token for the answers' mean log-probs) its
   supervised loss runs a second cross-entropy over the chosen half: one more fp32 log-softmax of N/2 × V, saved for
@@ -55,7 +62,8 @@ def lm_head_trains(r: Resolved) -> bool:
 
 def compute(r: Resolved) -> Loss:
     """Memory of computing the loss for one micro-step."""
-    return {"hf": _hf, "trl_chunked": _trl, "fused": _fused, "orpo": _orpo, "score": _score}[r.loss_path](r)
+    return {"hf": _hf, "trl_chunked": _trl, "fused": _fused, "fused_logprobs": _fused_logprobs, "orpo": _orpo,
+            "score": _score}[r.loss_path](r)
 
 
 def _final_norm(r: Resolved, n: int) -> Term:
@@ -126,6 +134,34 @@ def _fused(r: Resolved) -> Loss:
     ref = (chunk, losses)
     saved = (dh, losses, *[t for t in extra if "gradient" in t.name])
     return Loss(terms, terms, None, max(chunk.bytes, n * h * r.stream_bytes), saved, ref)
+
+
+def _fused_logprobs(r: Resolved) -> Loss:
+    """The fused linear log-prob op (see the module docstring)."""
+    s = r.shape
+    n, v, h = r.tokens, s.vocab_size, s.hidden_size
+    elt = 2 if r.loop.autocast else r.lm_head_bytes
+    rows = min(n, max(n * h // v, FUSED_CE_MIN_CHUNK_BYTES // (v * elt)))
+    if rows >= 64:
+        rows -= rows % 64
+    chunk = Term("log-prob chunk", rows * v * elt + rows * h * elt,
+                 f"{num(rows)} × {num(v)} logits chunk + {num(rows)} × {num(h)} gathered rows, × {elt} B "
+                 "(fused linear log-probs)")
+    per_token = Term("per-token log-probs", n * 16, f"{num(n)} × 4 fp32 (log-prob, entropy, mean logit, top-1)")
+    hidden = Term("hidden states (saved)" if lm_head_trains(r) else "hidden-state gradient (prepared)",
+                  n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B")
+    cast = ([Term("lm_head cast weight", v * h * elt, f"{num(v)} × {num(h)} × {elt} B")]
+            if r.lm_head_bytes != elt else [])
+    if lm_head_trains(r):
+        grads = (Term("hidden-state gradient", n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B"),
+                 Term("lm_head gradient", v * h * r.lm_head_bytes, f"{num(v)} × {num(h)} × {r.lm_head_bytes} B"))
+        forward = (chunk, per_token, _final_norm(r, n), *cast)
+        backward = (chunk, hidden, *grads, _final_norm(r, n), *cast)
+    else:
+        forward = (chunk, hidden, per_token, _final_norm(r, n), *cast)
+        backward = (hidden, per_token, _final_norm(r, n))  # the prepared gradient is scaled in place
+    reference = (chunk, Term("reference log-probs", n * 4, f"{num(n)} × 4 B"), *cast)
+    return Loss(forward, backward, None, max(chunk.bytes, n * h * r.stream_bytes), (hidden, per_token), reference)
 
 
 def _orpo(r: Resolved) -> Loss:

@@ -19,11 +19,13 @@ from ..schemas import TRAIN_KINDS, LoraAdapter, TrainStage
 
 __all__ = ["BASELINE_LOOP", "Loop", "LossPath", "Method", "Resolved", "Strategy", "runtime_loop"]
 
-LossPath = Literal["hf", "trl_chunked", "fused", "orpo", "score"]
+LossPath = Literal["hf", "trl_chunked", "fused", "fused_logprobs", "orpo", "score"]
 """How the loss is computed: full logits (``hf``), TRL's chunked LM head, the fused linear cross-entropy
-(``kernels: ftplan``), ORPO's full logits with a second log-softmax over the chosen half (``orpo``; SimPO with a
-supervised term on TRL's CPO trainer computes the same), or a reward model's one-value classification head, with no
-vocabulary logits at all (``score``). SimPO without a supervised term takes the full logits (``hf``)."""
+(``kernels: ftplan`` on SFT and CPT), the fused linear log-probs (``fused_logprobs``: ``kernels: ftplan`` on DPO and
+KTO, the stages ``runtime_args.fused_head`` gives that head), ORPO's full logits with a second log-softmax over the
+chosen half (``orpo``; SimPO with a supervised term on TRL's CPO trainer computes the same), or a reward model's
+one-value classification head, with no vocabulary logits at all (``score``). SimPO without a supervised term takes
+the full logits (``hf``)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class Resolved:
         if self.simpo:
             return "hf"
         if self.kernels == "ftplan":
-            return "fused"
+            return "fused_logprobs" if self.kind in ("dpo", "kto") else "fused"
         return "trl_chunked" if self.loop.chunked_lm_head else "hf"
 
     @property

@@ -53,12 +53,14 @@ def test_ft309_kernels_refuse_dora_and_adapter_dropout(check, tools):
     assert d.path == ("stages", 2, "kernels") and "declared by 'sft'" in d.message
     assert not tools.codes(check(sft={"kernels": "ftplan"}, dpo={"kernels": "ftplan"}), "FT309")  # dropout 0
     assert not tools.codes(check(sft={"adapter": {"type": "dora", "dropout": 0.1}}), "FT309")  # kernels: none
-    # sharded weights: a DPO stage under zero3 (an SFT stage there is FT320's already)
-    [d] = tools.codes(check(hardware={"gpus_per_node": 8}, dpo={"kernels": "ftplan", "distributed": "zero3"}),
+    # sharded weights: a SimPO stage under zero3 (a stage with a fused loss head there is FT320's already)
+    eight = {"gpus_per_node": 8}
+    [d] = tools.codes(check(hardware=eight, dpo={"kernels": "ftplan", "distributed": "zero3", "loss_type": "simpo"}),
                       "FT309")
     assert d.path == ("stages", 2, "distributed") and "sharded" in d.message and "zero2" in d.hint
-    assert not tools.codes(check(hardware={"gpus_per_node": 8}, sft={"kernels": "ftplan", "distributed": "zero3"}),
-                           "FT309")
+    for stage in ("sft", "dpo"):
+        diags = check(hardware=eight, **{stage: {"kernels": "ftplan", "distributed": "zero3"}})
+        assert not tools.codes(diags, "FT309") and tools.codes(diags, "FT320")
 
 
 def test_ft304_kernels_on_cpu_warn_interpreter(check, tools):

@@ -1,4 +1,5 @@
-"""Configurations the runtime refuses when a stage starts (FT320-FT325), each with a near miss that passes."""
+"""Configurations the runtime refuses when a stage starts (FT320-FT325), each with a near miss that passes, and what
+`kernels: ftplan` does where the loss takes the full logits (FT326)."""
 
 from ftplan.diagnostics import Severity
 
@@ -12,7 +13,7 @@ def _cpu_lora_targets(check, targets, **dpo):
     return check(hardware=CPU, sft=sft, **({"dpo": dpo} if dpo else {}))
 
 
-# FT320: kernels: ftplan + ZeRO-3 or FSDP2 (runtime: preflight.check_fused_loss, SFT only)
+# FT320: kernels: ftplan + ZeRO-3 or FSDP2 (runtime: preflight.check_fused_loss, stages with a fused loss head)
 
 def test_ft320_fused_loss_under_zero3_refused(check, tools):
     [d] = tools.codes(check(hardware=EIGHT, sft={"kernels": "ftplan", "distributed": "zero3"}), "FT320")
@@ -27,11 +28,23 @@ def test_ft320_fused_loss_under_fsdp2_refused(check, tools):
     assert not tools.codes(check(hardware=EIGHT, sft={"kernels": "none", "distributed": "fsdp2"}), "FT320")
 
 
-def test_ft320_near_misses_zero2_kernels_none_and_dpo(check, tools):
+def test_ft320_near_misses_zero2_kernels_none_and_simpo(check, tools):
     assert not tools.codes(check(hardware=EIGHT, sft={"kernels": "ftplan", "distributed": "zero2"}), "FT320")
     assert not tools.codes(check(hardware=EIGHT, sft={"kernels": "none", "distributed": "zero3"}), "FT320")
-    # DPO computes its loss from the logits; only SFT uses the fused cross-entropy
-    assert not tools.codes(check(hardware=EIGHT, dpo={"kernels": "ftplan", "distributed": "zero3"}), "FT320")
+    assert not tools.codes(check(hardware=EIGHT, dpo={"kernels": "ftplan", "distributed": "zero2"}), "FT320")
+    # SimPO and ORPO take TRL's full logits: no fused head to refuse (FT309 covers their fused LoRA layers)
+    for patch in ({"loss_type": "simpo"}, {"kind": "orpo"}):
+        diags = check(hardware=EIGHT, dpo={"kernels": "ftplan", "distributed": "zero3", **patch})
+        assert not tools.codes(diags, "FT320") and tools.codes(diags, "FT309")
+
+
+def test_ft320_dpo_and_kto_log_prob_head_under_zero3_and_fsdp2(check, tools):
+    for strategy in ("zero3", "fsdp2"):
+        [d] = tools.codes(check(hardware=EIGHT, dpo={"kernels": "ftplan", "distributed": strategy}), "FT320")
+        assert d.path == ("stages", 2, "kernels") and "log-prob head" in d.message and strategy in d.hint
+    [d] = tools.codes(check(hardware=EIGHT, dpo={"kernels": "ftplan", "distributed": "zero3", "kind": "kto"}),
+                      "FT320")
+    assert d.path == ("stages", 2, "kernels")
 
 
 def test_ft320_with_the_strategy_in_a_block(check, tools):
@@ -106,10 +119,21 @@ def test_ft322_near_misses(check, tools):
     diags = check(hardware=CPU, sft={"kernels": "ftplan", "precision": "fp32",
                                      "adapter": {"type": "lora", "modules_to_save": ["lm_head"]}})
     assert not tools.codes(diags, "FT322")
-    # DPO does not use the fused cross-entropy
+    # SimPO takes TRL's full logits through lm_head's own (PEFT) forward
     diags = check(hardware=CPU, sft={"precision": "fp32", "adapter": {"type": "lora", "targets": ["lm_head"]}},
-                  dpo={"kernels": "ftplan", "precision": "fp32"})
+                  dpo={"kernels": "ftplan", "precision": "fp32", "loss_type": "simpo"})
     assert not tools.codes(diags, "FT322")
+
+
+def test_ft322_dpo_with_lora_on_lm_head(check, tools):
+    """The fused log-prob head refuses an adapter on lm_head too: the DPO stage's own, or the one it continues."""
+    sft = {"precision": "fp32", "adapter": {"type": "lora", "targets": ["q_proj", "lm_head"]}}
+    [d] = tools.codes(check(hardware=CPU, sft=sft, dpo={"kernels": "ftplan", "precision": "fp32"}), "FT322")
+    assert d.path == ("stages", 2, "kernels") and "'sft'" in d.message and "modules_to_save" in d.hint
+    own = {"kernels": "ftplan", "precision": "fp32", "adapter": {"type": "lora", "targets": ["lm_head"]},
+           "merge_input": True}
+    [d] = tools.codes(check(hardware=CPU, sft={"precision": "fp32"}, dpo=own), "FT322")
+    assert d.path == ("stages", 2, "adapter", "targets", 0) and "log-prob" in d.message
 
 
 # FT323: fp16 on the CPU (runtime: preflight.check_device)
@@ -147,3 +171,18 @@ def test_ft325_label_smoothing_with_sigmoid_refused(check, tools):
 def test_ft325_near_misses(check, tools):
     assert not tools.codes(check(dpo={"label_smoothing": 0.1, "loss_type": "robust"}), "FT325")
     assert not tools.codes(check(dpo={"loss_type": "ipo"}), "FT325")
+
+
+# FT326: kernels: ftplan where the loss takes the full logits (ORPO, SimPO): a warning, the stage runs
+
+def test_ft326_orpo_and_simpo_warn_that_the_loss_keeps_the_logits(check, tools):
+    for patch, trainer in (({"kind": "orpo"}, "ORPO"), ({"loss_type": "simpo"}, "CPO (SimPO)")):
+        [d] = tools.codes(check(dpo={"kernels": "ftplan", **patch}), "FT326")
+        assert d.severity is Severity.WARNING and d.path == ("stages", 2, "kernels")
+        assert trainer in d.message and "full logits" in d.message and "loss_type: sigmoid" in d.hint
+
+
+def test_ft326_near_misses(check, tools):
+    assert not tools.codes(check(dpo={"kernels": "ftplan"}), "FT326")  # sigmoid: the fused log-prob head
+    assert not tools.codes(check(dpo={"kernels": "none", "kind": "orpo"}), "FT326")
+    assert not tools.codes(check(dpo={"kernels": "ftplan", "kind": "kto"}), "FT326")

@@ -97,14 +97,14 @@ stages:
 """
 
 
-def _verdict(text: str, tmp_path: Path):
-    """(the codes of the SFT stage's errors, the promise its args file would carry)."""
+def _verdict(text: str, tmp_path: Path, stage_id: str = "sft"):
+    """(the codes of the stage's errors, the promise its args file would carry)."""
     result = check_text(text, "contract.yaml", tmp_path)
     assert result.ctx is not None, [d.message for d in result.diagnostics]
-    facts = result.ctx.facts("sft")
-    stage = result.ctx.pipeline.stages[1]
+    facts = result.ctx.facts(stage_id)
+    index, stage = next((i, s) for i, s in enumerate(result.ctx.pipeline.stages) if s.id == stage_id)
     gpu = result.ctx.gpu if facts.device == "cuda" else None
-    codes = {d.code for d in result.diagnostics if d.severity.value == "error"}
+    codes = {d.code for d in result.diagnostics if d.severity.value == "error" and d.path[:2] == ("stages", index)}
     return codes, promise(stage, facts, gpu)
 
 
@@ -124,6 +124,79 @@ def test_fused_loss_refusals_agree(strategy, kernels, tmp_path):
 
     codes, p = _verdict(_pipeline(strategy=strategy, kernels=kernels), tmp_path)
     assert ("FT320" in codes) == _refused(check_fused_loss, p, p.zero_stage), (strategy, kernels, codes)
+
+
+PREFERENCE_KINDS = {"dpo": "kind: dpo", "simpo": "kind: dpo\n    loss_type: simpo", "kto": "kind: kto",
+                    "orpo": "kind: orpo"}
+
+
+def _preference_pipeline(kind: str, strategy: str, kernels: str) -> str:
+    """A preference stage of ``kind`` from the base model with a new LoRA, on two H100s."""
+    return f"""
+name: contract
+output_dir: out
+model: {{base: meta-llama/Llama-3.2-1B, architecture: llama-3.2-1b, revision: main}}
+hardware: {{gpu: h100-sxm-80gb, gpus_per_node: 2}}
+stages:
+  - id: data
+    kind: data
+    max_seq_len: 512
+    datasets: [{{path: hf://example/prefs, format: preference}}, {{path: hf://example/kto, format: kto}}]
+  - id: pref
+    {PREFERENCE_KINDS[kind]}
+    data: data
+    adapter: {{type: lora, r: 8}}
+    learning_rate: 1.0e-6
+    micro_batch: 1
+    kernels: {kernels}
+    distributed: {strategy}
+"""
+
+
+@pytest.mark.parametrize("kind,strategy,kernels", list(itertools.product(
+    PREFERENCE_KINDS, ["ddp", "zero2", "zero3", "fsdp2"], ["none", "ftplan"])))
+def test_fused_head_refusals_agree_for_preference_stages(kind, strategy, kernels, tmp_path):
+    """DPO (but SimPO) and KTO run the fused log-prob head, whose trainers call ``check_fused_loss``; ``check``
+    refuses exactly those with FT320. SimPO and ORPO take TRL's full logits: their fused LoRA layers under a sharded
+    strategy are FT309's, and the runtime's apply_promised_kernels refuses them (test_lora_model)."""
+    from ftplan.schemas.runtime_args import fused_head
+
+    from ftplan_runtime.preflight import check_fused_loss
+
+    codes, p = _verdict(_preference_pipeline(kind, strategy, kernels), tmp_path, "pref")
+    stage = check_text(_preference_pipeline(kind, strategy, kernels), "c.yaml", tmp_path).ctx.pipeline.stages[1]
+    assert (fused_head(stage) == "logprobs") == (kind in ("dpo", "kto"))
+    runtime_refuses = fused_head(stage) is not None and _refused(check_fused_loss, p, p.zero_stage)
+    assert ("FT320" in codes) == runtime_refuses, (kind, strategy, kernels, codes)
+    sharded_lora = kernels == "ftplan" and strategy in ("zero3", "fsdp2")
+    assert ("FT309" in codes) == (sharded_lora and not runtime_refuses), (kind, strategy, kernels, codes)
+
+
+def test_the_runtime_runs_the_fused_head_the_contract_names():
+    """The trainers of the stages ``fused_head`` gives the log-prob head install it; the others keep TRL's logits."""
+    from ftplan.schemas.runtime_args import fused_head
+    from ftplan.schemas.stages import DpoStage, KtoStage, OrpoStage
+
+    from ftplan_runtime.dpo import FtplanDPOTrainer, dpo_spec
+    from ftplan_runtime.kto import FtplanKTOTrainer
+    from ftplan_runtime.logprob_head import FusedLogprobTrainerMixin
+    from ftplan_runtime.orpo import FtplanORPOTrainer
+    from ftplan_runtime.simpo import FtplanCPOTrainer, make_simpo_trainer
+
+    common = {"id": "p", "data": "d", "learning_rate": 1e-6, "adapter": {"type": "lora"}}
+    runtime = {"dpo": FtplanDPOTrainer, "kto": FtplanKTOTrainer, "orpo": FtplanORPOTrainer,
+               "simpo": FtplanCPOTrainer}
+    stages = {"dpo": DpoStage.model_validate({"kind": "dpo", **common}),
+              "kto": KtoStage.model_validate({"kind": "kto", **common}),
+              "orpo": OrpoStage.model_validate({"kind": "orpo", **common}),
+              "simpo": DpoStage.model_validate({"kind": "dpo", "loss_type": "simpo", **common})}
+    for name, stage in stages.items():
+        assert (fused_head(stage) == "logprobs") == issubclass(runtime[name], FusedLogprobTrainerMixin), name
+    args = RuntimeArgs.model_validate({
+        "pipeline": "t", "model": {"base": "m"}, "output_dir": "o", "stage": stages["simpo"].model_dump(),
+        "promise": {"device": "cpu", "world_size": 1, "num_machines": 1, "distributed_type": "NO",
+                    "precision": "fp32", "attention": "sdpa", "kernels": "none"}})
+    assert dpo_spec(args).make_trainer is make_simpo_trainer  # SimPO runs on the CPO trainer
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side of the device check")
