@@ -216,3 +216,33 @@ def test_cpu_attention_refusals_agree(attention, tmp_path):
 
     codes, p = _verdict(_pipeline(device="cpu", precision="fp32", attention=attention, gpus=0), tmp_path)
     assert ("FT302" in codes) == _refused(check_attention_available, p), (attention, codes)
+
+
+@pytest.mark.parametrize("strategy,precision", itertools.product(["auto", "zero2", "zero3", "fsdp2"],
+                                                                 ["bf16", "fp16", "fp32"]))
+def test_sharded_qlora_storage_and_loading_agree(strategy, precision, tmp_path):
+    """A QLoRA stage's 4-bit storage and where it loads, as the contract gives them to the runtime
+    (``quant_storage``, ``loads_4bit_on_host``), are what the estimator counts: codes in the compute dtype exactly
+    when it shards the 4-bit base (``Resolved.sharded_weights``), a host-memory load exactly under FSDP2
+    (``states.host_load``), and the whole 4-bit model on each GPU while it loads exactly under ZeRO-3
+    (``states.model_load``); and ``check`` accepts the plan (FT318 is gone; FT319 is for preference stages)."""
+    from ftplan.estimate import states
+    from ftplan.estimate.pipeline import stage_setup
+    from ftplan.schemas.runtime_args import loads_4bit_on_host, quant_storage
+    from ftplan_runtime.model_loading import torch_dtype
+
+    text = _pipeline(strategy=strategy, precision=precision).replace("{type: lora, r: 8}", "{type: qlora, r: 8}")
+    result = check_text(text, "contract.yaml", tmp_path)
+    assert result.ctx is not None
+    codes = {d.code for d in result.diagnostics if d.severity.value == "error"}
+    assert not codes & {"FT318", "FT319"}, codes
+    facts = result.ctx.facts("sft")
+    p = promise(result.ctx.pipeline.stages[1], facts, result.ctx.gpu)
+    r = stage_setup(result.ctx, 1)
+    assert r is not None and r.quantized
+    storage = quant_storage(p)
+    assert (storage != "uint8") == r.sharded_weights == (strategy in ("zero3", "fsdp2"))
+    if r.sharded_weights:
+        assert getattr(torch, storage) == torch_dtype(precision)  # the dtype the runtime computes in
+    assert loads_4bit_on_host(p) == (states.host_load(r) > 0) == (strategy == "fsdp2")
+    assert bool(states.model_load(r)) == (r.sharded_weights and not loads_4bit_on_host(p))
