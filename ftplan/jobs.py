@@ -298,7 +298,8 @@ def loaded_weights(ctx: "Context", index: int, res: Resources) -> tuple[int, str
     process loads all of them, except under ZeRO-3, which builds a 16-bit model partitioned (``zero3_init``: each
     process holds its share), and FSDP2, whose ``cpu_ram_efficient_loading`` loads them on the first process only.
     Neither applies to a 4-bit base: under ZeRO-3 every process loads all of it, and under FSDP2 every process
-    quantizes all of it in host memory (``estimate.states.host_load``) before sharding it onto its GPU."""
+    quantizes all of it in host memory before sharding it onto its GPU, which the estimator's host figure counts
+    (``estimate.states.host_load``): nothing more here."""
     stage, train = ctx.pipeline.stages[index], ctx.stages[index].train
     if train is None or res.device != "cuda" or ctx.shape is None:
         return 0, ""
@@ -307,13 +308,7 @@ def loaded_weights(ctx: "Context", index: int, res: Resources) -> tuple[int, str
     world = res.nodes * res.gpus_per_node
     count = res.processes_per_node
     if train.method == "qlora" and strategy == "fsdp2":
-        from .estimate.pipeline import stage_setup
-        from .estimate.states import host_load
-
-        r = stage_setup(ctx, index)
-        each = host_load(r) if r is not None else full
-        how = f"{size(each)} 4-bit model quantized in host memory"
-        return count * each, (f"{count} × " if count > 1 else "") + how
+        return 0, ""
     if strategy == "zero3" and train.method != "qlora":
         share = res.processes_per_node * full // world
         return share, f"{size(share)} weights (this node's ZeRO-3 shares)"

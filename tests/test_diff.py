@@ -77,6 +77,13 @@ EDITS: dict[str, dict[str, Edit]] = {
                         "    quant: [q8_0, q4_k_m]\n")], None),
         "data": ([], _more_chat_rows),
     },
+    "llama3-70b-qlora-2x24gb-fsdp": {
+        "micro-batch": ([("micro_batch: 1\n    grad_accum: 16", "micro_batch: 2\n    grad_accum: 8")], None),
+        "gpu": ([("gpu: rtx-4090", "gpu: rtx-3090")], None),
+        "add-stage": ([("    dtype: bf16\n", "    dtype: bf16\n  - id: gguf\n    kind: gguf\n    input: merge\n"
+                        "    quant: [q4_k_m]\n")], None),
+        "data": ([], _more_chat_rows),
+    },
     "slurm-2node-full": {
         "micro-batch": ([("micro_batch: 2", "micro_batch: 4")], None),
         "gpu": ([("gpu: h100-sxm-80gb", "gpu: a100-sxm-80gb")], None),

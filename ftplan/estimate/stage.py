@@ -129,14 +129,17 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
     if st.host:
         notes.append(f"offloaded to CPU memory: {gib_text(st.host)} per GPU, {gib_text(st.host * per_node)} per node")
     pinned = host.offloaded_checkpoints(r, acts)
-    host_per_gpu = st.host + (pinned.bytes if pinned is not None else 0)
+    loading = 0 if cpu else states.host_load(r)
+    host_per_gpu = st.host + (pinned.bytes if pinned is not None else 0) + loading
     if pinned is not None:
         notes.append(f"activation checkpoints offloaded to pinned host memory: {gib_text(pinned.bytes)} per GPU "
                      f"({pinned.detail}), {gib_text(pinned.bytes * per_node)} per node")
     processes = f"{per_node} processes × " if per_node > 1 else ""
     host_terms = _merge([Term("offloaded model states", st.host * per_node, f"{processes}{gib_text(st.host)}"),
                          *([replace(pinned, bytes=pinned.bytes * per_node, detail=processes + pinned.detail)]
-                           if pinned is not None else [])])
+                           if pinned is not None else []),
+                         Term("4-bit base quantized at load", loading * per_node,
+                              f"{processes}{gib_text(loading)}, held until FSDP2 has sharded it")])
     if r.kernels == "ftplan":
         notes.append("kernels: ftplan terms are calibrated on H200 steps of Llama-3.1-8B LoRA and QLoRA (s2048, "
                      "s8192); other shapes are derived from the kernels")
@@ -157,11 +160,11 @@ def _model_load(r: Resolved, gpu: GpuSpec | None, cpu: bool, step_peak: int,
     QLoRA base under ZeRO-3 is whole on every GPU until DeepSpeed partitions it (``states.model_load``); under FSDP2
     it is quantized in each process's host memory instead (``states.host_load``)."""
     notes = []
-    host_bytes = states.host_load(r)
+    host_bytes = 0 if cpu else states.host_load(r)
     if host_bytes:
         notes.append(f"loading: every process quantizes the whole base in host memory before FSDP2 moves it onto the "
                      f"GPU layer by layer: {gib_text(host_bytes)} per process, {gib_text(host_bytes * per_node)} per "
-                     "node")
+                     "node, counted in the host memory")
     load = states.model_load(r)
     if cpu or not load:
         return None, notes
