@@ -1,4 +1,8 @@
-"""Generated DeepSpeed JSON and accelerate YAML, checked by DeepSpeed's and accelerate's own config loaders."""
+"""Generated DeepSpeed JSON and accelerate YAML, checked by DeepSpeed's and accelerate's own config loaders: the
+planner's every kind (ZeRO-1/2/3 with each offload, precision and world size; sharded QLoRA under ZeRO-3 and FSDP2),
+and every DeepSpeed JSON and accelerate.yaml of every example's golden plan (DeepSpeed's config class at the stage's
+world size and the HF Trainer's filling of the JSON from the runtime's own TrainingArguments; accelerate's config
+loader)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import importlib.util
 import itertools
 import json
 import pathlib
+import shutil
 
 import pytest
 import yaml
@@ -122,3 +127,137 @@ def test_fsdp2_keys_are_accelerate_launch_options():
     assert set(fsdp) <= options  # accelerate copies fsdp_config.<key> onto the launch option of that name
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] in ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
+
+
+# ---- every example plan, and sharded QLoRA ----
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN_DS = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.glob("*/plan/stages/*/deepspeed.json"))
+GOLDEN_YAML = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.glob("*/plan/stages/*/accelerate.yaml"))
+
+
+@pytest.fixture(scope="module")
+def example_plans(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Every example compiled as the goldens are (``tests/test_golden.py``): example name -> the plan's files."""
+    from ftplan.api import check_file, plan_files
+
+    root = tmp_path_factory.mktemp("examples")
+    shutil.copytree(ROOT / "examples", root / "examples", ignore=shutil.ignore_patterns(".*"))
+    plans = {}
+    for path in sorted((root / "examples").glob("*.yaml")):
+        result = check_file(path)
+        if result.ok:
+            plans[path.stem] = plan_files(result, f"../plans/{path.stem}")
+    return plans
+
+
+def _golden_stage(rel: str, plans: dict[str, dict[str, str]]) -> tuple[str, dict]:
+    """(the compiled file's text, the stage's args.json) of ``<example>/plan/stages/<id>/<file>``; the text is the
+    golden file's, byte for byte."""
+    example, _, rest = rel.split("/", 2)
+    text = plans[example][rest]
+    assert text == (GOLDEN / rel).read_text(), f"{rel} differs from a fresh compile (tests/test_golden.py)"
+    return text, json.loads(plans[example][rest.rsplit("/", 1)[0] + "/args.json"])
+
+
+def test_the_goldens_hold_every_emitted_launch_file(example_plans):
+    """The parametrized tests below run over the golden files: every DeepSpeed JSON and accelerate.yaml an example
+    compiles to is among them."""
+    emitted = {f"{name}/plan/{rel}" for name, files in example_plans.items() for rel in files
+               if rel.endswith(("/deepspeed.json", "/accelerate.yaml"))}
+    assert emitted == set(GOLDEN_DS) | set(GOLDEN_YAML)
+
+
+@pytest.mark.parametrize("rel", GOLDEN_DS)
+def test_deepspeed_accepts_every_example_json(rel, example_plans, monkeypatch, tmp_path):
+    """DeepSpeed's own config class at the stage's world size, then the HF Trainer's filling of the same JSON from
+    the runtime's TrainingArguments for that stage: no mismatch, no ``auto`` left (a mismatch stops a cluster run at
+    start-up)."""
+    transformers = pytest.importorskip("transformers")
+    from ftplan_runtime.train_common import config_kwargs
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    text, args = _golden_stage(rel, example_plans)
+    data = json.loads(text)
+    promise, stage = args["promise"], args["stage"]
+    world = promise["world_size"]
+    monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: world)
+    monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
+    cfg = dsc.DeepSpeedConfig(data)
+    assert cfg.zero_optimization_stage == promise["zero_stage"]
+    assert (cfg.train_micro_batch_size_per_gpu, cfg.gradient_accumulation_steps, cfg.train_batch_size) == (
+        stage["micro_batch"], stage["grad_accum"], stage["micro_batch"] * stage["grad_accum"] * world)
+    assert cfg.bfloat16_config.enabled is (stage["precision"] == "bf16")
+    assert cfg.float16_config.enabled is (stage["precision"] == "fp16")
+    assert cfg.gradient_clipping == stage["max_grad_norm"]
+    assert unknown_top_level_keys(data) == []
+
+    from ftplan.schemas.runtime_args import RuntimeArgs
+
+    runtime_args = RuntimeArgs.model_validate(args)
+    (tmp_path / "ds.json").write_text(text)
+    kwargs = config_kwargs(runtime_args, has_eval=False)
+    kwargs.update(output_dir=str(tmp_path / "out"), use_cpu=True, deepspeed=str(tmp_path / "ds.json"),
+                  report_to="none")
+    monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: world))
+    targs = transformers.TrainingArguments(**kwargs)
+    hf = HfTrainerDeepSpeedConfig(json.loads(text))
+    hf.trainer_config_process(targs)
+    assert hf.mismatches == []
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64))
+    hf.trainer_config_finalize(targs, model, 100)  # raises on a mismatch or an unresolved "auto"
+
+
+@pytest.mark.parametrize("rel", GOLDEN_YAML)
+def test_accelerate_loads_every_example_yaml(rel, example_plans, tmp_path):
+    text, args = _golden_stage(rel, example_plans)
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(text)
+    cfg = config_args.load_config_from_file(str(path))
+    promise = args["promise"]
+    assert cfg.distributed_type.value == promise["distributed_type"]
+    assert (cfg.num_processes, cfg.num_machines) == (promise["world_size"], promise["num_machines"])
+    assert cfg.use_cpu is (promise["device"] == "cpu")
+    if promise["distributed_type"] == "DEEPSPEED":
+        assert cfg.mixed_precision is None and cfg.deepspeed_config["deepspeed_config_file"].endswith(
+            rel.split("/plan/", 1)[1].replace("accelerate.yaml", "deepspeed.json"))
+    else:
+        assert cfg.mixed_precision == {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[promise["precision"]]
+    if promise["distributed_type"] == "FSDP":
+        assert cfg.fsdp_config["fsdp_version"] == 2
+
+
+QLORA_CASES = [pytest.param(s, off, prec, id=f"{s}-{'+'.join(off) or 'gpu'}-{prec}")
+               for s, off, prec in (("zero3", {}, "bf16"), ("zero3", {"offload_optimizer": True}, "fp16"),
+                                    ("zero3", {"offload_optimizer": True, "offload_params": True}, "bf16"))]
+
+
+@pytest.mark.parametrize("strategy, offload, precision", QLORA_CASES)
+def test_deepspeed_accepts_sharded_qlora_configs(monkeypatch, tmp_path, strategy, offload, precision):
+    """A QLoRA stage under ZeRO-3 (a 4-bit base sharded in the compute dtype): DeepSpeed's config class accepts its
+    JSON, and its accelerate.yaml builds the model without ``zero.Init`` (transformers loads a 4-bit model whole)."""
+    plan, files = compiled({"strategy": strategy, **offload}, precision=precision, gpus=4,
+                           adapter={"type": "qlora"})
+    monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: 4)
+    monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
+    data = json.loads(files["stages/train/deepspeed.json"])
+    cfg = dsc.DeepSpeedConfig(data)
+    assert cfg.zero_optimization_stage == 3 and cfg.train_batch_size == 3 * 5 * 4
+    assert (cfg.zero_config.offload_param is not None) is bool(offload.get("offload_params"))
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(files["stages/train/accelerate.yaml"])
+    loaded = config_args.load_config_from_file(str(path))
+    assert loaded.deepspeed_config["zero3_init_flag"] is False
+
+
+@pytest.mark.parametrize("offload", [{}, {"offload_params": True}], ids=["gpu", "offload_params"])
+def test_accelerate_loads_sharded_qlora_fsdp2_yaml(tmp_path, offload):
+    _, files = compiled({"strategy": "fsdp2", **offload}, gpus=2, adapter={"type": "qlora"})
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(files["stages/train/accelerate.yaml"])
+    cfg = config_args.load_config_from_file(str(path))
+    assert cfg.distributed_type.value == "FSDP" and cfg.mixed_precision == "bf16"
+    assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_offload_params"] is bool(offload)
