@@ -1,7 +1,7 @@
-"""DPO and KTO with `kernels: ftplan` on the tiny model (CPU, fp32, Triton interpreter): the log-probs of the policy
-and of its reference (a frozen copy, the adapter switched off or to TRL's `ref` copy, or precomputed) come from the
-fused linear log-prob op, never from TRL's chunked head, and one training step's loss and trainable gradients equal
-those of the same stage with `kernels: none`."""
+"""DPO and KTO with `kernels: ftplan` on the tiny model (fp32; on the CPU under the Triton interpreter, compiled on a
+GPU): the log-probs of the policy and of its reference (a frozen copy, the adapter switched off or to TRL's `ref`
+copy, or precomputed) come from the fused linear log-prob op, never from TRL's chunked head, and one training step's
+loss, trainable gradients and logged metrics equal those of the same stage with `kernels: none`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ datasets = pytest.importorskip("datasets")
 
 from ftplan.schemas.runtime_args import RuntimeArgs  # noqa: E402
 
-PROMISE = {"device": "cpu", "world_size": 1, "num_machines": 1, "distributed_type": "NO", "precision": "fp32",
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU machine the same steps run the compiled kernels
+PROMISE = {"device": DEVICE, "world_size": 1, "num_machines": 1, "distributed_type": "NO", "precision": "fp32",
            "attention": "sdpa"}
 
 
@@ -43,7 +44,7 @@ def project(tmp_path_factory, tiny_base, seeded_lora):
                     "label": good}) + "\n" for p, c, r in pairs for ans, good in ((c, True), (r, False))))
     run_data_stage(RuntimeArgs.model_validate({
         "pipeline": "t", "model": {"base": str(tiny_base)}, "output_dir": str(root / "data"),
-        "promise": {**PROMISE, "kernels": "none"},
+        "promise": {**PROMISE, "device": "cpu", "kernels": "none"},
         "stage": {"id": "data", "kind": "data", "max_seq_len": 64,
                   "datasets": [{"path": str(raw / "prefs.jsonl"), "format": "preference"},
                                {"path": str(raw / "kto.jsonl"), "format": "kto"}]}}), "s")
