@@ -1,7 +1,7 @@
 """Compiled launch files, read the way accelerate 1.15's own launcher reads them.
 
-Every accelerate.yaml kind the planner emits goes through ``accelerate launch``'s argument handling
-(``launch_command_parser`` + ``_validate_launch_command`` + the launcher's environment preparation), and the
+Every accelerate.yaml kind the planner emits, and every example's, goes through ``accelerate launch``'s argument
+handling (``launch_command_parser`` + ``_validate_launch_command`` + the launcher's environment preparation), and the
 plugins accelerate builds in the training processes are constructed from that environment: the FSDP plugin
 (wrap policy applied to small models of every catalog family), the DeepSpeed plugin, and the Trainer's DeepSpeed
 config filled from the runtime's own ``TrainingArguments``. Multi-node plans are checked through the exact
@@ -56,13 +56,13 @@ def compile_to(root: pathlib.Path, distributed: dict, **kw):
     return plan
 
 
-def launcher_view(root: pathlib.Path, monkeypatch, extra: tuple[str, ...] = ()):
-    """What ``accelerate launch --config_file plan/stages/train/accelerate.yaml [extra] -m ftplan_runtime ...``
+def launcher_view(root: pathlib.Path, monkeypatch, extra: tuple[str, ...] = (), stage_dir: str = f"plan/{STAGE}"):
+    """What ``accelerate launch --config_file <stage_dir>/accelerate.yaml [extra] -m ftplan_runtime ...``
     decides, run from the project root: (the launcher's kind, its resolved arguments, the environment it gives
     the training processes, the command it would run instead of torchrun, if any)."""
     monkeypatch.chdir(root)
-    argv = ["--config_file", f"plan/{STAGE}/accelerate.yaml", *extra, "-m", "ftplan_runtime",
-            f"plan/{STAGE}/args.json"]
+    argv = ["--config_file", f"{stage_dir}/accelerate.yaml", *extra, "-m", "ftplan_runtime",
+            f"{stage_dir}/args.json"]
     args, defaults, mp_from_config = launch._validate_launch_command(launch.launch_command_parser().parse_args(argv))
     cmd = None
     if args.use_deepspeed and not args.cpu:  # the branches of accelerate.commands.launch.launch_command
@@ -300,6 +300,90 @@ def test_plan_md_launch_line_rendezvouses_at_the_head_node(tmp_path, monkeypatch
             # the same arguments as the sbatch script's launch line
             expected = expand(sbatch[2:-3], slurm, [f"plan/{STAGE}/accelerate.yaml"])
             assert argv == expected
+
+
+
+# ---- every example plan, as launched ----
+
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+EXAMPLE_STAGES = sorted(p.relative_to(GOLDEN).as_posix().rsplit("/", 1)[0]
+                        for p in GOLDEN.glob("*/plan/stages/*/accelerate.yaml"))
+"""``<example>/plan/stages/<id>`` of every training stage of every golden plan."""
+
+
+@pytest.fixture(scope="module")
+def example_tree(tmp_path_factory) -> pathlib.Path:
+    """The examples folder (the project root) with every example compiled beside it into ``../plans/<example>``,
+    the layout the goldens are compiled for."""
+    import shutil
+
+    from ftplan.api import check_file, plan_files
+
+    root = tmp_path_factory.mktemp("launch")
+    shutil.copytree(pathlib.Path(__file__).resolve().parent.parent / "examples", root / "examples",
+                    ignore=shutil.ignore_patterns(".*"))
+    for path in sorted((root / "examples").glob("*.yaml")):
+        result = check_file(path)
+        if result.ok:
+            for rel, text in plan_files(result, f"../plans/{path.stem}").items():
+                (root / "plans" / path.stem / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / "plans" / path.stem / rel).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("golden", EXAMPLE_STAGES)
+def test_every_example_stage_launches_as_planned(golden, example_tree, tmp_path, monkeypatch):
+    """Each training stage of each example, launched from the project root as run.sh (one node) or its sbatch script
+    (node 0 of several) launches it: accelerate's launcher reads the promised world and kind, and the plugin the
+    training processes build from its environment is the planned one (FSDP2: version, wrapped layer class, offload,
+    rank-0 loading; DeepSpeed: the ZeRO stage and zero.Init, as the runtime's TrainingArguments build it)."""
+    transformers = pytest.importorskip("transformers")
+    from ftplan.schemas.runtime_args import RuntimeArgs
+
+    example, _, stage_rel = golden.split("/", 2)
+    stage_dir = f"../plans/{example}/{stage_rel.removeprefix('plan/')}"
+    root = example_tree / "examples"
+    args = RuntimeArgs.model_validate_json((root / stage_dir / "args.json").read_text())
+    promise, stage = args.promise, args.stage
+    yaml_doc = yaml.safe_load((root / stage_dir / "accelerate.yaml").read_text())
+    extra: tuple[str, ...] = ()
+    if promise.num_machines > 1:  # the sbatch script's own arguments, as node 0 passes them
+        sbatch = (example_tree / "plans" / example / "slurm" / f"{stage.id}.sbatch").read_text()
+        words = shlex.split(re.search(r"exec accelerate launch([^']*)'", sbatch).group(1))
+        env = {"SLURM_NNODES": str(promise.num_machines), "SLURM_NODEID": "0", "HEAD_NODE": "127.0.0.1"}
+        extra = tuple(expand(words[2:-3], env, [f"{stage_dir}/accelerate.yaml"]))
+    kind, launched, env, cmd = launcher_view(root, monkeypatch, extra, stage_dir=stage_dir)
+    dtype = promise.distributed_type
+    assert (int(launched.num_processes), int(launched.num_machines)) == (promise.world_size, promise.num_machines)
+    assert (launched.use_deepspeed, launched.use_fsdp, launched.multi_gpu) == (
+        dtype == "DEEPSPEED", dtype == "FSDP", dtype == "MULTI_GPU")
+    if kind != "simple":
+        assert cmd is None and int(launched.nproc_per_node) == promise.world_size // promise.num_machines
+    use_env(monkeypatch, env)
+    if dtype == "FSDP":
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin()
+        spec = stage.distributed_spec()
+        assert plugin.fsdp_version == 2 and plugin.cpu_ram_efficient_loading is True
+        assert plugin.transformer_cls_names_to_wrap == [yaml_doc["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]]
+        assert (plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy") == (
+            spec.offload_params or spec.offload_optimizer)
+        assert env["ACCELERATE_MIXED_PRECISION"] == {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[stage.precision]
+    elif dtype == "DEEPSPEED":
+        from ftplan_runtime.train_common import config_kwargs
+
+        monkeypatch.chdir(root)
+        kwargs = config_kwargs(args, has_eval=False)
+        kwargs.update(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+        monkeypatch.setattr(transformers.TrainingArguments, "world_size",
+                            property(lambda self: promise.world_size))
+        plugin = transformers.TrainingArguments(**kwargs).deepspeed_plugin
+        assert plugin is not None and plugin.zero_stage == promise.zero_stage
+        assert plugin.zero3_init_flag == yaml_doc["deepspeed_config"]["zero3_init_flag"]
+        assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # the precision lives in the JSON
+    else:
+        assert env["ACCELERATE_MIXED_PRECISION"] == {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[stage.precision]
 
 
 # ---- real launches on this CPU machine ----
