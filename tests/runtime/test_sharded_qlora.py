@@ -19,7 +19,8 @@ bitsandbytes 0.50.2):
 * both train 3 steps (non-reentrant gradient checkpointing, AdamW, clipping) on half of a fixed batch each: fp32
   plans give the one-process loss and LoRA weights within 1e-5; a bf16 FSDP2 plan, whose mixed-precision policy
   computes the adapters in bf16, matches FSDP2 on one process within bf16's resolution (the loss within 0.02, the
-  LoRA weights within 3 % together: 1.2 % measured).
+  LoRA weights within 3 % together: 1.2 % measured); each process holds exactly the bytes of 4-bit codes the
+  estimate counts per GPU.
 
 What does not run here: accelerate does not apply FSDP2 or DeepSpeed to a group of CPU processes (it reports it as
 MULTI_CPU: FT306), so the Trainer's own ``accelerate launch`` path, bitsandbytes' CUDA kernels, NCCL, CPU offload of
@@ -139,6 +140,13 @@ def assert_same_training(got: dict, want: dict, tol: float, *, weights_rel: floa
     assert trained and all(want["lora"][k].abs().max() > 0 for k in trained)  # the adapters moved
 
 
+def codes_term(root: Path, stage_dir: Path) -> int:
+    """The estimate's per-GPU bytes of the 4-bit codes (``base weights (NF4)``) for the compiled stage."""
+    stage = stage_dir.name
+    estimate = check_file(root / f"{stage}.yaml").estimates[stage]
+    return next(t.bytes for t in estimate.terms if t.name == "base weights (NF4)")
+
+
 # --- storage ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -237,6 +245,7 @@ def test_fsdp2_bf16_codes_shard_and_uint8_codes_stay_whole(project):
     alone = run(project, stage_dir, "fsdp2", 1, "fsdp2-bf16-alone", env=env)
     assert_same_training(sharded, alone, 2e-2, weights_rel=0.03)
     assert all(dtype == "bfloat16" and held * 2 == whole for dtype, held, whole in sharded["four_bit"].values())
+    assert codes_term(project, stage_dir) == sum(held * 2 for _, held, _ in sharded["four_bit"].values())
     contrast = sharded["contrast"]
     assert contrast and all(dtype == "uint8" and held == whole for dtype, held, whole in contrast.values()), contrast
 
@@ -255,6 +264,7 @@ def test_zero3_partitions_the_4bit_base_and_trains_as_one_process(project):
     four_bit = sharded["four_bit"]
     assert len(four_bit) == 14
     assert all(dtype == "float32" and held * 2 == whole for dtype, held, whole in four_bit.values()), four_bit
+    assert codes_term(project, stage_dir) == sum(held * 4 for _, held, _ in four_bit.values())
 
 
 def test_the_tiny_pipeline_compiles_for_every_sharded_strategy(project):
