@@ -28,7 +28,8 @@ full fine-tunes. Each row names its source; "DeepSpeed estimator" rows equal Dee
                  ``offload_params`` as well: GPU only the gathered layer; host 18/N (DeepSpeed estimator).
     fsdp2        ``fully_shard`` shards every parameter, its gradient and its optimizer state 1/N (DTensor dim-0
                  shards, PyTorch FSDP2 docs; the test runs it); accelerate upcasts trainable parameters to fp32
-                 before sharding: weights 4/N, grads 4/N, AdamW m + v 8/N (8-bit 2.03/N). CPU offload
+                 before sharding (the runtime does it over a 4-bit base, which accelerate leaves as loaded):
+                 weights 4/N, grads 4/N, AdamW m + v 8/N (8-bit 2.03/N). CPU offload
                  (``CPUOffloadPolicy``; accelerate's one ``fsdp_offload_params`` flag, set by ``offload_params`` or
                  ``offload_optimizer``) keeps sharded parameters, gradients and optimizer states on the host: GPU 0,
                  host 16/N; what stays on the GPU is the unsharded units of the step (``_sharding_buffers``).
