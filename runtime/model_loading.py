@@ -162,6 +162,10 @@ def load_weights(path: str, *, dtype, attention: str = "sdpa", revision: str | N
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
+        from .bnb_cpu import use_exact_cpu_dequantize
+
+        use_exact_cpu_dequantize()  # bitsandbytes' native CPU kernel misreads rows that are not whole blocks
+
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=getattr(torch, storage),

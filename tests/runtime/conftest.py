@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def exact_cpu_4bit_dequantize():
+    """bitsandbytes' CPU dequantisation as the runtime loads it (``ftplan_runtime.bnb_cpu``): the tests that call
+    bitsandbytes directly on tiny shapes see what a 4-bit model loaded by the runtime sees, on any CPU."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return
+    from ftplan_runtime.bnb_cpu import use_exact_cpu_dequantize
+
+    use_exact_cpu_dequantize()
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """The tiny random-init Llama with its SentencePiece tokenizer, built once per test session (read-only:

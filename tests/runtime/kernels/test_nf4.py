@@ -41,7 +41,8 @@ def reference_dequantize(packed: torch.Tensor, state) -> torch.Tensor:
 
 
 def bnb_fp32(packed, state) -> torch.Tensor:
-    """bitsandbytes' dequantisation before its final rounding to the weight's dtype."""
+    """bitsandbytes' dequantisation before its final rounding to the weight's dtype (on the CPU, the exact kernel
+    the runtime registers for it: ``ftplan_runtime.bnb_cpu``; on a GPU, bitsandbytes' CUDA kernel)."""
     state32 = copy.copy(state)
     state32.dtype = torch.float32
     return bnb_functional.dequantize_4bit(packed, state32)
