@@ -92,23 +92,30 @@ def make_dpo_config(stage, kwargs: dict[str, Any], train_ds) -> DPOConfig:
     )
 
 
-def make_dpo_trainer(args: RuntimeArgs, config: DPOConfig, loaded, train_ds, eval_ds) -> FtplanDPOTrainer:
-    """The DPO trainer with the reference policy described in the module docstring."""
+def make_reference_trainer(trainer_cls, method: str, args: RuntimeArgs, config, loaded, train_ds, eval_ds):
+    """A trainer of the reference family (``trainer_cls``: DPO's or KTO's) with the reference policy described in
+    the module docstring: a frozen copy for a full fine-tune with a live reference; TRL's frozen copy of a continued
+    adapter (``REF_ADAPTER``, required); the new adapter switched off otherwise (a copy TRL made is dropped)."""
     stage = args.stage
     ref_model = None
     if not loaded.peft and stage.reference == "live":
         ref_model = load_reference(args, loaded.tokenizer)
-    trainer = FtplanDPOTrainer(model=loaded.model, ref_model=ref_model, args=config, train_dataset=train_ds,
-                               eval_dataset=eval_ds, processing_class=loaded.tokenizer,
-                               fused_logprobs=fused_head(stage) == "logprobs" and args.promise.kernels == "ftplan")
+    trainer = trainer_cls(model=loaded.model, ref_model=ref_model, args=config, train_dataset=train_ds,
+                          eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                          fused_logprobs=fused_head(stage) == "logprobs" and args.promise.kernels == "ftplan")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if loaded.peft and stage.adapter == "continue" and REF_ADAPTER not in model.peft_config:
-        raise StageError("the DPO reference adapter (a frozen copy of the continued adapter) was not created; "
-                         "this TRL version is not supported by the runtime (tested with trl 1.16)")
+        raise StageError(f"the {method} reference adapter (a frozen copy of the continued adapter) was not "
+                         "created; this TRL version is not supported by the runtime (tested with trl 1.16)")
     if loaded.peft and stage.adapter != "continue" and REF_ADAPTER in model.peft_config:
         model.delete_adapter(REF_ADAPTER)
         model.set_adapter("default")
     return trainer
+
+
+def make_dpo_trainer(args: RuntimeArgs, config: DPOConfig, loaded, train_ds, eval_ds) -> FtplanDPOTrainer:
+    """The DPO trainer with the reference policy described in the module docstring."""
+    return make_reference_trainer(FtplanDPOTrainer, "DPO", args, config, loaded, train_ds, eval_ds)
 
 
 def _make_config(args: RuntimeArgs, kwargs: dict[str, Any], train_ds) -> DPOConfig:

@@ -18,13 +18,12 @@ from typing import Any
 
 from trl import KTOConfig, KTOTrainer
 
-from ftplan.schemas.runtime_args import RuntimeArgs, fused_head
+from ftplan.schemas.runtime_args import RuntimeArgs
 
 from .data.output import columns_of
-from .dpo import REF_ADAPTER
+from .dpo import make_reference_trainer
 from .logprob_head import FusedLogprobTrainerMixin
 from .metrics import TokenCountingMixin
-from .model_loading import load_reference
 from .preflight import StageError, check_fused_loss, zero_stage
 from .train_common import TrainerSpec, run_training
 
@@ -73,22 +72,8 @@ def make_kto_config(stage, kwargs: dict[str, Any], train_ds) -> KTOConfig:
 
 
 def make_kto_trainer(args: RuntimeArgs, config: KTOConfig, loaded, train_ds, eval_ds) -> FtplanKTOTrainer:
-    """The KTO trainer with the reference policy described in the module docstring."""
-    stage = args.stage
-    ref_model = None
-    if not loaded.peft and stage.reference == "live":
-        ref_model = load_reference(args, loaded.tokenizer)
-    trainer = FtplanKTOTrainer(model=loaded.model, ref_model=ref_model, args=config, train_dataset=train_ds,
-                               eval_dataset=eval_ds, processing_class=loaded.tokenizer,
-                               fused_logprobs=fused_head(stage) == "logprobs" and args.promise.kernels == "ftplan")
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if loaded.peft and stage.adapter == "continue" and REF_ADAPTER not in model.peft_config:
-        raise StageError("the KTO reference adapter (a frozen copy of the continued adapter) was not created; "
-                         "this TRL version is not supported by the runtime (tested with trl 1.16)")
-    if loaded.peft and stage.adapter != "continue" and REF_ADAPTER in model.peft_config:
-        model.delete_adapter(REF_ADAPTER)
-        model.set_adapter("default")
-    return trainer
+    """The KTO trainer with the reference policy described in the module docstring (as DPO's)."""
+    return make_reference_trainer(FtplanKTOTrainer, "KTO", args, config, loaded, train_ds, eval_ds)
 
 
 def kto_spec(args: RuntimeArgs) -> TrainerSpec:
