@@ -115,13 +115,20 @@ def _trl(r: Resolved) -> Loss:
     return Loss(forward, backward, None, max(tile.bytes, n * h * 4), (hidden, stats), ref)
 
 
+def _chunk_rows(r: Resolved) -> tuple[int, int]:
+    """Token rows per chunk of the fused head ops and their logits' element size: min(N, max(N·H // V, 256 MiB /
+    (V · elt))), a multiple of 64 from 64 rows on (``runtime/kernels/cross_entropy.py``, which the log-prob op
+    reuses)."""
+    n, v, h = r.tokens, r.shape.vocab_size, r.shape.hidden_size
+    elt = 2 if r.loop.autocast else r.lm_head_bytes
+    rows = min(n, max(n * h // v, FUSED_CE_MIN_CHUNK_BYTES // (v * elt)))
+    return (rows - rows % 64 if rows >= 64 else rows), elt
+
+
 def _fused(r: Resolved) -> Loss:
     s = r.shape
     n, v, h = r.tokens, s.vocab_size, s.hidden_size
-    elt = 2 if r.loop.autocast else r.lm_head_bytes
-    rows = min(n, max(n * h // v, FUSED_CE_MIN_CHUNK_BYTES // (v * elt)))
-    if rows >= 64:
-        rows -= rows % 64
+    rows, elt = _chunk_rows(r)
     chunk = Term("loss chunk", rows * v * elt, f"{num(rows)} × {num(v)} logits chunk × {elt} B (fused linear CE)")
     dh = Term("hidden-state gradient", n * h * r.stream_bytes, f"{num(n)} × {num(h)} × {r.stream_bytes} B")
     losses = Term("per-token losses", n * 4, f"{num(n)} × 4 B")
@@ -140,10 +147,7 @@ def _fused_logprobs(r: Resolved) -> Loss:
     """The fused linear log-prob op (see the module docstring)."""
     s = r.shape
     n, v, h = r.tokens, s.vocab_size, s.hidden_size
-    elt = 2 if r.loop.autocast else r.lm_head_bytes
-    rows = min(n, max(n * h // v, FUSED_CE_MIN_CHUNK_BYTES // (v * elt)))
-    if rows >= 64:
-        rows -= rows % 64
+    rows, elt = _chunk_rows(r)
     chunk = Term("log-prob chunk", rows * v * elt + rows * h * elt,
                  f"{num(rows)} × {num(v)} logits chunk + {num(rows)} × {num(h)} gathered rows, × {elt} B "
                  "(fused linear log-probs)")
