@@ -368,7 +368,7 @@ def _report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _init(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from .init import InitError, starter_pipeline, write_new_file
+    from .init import InitError, starter_pipeline
 
     path = Path(args.out)
     if path.exists():
@@ -380,14 +380,7 @@ def _init(args: argparse.Namespace, out: Console, err: Console) -> int:
     except InitError as exc:
         err.print(Text(f"error: {exc.message}; {exc.hint}"))
         return EXIT_USAGE if exc.usage else EXIT_INVALID
-    try:
-        write_new_file(path, starter.text)
-    except FileExistsError:
-        err.print(Text(f"error: {path} already exists; ftplan init never replaces a file"))
-        return EXIT_USAGE
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
-        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}{where}; choose another file with -o"))
+    if not _write_new(path, starter.text, "init", err):
         return EXIT_USAGE
     method = {"lora": "LoRA", "qlora": "QLoRA"}[starter.recipe.adapter]
     out.print(Text(f"wrote {path}: {starter.model.key} {method} r16, micro_batch {starter.recipe.micro_batch} × "
@@ -397,12 +390,28 @@ def _init(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _write_new(path: Path, text: str, command: str, err: Console) -> bool:
+    """Write ``text`` to the new file ``path`` (never replacing one); on failure say why on ``err``, return False."""
+    from .init import write_new_file
+
+    try:
+        write_new_file(path, text)
+    except FileExistsError:
+        err.print(Text(f"error: {path} already exists; ftplan {command} never replaces a file"))
+        return False
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}{where}; choose another file with -o"))
+        return False
+    return True
+
+
 def _import(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .api import check_file
     from .console import print_check
     from .importers import DEFAULT_GPU, ImportRefused, import_axolotl
     from .importers.config_file import read_config
-    from .init import InitError, find_gpu, schema_reference, write_new_file
+    from .init import InitError, find_gpu, schema_reference
 
     config = Path(args.config)
     path = Path(args.out) if args.out else Path(f"{config.stem}.ftplan.yaml")
@@ -423,14 +432,7 @@ def _import(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ImportRefused as exc:
         err.print(Text(f"error: {exc.message}; {exc.hint}"))
         return EXIT_USAGE if exc.usage else EXIT_INVALID
-    try:
-        write_new_file(path, imported.text)
-    except FileExistsError:
-        err.print(Text(f"error: {path} already exists; ftplan import never replaces a file"))
-        return EXIT_USAGE
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
-        err.print(Text(f"error: cannot write {path}: {exc.strerror or exc}{where}; choose another file with -o"))
+    if not _write_new(path, imported.text, "import", err):
         return EXIT_USAGE
     out.print(Text(f"wrote {path}: a {imported.kind} pipeline from {config}; {len(imported.mapped)} Axolotl keys "
                    f"carried over, {len(imported.unmapped)} not (each listed at the end of the file with the reason)"))
