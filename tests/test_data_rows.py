@@ -212,6 +212,29 @@ def test_preference_trl_implicit_prompt():
     assert refusal(mapped, row).message == "missing column 'question' (format preference)"
 
 
+def test_preference_whole_conversations_next_to_the_prompt_they_repeat():
+    """UltraFeedback's binarized rows: a string prompt, and chosen/rejected that start with that user turn."""
+    row = {"prompt": "Q", "chosen": turns(("user", "Q"), ("assistant", "good")),
+           "rejected": turns(("user", "Q"), ("assistant", "bad"))}
+    want = Pair(turns(("user", "Q")), turns(("assistant", "good")), turns(("assistant", "bad")))
+    assert record(spec(format="preference"), row) == want
+    # a system turn in the prompt is repeated too
+    system = {"prompt": turns(("system", "S"), ("user", "Q")),
+              "chosen": turns(("system", "S"), ("user", "Q"), ("assistant", "good")),
+              "rejected": turns(("system", "S"), ("user", "Q"), ("assistant", "bad"))}
+    assert record(spec(format="preference"), system) == Pair(turns(("system", "S"), ("user", "Q")),
+                                                             turns(("assistant", "good")), turns(("assistant", "bad")))
+    # answers that do not start with the prompt are kept whole, and only the side that repeats it loses it
+    other = {"prompt": "Q", "chosen": turns(("user", "other"), ("assistant", "good")),
+             "rejected": turns(("user", "Q"), ("assistant", "bad"))}
+    assert record(spec(format="preference"), other) == Pair(turns(("user", "Q")),
+                                                            turns(("user", "other"), ("assistant", "good")),
+                                                            turns(("assistant", "bad")))
+    # an answer that is the prompt alone is not emptied
+    only = {"prompt": "Q", "chosen": turns(("user", "Q")), "rejected": turns(("user", "Q"), ("assistant", "bad"))}
+    assert record(spec(format="preference"), only).chosen == turns(("user", "Q"))
+
+
 def test_preference_missing_answer():
     p = refusal(spec(format="preference", roles={"human": "user", "gpt": "assistant"}), {"prompt": "Q",
                                                                                           "chosen": "good"})

@@ -284,8 +284,8 @@ def _preference(spec: Any, row: Row, warnings: list[RowProblem]) -> Pair:
                                           "the other answer", "each answer needs its own final turn; drop the row"))
     else:
         prompt = _prompt_turns(spec, row[c.prompt], c.prompt)
-        good = _answer_turns(spec, chosen, c.chosen)
-        bad = _answer_turns(spec, rejected, c.rejected)
+        good = _after_prompt(prompt, _answer_turns(spec, chosen, c.chosen))
+        bad = _after_prompt(prompt, _answer_turns(spec, rejected, c.rejected))
     if good == bad:
         warnings.append(RowProblem("FT508", "warning", "chosen and rejected are identical, so the pair carries no "
                                    "preference", "drop the row"))
@@ -581,6 +581,14 @@ def _answer_turns(spec: Any, value: Any, col: str) -> list[Turn]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
     return _turns(spec, [value] if isinstance(value, dict) else value, col, *_chat_keys(spec), spec.roles)
+
+
+def _after_prompt(prompt: list[Turn], answer: list[Turn]) -> list[Turn]:
+    """An answer without the prompt turns it repeats: whole conversations next to a prompt column (UltraFeedback's
+    binarized rows, Axolotl's ``chat_template.argilla``) begin with the prompt, which is not part of the answer."""
+    if len(answer) > len(prompt) and answer[:len(prompt)] == prompt:
+        return answer[len(prompt):]
+    return answer
 
 
 def _common_turns(a: list[Turn], b: list[Turn]) -> int:

@@ -178,9 +178,8 @@ def _preference(entry: Entry, raw: dict[str, Any], strategy: str, prefix: str, r
         return
     if rest in _WHOLE_CONVERSATIONS or strategy == "chat_template.argilla":
         entry.caveat = (f"Axolotl's '{strategy}' rows hold whole conversations in chosen/rejected (the user turn, "
-                        "then the answer): next to a `prompt` column ftplan would train that user turn as part of "
-                        "each answer; use a copy of the data without the `prompt` column, where ftplan finds the "
-                        "shared prompt itself (TRL's implicit prompt)")
+                        "then the answer): ftplan reads each answer as the turns after the `prompt` column's turns "
+                        "(or, without that column, after the turns both conversations start with)")
         return
     if prefix in TEMPLATE_PREFIXES and rest in _DPO_COLUMNS:
         if _DPO_COLUMNS[rest]:

@@ -182,7 +182,10 @@ class PreferenceDataset(_DatasetBase):
       ``columns: {prompt: conversations, role: from, content: value}``);
     - a prompt and answers as lists of turns;
     - whole conversations as ``chosen`` and ``rejected`` with no prompt column (TRL's implicit prompt): the
-      turns both start with are the prompt, the rest are the answers.
+      turns both start with are the prompt, the rest are the answers;
+    - whole conversations next to a prompt column (UltraFeedback's binarized rows: ``prompt`` a string, ``chosen``
+      and ``rejected`` the user turn then the answer): an answer that starts with the prompt's turns is read
+      without them.
     """
 
     format: Literal["preference"]
