@@ -126,6 +126,13 @@ EDITS: dict[str, dict[str, Edit]] = {
                         "    input: merge\n    quant: [q8_0]\n")], None),
         "data": ([], _fewer_pref_rows),
     },
+    "simpo-llama3-8b-instruct-h100": {
+        "micro-batch": ([("micro_batch: 2\n    grad_accum: 16", "micro_batch: 1\n    grad_accum: 32")], None),
+        "gpu": ([("gpu: h100-sxm-80gb", "gpu: h200-sxm-141gb")], None),
+        "add-stage": ([("    input: simpo\n", "    input: simpo\n  - id: gguf\n    kind: gguf\n    input: merge\n"
+                        "    quant: [q4_k_m]\n")], None),
+        "data": ([], _fewer_pref_rows),
+    },
     "reward-llama3-8b-4xh100": {
         "micro-batch": ([("micro_batch: 2\n    grad_accum: 8", "micro_batch: 4\n    grad_accum: 4")], None),
         "gpu": ([("gpu: h100-sxm-80gb", "gpu: h200-sxm-141gb")], None),
