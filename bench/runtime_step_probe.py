@@ -9,7 +9,10 @@ One configuration per process; prints one JSON line. Both arms run in the same s
     done
 
 `--ftplan` applies every kernel the runtime applies, the fused LoRA functions included; `--no-lora-op` leaves the
-LoRA layers to PEFT (the kernel set before them), so the two arms measure what that op adds.
+LoRA layers to PEFT (the kernel set before them), so the two arms measure what that op adds. `--offload` keeps the
+checkpoints in pinned host memory as `gradient_checkpointing: offload` does (the runtime's own CheckpointOffload).
+`--seqs 8192 16384 ...` measures several sequence lengths with one loaded model (one JSON line each, shortest first;
+an out-of-memory length ends the list with "oom": true).
 """
 import argparse, json, time
 import torch
@@ -37,12 +40,31 @@ def run(a):
     if a.ftplan:
         from ftplan_runtime.kernels import apply_ftplan_kernels, causal_lm_loss
         counts = apply_ftplan_kernels(m, lora=not a.no_lora_op).counts()  # --no-lora-op: PEFT's LoRA layers
+    offload = None
+    if a.offload:
+        from ftplan_runtime.offload import CheckpointOffload, offload_checkpoints
+        offload = offload_checkpoints(m, CheckpointOffload())
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    for seq in sorted(a.seqs or [a.seq]):
+        try:
+            line = measure(a, m, opt, seq, counts, base_mem, offload)
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "offload": a.offload, "seq": seq, "batch": a.batch,
+                              "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
+            break
+        print(json.dumps(line), flush=True)
+
+
+def measure(a, m, opt, seq, counts, base_mem, offload):
+    """Median step time and peak memory of warmup + steps training steps at `seq` tokens per row."""
     V = m.config.vocab_size
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     times = []
     for step in range(a.warmup + a.steps):
-        ids = torch.randint(0, V, (a.batch, a.seq), device="cuda")
+        ids = torch.randint(0, V, (a.batch, seq), device="cuda")
         torch.cuda.synchronize(); t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if a.ftplan:
@@ -54,18 +76,25 @@ def run(a):
         torch.cuda.synchronize(); t1 = time.perf_counter()
         if step >= a.warmup:
             times.append(t1 - t0)
+        del loss
     times.sort()
-    print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "seq": a.seq, "batch": a.batch,
-                      "tok_per_s": round(a.batch * a.seq / times[len(times) // 2], 1),
-                      "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-                      "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-                      "device_used_gib": (base_mem[0] - torch.cuda.mem_get_info()[0]) / 2**30,
-                      "gpu": torch.cuda.get_device_name()}), flush=True)
+    line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
+            "seq": seq, "batch": a.batch, "tok_per_s": round(a.batch * seq / times[len(times) // 2], 1),
+            "step_s_median": round(times[len(times) // 2], 4),
+            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "device_used_gib": (base_mem[0] - torch.cuda.mem_get_info()[0]) / 2**30, "free_before_gib": base_mem[0] / 2**30,
+            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if offload is not None:
+        line["offload_host_gib"] = offload.buffers.peak_capacity_bytes / 2**30
+    return line
 
 p = argparse.ArgumentParser()
 p.add_argument("--dir", default="/tmp/m32"); p.add_argument("--mode", default="lora"); p.add_argument("--ftplan", action="store_true")
 p.add_argument("--seq", type=int, default=2048); p.add_argument("--batch", type=int, default=2)
 p.add_argument("--kbit-upcast", action="store_true")
 p.add_argument("--no-lora-op", action="store_true", help="with --ftplan: every kernel but the fused LoRA functions")
+p.add_argument("--offload", action="store_true", help="checkpoints to pinned host memory (gradient_checkpointing: offload)")
+p.add_argument("--seqs", type=int, nargs="+", help="several sequence lengths, one loaded model (overrides --seq)")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

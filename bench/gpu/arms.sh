@@ -14,14 +14,15 @@
 # then run `bash bench/gpu/arms.sh [CONFIG...]` on the GPU machine, carrying .whl-gpu, .whl-unsloth and
 # .gpu-tools. A CONFIG is "MODE SEQ BATCH" (default: "lora 2048 2" "qlora 2048 2" "qlora 8192 1"); pass a
 # subset to fit a session's time limit. Every arm of a config runs in the same session. ARMS="ftplan unsloth ..."
-# picks the arms and their order (default: hf-peft hf-peft-autocast ftplan-nolora ftplan unsloth).
+# picks the arms and their order (default: hf-peft hf-peft-autocast ftplan-nolora ftplan unsloth); ftplan-offload is
+# the ftplan arm with `gradient_checkpointing: offload`. STEPS and WARMUP (if set) go to every arm.
 # Results: one JSON line per arm in $OUT/arms.jsonl (and a timestamped $OUT/arms.log).
 set -uo pipefail
 dest=${OUT:-bench/results}
 mkdir -p "$dest"
 exec > >(while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done | tee -a "$dest/arms.log") 2>&1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
+[ -e /tmp/site/trl ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
+[ -e /tmp/site-unsloth/unsloth ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
 mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
 base=(env PYTHONPATH=/tmp/site:/tmp/shim:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
 unsl=(env PYTHONPATH=/tmp/site-unsloth HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
@@ -33,15 +34,17 @@ arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the 
   timeout 200 "$@" 2>&1 | grep '^{' | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
 }
 [ $# -gt 0 ] || set -- "lora 2048 2" "qlora 2048 2" "qlora 8192 1"
+steps=(${STEPS:+--steps $STEPS} ${WARMUP:+--warmup $WARMUP})
 for cfg in "$@"; do
   set -- $cfg
   for name in ${ARMS:-hf-peft hf-peft-autocast ftplan-nolora ftplan unsloth}; do  # ARMS: which arms, in which order
     case $name in
-      hf-peft) arm $name "${base[@]}" python3 .gpu-tools/baseline_lora.py run --dir $M --mode $1 --seq $2 --batch $3 ;;
-      hf-peft-autocast) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --kbit-upcast ;;
-      ftplan) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan ;;
-      ftplan-nolora) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan --no-lora-op ;;
-      unsloth) arm $name "${unsl[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M --mode $1 --seq $2 --batch $3 ;;
+      hf-peft) arm $name "${base[@]}" python3 .gpu-tools/baseline_lora.py run --dir $M --mode $1 --seq $2 --batch $3 "${steps[@]}" ;;
+      hf-peft-autocast) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --kbit-upcast "${steps[@]}" ;;
+      ftplan) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan "${steps[@]}" ;;
+      ftplan-offload) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan --offload "${steps[@]}" ;;
+      ftplan-nolora) arm $name "${base[@]}" python3 bench/runtime_step_probe.py --dir $M --mode $1 --seq $2 --batch $3 --ftplan --no-lora-op "${steps[@]}" ;;
+      unsloth) arm $name "${unsl[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M --mode $1 --seq $2 --batch $3 "${steps[@]}" ;;
       *) echo "unknown arm: $name" >&2; exit 2 ;;
     esac
   done

@@ -1,6 +1,6 @@
 """End to end through ``run.sh``: a compiled tiny data -> SFT -> DPO plan with ``kernels: ftplan`` in both training
-stages runs on the CPU (the entry point puts Triton in interpreter mode), and the DPO stage's metrics.json shows the
-fused log-prob head ran beside the layer kernels (issue 12's "Done when")."""
+stages runs on the CPU (the entry point puts Triton in interpreter mode, fp32) and on a CUDA GPU (compiled kernels,
+bf16), and the DPO stage's metrics.json shows the fused log-prob head ran beside the layer kernels."""
 
 from __future__ import annotations
 
@@ -52,15 +52,29 @@ stages:
 """
 
 
+GPU_HARDWARE = "hardware:\n  gpu: h100-sxm-80gb\n"
+"""The GPU variant's target: an H100 (the preflight accepts an H200 too: the same architecture, more memory)."""
+
+
+def _on_gpu(text: str) -> str:
+    """The CPU pipeline retargeted at one GPU in bf16."""
+    return text.replace("hardware:\n  device: cpu\n", GPU_HARDWARE).replace("precision: fp32", "precision: bf16")
+
+
 @pytest.mark.slow
-def test_sft_then_dpo_with_kernels_compile_and_run(tmp_path, tiny_base):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sft_then_dpo_with_kernels_compile_and_run(tmp_path, tiny_base, device):
+    if device == "cuda":
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
+            pytest.skip("needs a CUDA GPU with bf16")
     root = tmp_path / "project"
     shutil.copytree(tiny_base, root / "model")
     (root / "data").mkdir()
     for name, source in (("chat", "support-chat"), ("prefs", "support-prefs")):
         rows = (REPO / "examples/data" / f"{source}.jsonl").read_text().splitlines()[:4]
         (root / "data" / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
-    (root / "p.yaml").write_text(PIPELINE)
+    (root / "p.yaml").write_text(PIPELINE if device == "cpu" else _on_gpu(PIPELINE))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("TRITON_INTERPRET", None)  # the entry point sets it for a CPU plan with kernels
