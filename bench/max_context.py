@@ -1,7 +1,7 @@
 """The longest sequence that fits at micro-batch 1, per arm, from steps measured at several lengths on one card.
 
 Each arm (ftplan with checkpoints on the GPU, ftplan with `gradient_checkpointing: offload`, Unsloth) trains a few
-lengths with one loaded model (`runtime_step_probe.py --seqs`, `unsloth_seqs.py`); with memory-efficient attention
+lengths with one loaded model (`runtime_step_probe.py --shapes`, `unsloth_shapes.py`); with memory-efficient attention
 and a chunked loss a step's memory grows linearly with the sequence, so a least-squares line through the measured
 device use (CUDA context, weights, allocator cache and all: free memory before loading minus free memory after the
 steps) gives the length at which it reaches the memory that was free before loading. Every arm goes through the same
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for raw in a.jsonl.read_text().splitlines():
         if raw.startswith("{"):
             line = json.loads(raw)
-            if "seq" in line:
+            if "seq" in line and line.get("batch", 1) == 1:
                 by_arm[arm_name(line)].append(line)
     result = {arm: longest(lines) for arm, lines in sorted(by_arm.items())}
     print(json.dumps({"max_context": result, "method": "linear fit of measured device use; not a direct search"},

@@ -11,11 +11,13 @@ One configuration per process; prints one JSON line. Both arms run in the same s
 `--ftplan` applies every kernel the runtime applies, the fused LoRA functions included; `--no-lora-op` leaves the
 LoRA layers to PEFT (the kernel set before them), so the two arms measure what that op adds. `--offload` keeps the
 checkpoints in pinned host memory as `gradient_checkpointing: offload` does (the runtime's own CheckpointOffload).
-`--seqs 8192 16384 ...` measures several sequence lengths with one loaded model (one JSON line each, shortest first;
-an out-of-memory length ends the list with "oom": true).
+`--shapes 2048x2 8192x1 16384x1:1 ...` measures several shapes with one loaded model (step_shapes.py; one JSON line
+each, fewest tokens first; a shape that runs out of memory ends the list with "oom": true).
 """
 import argparse, json, time
 import torch
+
+from step_shapes import parse_shapes
 
 def run(a):
     from transformers import LlamaForCausalLM, BitsAndBytesConfig
@@ -45,26 +47,27 @@ def run(a):
         from ftplan_runtime.offload import CheckpointOffload, offload_checkpoints
         offload = offload_checkpoints(m, CheckpointOffload())
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    for seq in sorted(a.seqs or [a.seq]):
+    for shape in parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], a.warmup, a.steps):
         try:
-            line = measure(a, m, opt, seq, counts, base_mem, offload)
+            line = measure(a, m, opt, shape, counts, base_mem, offload)
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "offload": a.offload, "seq": seq, "batch": a.batch,
-                              "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
+            print(json.dumps({"mode": a.mode, "ftplan": a.ftplan, "offload": a.offload, "seq": shape.seq,
+                              "batch": shape.batch, "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
             break
         print(json.dumps(line), flush=True)
 
 
-def measure(a, m, opt, seq, counts, base_mem, offload):
-    """Median step time and peak memory of warmup + steps training steps at `seq` tokens per row."""
+def measure(a, m, opt, shape, counts, base_mem, offload):
+    """Median step time and peak memory of a shape's warm-up and timed training steps."""
+    seq, batch = shape.seq, shape.batch
     V = m.config.vocab_size
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     times = []
-    for step in range(a.warmup + a.steps):
-        ids = torch.randint(0, V, (a.batch, seq), device="cuda")
+    for step in range(shape.warmup + shape.steps):
+        ids = torch.randint(0, V, (batch, seq), device="cuda")
         torch.cuda.synchronize(); t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if a.ftplan:
@@ -74,12 +77,12 @@ def measure(a, m, opt, seq, counts, base_mem, offload):
         loss.backward()
         opt.step(); opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize(); t1 = time.perf_counter()
-        if step >= a.warmup:
+        if step >= shape.warmup:
             times.append(t1 - t0)
         del loss
     times.sort()
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
-            "seq": seq, "batch": a.batch, "tok_per_s": round(a.batch * seq / times[len(times) // 2], 1),
+            "seq": seq, "batch": batch, "steps": shape.steps, "tok_per_s": round(batch * seq / times[len(times) // 2], 1),
             "step_s_median": round(times[len(times) // 2], 4),
             "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
@@ -95,6 +98,6 @@ p.add_argument("--seq", type=int, default=2048); p.add_argument("--batch", type=
 p.add_argument("--kbit-upcast", action="store_true")
 p.add_argument("--no-lora-op", action="store_true", help="with --ftplan: every kernel but the fused LoRA functions")
 p.add_argument("--offload", action="store_true", help="checkpoints to pinned host memory (gradient_checkpointing: offload)")
-p.add_argument("--seqs", type=int, nargs="+", help="several sequence lengths, one loaded model (overrides --seq)")
+p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

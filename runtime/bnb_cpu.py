@@ -21,7 +21,8 @@ from typing import Sequence
 
 __all__ = ["dequantize_4bit_flat", "use_exact_cpu_dequantize"]
 
-_installed = False
+_library = None
+"""The ``torch.library.Library`` fragment holding the CPU kernel (kept alive: dropping it unregisters the kernel)."""
 
 
 def dequantize_4bit_flat(packed, absmax, blocksize: int, quant_type: str, shape: Sequence[int], dtype):
@@ -41,15 +42,18 @@ def dequantize_4bit_flat(packed, absmax, blocksize: int, quant_type: str, shape:
 
 def use_exact_cpu_dequantize() -> None:
     """Route bitsandbytes' CPU ``dequantize_4bit`` through ``dequantize_4bit_flat`` (see the module docstring)."""
-    global _installed
-    if _installed:
+    global _library
+    if _library is not None:
         return
     import warnings
 
-    import bitsandbytes.functional  # noqa: F401  (defines the op before a kernel is registered for it)
+    import bitsandbytes.functional  # noqa: F401  (defines the op and its own CPU kernel first)
     import torch
 
+    # bitsandbytes registers its CPU kernel from Python (torch.library.register_kernel); replacing it needs an
+    # explicit override, which torch 2.11 does not grant by default.
+    library = torch.library.Library("bitsandbytes", "IMPL")
     with warnings.catch_warnings():  # torch says that a kernel is replaced: that is the point
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
-        torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", dequantize_4bit_flat)
-    _installed = True
+        library.impl("dequantize_4bit", dequantize_4bit_flat, "CPU", allow_override=True)
+    _library = library

@@ -29,9 +29,11 @@ unsl=(env PYTHONPATH=/tmp/site-unsloth HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 M=/tmp/m8b
 "${base[@]}" python3 .gpu-tools/baseline_lora.py prep --arch llama3-8b --dir $M | grep '^{'
-arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the arm's name
+arm() {  # arm NAME COMMAND...: run one arm, keep its JSON line tagged with the arm's name (its output: NAME-CONFIG.log)
   local name=$1; shift
-  timeout 200 "$@" 2>&1 | grep '^{' | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
+  local out="$dest/$name-${cfg// /-}.log"
+  timeout 200 "$@" > "$out" 2>&1 || { echo "arm $name failed:"; grep -v 'it/s\]\|s/it\]' "$out" | tail -15; }
+  grep '^{' "$out" | tail -1 | python3 -c "import json,sys; [print(json.dumps({'arm': '$name', **json.loads(l)})) for l in sys.stdin]" | tee -a "$dest/arms.jsonl"
 }
 [ $# -gt 0 ] || set -- "lora 2048 2" "qlora 2048 2" "qlora 8192 1"
 steps=(${STEPS:+--steps $STEPS} ${WARMUP:+--warmup $WARMUP})

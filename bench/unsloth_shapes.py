@@ -1,10 +1,11 @@
-"""Unsloth's LoRA/QLoRA training step at several sequence lengths with one loaded model: the Unsloth side of the
-max-context comparison (`bench/max_context.py`), measured exactly as `runtime_step_probe.py --seqs` measures ftplan
-(same random tokens, loss on every token, fused AdamW, warm-up steps, allocator peaks reset per length).
+"""Unsloth's LoRA/QLoRA training step at several shapes with one loaded model: the Unsloth arm of the step
+benchmark and of the max-context comparison (`bench/max_context.py`), measured exactly as
+`runtime_step_probe.py --shapes` measures ftplan (same random tokens, loss on every token, fused AdamW, warm-up
+steps, allocator peaks reset per shape; shapes as in `step_shapes.py`).
 
-    python3 bench/unsloth_seqs.py --dir /tmp/m8b --mode qlora --seqs 8192 16384 32768
+    python3 bench/unsloth_shapes.py --dir /tmp/m8b --mode qlora --shapes 2048x2 8192x1 16384x1:1 32768x1:1
 
-One JSON line per length, shortest first; a length that runs out of memory ends the list with "oom": true.
+One JSON line per shape, fewest tokens first; a shape that runs out of memory ends the list with "oom": true.
 Runs with Unsloth's own wheel set (bench/gpu/arms.sh says how), its default `use_gradient_checkpointing="unsloth"`
 (checkpoints offloaded to host memory).
 """
@@ -19,16 +20,33 @@ import unsloth  # noqa: E402  (Unsloth patches transformers when imported first)
 import torch  # noqa: E402
 from unsloth import FastLanguageModel  # noqa: E402
 
+from step_shapes import parse_shapes  # noqa: E402
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def measure(a, m, opt, seq, base_free):
-    """Median step time and peak memory of warmup + steps training steps at `seq` tokens per row."""
+def ensure_tokenizer(model_dir: str) -> None:
+    """Unsloth loads a tokenizer with the model: give a random-init checkpoint without one a small word-level one
+    (the arms feed token ids, so its vocabulary does not matter)."""
+    if os.path.exists(os.path.join(model_dir, "tokenizer.json")):
+        return
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(256)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w1", eos_token="w2", pad_token="w3",
+                            unk_token="w0").save_pretrained(model_dir)
+
+
+def measure(a, m, opt, shape, base_free):
+    """Median step time and peak memory of a shape's warm-up and timed training steps."""
+    seq, batch = shape.seq, shape.batch
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     times = []
-    for step in range(a.warmup + a.steps):
-        ids = torch.randint(0, m.config.vocab_size, (a.batch, seq), device="cuda")
+    for step in range(shape.warmup + shape.steps):
+        ids = torch.randint(0, m.config.vocab_size, (batch, seq), device="cuda")
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = m(input_ids=ids, labels=ids).loss
@@ -36,13 +54,13 @@ def measure(a, m, opt, seq, base_free):
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        if step >= a.warmup:
+        if step >= shape.warmup:
             times.append(time.perf_counter() - t0)
         del loss
     times.sort()
     med = times[len(times) // 2]
-    return {"arm": "unsloth", "mode": a.mode, "seq": seq, "batch": a.batch, "gc": a.gc,
-            "tok_per_s": round(a.batch * seq / med, 1), "step_s_median": round(med, 4),
+    return {"arm": "unsloth", "mode": a.mode, "seq": seq, "batch": batch, "gc": a.gc, "steps": shape.steps,
+            "tok_per_s": round(batch * seq / med, 1), "step_s_median": round(med, 4),
             "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
             "device_used_gib": (base_free - torch.cuda.mem_get_info()[0]) / 2**30, "free_before_gib": base_free / 2**30,
@@ -53,28 +71,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", required=True, help="a model folder with a tokenizer (bench/gpu/arms.sh prepares one)")
     p.add_argument("--mode", default="qlora", choices=["lora", "qlora"])
-    p.add_argument("--seqs", type=int, nargs="+", required=True)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--shapes", nargs="+", required=True, help="SEQxBATCH or SEQxBATCH:STEPS (step_shapes.py)")
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--gc", default="unsloth", help="Unsloth's use_gradient_checkpointing")
     a = p.parse_args()
+    shapes = parse_shapes(a.shapes, a.warmup, a.steps)
+    ensure_tokenizer(a.dir)
     torch.manual_seed(0)
     base_free = torch.cuda.mem_get_info()[0]
-    m, _ = FastLanguageModel.from_pretrained(model_name=a.dir, max_seq_length=max(a.seqs), dtype=torch.bfloat16,
+    m, _ = FastLanguageModel.from_pretrained(model_name=a.dir, max_seq_length=max(s.seq for s in shapes), dtype=torch.bfloat16,
                                              load_in_4bit=(a.mode == "qlora"), local_files_only=True)
     m = FastLanguageModel.get_peft_model(m, r=a.rank, lora_alpha=a.rank, lora_dropout=0, bias="none",
                                          target_modules=TARGETS, use_gradient_checkpointing=a.gc, random_state=0)
     m.train()
     opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4, fused=True)
-    for seq in sorted(a.seqs):
+    for shape in shapes:
         try:
-            line = measure(a, m, opt, seq, base_free)
+            line = measure(a, m, opt, shape, base_free)
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            print(json.dumps({"arm": "unsloth", "mode": a.mode, "seq": seq, "batch": a.batch, "oom": True,
+            print(json.dumps({"arm": "unsloth", "mode": a.mode, "seq": shape.seq, "batch": shape.batch, "oom": True,
                               "gpu": torch.cuda.get_device_name()}), flush=True)
             break
         print(json.dumps(line), flush=True)
