@@ -1,0 +1,146 @@
+"""The README's speed table, generated from one measuring session's committed results (never typed by hand).
+
+Reads the step arms (`steps.jsonl`: one line per arm and shape, the arm named "MODE-ARM", e.g. "qlora-unsloth") and,
+when present, the DPO arms (`dpo-speed.jsonl`, `bench/dpo_speed.py`) of one folder under `bench/results/`, and
+prints the Markdown that goes between the README's `<!-- speed-table -->` markers; `--readme README.md` writes it
+there instead, and `--check` fails when the README's table differs from what the results give.
+
+    python3 bench/speed_table.py bench/results/2026-12-07-h200 --readme README.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- speed-table -->", "<!-- /speed-table -->"
+ARMS = (("hf-peft", "HF+PEFT"), ("ftplan", "ftplan"), ("ftplan-offload", "ftplan, offload"), ("unsloth", "Unsloth"))
+LLAMA_8B = dict(d=4096, f=14336, layers=32, kv=1024, vocab=128256, rank=16)
+"""The arms' shape (random-init Llama-3.1-8B, LoRA r 16 on all 7 projections)."""
+PEAK_TFLOPS = 989.0
+"""H100/H200 SXM dense bf16 datasheet peak, kernel-anchors.md §3's P."""
+ROWS = (("lora", 2048, 2), ("qlora", 2048, 2), ("qlora", 8192, 1), ("qlora", 16384, 1), ("qlora", 32768, 1))
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (other lines skipped); none when the file is missing."""
+    if not path.is_file():
+        return []
+    return [json.loads(raw) for raw in path.read_text().splitlines() if raw.startswith("{")]
+
+
+def cell(line: dict | None) -> str:
+    """"tok/s · device GiB" of one measured arm, or a dash."""
+    if line is None:
+        return "—"
+    if line.get("oom"):
+        return "out of memory"
+    return f"{line['tok_per_s']:,.0f} tok/s · {line['device_used_gib']:.1f} GiB"
+
+
+def ratio(ours: dict | None, theirs: dict | None) -> str:
+    """ftplan's tokens/s over the peer's, and the device-memory difference."""
+    if not ours or not theirs or ours.get("oom") or theirs.get("oom"):
+        return "—"
+    gib = ours["device_used_gib"] - theirs["device_used_gib"]
+    return f"{ours['tok_per_s'] / theirs['tok_per_s']:.2f}× · {gib:+.1f} GiB"
+
+
+def flops_per_token(seq: int, shape: dict = LLAMA_8B) -> float:
+    """kernel-anchors.md §3: 4·N_mm + 6·N_lora + 6·L·s·d for a LoRA step on a frozen base (QLoRA the same)."""
+    d, f, layers, kv = shape["d"], shape["f"], shape["layers"], shape["kv"]
+    n_mm = layers * (2 * d * d + 2 * d * kv + 3 * d * f) + shape["vocab"] * d
+    n_lora = shape["rank"] * layers * (2 * (d + d) + 2 * (d + kv) + 2 * (d + f) + (f + d))
+    return float(4 * n_mm + 6 * n_lora + 6 * layers * seq * d)
+
+
+def mfu(line: dict | None) -> str:
+    """Model FLOPs utilisation of a measured arm against PEAK_TFLOPS."""
+    if not line or line.get("oom"):
+        return "—"
+    return f"{line['tok_per_s'] * flops_per_token(line['seq']) / (PEAK_TFLOPS * 1e12):.1%}"
+
+
+def step_table(lines: list[dict]) -> list[str]:
+    """One row per (mode, seq, batch) measured: every arm's cell, and the best ftplan arm against Unsloth."""
+    found = {(ln["arm"], ln["seq"], ln["batch"]): ln for ln in lines if "arm" in ln and "seq" in ln}
+    out = ["| mode, seq × batch | " + " | ".join(name for _, name in ARMS) + " | best ftplan vs Unsloth | MFU ftplan / Unsloth |",
+           "|---|" + "---:|" * (len(ARMS) + 2)]
+    for mode, seq, batch in ROWS:
+        got = {arm: found.get((f"{mode}-{arm}", seq, batch)) for arm, _ in ARMS}
+        if not any(got.values()):
+            continue
+        ours = [got[a] for a in ("ftplan", "ftplan-offload") if got[a] and not got[a].get("oom")]
+        best = max(ours, key=lambda ln: ln["tok_per_s"], default=None)
+        label = "LoRA" if mode == "lora" else "QLoRA"
+        out.append(f"| {label} {seq} × {batch} | " + " | ".join(cell(got[a]) for a, _ in ARMS)
+                   + f" | {ratio(best, got['unsloth'])} | {mfu(best)} / {mfu(got['unsloth'])} |")
+    return out
+
+
+def dpo_table(lines: list[dict]) -> list[str]:
+    """TRL's DPOTrainer against ftplan's DPO stage, one row per reference mode measured."""
+    arms = [ln for ln in lines if ln.get("arm") in ("trl", "ftplan") and "tok_per_s" in ln]
+    if not arms:
+        return []
+    out = ["| DPO LoRA, seq × pairs | TRL DPOTrainer | ftplan | ftplan vs TRL |", "|---|---:|---:|---:|"]
+    for pre in sorted({bool(ln.get("precompute")) for ln in arms}):
+        trl = next((ln for ln in arms if ln["arm"] == "trl" and bool(ln.get("precompute")) == pre), None)
+        ours = next((ln for ln in arms if ln["arm"] == "ftplan" and bool(ln.get("precompute")) == pre), None)
+        if not trl or not ours:
+            continue
+        alloc = ours["peak_alloc_gib"] / trl["peak_alloc_gib"]
+        speed = ours["tok_per_s"] / trl["tok_per_s"]
+        ref = "precomputed reference" if pre else "live reference"
+        out.append(f"| {ours['seq']} × {ours['pairs']}, {ref} | {cell(trl)} | {cell(ours)} | {speed:.2f}× · "
+                   f"{alloc:.2f}× peak allocated |")
+    return out
+
+
+def table(folder: Path) -> str:
+    """The Markdown block for the README, with the card and versions it was measured on."""
+    steps = read_lines(folder / "steps.jsonl")
+    dpo = read_lines(folder / "dpo-speed.jsonl")
+    first = next((ln for ln in steps + dpo if ln.get("gpu")), {})
+    versions = ", ".join(f"{k} {first[k]}" for k in ("torch", "transformers", "peft", "trl", "unsloth") if k in first)
+    parts = [f"Measured in one session on one {first.get('gpu', 'GPU')} ({versions}); raw lines in "
+             f"`{folder.as_posix()}/`. Cells: tokens/s · device memory used (the card's view: context, weights, "
+             "allocator cache). MFU as in kernel-anchors.md §3 against 989 TFLOP/s.", ""]
+    parts += step_table(steps)
+    extra = dpo_table(dpo)
+    if extra:
+        parts += [""] + extra
+    return "\n".join(parts) + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with what lies between the markers replaced by `block`."""
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[:start] + "\n" + block + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="one session's results folder")
+    p.add_argument("--readme", type=Path, help="write the table into this file between the markers")
+    p.add_argument("--check", action="store_true", help="with --readme: fail if the file's table is not current")
+    a = p.parse_args(argv)
+    block = table(a.folder)
+    if a.readme is None:
+        sys.stdout.write(block)
+        return 0
+    text = a.readme.read_text()
+    new = replace_block(text, block)
+    if a.check:
+        if new != text:
+            print(f"{a.readme}: the speed table is not the one {a.folder} gives; run bench/speed_table.py "
+                  f"{a.folder} --readme {a.readme}", file=sys.stderr)
+            return 1
+        return 0
+    a.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
