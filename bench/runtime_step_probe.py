@@ -40,7 +40,7 @@ def run(a):
     m = get_peft_model(m, lc)
     counts = None
     if a.ftplan:
-        from ftplan_runtime.kernels import apply_ftplan_kernels, causal_lm_loss
+        from ftplan_runtime.kernels import apply_ftplan_kernels
         counts = apply_ftplan_kernels(m, lora=not a.no_lora_op).counts()  # --no-lora-op: PEFT's LoRA layers
     offload = None
     if a.offload:
@@ -59,6 +59,65 @@ def run(a):
         print(json.dumps(line), flush=True)
 
 
+def train_step(a, m, opt, ids):
+    """Forward under bf16 autocast (the runtime's fused loss with --ftplan), backward, optimizer step."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        if a.ftplan:
+            from ftplan_runtime.kernels import causal_lm_loss
+            loss = causal_lm_loss(m, ids, ids)
+        else:
+            loss = m(input_ids=ids, labels=ids).loss  # outputs dropped, like Trainer.compute_loss
+    loss.backward()
+    opt.step(); opt.zero_grad(set_to_none=True)
+
+
+PROFILE_GROUPS = (  # (group, substrings of a GPU kernel's name), first match wins
+    ("offload copies", ("Memcpy", "Memset")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("NF4 dequantisation", ("nf4", "dequant", "kDequantize")),
+    ("optimizer", ("adam", "Adam", "multi_tensor")),
+    ("loss head", ("cross_entropy", "logprob", "_ce_", "log_softmax", "nll")),
+    ("norm, RoPE, SwiGLU, LoRA glue", ("rms", "rope", "swiglu", "silu", "lora")),
+    ("GEMM", ("gemm", "Gemm", "matmul", "xmma", "nvjet", "cutlass", "sm90", "ampere_bf16", "cublas")),
+)
+
+
+def profile_group(name: str) -> str:
+    """The group of PROFILE_GROUPS a GPU kernel's name belongs to ("other" when none)."""
+    for group, keys in PROFILE_GROUPS:
+        if any(k in name for k in keys):
+            return group
+    return "other"
+
+
+def profile(a, m, opt, shape):
+    """Where one training step's GPU time goes: milliseconds per kernel group and the ten longest kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ids = torch.randint(0, m.config.vocab_size, (shape.batch, shape.seq), device="cuda")
+    train_step(a, m, opt, ids)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        train_step(a, m, opt, ids)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    groups, kernels = {}, {}
+    for e in prof.events():
+        if e.device_type != DeviceType.CUDA:
+            continue
+        ms = e.time_range.elapsed_us() / 1000
+        groups[profile_group(e.name)] = groups.get(profile_group(e.name), 0.0) + ms
+        kernels[e.name] = kernels.get(e.name, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
+    return {"profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan, "offload": a.offload,
+                        "step_wall_ms": round(wall * 1000, 1), "gpu_busy_ms": round(sum(groups.values()), 1),
+                        "groups_ms": {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+                        "top_kernels_ms": [[k[:120], round(v, 2)] for k, v in top]}}
+
+
 def measure(a, m, opt, shape, counts, base_mem, offload):
     """Median step time and peak memory of a shape's warm-up and timed training steps."""
     seq, batch = shape.seq, shape.batch
@@ -69,17 +128,10 @@ def measure(a, m, opt, shape, counts, base_mem, offload):
     for step in range(shape.warmup + shape.steps):
         ids = torch.randint(0, V, (batch, seq), device="cuda")
         torch.cuda.synchronize(); t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            if a.ftplan:
-                loss = causal_lm_loss(m, ids, ids)
-            else:
-                loss = m(input_ids=ids, labels=ids).loss  # outputs dropped, like Trainer.compute_loss
-        loss.backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
+        train_step(a, m, opt, ids)
         torch.cuda.synchronize(); t1 = time.perf_counter()
         if step >= shape.warmup:
             times.append(t1 - t0)
-        del loss
     times.sort()
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
             "seq": seq, "batch": batch, "steps": shape.steps, "tok_per_s": round(batch * seq / times[len(times) // 2], 1),
@@ -99,5 +151,6 @@ p.add_argument("--kbit-upcast", action="store_true")
 p.add_argument("--no-lora-op", action="store_true", help="with --ftplan: every kernel but the fused LoRA functions")
 p.add_argument("--offload", action="store_true", help="checkpoints to pinned host memory (gradient_checkpointing: offload)")
 p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
+p.add_argument("--profile", action="store_true", help="after the measurements: one profiled step at the first shape")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())
