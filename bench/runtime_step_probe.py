@@ -57,6 +57,12 @@ def run(a):
                               "batch": shape.batch, "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
             break
         print(json.dumps(line), flush=True)
+    if a.profile:
+        try:
+            first = parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], 1, 1)[0]
+            print(json.dumps(profile(a, m, opt, first)), flush=True)
+        except Exception as e:  # the measured lines above stand; say why the profile is missing
+            print(json.dumps({"profile_error": repr(e)[:500]}), flush=True)
 
 
 def train_step(a, m, opt, ids):

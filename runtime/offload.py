@@ -126,7 +126,7 @@ class HostBuffers:
         if self.pinned:
             # exactly `capacity` bytes page-locked: a page-aligned range inside a plain allocation, so no page of
             # it is shared with another allocation
-            owner = torch.empty(capacity + PAGE, dtype=torch.uint8)
+            owner = torch.empty(capacity + PAGE, dtype=torch.uint8, device="cpu")
             start = (-owner.data_ptr()) % PAGE
             view = owner[start:start + capacity]
             code = int(torch.cuda.cudart().cudaHostRegister(view.data_ptr(), capacity, 0))
@@ -140,7 +140,7 @@ class HostBuffers:
             slot = _Slot(owner, view, capacity, view.data_ptr())
             weakref.finalize(slot, _unregister, owner, view.data_ptr())
         else:
-            owner = torch.empty(capacity, dtype=torch.uint8)
+            owner = torch.empty(capacity, dtype=torch.uint8, device="cpu")
             slot = _Slot(owner, owner, capacity, None)
         self._all.add(slot)
         self.allocations += 1

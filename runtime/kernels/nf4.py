@@ -68,7 +68,8 @@ def _nf4_dequantize_kernel(
     if NESTED:
         q = tl.load(ABSMAX_ptr + block, mask=mask, other=0).to(tl.int32)
         scale2 = tl.load(ABSMAX2_ptr + block // BLOCKSIZE2, mask=mask, other=0.0)
-        # absmax_b = code2[q_b]·absmax2[b // blocksize2] + offset
+        # absmax_b = code2[q_b]·absmax2[b // blocksize2] + offset, a product then a sum, never one fused
+        # multiply-add (the launch turns fp fusion off): bitsandbytes adds the offset in a separate op
         absmax = tl.load(CODE2_ptr + q, mask=mask, other=0.0) * scale2 + tl.load(OFFSET_ptr)
     else:
         absmax = tl.load(ABSMAX_ptr + block, mask=mask, other=0.0)
@@ -169,6 +170,7 @@ def dequantize_nf4(weight: Nf4Weight, out: torch.Tensor | None = None, dtype: to
         weight.packed, weight.code, weight.absmax, code2, absmax2, offset, out, n,
         BLOCKSIZE=weight.blocksize, BLOCKSIZE2=weight.blocksize2, NESTED=weight.nested,
         ROUND_BF16=out.dtype == torch.bfloat16 and interpreter_active(), BLOCK_SIZE=block, num_warps=num_warps,
+        enable_fp_fusion=False,  # absmax = code2·absmax2, then + offset, each rounded: bitsandbytes' arithmetic
     )
     return out
 

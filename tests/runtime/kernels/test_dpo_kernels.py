@@ -84,12 +84,15 @@ def _one_step(args, rows: int = 1):
     first `rows` examples (the Triton interpreter is slow: one pair, two short sequences)."""
     from ftplan_runtime.train_common import prepare_training
 
-    prep = prepare_training(args, "0" * 64, _spec(args))
-    trainer = prep.trainer
-    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(rows)]))
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
+    # host tensors by default, as in a run: the trainer's data loader pins its batches before moving them (the
+    # conftest makes CUDA the default device on a GPU machine; the model still loads where the promise says)
+    with torch.device("cpu"):
+        prep = prepare_training(args, "0" * 64, _spec(args))
+        trainer = prep.trainer
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(rows)]))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
     return float(loss), grads, logged, prep

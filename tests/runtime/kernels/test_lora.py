@@ -214,7 +214,7 @@ def test_autocast_computes_in_bf16_and_returns_fp32_adapter_grads():
     base = Base(INTERMEDIATE, HIDDEN, torch.bfloat16, nf4=False)
     a, b = adapter(8, INTERMEDIATE, HIDDEN)  # fp32, as PEFT keeps them
     x = torch.randn(TOKENS, HIDDEN, requires_grad=True)  # fp32 residual stream
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
         (y,) = LoRAProjectionsFunction.apply(x, (LoRAProjection(base.frozen, 2.0, True),), a, b)
     assert y.dtype == torch.bfloat16
     dx, da, db = torch.autograd.grad(y.float().sum(), [x, a, b])
@@ -276,7 +276,7 @@ def test_lora_speed_bench_runs_every_arm(capsys):
     spec = importlib.util.spec_from_file_location("lora_speed", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    argv = ["--device", "cpu", "--hidden", "32", "--intermediate", "48", "--q-heads", "2", "--kv-heads", "1",
+    argv = ["--device", "cuda" if torch.cuda.is_available() else "cpu", "--hidden", "32", "--intermediate", "48", "--q-heads", "2", "--kv-heads", "1",
             "--head-dim", "16", "--rank", "4", "--tokens", "5", "--warmup", "0", "--iters", "1"]
     assert bench.main(argv) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -62,7 +62,7 @@ def batch(seq=9):
 def loss_and_grads(model, data, fused_loss=False, autocast=None):
     input_ids, labels, attention_mask = data
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+    with torch.autocast(input_ids.device.type, dtype=autocast, enabled=autocast is not None):
         if fused_loss:
             loss = causal_lm_loss(model, input_ids, labels, attention_mask)
         else:
@@ -148,7 +148,8 @@ def qlora(tmp_path, family: str, dtype):
     cls = FAMILIES[family][0]
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
-    base = cls.from_pretrained(folder, dtype=dtype, quantization_config=quant, device_map={"": "cpu"})
+    device = 0 if torch.cuda.is_available() else "cpu"  # where the conftest creates the tests' tensors
+    base = cls.from_pretrained(folder, dtype=dtype, quantization_config=quant, device_map={"": device})
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora(base)
     model.train()
