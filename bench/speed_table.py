@@ -20,6 +20,8 @@ LLAMA_8B = dict(d=4096, f=14336, layers=32, kv=1024, vocab=128256, rank=16)
 """The arms' shape (random-init Llama-3.1-8B, LoRA r 16 on all 7 projections)."""
 PEAK_TFLOPS = 989.0
 """H100/H200 SXM dense bf16 datasheet peak, kernel-anchors.md §3's P."""
+VERSIONED = ("torch", "triton", "transformers", "peft", "trl", "accelerate", "unsloth")
+"""Packages whose versions the table names (each from the first line that records it)."""
 ROWS = (("lora", 2048, 2), ("qlora", 2048, 2), ("qlora", 8192, 1), ("qlora", 16384, 1), ("qlora", 32768, 1))
 
 
@@ -40,11 +42,12 @@ def cell(line: dict | None) -> str:
 
 
 def ratio(ours: dict | None, theirs: dict | None) -> str:
-    """ftplan's tokens/s over the peer's, and the device-memory difference."""
+    """ftplan's tokens/s over the peer's, and the differences of peak allocated and device memory (GiB)."""
     if not ours or not theirs or ours.get("oom") or theirs.get("oom"):
         return "—"
-    gib = ours["device_used_gib"] - theirs["device_used_gib"]
-    return f"{ours['tok_per_s'] / theirs['tok_per_s']:.2f}× · {gib:+.1f} GiB"
+    alloc = ours["peak_alloc_gib"] - theirs["peak_alloc_gib"]
+    device = ours["device_used_gib"] - theirs["device_used_gib"]
+    return f"{ours['tok_per_s'] / theirs['tok_per_s']:.2f}× · {alloc:+.2f} / {device:+.2f} GiB"
 
 
 def flops_per_token(seq: int, shape: dict = LLAMA_8B) -> float:
@@ -63,19 +66,20 @@ def mfu(line: dict | None) -> str:
 
 
 def step_table(lines: list[dict]) -> list[str]:
-    """One row per (mode, seq, batch) measured: every arm's cell, and the best ftplan arm against Unsloth."""
+    """One row per (mode, seq, batch) measured: every arm's cell, and each ftplan arm against Unsloth."""
     found = {(ln["arm"], ln["seq"], ln["batch"]): ln for ln in lines if "arm" in ln and "seq" in ln}
-    out = ["| mode, seq × batch | " + " | ".join(name for _, name in ARMS) + " | best ftplan vs Unsloth | MFU ftplan / Unsloth |",
-           "|---|" + "---:|" * (len(ARMS) + 2)]
+    out = ["| mode, seq × batch | " + " | ".join(name for _, name in ARMS) + " | ftplan ÷ Unsloth | ftplan, offload ÷ Unsloth | MFU ftplan / Unsloth |",
+           "|---|" + "---:|" * (len(ARMS) + 3)]
     for mode, seq, batch in ROWS:
         got = {arm: found.get((f"{mode}-{arm}", seq, batch)) for arm, _ in ARMS}
         if not any(got.values()):
             continue
         ours = [got[a] for a in ("ftplan", "ftplan-offload") if got[a] and not got[a].get("oom")]
-        best = max(ours, key=lambda ln: ln["tok_per_s"], default=None)
+        best = max(ours, key=lambda ln: ln["tok_per_s"], default=None)  # the faster ftplan arm's MFU
         label = "LoRA" if mode == "lora" else "QLoRA"
         out.append(f"| {label} {seq} × {batch} | " + " | ".join(cell(got[a]) for a, _ in ARMS)
-                   + f" | {ratio(best, got['unsloth'])} | {mfu(best)} / {mfu(got['unsloth'])} |")
+                   + f" | {ratio(got['ftplan'], got['unsloth'])} | {ratio(got['ftplan-offload'], got['unsloth'])}"
+                   + f" | {mfu(best)} / {mfu(got['unsloth'])} |")
     return out
 
 
@@ -103,10 +107,12 @@ def table(folder: Path) -> str:
     steps = read_lines(folder / "steps.jsonl")
     dpo = read_lines(folder / "dpo-speed.jsonl")
     first = next((ln for ln in steps + dpo if ln.get("gpu")), {})
-    versions = ", ".join(f"{k} {first[k]}" for k in ("torch", "transformers", "peft", "trl", "unsloth") if k in first)
+    found = {k: next((ln[k] for ln in steps + dpo if k in ln), None) for k in VERSIONED}
+    versions = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     parts = [f"Measured in one session on one {first.get('gpu', 'GPU')} ({versions}); raw lines in "
              f"`{folder.as_posix()}/`. Cells: tokens/s · device memory used (the card's view: context, weights, "
-             "allocator cache). MFU as in kernel-anchors.md §3 against 989 TFLOP/s.", ""]
+             "allocator cache). Ratios: tokens/s, then the peak allocated / device memory difference. MFU: "
+             "(4·N_mm + 6·N_lora + 6·L·s·d) FLOPs per token against 989 TFLOP/s.", ""]
     parts += step_table(steps)
     extra = dpo_table(dpo)
     if extra:

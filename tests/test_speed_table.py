@@ -28,8 +28,8 @@ max_context = _load("max_context")
 
 
 def _arm(arm, seq, batch, tok, gib, **extra):
-    return {"arm": arm, "seq": seq, "batch": batch, "tok_per_s": tok, "device_used_gib": gib, "gpu": "NVIDIA H200",
-            "torch": "2.11.0", **extra}
+    return {"arm": arm, "seq": seq, "batch": batch, "tok_per_s": tok, "device_used_gib": gib, "peak_alloc_gib": gib - 1,
+            "gpu": "NVIDIA H200", "torch": "2.11.0", **extra}
 
 
 def _write(folder: Path, name: str, lines: list[dict]) -> None:
@@ -37,7 +37,7 @@ def _write(folder: Path, name: str, lines: list[dict]) -> None:
     (folder / name).write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_the_table_compares_the_best_ftplan_arm_with_unsloth(tmp_path):
+def test_the_table_compares_each_ftplan_arm_with_unsloth(tmp_path):
     _write(tmp_path, "steps.jsonl", [
         _arm("qlora-ftplan", 2048, 2, 9000.0, 8.0), _arm("qlora-ftplan-offload", 2048, 2, 12000.0, 7.0),
         _arm("qlora-unsloth", 2048, 2, 10000.0, 7.5), _arm("qlora-hf-peft", 2048, 2, 3000.0, 20.0),
@@ -45,7 +45,8 @@ def test_the_table_compares_the_best_ftplan_arm_with_unsloth(tmp_path):
     text = speed_table.table(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| QLoRA 2048 × 2"))
     assert "12,000 tok/s · 7.0 GiB" in row and "3,000 tok/s · 20.0 GiB" in row
-    assert "| 1.20× · -0.5 GiB |" in row  # the offload arm is the faster ftplan arm: 12,000 / 10,000
+    assert "| 0.90× · +0.50 / +0.50 GiB | 1.20× · -0.50 / -0.50 GiB |" in row  # 9,000 and 12,000 over 10,000
+    assert "38.7% / 32.2% |" in row  # MFU of the faster ftplan arm and of Unsloth
     long = next(line for line in text.splitlines() if line.startswith("| QLoRA 32768 × 1"))
     assert "out of memory" in long and long.count("—") >= 2
     assert "| LoRA 2048" not in text  # a shape nobody measured has no row
@@ -60,8 +61,8 @@ def test_mfu_uses_the_anchor_convention():
 def test_dpo_rows_give_speed_and_peak_ratios(tmp_path):
     _write(tmp_path, "steps.jsonl", [])
     _write(tmp_path, "dpo-speed.jsonl", [
-        _arm("trl", 1024, 0, 2000.0, 30.0, pairs=2, precompute=False, peak_alloc_gib=28.0),
-        _arm("ftplan", 1024, 0, 4000.0, 12.0, pairs=2, precompute=False, peak_alloc_gib=10.5),
+        {**_arm("trl", 1024, 0, 2000.0, 30.0, pairs=2, precompute=False), "peak_alloc_gib": 28.0},
+        {**_arm("ftplan", 1024, 0, 4000.0, 12.0, pairs=2, precompute=False), "peak_alloc_gib": 10.5},
         {"summary": "ratios to the trl arm"}])
     row = next(line for line in speed_table.table(tmp_path).splitlines() if line.startswith("| 1024 × 2"))
     assert "live reference" in row and "2.00× · 0.38× peak allocated" in row
@@ -76,7 +77,7 @@ def test_check_fails_on_a_stale_readme_and_write_fixes_it(tmp_path, capsys):
     assert "not the one" in capsys.readouterr().err
     assert speed_table.main([str(folder), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "old numbers" not in text and "0.90× · +1.0 GiB" in text and text.endswith(f"{speed_table.END}\nafter\n")
+    assert "old numbers" not in text and "0.90× · +1.00 / +1.00 GiB" in text and text.endswith(f"{speed_table.END}\nafter\n")
     assert speed_table.main([str(folder), "--readme", str(readme), "--check"]) == 0
 
 
@@ -96,3 +97,8 @@ def test_max_context_fits_a_line_and_an_oom_caps_it():
     capped = max_context.longest(lines + [{"arm": "unsloth", "seq": 65536, "batch": 1, "oom": True}])
     assert capped["predicted"] == 65536 - 1024 and capped["oom_at"] == 65536
     assert max_context.longest(lines[:1])["predicted"] is None  # one length gives no line
+
+
+def test_the_readme_holds_the_table_of_the_committed_results(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert speed_table.main(["bench/results/2026-12-07-h100", "--readme", "README.md", "--check"]) == 0

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The README's speed table, measured: every arm of the LoRA/QLoRA step benchmark and the DPO benchmark in one
+# session on one card, into $OUT (default bench/results/<date>-<card>/), then the table from those lines.
+#
+# Before the run, on the launching machine (from the repo root), as bench/gpu/arms.sh says: the wheel folders
+# .whl-gpu and .whl-unsloth and .gpu-tools (baseline_lora.py for the HF+PEFT arm and the random-init model).
+# On the GPU machine: `bash bench/gpu/speed.sh` (about 8 minutes on an H100), carrying those three folders.
+# Then here: python3 bench/speed_table.py "$OUT" --readme README.md
+set -uo pipefail
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[0-9]*' | tr 'H' 'h')
+dest=${OUT:-bench/results/$(date +%F)-${card:-gpu}}
+mkdir -p "$dest"
+exec > >(tee -a "$dest/speed.log") 2>&1
+[ -e /tmp/site/trl ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
+[ -e /tmp/site-unsloth/unsloth ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
+mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
+export PYTHONPATH=/tmp/site:/tmp/shim:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+unsloth=(env PYTHONPATH=/tmp/site-unsloth:$PWD/bench HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+M=/tmp/m8b
+[ -e $M/config.json ] || python3 .gpu-tools/baseline_lora.py prep --arch llama3-8b --dir $M 2>&1 | grep '^{'
+
+arm() {  # arm NAME SECONDS COMMAND...: output to $dest/NAME.log, JSON lines tagged with NAME to steps.jsonl
+  local name=$1 t=$2; shift 2
+  echo "=== $(date +%T) $name"
+  timeout "$t" "$@" > "$dest/$name.log" 2>&1 || { echo "arm $name failed ($?):"; grep -v 'it/s\]\|s/it\]' "$dest/$name.log" | tail -25; }
+  grep '^{' "$dest/$name.log" | grep -v '"profile' \
+    | python3 -c "import json,sys; [print(json.dumps({**json.loads(l), 'arm': '$name'})) for l in sys.stdin]" | tee -a "$dest/steps.jsonl"
+  grep '^{"profile' "$dest/$name.log" >> "$dest/profiles.jsonl" || true
+}
+S="2048x2 8192x1 16384x1:1 32768x1:1"
+arm qlora-ftplan-offload 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --offload --shapes $S --warmup 3 --steps 5 --profile
+arm qlora-unsloth 200 "${unsloth[@]}" python3 bench/unsloth_shapes.py --dir $M --mode qlora --shapes $S --warmup 3 --steps 5
+arm qlora-ftplan 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --shapes $S --warmup 3 --steps 5
+arm qlora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode qlora --seq 2048 --batch 2 --warmup 3 --steps 5
+arm lora-ftplan 90 python3 bench/runtime_step_probe.py --dir $M --mode lora --ftplan --shapes 2048x2 --warmup 3 --steps 5 --profile
+arm lora-unsloth 150 "${unsloth[@]}" python3 bench/unsloth_shapes.py --dir $M --mode lora --shapes 2048x2 --warmup 3 --steps 5
+arm lora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode lora --seq 2048 --batch 2 --warmup 3 --steps 5
+python3 bench/max_context.py "$dest/steps.jsonl" > "$dest/max-context.json"
+
+echo "=== $(date +%T) dpo"
+[ -e /tmp/dpo8b/config.json ] || python3 bench/dpo_speed.py prep --dir /tmp/dpo8b 2>&1 | grep '^{'
+python3 bench/dpo_speed.py all --dir /tmp/dpo8b --arms ftplan trl --steps 5 --warmup 2 --timeout 200 \
+  --out "$dest/dpo-speed.jsonl" > "$dest/dpo.log" 2>&1 || tail -30 "$dest/dpo.log"
+python3 bench/speed_table.py "$dest"
