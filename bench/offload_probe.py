@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+
+from step_shapes import time_steps
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "llama-3.2-1b": (2048, 8192, 16, 32, 8, 128256),
@@ -46,20 +47,16 @@ def arm(model, config, a, offload) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(a.warmup + a.steps):
-        ids = torch.randint(0, config.vocab_size, (a.batch, a.seq), device="cuda")
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step(ids):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
+
+    times = time_steps(step, lambda: torch.randint(0, config.vocab_size, (a.batch, a.seq), device="cuda"),
+                       a.warmup, a.steps)
     tokens = a.batch * a.seq
     median = times[len(times) // 2]
     out = {"shape": a.shape, "seq": a.seq, "batch": a.batch, "checkpointing": "offload" if offload else "on",

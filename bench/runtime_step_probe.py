@@ -17,7 +17,7 @@ each, fewest tokens first; a shape that runs out of memory ends the list with "o
 import argparse, json, time
 import torch
 
-from step_shapes import parse_shapes
+from step_shapes import parse_shapes, time_steps
 
 def run(a):
     from transformers import LlamaForCausalLM, BitsAndBytesConfig
@@ -130,15 +130,8 @@ def measure(a, m, opt, shape, counts, base_mem, offload):
     V = m.config.vocab_size
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(shape.warmup + shape.steps):
-        ids = torch.randint(0, V, (batch, seq), device="cuda")
-        torch.cuda.synchronize(); t0 = time.perf_counter()
-        train_step(a, m, opt, ids)
-        torch.cuda.synchronize(); t1 = time.perf_counter()
-        if step >= shape.warmup:
-            times.append(t1 - t0)
-    times.sort()
+    times = time_steps(lambda ids: train_step(a, m, opt, ids),
+                       lambda: torch.randint(0, V, (batch, seq), device="cuda"), shape.warmup, shape.steps)
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
             "seq": seq, "batch": batch, "steps": shape.steps, "tok_per_s": round(batch * seq / times[len(times) // 2], 1),
             "step_s_median": round(times[len(times) // 2], 4),

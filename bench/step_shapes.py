@@ -36,3 +36,22 @@ def parse_shapes(texts: list[str], warmup: int, steps: int) -> list[Shape]:
             raise argparse.ArgumentTypeError(f"shape {text!r}: every number must be at least 1")
         shapes.append(shape)
     return sorted(shapes, key=lambda s: (s.tokens, s.seq))
+
+
+def time_steps(step, make_batch, warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed training step, sorted: `step(batch)` runs `warmup` times untimed, then `steps` times
+    between two CUDA synchronisations, each on a fresh `make_batch()`."""
+    import time
+
+    import torch
+
+    times = []
+    for i in range(warmup + steps):
+        batch = make_batch()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(batch)
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)

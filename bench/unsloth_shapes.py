@@ -12,7 +12,6 @@ Runs with Unsloth's own wheel set (bench/gpu/arms.sh says how), its default `use
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
@@ -20,7 +19,7 @@ import unsloth  # noqa: E402  (Unsloth patches transformers when imported first)
 import torch  # noqa: E402
 from unsloth import FastLanguageModel  # noqa: E402
 
-from step_shapes import parse_shapes  # noqa: E402
+from step_shapes import parse_shapes, time_steps  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -44,20 +43,14 @@ def measure(a, m, opt, shape, base_free):
     seq, batch = shape.seq, shape.batch
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(shape.warmup + shape.steps):
-        ids = torch.randint(0, m.config.vocab_size, (batch, seq), device="cuda")
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = m(input_ids=ids, labels=ids).loss
-        loss.backward()
+
+    def step(ids):
+        m(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= shape.warmup:
-            times.append(time.perf_counter() - t0)
-        del loss
-    times.sort()
+
+    times = time_steps(step, lambda: torch.randint(0, m.config.vocab_size, (batch, seq), device="cuda"),
+                       shape.warmup, shape.steps)
     med = times[len(times) // 2]
     return {"arm": "unsloth", "mode": a.mode, "seq": seq, "batch": batch, "gc": a.gc, "steps": shape.steps,
             "tok_per_s": round(batch * seq / med, 1), "step_s_median": round(med, 4),
