@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 BEGIN, END = "<!-- speed-table -->", "<!-- /speed-table -->"
-ARMS = (("hf-peft", "HF+PEFT"), ("ftplan", "ftplan"), ("ftplan-offload", "ftplan, offload"), ("unsloth", "Unsloth"))
+ARMS = (("hf-peft", "HF+PEFT"), ("ftplan", "ftplan"), ("ftplan-offload", "ftplan, offload"),
+        ("ftplan-offload-es", "ftplan, offload, expandable segments"), ("unsloth", "Unsloth"))
+"""Columns, in order; an arm no line measured gets no column."""
 LLAMA_8B = dict(d=4096, f=14336, layers=32, kv=1024, vocab=128256, rank=16)
 """The arms' shape (random-init Llama-3.1-8B, LoRA r 16 on all 7 projections)."""
 PEAK_TFLOPS = 989.0
@@ -68,8 +70,10 @@ def mfu(line: dict | None) -> str:
 def step_table(lines: list[dict]) -> list[str]:
     """One row per (mode, seq, batch) measured: every arm's cell, and each ftplan arm against Unsloth."""
     found = {(ln["arm"], ln["seq"], ln["batch"]): ln for ln in lines if "arm" in ln and "seq" in ln}
-    out = ["| mode, seq × batch | " + " | ".join(name for _, name in ARMS) + " | ftplan ÷ Unsloth | ftplan, offload ÷ Unsloth | MFU ftplan / Unsloth |",
-           "|---|" + "---:|" * (len(ARMS) + 3)]
+    arms = [(arm, name) for arm, name in ARMS if any(key[0].endswith(f"-{arm}") for key in found)]
+    out = ["| mode, seq × batch | " + " | ".join(name for _, name in arms)
+           + " | ftplan ÷ Unsloth | ftplan, offload ÷ Unsloth | MFU ftplan / Unsloth |",
+           "|---|" + "---:|" * (len(arms) + 3)]
     for mode, seq, batch in ROWS:
         got = {arm: found.get((f"{mode}-{arm}", seq, batch)) for arm, _ in ARMS}
         if not any(got.values()):
@@ -77,7 +81,7 @@ def step_table(lines: list[dict]) -> list[str]:
         ours = [got[a] for a in ("ftplan", "ftplan-offload") if got[a] and not got[a].get("oom")]
         best = max(ours, key=lambda ln: ln["tok_per_s"], default=None)  # the faster ftplan arm's MFU
         label = "LoRA" if mode == "lora" else "QLoRA"
-        out.append(f"| {label} {seq} × {batch} | " + " | ".join(cell(got[a]) for a, _ in ARMS)
+        out.append(f"| {label} {seq} × {batch} | " + " | ".join(cell(got[a]) for a, _ in arms)
                    + f" | {ratio(got['ftplan'], got['unsloth'])} | {ratio(got['ftplan-offload'], got['unsloth'])}"
                    + f" | {mfu(best)} / {mfu(got['unsloth'])} |")
     return out

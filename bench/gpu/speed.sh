@@ -6,6 +6,7 @@
 # .whl-gpu and .whl-unsloth and .gpu-tools (baseline_lora.py for the HF+PEFT arm and the random-init model).
 # On the GPU machine: `bash bench/gpu/speed.sh` (about 8 minutes on an H100), carrying those three folders.
 # Then here: python3 bench/speed_table.py "$OUT" --readme README.md
+# The *-es arm runs ftplan with PyTorch's expandable segments (PYTORCH_ALLOC_CONF), as Unsloth sets them.
 set -uo pipefail
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[0-9]*' | tr 'H' 'h')
 dest=${OUT:-bench/results/$(date +%F)-${card:-gpu}}
@@ -30,6 +31,7 @@ arm() {  # arm NAME SECONDS COMMAND...: output to $dest/NAME.log, JSON lines tag
 }
 S="2048x2 8192x1 16384x1:1 32768x1:1"
 arm qlora-ftplan-offload 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --offload --shapes $S --warmup 3 --steps 5 --profile
+PYTORCH_ALLOC_CONF=expandable_segments:True arm qlora-ftplan-offload-es 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --offload --shapes $S --warmup 3 --steps 5
 arm qlora-unsloth 200 "${unsloth[@]}" python3 bench/unsloth_shapes.py --dir $M --mode qlora --shapes $S --warmup 3 --steps 5
 arm qlora-ftplan 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --shapes $S --warmup 3 --steps 5
 arm qlora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode qlora --seq 2048 --batch 2 --warmup 3 --steps 5
