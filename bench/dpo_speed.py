@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from step_shapes import flops_per_token as step_flops
+
 ARMS = ("trl", "ftplan", "ftplan-trl-head", "ftplan-none")
 SHAPES = {
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -237,16 +239,11 @@ def trl_trainer(a, model_dir: Path, work: Path):
 
 
 def flops_per_token(config, a) -> float:
-    """kernel-anchors.md §3: 4·N_mm + 6·N_lora + 6·L·s·d (frozen base), + 2·N_mm + 2·L·s·d per live reference."""
-    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * (d // config.num_attention_heads)
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * f
-    n_mm = L * per_layer + config.vocab_size * d
-    n_lora = a.rank * L * (2 * (d + d) + 2 * (d + kv) + 2 * (d + f) + (f + d))
-    f_tok = 4 * n_mm + 6 * n_lora + 6 * L * a.seq * d
-    if not a.precompute:
-        f_tok += 2 * n_mm + 2 * L * a.seq * d
-    return float(f_tok)
+    """kernel-anchors.md §3 for this model and run (step_shapes.flops_per_token), a live reference forward included."""
+    return step_flops(hidden=config.hidden_size, intermediate=config.intermediate_size,
+                      layers=config.num_hidden_layers, vocab=config.vocab_size, rank=a.rank, seq=a.seq,
+                      kv_dim=config.num_key_value_heads * (config.hidden_size // config.num_attention_heads),
+                      reference_forward=not a.precompute)
 
 
 def run_arm(a) -> dict:

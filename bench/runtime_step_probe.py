@@ -17,7 +17,7 @@ each, fewest tokens first; a shape that runs out of memory ends the list with "o
 import argparse, json, time
 import torch
 
-from step_shapes import parse_shapes, time_steps
+from step_shapes import parse_shapes, step_record, time_steps
 
 def run(a):
     from transformers import LlamaForCausalLM, BitsAndBytesConfig
@@ -47,7 +47,8 @@ def run(a):
         from ftplan_runtime.offload import CheckpointOffload, offload_checkpoints
         offload = offload_checkpoints(m, CheckpointOffload())
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    for shape in parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], a.warmup, a.steps):
+    shapes = parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], a.warmup, a.steps)
+    for shape in shapes:
         try:
             line = measure(a, m, opt, shape, counts, base_mem, offload)
         except torch.OutOfMemoryError:
@@ -59,8 +60,7 @@ def run(a):
         print(json.dumps(line), flush=True)
     if a.profile:
         try:
-            first = parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], 1, 1)[0]
-            print(json.dumps(profile(a, m, opt, first)), flush=True)
+            print(json.dumps(profile(a, m, opt, shapes[0])), flush=True)
         except Exception as e:  # the measured lines above stand; say why the profile is missing
             print(json.dumps({"profile_error": repr(e)[:500]}), flush=True)
 
@@ -133,12 +133,7 @@ def measure(a, m, opt, shape, counts, base_mem, offload):
     times = time_steps(lambda ids: train_step(a, m, opt, ids),
                        lambda: torch.randint(0, V, (batch, seq), device="cuda"), shape.warmup, shape.steps)
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
-            "seq": seq, "batch": batch, "steps": shape.steps, "tok_per_s": round(batch * seq / times[len(times) // 2], 1),
-            "step_s_median": round(times[len(times) // 2], 4),
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-            "device_used_gib": (base_mem[0] - torch.cuda.mem_get_info()[0]) / 2**30, "free_before_gib": base_mem[0] / 2**30,
-            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+            **step_record(times, shape, base_mem[0])}
     if offload is not None:
         line["offload_host_gib"] = offload.buffers.peak_capacity_bytes / 2**30
     return line

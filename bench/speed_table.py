@@ -14,11 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path (the tests), it still finds its neighbours
+from step_shapes import flops_per_token  # noqa: E402
+
 BEGIN, END = "<!-- speed-table -->", "<!-- /speed-table -->"
 ARMS = (("hf-peft", "HF+PEFT"), ("ftplan", "ftplan"), ("ftplan-offload", "ftplan, offload"),
         ("ftplan-offload-es", "ftplan, offload, expandable segments"), ("unsloth", "Unsloth"))
 """Columns, in order; an arm no line measured gets no column."""
-LLAMA_8B = dict(d=4096, f=14336, layers=32, kv=1024, vocab=128256, rank=16)
+LLAMA_8B = dict(hidden=4096, intermediate=14336, layers=32, kv_dim=1024, vocab=128256, rank=16)
 """The arms' shape (random-init Llama-3.1-8B, LoRA r 16 on all 7 projections)."""
 PEAK_TFLOPS = 989.0
 """H100/H200 SXM dense bf16 datasheet peak, kernel-anchors.md §3's P."""
@@ -52,19 +55,11 @@ def ratio(ours: dict | None, theirs: dict | None) -> str:
     return f"{ours['tok_per_s'] / theirs['tok_per_s']:.2f}× · {alloc:+.2f} / {device:+.2f} GiB"
 
 
-def flops_per_token(seq: int, shape: dict = LLAMA_8B) -> float:
-    """kernel-anchors.md §3: 4·N_mm + 6·N_lora + 6·L·s·d for a LoRA step on a frozen base (QLoRA the same)."""
-    d, f, layers, kv = shape["d"], shape["f"], shape["layers"], shape["kv"]
-    n_mm = layers * (2 * d * d + 2 * d * kv + 3 * d * f) + shape["vocab"] * d
-    n_lora = shape["rank"] * layers * (2 * (d + d) + 2 * (d + kv) + 2 * (d + f) + (f + d))
-    return float(4 * n_mm + 6 * n_lora + 6 * layers * seq * d)
-
-
 def mfu(line: dict | None) -> str:
     """Model FLOPs utilisation of a measured arm against PEAK_TFLOPS."""
     if not line or line.get("oom"):
         return "—"
-    return f"{line['tok_per_s'] * flops_per_token(line['seq']) / (PEAK_TFLOPS * 1e12):.1%}"
+    return f"{line['tok_per_s'] * flops_per_token(**LLAMA_8B, seq=line['seq']) / (PEAK_TFLOPS * 1e12):.1%}"
 
 
 def step_table(lines: list[dict]) -> list[str]:

@@ -1,6 +1,9 @@
-"""Training-step shapes for the benchmark arms that measure several shapes with one loaded model
-(`runtime_step_probe.py --shapes`, `unsloth_shapes.py --shapes`): "SEQxBATCH" takes the run's --warmup and --steps,
-"SEQxBATCH:N" one warm-up step and N timed ones (for long sequences, where a step takes seconds)."""
+"""What the training-step benchmarks share: their shapes, their timed-step loop, the record of one shape, and the
+FLOPs of a LoRA step.
+
+Shapes, for the arms that measure several with one loaded model (`runtime_step_probe.py --shapes`,
+`unsloth_shapes.py --shapes`): "SEQxBATCH" takes the run's --warmup and --steps, "SEQxBATCH:N" one warm-up step and
+N timed ones (for long sequences, where a step takes seconds)."""
 from __future__ import annotations
 
 import argparse
@@ -55,3 +58,30 @@ def time_steps(step, make_batch, warmup: int, steps: int) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return sorted(times)
+
+
+def step_record(times: list[float], shape: Shape, free_before: int) -> dict:
+    """Speed and memory of one measured shape: tokens/s at the median step, the allocator's peaks since they were
+    last reset, and the device memory in use now above `free_before` (free bytes before the model loaded)."""
+    import torch
+
+    median = times[len(times) // 2]
+    return {"seq": shape.seq, "batch": shape.batch, "steps": shape.steps,
+            "tok_per_s": round(shape.tokens / median, 1), "step_s_median": round(median, 4),
+            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "device_used_gib": (free_before - torch.cuda.mem_get_info()[0]) / 2**30,
+            "free_before_gib": free_before / 2**30, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+
+def flops_per_token(*, hidden: int, intermediate: int, layers: int, kv_dim: int, vocab: int, rank: int, seq: int,
+                    reference_forward: bool = False) -> float:
+    """Model FLOPs per token of a LoRA step on a frozen base (kernel-anchors.md §3): 4·N_mm + 6·N_lora + 6·L·s·d,
+    with r on all seven projections of a Llama-style block; a live reference forward adds 2·N_mm + 2·L·s·d."""
+    d, f, kv = hidden, intermediate, kv_dim
+    n_mm = layers * (2 * d * d + 2 * d * kv + 3 * d * f) + vocab * d
+    n_lora = rank * layers * (2 * (d + d) + 2 * (d + kv) + 2 * (d + f) + (f + d))
+    flops = 4 * n_mm + 6 * n_lora + 6 * layers * seq * d
+    if reference_forward:
+        flops += 2 * n_mm + 2 * layers * seq * d
+    return float(flops)

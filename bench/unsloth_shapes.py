@@ -19,7 +19,7 @@ import unsloth  # noqa: E402  (Unsloth patches transformers when imported first)
 import torch  # noqa: E402
 from unsloth import FastLanguageModel  # noqa: E402
 
-from step_shapes import parse_shapes, time_steps  # noqa: E402
+from step_shapes import parse_shapes, step_record, time_steps  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -51,13 +51,8 @@ def measure(a, m, opt, shape, base_free):
 
     times = time_steps(step, lambda: torch.randint(0, m.config.vocab_size, (batch, seq), device="cuda"),
                        shape.warmup, shape.steps)
-    med = times[len(times) // 2]
-    return {"arm": "unsloth", "mode": a.mode, "seq": seq, "batch": batch, "gc": a.gc, "steps": shape.steps,
-            "tok_per_s": round(batch * seq / med, 1), "step_s_median": round(med, 4),
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-            "device_used_gib": (base_free - torch.cuda.mem_get_info()[0]) / 2**30, "free_before_gib": base_free / 2**30,
-            "gpu": torch.cuda.get_device_name(), "unsloth": unsloth.__version__, "torch": torch.__version__}
+    return {"arm": "unsloth", "mode": a.mode, "gc": a.gc, **step_record(times, shape, base_free),
+            "unsloth": unsloth.__version__}
 
 
 def main():

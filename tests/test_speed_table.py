@@ -54,7 +54,10 @@ def test_the_table_compares_each_ftplan_arm_with_unsloth(tmp_path):
 
 
 def test_mfu_uses_the_anchor_convention():
-    assert speed_table.flops_per_token(2048) / 1e9 == pytest.approx(31.88, abs=0.01)  # kernel-anchors.md §3
+    assert speed_table.flops_per_token(**speed_table.LLAMA_8B, seq=2048) / 1e9 == pytest.approx(31.88, abs=0.01)
+    # kernel-anchors.md §3: 31.88 GF at s2048; a live reference forward adds 2·N_mm + 2·L·s·d = 15.54 GF
+    assert step_shapes.flops_per_token(**speed_table.LLAMA_8B, seq=2048, reference_forward=True) / 1e9 == \
+        pytest.approx(47.42, abs=0.01)
     assert speed_table.mfu(_arm("x", 2048, 2, 10_000.0, 1.0)) == "32.2%"
 
 
