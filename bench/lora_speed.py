@@ -28,7 +28,7 @@ the step's activations, saved tensors, temporaries and gradients.
           --kv-heads 2 --head-dim 24 --tokens 37 --warmup 0 --iters 1  # a smoke run of every path, no timings
 
 The model-level arms (HF+PEFT, Unsloth and ftplan with and without this op, one training step of an 8B model)
-are `bench/gpu/arms.sh`.
+are `bench/gpu/speed.sh` (the README's table) and `bench/gpu/arms.sh` (diagnostic arms).
 """
 
 from __future__ import annotations

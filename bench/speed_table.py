@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def table(folder: Path) -> str:
     first = next((ln for ln in steps + dpo if ln.get("gpu")), {})
     found = {k: next((ln[k] for ln in steps + dpo if k in ln), None) for k in VERSIONED}
     versions = ", ".join(f"{k} {v}" for k, v in found.items() if v)
-    parts = [f"Measured in one session on one {first.get('gpu', 'GPU')} ({versions}); raw lines in "
+    day = re.match(r"\d{4}-\d{2}-\d{2}", folder.name)
+    when = f" on {day.group()}" if day else ""
+    parts = [f"Measured{when} in one session on one {first.get('gpu', 'GPU')} ({versions}); raw lines in "
              f"`{folder.as_posix()}/`. Cells: tokens/s · device memory used (the card's view: context, weights, "
              "allocator cache). Ratios: tokens/s, then the peak allocated / device memory difference. MFU: "
              "(4·N_mm + 6·N_lora + 6·L·s·d) FLOPs per token against 989 TFLOP/s.", ""]

@@ -6,7 +6,7 @@ steps, allocator peaks reset per shape; shapes as in `step_shapes.py`).
     python3 bench/unsloth_shapes.py --dir /tmp/m8b --mode qlora --shapes 2048x2 8192x1 16384x1:1 32768x1:1
 
 One JSON line per shape, fewest tokens first; a shape that runs out of memory ends the list with "oom": true.
-Runs with Unsloth's own wheel set (bench/gpu/arms.sh says how), its default `use_gradient_checkpointing="unsloth"`
+Runs with Unsloth's own wheel set (bench/gpu/env.sh installs it), its default `use_gradient_checkpointing="unsloth"`
 (checkpoints offloaded to host memory).
 """
 import argparse
@@ -57,7 +57,7 @@ def measure(a, m, opt, shape, base_free):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dir", required=True, help="a model folder with a tokenizer (bench/gpu/arms.sh prepares one)")
+    p.add_argument("--dir", required=True, help="a model folder (bench/gpu/speed.sh prepares one; a tokenizer is added if missing)")
     p.add_argument("--mode", default="qlora", choices=["lora", "qlora"])
     p.add_argument("--shapes", nargs="+", required=True, help="SEQxBATCH or SEQxBATCH:STEPS (step_shapes.py)")
     p.add_argument("--rank", type=int, default=16)

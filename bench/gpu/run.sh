@@ -8,11 +8,7 @@ set -euo pipefail
 dest=${OUT:-bench/results}
 mkdir -p "$dest"
 exec > >(while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done | grep --line-buffered -v 'it/s\]\|s/it\]\|examples/s\]' | tee -a "$dest/run.log") 2>&1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
-mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
-printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/shim/python && chmod +x /tmp/shim/python
-export PYTHONPATH=/tmp/site:/tmp/shim:$PWD PATH=/tmp/shim:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source bench/gpu/env.sh
 python3 -c "import torch, transformers, trl, peft, accelerate, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'bitsandbytes', bitsandbytes.__version__)"
 python3 bench/gpu/make_inputs.py work
 python3 -m ftplan compile bench/gpu/llama8b-qlora-sft-dpo.yaml -o work/plan

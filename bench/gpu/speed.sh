@@ -12,31 +12,18 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[
 dest=${OUT:-bench/results/$(date +%F)-${card:-gpu}}
 mkdir -p "$dest"
 exec > >(tee -a "$dest/speed.log") 2>&1
-[ -e /tmp/site/trl ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
-[ -e /tmp/site-unsloth/unsloth ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-unsloth .whl-unsloth/*.whl
-mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
-export PYTHONPATH=/tmp/site:/tmp/shim:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-unsloth=(env PYTHONPATH=/tmp/site-unsloth:$PWD/bench HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source bench/gpu/env.sh
 M=/tmp/m8b
 [ -e $M/config.json ] || python3 .gpu-tools/baseline_lora.py prep --arch llama3-8b --dir $M 2>&1 | grep '^{'
 
-arm() {  # arm NAME SECONDS COMMAND...: output to $dest/NAME.log, JSON lines tagged with NAME to steps.jsonl
-  local name=$1 t=$2; shift 2
-  echo "=== $(date +%T) $name"
-  timeout "$t" "$@" > "$dest/$name.log" 2>&1 || { echo "arm $name failed ($?):"; grep -v 'it/s\]\|s/it\]' "$dest/$name.log" | tail -25; }
-  grep '^{' "$dest/$name.log" | grep -v '"profile' \
-    | python3 -c "import json,sys; [print(json.dumps({**json.loads(l), 'arm': '$name'})) for l in sys.stdin]" | tee -a "$dest/steps.jsonl"
-  grep '^{"profile' "$dest/$name.log" >> "$dest/profiles.jsonl" || true
-}
 S="2048x2 8192x1 16384x1:1 32768x1:1"
 arm qlora-ftplan-offload 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --offload --shapes $S --warmup 3 --steps 5 --profile
 PYTORCH_ALLOC_CONF=expandable_segments:True arm qlora-ftplan-offload-es 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --offload --shapes $S --warmup 3 --steps 5
-arm qlora-unsloth 200 "${unsloth[@]}" python3 bench/unsloth_shapes.py --dir $M --mode qlora --shapes $S --warmup 3 --steps 5
+arm qlora-unsloth 200 "${UNSLOTH[@]}" python3 bench/unsloth_shapes.py --dir $M --mode qlora --shapes $S --warmup 3 --steps 5
 arm qlora-ftplan 150 python3 bench/runtime_step_probe.py --dir $M --mode qlora --ftplan --shapes $S --warmup 3 --steps 5
 arm qlora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode qlora --seq 2048 --batch 2 --warmup 3 --steps 5
 arm lora-ftplan 90 python3 bench/runtime_step_probe.py --dir $M --mode lora --ftplan --shapes 2048x2 --warmup 3 --steps 5 --profile
-arm lora-unsloth 150 "${unsloth[@]}" python3 bench/unsloth_shapes.py --dir $M --mode lora --shapes 2048x2 --warmup 3 --steps 5
+arm lora-unsloth 150 "${UNSLOTH[@]}" python3 bench/unsloth_shapes.py --dir $M --mode lora --shapes 2048x2 --warmup 3 --steps 5
 arm lora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode lora --seq 2048 --batch 2 --warmup 3 --steps 5
 python3 bench/max_context.py "$dest/steps.jsonl" > "$dest/max-context.json"
 

@@ -6,11 +6,8 @@
 set -uo pipefail
 dest=${OUT:-bench/results}
 mkdir -p "$dest"
-[ -e /tmp/site/trl ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-gpu/*.whl
-mkdir -p /tmp/shim && ln -sfn "$PWD/runtime" /tmp/shim/ftplan_runtime
-printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/shim/python && chmod +x /tmp/shim/python
-export PYTHONPATH=/tmp/site:/tmp/shim:$PWD PATH=/tmp/shim:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$dest/gpu-tests.txt"
+source bench/gpu/env.sh > "$dest/gpu-tests.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$dest/gpu-tests.txt"
 python3 -m pytest -q -p no:cacheprovider -n 8 -rfE tests/runtime/kernels tests/runtime/test_offload.py \
   tests/runtime/test_dpo_kernels_plan.py tests/runtime/test_entry.py::test_gpu_bf16_chain_with_ftplan_kernels \
   tests/runtime/test_preflight.py tests/runtime/test_bnb_cpu.py \
