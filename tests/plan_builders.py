@@ -35,3 +35,20 @@ def training_plan(distributed, *, name: str = "ds", precision: str = "bf16", gpu
     ctx = Context(pipeline, f"{name}.yaml", "0" * 64, Inputs(), get_gpu(hw.get("gpu", "h100")), get_model(model),
                   "catalog", links)
     return build_plan(ctx, {}, [], plan_dir_from_root="plan", ftplan_version="0.1.0")
+
+
+def hf_trainer_fills(config: dict, targs) -> dict:
+    """``config`` (a DeepSpeed JSON) as the HF Trainer fills it from ``targs`` (its TrainingArguments) before a
+    run: transformers' ``HfTrainerDeepSpeedConfig``, processed and then finalised with a tiny model. Asserts no
+    mismatch between the two; finalising raises on an ``auto`` it cannot resolve. Returns the filled config."""
+    import transformers
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    hf = HfTrainerDeepSpeedConfig(config)
+    hf.trainer_config_process(targs)
+    assert hf.mismatches == []
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64))
+    hf.trainer_config_finalize(targs, model, 100)
+    return hf.config

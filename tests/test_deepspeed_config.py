@@ -176,7 +176,6 @@ def test_deepspeed_accepts_every_example_json(rel, example_plans, monkeypatch, t
     start-up)."""
     transformers = pytest.importorskip("transformers")
     from ftplan_runtime.train_common import config_kwargs
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
     text, args = _golden_stage(rel, example_plans)
     data = json.loads(text)
@@ -202,13 +201,7 @@ def test_deepspeed_accepts_every_example_json(rel, example_plans, monkeypatch, t
                   report_to="none")
     monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: world))
     targs = transformers.TrainingArguments(**kwargs)
-    hf = HfTrainerDeepSpeedConfig(json.loads(text))
-    hf.trainer_config_process(targs)
-    assert hf.mismatches == []
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=64))
-    hf.trainer_config_finalize(targs, model, 100)  # raises on a mismatch or an unresolved "auto"
+    plan_builders.hf_trainer_fills(json.loads(text), targs)
 
 
 @pytest.mark.parametrize("rel", GOLDEN_YAML)

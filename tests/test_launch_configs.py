@@ -140,7 +140,6 @@ def test_deepspeed_plugin_and_trainer_agree_with_the_json(tmp_path, monkeypatch,
     stops the run at start-up (``trainer_config_finalize``)."""
     transformers = pytest.importorskip("transformers")
     from ftplan_runtime.train_common import config_kwargs
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
     plan = compile_to(tmp_path, {"strategy": strategy, **offload}, gpus=gpus, nodes=nodes, precision=precision,
                       optimizer=optimizer)
@@ -158,16 +157,10 @@ def test_deepspeed_plugin_and_trainer_agree_with_the_json(tmp_path, monkeypatch,
     assert plugin is not None and plugin.zero_stage == stage.args.promise.zero_stage
     assert plugin.zero3_init_flag == (strategy == "zero3")
     # transformers.integrations.deepspeed.propagate_args_to_deepspeed, as the Trainer runs it
-    hf = HfTrainerDeepSpeedConfig(plugin.hf_ds_config.config)
-    hf.trainer_config_process(targs)
-    assert hf.mismatches == []
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=64))
-    hf.trainer_config_finalize(targs, model, 100)  # raises on a mismatch or an unresolved "auto"
-    assert hf.config["train_batch_size"] == stage.batch.effective_batch
-    assert hf.config["bf16"]["enabled"] == (precision == "bf16")
-    assert hf.config["fp16"]["enabled"] == (precision == "fp16")
+    filled = plan_builders.hf_trainer_fills(plugin.hf_ds_config.config, targs)
+    assert filled["train_batch_size"] == stage.batch.effective_batch
+    assert filled["bf16"]["enabled"] == (precision == "bf16")
+    assert filled["fp16"]["enabled"] == (precision == "fp16")
 
 
 def _tiny_config(family: str):
