@@ -8,7 +8,9 @@ steps) gives the length at which it reaches the memory that was free before load
 fit; the line's largest residual over the measured lengths is printed beside it, and a length that ran out of memory
 caps the answer.
 
-    python3 bench/max_context.py bench/results/max-context.jsonl
+    python3 bench/max_context.py bench/results/2026-12-07-h100/steps.jsonl
+
+bench/speed_table.py puts the same figures in the README's table.
 
 A direct search (train at the predicted length, then one step further) costs minutes per try at 8B shapes and
 hundreds of thousands of tokens; this fit is what a session's GPU time allows, and it says so in its output.

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path (the tests), it still finds its neighbours
+from max_context import longest  # noqa: E402
 from step_shapes import flops_per_token  # noqa: E402
 
 BEGIN, END = "<!-- speed-table -->", "<!-- /speed-table -->"
@@ -83,6 +84,22 @@ def step_table(lines: list[dict]) -> list[str]:
     return out
 
 
+def context_line(lines: list[dict]) -> list[str]:
+    """The longest QLoRA sequence at micro-batch 1 per arm, from the measured lengths (``max_context.longest``)."""
+    fits = []
+    for arm, name in ARMS:
+        got = longest([ln for ln in lines if ln.get("arm") == f"qlora-{arm}" and ln.get("batch") == 1])
+        if got.get("predicted"):
+            fits.append((name, got))
+    if not fits:
+        return []
+    lengths = sorted({n for _, got in fits for n in got["measured"]})
+    return ["Longest QLoRA sequence at micro-batch 1, where a line through the device memory measured at "
+            + ", ".join(f"{n:,}" for n in lengths) + " tokens reaches the memory free before loading (a fit, not a "
+            "run at that length): " + "; ".join(f"{name} {got['predicted']:,} tokens (residual ≤ "
+                                                f"{got['max_residual_gib']:.3f} GiB)" for name, got in fits) + "."]
+
+
 def dpo_table(lines: list[dict]) -> list[str]:
     """TRL's DPOTrainer against ftplan's DPO stage, one row per reference mode measured."""
     arms = [ln for ln in lines if ln.get("arm") in ("trl", "ftplan") and "tok_per_s" in ln]
@@ -116,6 +133,9 @@ def table(folder: Path) -> str:
              "allocator cache). Ratios: tokens/s, then the peak allocated / device memory difference. MFU: "
              "(4·N_mm + 6·N_lora + 6·L·s·d) FLOPs per token against 989 TFLOP/s.", ""]
     parts += step_table(steps)
+    fit = context_line(steps)
+    if fit:
+        parts += [""] + fit
     extra = dpo_table(dpo)
     if extra:
         parts += [""] + extra

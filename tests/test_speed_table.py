@@ -106,3 +106,10 @@ def test_max_context_fits_a_line_and_an_oom_caps_it():
 def test_the_readme_holds_the_table_of_the_committed_results(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert speed_table.main(["bench/results/2026-12-07-h100", "--readme", "README.md", "--check"]) == 0
+
+
+def test_the_table_states_the_longest_context_fit(tmp_path):
+    lines = [{**_arm("qlora-unsloth", s, 1, 1000.0, 6.0 + s / 8192), "free_before_gib": 79.0} for s in (8192, 16384)]
+    _write(tmp_path, "steps.jsonl", lines + [_arm("qlora-ftplan", 8192, 1, 1000.0, 7.0)])  # one length: no fit
+    text = speed_table.table(tmp_path)
+    assert "Unsloth 598,016 tokens (residual ≤ 0.000 GiB)" in text and "ftplan " not in text.split("Longest")[1]

@@ -25,7 +25,6 @@ arm qlora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode qlo
 arm lora-ftplan 90 python3 bench/runtime_step_probe.py --dir $M --mode lora --ftplan --shapes 2048x2 --warmup 3 --steps 5 --profile
 arm lora-unsloth 150 "${UNSLOTH[@]}" python3 bench/unsloth_shapes.py --dir $M --mode lora --shapes 2048x2 --warmup 3 --steps 5
 arm lora-hf-peft 60 python3 .gpu-tools/baseline_lora.py run --dir $M --mode lora --seq 2048 --batch 2 --warmup 3 --steps 5
-python3 bench/max_context.py "$dest/steps.jsonl" > "$dest/max-context.json"
 
 echo "=== $(date +%T) dpo"
 [ -e /tmp/dpo8b/config.json ] || python3 bench/dpo_speed.py prep --dir /tmp/dpo8b 2>&1 | grep '^{'
