@@ -58,6 +58,7 @@ GPU_HARDWARE = "hardware:\n  gpu: h100-sxm-80gb\n"
 
 def _on_gpu(text: str) -> str:
     """The CPU pipeline retargeted at one GPU in bf16."""
+    assert "hardware:\n  device: cpu\n" in text and text.count("precision: fp32") == 2  # both stages retargeted
     return text.replace("hardware:\n  device: cpu\n", GPU_HARDWARE).replace("precision: fp32", "precision: bf16")
 
 
