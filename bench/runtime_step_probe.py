@@ -65,8 +65,26 @@ def run(a):
             print(json.dumps({"profile_error": repr(e)[:500]}), flush=True)
 
 
+def sdpa_backends(name):
+    """The SDPA backends --sdpa allows (None: PyTorch's own choice)."""
+    if name is None:
+        return None
+    from torch.nn.attention import SDPBackend
+    return [{"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]]
+
+
 def train_step(a, m, opt, ids):
-    """Forward under bf16 autocast (the runtime's fused loss with --ftplan), backward, optimizer step."""
+    """Forward under bf16 autocast (the runtime's fused loss with --ftplan), backward, optimizer step; with
+    --sdpa, forward and backward (the recomputed layers included) under that one attention backend."""
+    import contextlib
+    from torch.nn.attention import sdpa_kernel
+    backends = sdpa_backends(a.sdpa)
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+        _train_step(a, m, opt, ids)
+
+
+def _train_step(a, m, opt, ids):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         if a.ftplan:
             from ftplan_runtime.kernels import causal_lm_loss
@@ -133,6 +151,7 @@ def measure(a, m, opt, shape, counts, base_mem, offload):
     times = time_steps(lambda ids: train_step(a, m, opt, ids),
                        lambda: torch.randint(0, V, (batch, seq), device="cuda"), shape.warmup, shape.steps)
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
+            "sdpa": a.sdpa,
             **step_record(times, shape, base_mem[0])}
     if offload is not None:
         line["offload_host_gib"] = offload.buffers.peak_capacity_bytes / 2**30
@@ -145,6 +164,7 @@ p.add_argument("--kbit-upcast", action="store_true")
 p.add_argument("--no-lora-op", action="store_true", help="with --ftplan: every kernel but the fused LoRA functions")
 p.add_argument("--offload", action="store_true", help="checkpoints to pinned host memory (gradient_checkpointing: offload)")
 p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
+p.add_argument("--sdpa", choices=["cudnn", "flash", "efficient"], help="one attention backend for the whole step")
 p.add_argument("--profile", action="store_true", help="after the measurements: one profiled step at the first shape")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

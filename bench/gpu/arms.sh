@@ -4,7 +4,8 @@
 # (../shared/tools/unsloth_arm.py, its own wheel set), HF+PEFT under bf16 autocast (bench/runtime_step_probe.py,
 # QLoRA through prepare_model_for_kbit_training), ftplan (the runtime's model with `kernels: ftplan`),
 # ftplan-offload (the same with `gradient_checkpointing: offload`) and ftplan-nolora (the kernels but PEFT's LoRA
-# layers: what the fused LoRA op adds). Random-init Llama-3.1-8B shapes. The README's table comes from
+# layers: what the fused LoRA op adds). ftplan-profile is the ftplan arm followed by one profiled step (profiles.jsonl);
+# ftplan-cudnn runs it with PyTorch's cuDNN attention for the whole step. Random-init Llama-3.1-8B shapes. The README's table comes from
 # bench/gpu/speed.sh, which measures several shapes per loaded model; this script keeps the diagnostic arms.
 #
 # Before the run, on the launching machine (from the repo root):
@@ -34,6 +35,8 @@ for cfg in "$@"; do
       hf-peft-autocast) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --kbit-upcast ;;
       ftplan) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan ;;
       ftplan-offload) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --offload ;;
+      ftplan-profile) arm $1-ftplan 200 "${probe[@]}" "${shape[@]}" --ftplan --profile ;;
+      ftplan-cudnn) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --sdpa cudnn ;;
       ftplan-nolora) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --no-lora-op ;;
       unsloth) arm $1-$name 200 "${UNSLOTH[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M "${shape[@]}" ;;
       *) echo "unknown arm: $name" >&2; exit 2 ;;
