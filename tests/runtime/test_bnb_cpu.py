@@ -70,9 +70,9 @@ def test_a_4bit_layer_trains_on_the_weights_it_was_given():
 
 
 def test_the_exact_kernel_replaces_a_kernel_bitsandbytes_registered_from_python(tmp_path):
-    """Where bitsandbytes registers its CPU kernel from Python (torch.library.register_kernel), as it does on some
-    torch releases, the runtime's kernel still takes its place: torch 2.11 refuses a second Python registration
-    unless the override is explicit. In a fresh process, so this test's stand-in kernel touches no other test."""
+    """Where a CPU kernel is already registered from Python (bitsandbytes does so on some releases; here a stand-in
+    that raises, put over bitsandbytes' own), the runtime's kernel still takes its place: torch 2.11 refuses a
+    second Python registration unless the override is explicit. In a fresh process, so this test's stand-in kernel touches no other test."""
     import subprocess
     import sys
 
@@ -81,7 +81,8 @@ def test_the_exact_kernel_replaces_a_kernel_bitsandbytes_registered_from_python(
         "import torch, bitsandbytes.functional as F\n"
         "def stand_in(*args):\n"
         "    raise AssertionError('the stand-in kernel ran')\n"
-        "torch.library.register_kernel('bitsandbytes::dequantize_4bit', 'cpu', stand_in)\n"
+        "stand_ins = torch.library.Library('bitsandbytes', 'IMPL')\n"  # over bitsandbytes' own, where it has one
+        "stand_ins.impl('dequantize_4bit', stand_in, 'CPU', allow_override=True)\n"
         "from ftplan_runtime.bnb_cpu import use_exact_cpu_dequantize\n"
         "use_exact_cpu_dequantize()\n"
         "use_exact_cpu_dequantize()  # idempotent\n"

@@ -140,6 +140,11 @@ def test_disabled_adapter_runs_the_base_model(patched):
     assert abs(float(with_adapter - want)) > 1e-3  # the adapter is back on after the context
 
 
+def tensor_device():
+    """Where the conftest creates the tests' tensors: the GPU when there is one."""
+    return 0 if torch.cuda.is_available() else "cpu"
+
+
 def qlora(tmp_path, family: str, dtype):
     """A tiny model saved in `dtype` and loaded back as bitsandbytes NF4 (double quant) with a LoRA adapter."""
     folder = tmp_path / f"{family}-{dtype}"
@@ -148,8 +153,7 @@ def qlora(tmp_path, family: str, dtype):
     cls = FAMILIES[family][0]
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
-    device = 0 if torch.cuda.is_available() else "cpu"  # where the conftest creates the tests' tensors
-    base = cls.from_pretrained(folder, dtype=dtype, quantization_config=quant, device_map={"": device})
+    base = cls.from_pretrained(folder, dtype=dtype, quantization_config=quant, device_map={"": tensor_device()})
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora(base)
     model.train()
@@ -204,7 +208,7 @@ def get_peft_model_from(folder, compute):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=compute)
     model = lora(LlamaForCausalLM.from_pretrained(folder, dtype=compute, quantization_config=quant,
-                                                  device_map={"": "cpu"}))
+                                                  device_map={"": tensor_device()}))
     model.train()
     return model
 
