@@ -119,6 +119,34 @@ def dpo_table(lines: list[dict]) -> list[str]:
     return out
 
 
+PROFILE_ROWS = ("GEMM", "attention", "norm, RoPE, SwiGLU, LoRA glue", "NF4 dequantisation", "loss head", "optimizer",
+                "offload copies", "other")
+
+
+def profile_table(lines: list[dict]) -> list[str]:
+    """Where one ftplan step's GPU time goes (``runtime_step_probe.py --profile``), one column per profiled shape:
+    milliseconds and share of the GPU-busy time per kernel group, then busy time against the timed step."""
+    lines = [ln for ln in lines if "profile" in ln]
+    if not lines:
+        return []
+    heads = [f"{ln['mode'].replace('qlora', 'QLoRA').replace('lora', 'LoRA')} {ln['profile']['seq']} × "
+             f"{ln['profile']['batch']}" for ln in lines]
+    out = [f"Where one ftplan step's GPU time goes (one profiled step on one {lines[0]['gpu']}, torch "
+           f"{lines[0]['torch']}, after the timed steps of the same process; raw lines in `profiles.jsonl`; the loss "
+           "head's GEMMs count as GEMM, the offload copies row is every memory copy and fill):", "",
+           "| kernel group | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(lines)]
+    for group in PROFILE_ROWS:
+        cells = []
+        for ln in lines:
+            ms, busy = ln["profile"]["groups_ms"].get(group), ln["profile"]["gpu_busy_ms"]
+            cells.append(f"{ms:.1f} ms ({100 * ms / busy:.0f} %)" if ms else "—")
+        if any(c != "—" for c in cells):
+            out.append(f"| {group} | " + " | ".join(cells) + " |")
+    out.append("| GPU busy / timed step (median) | " + " | ".join(
+        f"{ln['profile']['gpu_busy_ms']:.0f} / {1000 * ln['step_s_median']:.0f} ms" for ln in lines) + " |")
+    return out
+
+
 def table(folder: Path) -> str:
     """The Markdown block for the README, with the card and versions it was measured on."""
     steps = read_lines(folder / "steps.jsonl")
@@ -139,6 +167,9 @@ def table(folder: Path) -> str:
     extra = dpo_table(dpo)
     if extra:
         parts += [""] + extra
+    profile = profile_table(read_lines(folder / "profiles.jsonl"))
+    if profile:
+        parts += [""] + profile
     return "\n".join(parts) + "\n"
 
 

@@ -71,6 +71,19 @@ def test_dpo_rows_give_speed_and_peak_ratios(tmp_path):
     assert "live reference" in row and "2.00× · 0.38× peak allocated" in row
 
 
+def test_the_profile_table_gives_each_group_its_share_of_the_busy_time(tmp_path):
+    _write(tmp_path, "steps.jsonl", [])
+    profile = {"seq": 2048, "batch": 2, "gpu_busy_ms": 200.0, "step_wall_ms": 260.0,
+               "groups_ms": {"GEMM": 150.0, "attention": 30.0, "other": 20.0}}
+    _write(tmp_path, "profiles.jsonl", [{"mode": "qlora", "gpu": "NVIDIA H200", "torch": "2.11.0",
+                                         "step_s_median": 0.25, "profile": profile}])
+    lines = speed_table.table(tmp_path).splitlines()
+    assert "| kernel group | QLoRA 2048 × 2 |" in lines
+    assert "| GEMM | 150.0 ms (75 %) |" in lines and "| attention | 30.0 ms (15 %) |" in lines
+    assert not any(line.startswith("| NF4 dequantisation") for line in lines)  # a group the step never ran
+    assert "| GPU busy / timed step (median) | 200 / 250 ms |" in lines
+
+
 def test_check_fails_on_a_stale_readme_and_write_fixes_it(tmp_path, capsys):
     folder = tmp_path / "r"
     _write(folder, "steps.jsonl", [_arm("lora-ftplan", 2048, 2, 9000.0, 18.0), _arm("lora-unsloth", 2048, 2, 10000.0, 17.0)])
