@@ -158,6 +158,36 @@ def test_gradient_checkpointing_shrinks_activations():
     assert term(with_gc, "activation checkpoints") == 32 * 4 * 2048 * 4096 * 2
 
 
+def test_the_fused_lora_functions_save_each_block_input_once_and_not_the_swiglu_product():
+    """``kernels: ftplan`` on LoRA: q/k/v keep one input, o its own, the MLP its input, gate and up (not down's
+    input), and each adapter its r-wide X Aᵀ; the MLP backward holds one intermediate-wide gradient. Against PEFT's
+    layers under the same kernels (a 16-bit copy per module, down's input, two gradients)."""
+    from ftplan.estimate.activations import compute
+
+    def layer(stage):
+        r = resolve(LLAMA_8B, stage, seq_len=2048)
+        return compute(r), r
+
+    fused, r = layer(sft("lora", kernels="ftplan"))
+    assert r.fused_lora and not layer(sft("dora", kernels="ftplan"))[1].fused_lora
+    h, q, kv, i, rank = 4096, 4096, 1024, 14336, 16
+    attention = (2 * q + 2 * kv) * 2 + 4 * 32 + 4  # SDPA's q, k, v, out and lse; the norm's rstd (its input: the
+    # checkpoint)
+    linears = 2 * h + 3 * rank * 2 + rank * 2  # one q/k/v input and three X Aᵀ; o's X Aᵀ (its input: SDPA's output)
+    assert fused.attn_tok == attention + linears
+    mlp = 2 * i * 2 + (2 * h + 4) + 2 * h + 3 * rank * 2  # gate, up; the norm; the MLP input; three X Aᵀ
+    assert fused.mlp_tok == mlp
+    assert fused.inflight_mlp_tok == i * 2 + h * 2
+    # the MLP runs fused only when gate, up and down all carry adapters: else PEFT's layers and the SwiGLU kernel
+    partial, r = layer(sft({"type": "lora", "r": 16, "alpha": 16,
+                            "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]},
+                           kernels="ftplan"))
+    assert r.fused_lora and partial.inflight_mlp_tok == 2 * i * 2 + h * 2
+    assert partial.attn_tok == fused.attn_tok and partial.mlp_tok > fused.mlp_tok - 3 * rank * 2
+    peft = est(sft("lora", kernels="none"))
+    assert est(sft("lora", kernels="ftplan")).peak_bytes < peft.peak_bytes
+
+
 def test_fused_cross_entropy_never_holds_the_logits():
     hf = est(sft("lora", micro_batch=4), loop=BASELINE_LOOP, seq=4096)
     fused = est(sft("lora", micro_batch=4, kernels="ftplan"), loop=BASELINE_LOOP, seq=4096)
@@ -476,13 +506,13 @@ def test_several_changes_when_no_single_one_fits():
     assert d.hint.startswith("no single change fits; together: ")
     (s,) = estimates["sft"].suggestions
     both = DistributedSpec(strategy="zero3", offload_optimizer=True, offload_params=True)
-    # the activation checkpoints go to host memory (the micro-batch stays), the states to the CPU with ZeRO-3
-    assert s.change == ("gradient_checkpointing true → offload, distributed ddp → {strategy: zero3, "
+    # a quarter of the micro-batch (the effective batch kept), the states to the CPU with ZeRO-3
+    assert s.change == ("micro_batch 4 → 1, grad_accum 2 → 8, distributed ddp → {strategy: zero3, "
                         "offload_optimizer: true, offload_params: true}")
-    again = est(stage.model_copy(update={"gradient_checkpointing": "offload", "distributed": both}), gpu=a100,
+    again = est(stage.model_copy(update={"micro_batch": 1, "grad_accum": 8, "distributed": both}), gpu=a100,
                 shape=LLAMA_70B, seq=8192, world_size=8)
     assert again.peak_bytes == s.peak_bytes and again.verdict == "fits"
-    assert s.host_bytes == again.host_bytes  # offloaded states and checkpoints of the node's 8 processes
+    assert s.host_bytes == again.host_bytes  # offloaded states of the node's 8 processes
     # each change alone is not enough, and neither is a milder one of either kind
     for alone in ({"micro_batch": 1, "grad_accum": 8}, {"distributed": both}, {"gradient_checkpointing": "offload"},
                   {"gradient_checkpointing": "offload", "distributed": "zero3"},

@@ -111,7 +111,9 @@ def test_probe_tensor_peaks(adapter, seq, micro_batch, autocast, attention, gc, 
 # Full 32 layers, autocast, output dropped before backward (H200, bench/runtime_step_probe.py): (adapter, seq,
 # micro_batch, kernels, QLoRA base upcast by prepare_model_for_kbit_training, measured max allocated GiB, measured
 # device-used GiB, measured tok/s). Sources in bench/results/, each session with its HF+PEFT arm: the LoRA rows
-# runtime-step.jsonl; the QLoRA rows the ftplan arms of arms-h200-1 (upcast), -2 (s2048) and -3 (s8192).
+# runtime-step.jsonl; the QLoRA rows the ftplan arms of arms-h200-1 (upcast), -2 (s2048) and -3 (s8192). Measured on
+# 2026-11-28, before the fused LoRA Functions: `kernels: ftplan` there is every other kernel with PEFT's LoRA layers
+# (``Loop.peft_lora_layers``).
 RUNTIME_LIKE = [
     ("lora", 2048, 2, "ftplan", False, 17.572, 18.285, 9017),
     ("qlora", 2048, 2, "ftplan", True, 11.436, 12.527, 7106),
@@ -130,7 +132,7 @@ the optimizer step), which one long micro-step amortises, so it reads s8192 QLoR
 def test_runtime_like_loop_full_size(adapter, seq, micro_batch, kernels, upcast, alloc, device, tok_s):
     # HF's own loss (not TRL's chunked head) under autocast, as the probe ran it
     loop = Loop(autocast=True, chunked_lm_head=False, holds_outputs=False, padded=False, kbit_upcast=upcast,
-                name="probe")
+                peft_lora_layers=True, name="probe")
     est = estimate_training(LLAMA_8B, H200, _stage(adapter, micro_batch, kernels=kernels), seq_len=seq, loop=loop)
     outside = sum(_term(est, n) for n in ("CUDA context", "CUDA libraries + cuBLAS workspaces",
                                           "allocator fragmentation"))
@@ -182,7 +184,7 @@ def _relative_errors() -> list[tuple[str, float]]:
     outside = ("CUDA context", "CUDA libraries + cuBLAS workspaces", "allocator fragmentation")
     for adapter, seq, micro_batch, kernels, upcast, alloc, device, _ in RUNTIME_LIKE:
         loop = Loop(autocast=True, chunked_lm_head=False, holds_outputs=False, padded=False, kbit_upcast=upcast,
-                    name="probe")
+                    peft_lora_layers=True, name="probe")
         est = estimate_training(LLAMA_8B, H200, _stage(adapter, micro_batch, kernels=kernels), seq_len=seq,
                                 loop=loop)
         tensors = (est.peak_bytes - sum(_term(est, n) for n in outside)) / GIB

@@ -17,6 +17,7 @@ from ftplan.api import check_file
 from ftplan.catalog import get_gpu, get_model
 from ftplan.console import print_check
 from ftplan.estimate import activations, stage as stage_estimate
+from ftplan.estimate.constants import OFFLOAD_CACHED_INPUTS
 from ftplan.estimate.host import PINNED_CHECKPOINTS
 from ftplan.estimate.stage import estimate_training
 from ftplan.schemas import SftStage
@@ -73,11 +74,21 @@ def test_the_peak_falls_and_the_host_holds_every_layer_per_process():
     assert on.notes[0] == "peak during: backward through the top layer"
     assert off.notes[0] == "peak during: backward through the bottom layer"
     grads = next(t.bytes for t in off.terms if t.name == "gradients")
-    assert on.peak_bytes - off.peak_bytes == (layers - 1) * CKPT_LAYER - grads
+    cache = next(t for t in off.terms if t.name == "offload copy blocks (allocator cache)")
+    assert cache.bytes == OFFLOAD_CACHED_INPUTS * CKPT_LAYER and not any(t.name == cache.name for t in on.terms)
+    assert on.peak_bytes - off.peak_bytes == (layers - 1) * CKPT_LAYER - grads - cache.bytes
     assert any("activation checkpoints offloaded to pinned host memory: 4.0 GiB per GPU" in n for n in off.notes)
     eight = estimate("offload", world=8)
     assert eight.host_bytes == 8 * layers * CKPT_LAYER  # one node, 8 processes
     assert eight.host_terms[0].detail.startswith("8 processes × ")
+
+
+def test_an_offloaded_stage_says_its_estimate_is_extrapolated():
+    from ftplan.estimate.accuracy import accuracy_of
+
+    text = accuracy_of("llama", "qlora", "sft", 2048, 1, offload=True).text()
+    assert text.startswith("extrapolated: no compiled plan with offloaded checkpoints is measured yet")
+    assert not accuracy_of("llama", "qlora", "sft", 2048, 1).text().startswith("extrapolated")
 
 
 def test_on_the_cpu_offload_estimates_as_true():

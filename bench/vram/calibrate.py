@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import points as P  # noqa: E402
+from results import TIME_LIMIT  # noqa: E402
 
 from ftplan.api import check_file  # noqa: E402
 from ftplan.console import check_json  # noqa: E402
@@ -131,8 +132,9 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
     row["run_s"] = round(time.monotonic() - start, 1)
     m = measured(p.stage_id)
     oom = "out of memory" in (logs / f"{p.name}.run.log").read_text(errors="replace").lower()
-    row.update(outcome="ok" if rc == 0 and m else "oom" if oom else f"failed (exit {rc})", measured=m)
-    if rc and not oom:
+    row.update(outcome="ok" if rc == 0 and m else "oom" if oom else TIME_LIMIT if rc == 124 else f"failed (exit {rc})",
+               measured=m)
+    if rc and not oom and rc != 124:
         row["log"] = tail
     if m and est.get("peak_gib"):
         row["error_pct"] = round(100 * (est["peak_gib"] - m["device_used_peak_gib"]) / m["device_used_peak_gib"], 2)
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for item in items:
             remaining = deadline - time.monotonic()
             label = item.name if isinstance(item, P.Point) else item.point.name
-            if remaining < POINT_SECONDS:
+            if remaining < POINT_SECONDS * (1 if isinstance(item, P.Point) else 3):  # a probe: two runs and a search
                 left.append(label)
                 continue
             rows = []
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"point": P.describe(item.point), "outcome": "no boundary below 128"})
                 else:
                     fits, over = found
-                    ok = run_point(fits, gpu, logs, (remaining - 5) / 2)
+                    ok = run_point(fits, gpu, logs, remaining - POINT_SECONDS - 5)  # the step past it fails fast
                     ok["probe"] = "fits"
                     rows.append(ok)
                     if deadline - time.monotonic() > POINT_SECONDS:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import points as P  # noqa: E402
+import results  # noqa: E402
 
 from ftplan.api import check_text  # noqa: E402
 from ftplan.catalog import get_model  # noqa: E402
@@ -37,17 +38,10 @@ POINTS: tuple[tuple[str, str, str, int, int, str, float], ...] = (
 '''
 
 
-def rows() -> list[dict]:
-    out = []
-    for path in sorted((ROOT / "bench" / "results" / "vram").glob("*.jsonl")):
-        out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in out if r.get("outcome") == "ok" and r.get("probe") != "oom"]
-
-
 def render() -> str:
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in rows():
+        for r in results.measured(results.current()):
             p = P.Point(**r["point"])
             card = "h200-sxm-141gb" if "H200" in r["card"] else "h100-sxm-80gb"
             est = check_text(P.pipeline_yaml(p, card), "calibration.yaml", Path(tmp)).estimates[p.stage_id]

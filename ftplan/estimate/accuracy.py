@@ -46,12 +46,16 @@ def overall() -> Accuracy:
     return _summary(list(POINTS), None)
 
 
-def accuracy_of(family: str, method: str, kind: str, seq: int, world: int) -> Accuracy:
-    """The measured accuracy for a stage of this family, method, kind, context and GPU count."""
+def accuracy_of(family: str, method: str, kind: str, seq: int, world: int, offload: bool = False) -> Accuracy:
+    """The measured accuracy for a stage of this family, method, kind, context and GPU count (``offload``: its
+    activation checkpoints go to host memory)."""
     what = f"{family} {_METHOD.get(method, method)} {kind.upper()}"
     if world > 1:
         return Accuracy(0, extrapolated="no multi-GPU point is measured yet (sharding, offload and NCCL terms "
                         "are derived from DeepSpeed's and PyTorch's arithmetic)")
+    if offload:
+        return Accuracy(0, extrapolated="no compiled plan with offloaded checkpoints is measured yet (its terms come "
+                        "from runtime probes of Llama-3.1-8B QLoRA on an H100)")
     like = [p for p in POINTS if p[:3] == (family, method, kind)]
     if not like:
         return Accuracy(0, extrapolated=f"no {what} point is measured yet")

@@ -14,6 +14,10 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   (PEFT casts the input to the fp32 adapter dtype first), except on a bitsandbytes base with a 16-bit input, where
   PEFT skips that cast and the input is shared; without autocast a 16-bit input is copied to fp32 per module
   (4 × d_in), and an fp32 input is shared.
+- The runtime's fused LoRA Functions (``kernels: ftplan``, ``runtime/kernels/lora.py``) save, per block, the input
+  once in the compute dtype (q/k/v share one; o its own; the MLP its input) and the r-wide products X Aᵀ; the MLP
+  keeps gate and up but not the SwiGLU product (down's input is recomputed in backward), and its backward holds
+  one intermediate-wide gradient at a time (the SwiGLU backward runs in place over the saved gate and up).
 
 Gradient checkpointing keeps one tensor per layer, its input (``ckpt_tok`` per token); ``checkpoints`` says where
 those are in each phase of the step. With ``gradient_checkpointing: offload`` they wait in pinned host memory
@@ -87,6 +91,23 @@ def _norm(r: Resolved, input_is_ckpt: bool) -> int:
     return saved + 4
 
 
+def _fused_mlp(r: Resolved) -> bool:
+    """The MLP runs as one fused LoRA Function: every one of gate, up and down carries an adapter (else the runtime
+    leaves the block to PEFT's layers and the SwiGLU kernel)."""
+    adapted = {m.name for m in targeted(r)}
+    return r.fused_lora and {"gate_proj", "up_proj", "down_proj"} <= adapted
+
+
+def _fused_linear_inputs(r: Resolved, group: str, width: int, in_bytes: int, adapted: int, shared_free: bool) -> int:
+    """Bytes per token a fused LoRA Function saves for the ``adapted`` linears reading one input: the input once in
+    the compute dtype (a view when it already is; free when the attention keeps that storage) and X Aᵀ per adapter."""
+    compute = 2 if r.loop.autocast else in_bytes
+    total = (r.lora.r if r.lora else 0) * compute * adapted
+    if group != "act":  # the SwiGLU product is recomputed in backward, not saved
+        total += 0 if shared_free and compute == in_bytes else compute * width
+    return total
+
+
 def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int, shared_free: bool) -> int:
     """Bytes per token the linears reading one input tensor save (base inputs and LoRA copies)."""
     modules = [m for m in linear_modules(r.shape) if _GROUP.get(m.name) == group]
@@ -96,6 +117,9 @@ def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int,
     experts = r.shape.experts_per_token or 1
     total = 0
     adapted = {m.name for m in targeted(r)} if not r.full else set()
+    fused = r.fused_lora and (_fused_mlp(r) if group in ("ln2", "act") else group in ("ln1", "attn_out"))
+    if fused:
+        return _fused_linear_inputs(r, group, width, in_bytes, sum(m.name in adapted for m in modules), shared_free)
     shared = False
     for m in modules:
         copies = experts if m.expert else 1
@@ -178,7 +202,8 @@ def compute(r: Resolved) -> LayerActivations:
         weight_transient += 4 * largest
     return LayerActivations(
         attn_tok=attn, mlp_tok=mlp, input_tok=input_tok,
-        inflight_attn_tok=q_out * e_at + h * e_s, inflight_mlp_tok=2 * inter * e_lin + h * e_s,
+        inflight_attn_tok=q_out * e_at + h * e_s,
+        inflight_mlp_tok=(1 if _fused_mlp(r) else 2) * inter * e_lin + h * e_s,
         ckpt_tok=h * e_s, scores_saved=saved, scores_peak=peak, mask=mask, weight_transient=weight_transient,
         scores_detail=detail)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..catalog.gpus import GpuSpec
 from .constants import (CUBLAS_HANDLES, CUBLAS_WORKSPACE_DEFAULT_MIB, CUBLAS_WORKSPACE_MIB, CUDA_CONTEXT_MIB,
-                        CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTORS, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB)
+                        CUDA_LIBRARY_KERNELS_MIB, FRAGMENTATION_FACTORS, MIB, NCCL_COMMUNICATOR_MIB, NCCL_NVLS_MIB,
+                        OFFLOAD_CACHED_INPUTS)
 from ..units import gib_text
 from .types import Term
 
@@ -51,3 +52,10 @@ def fragmentation(largest_block: int, pattern: str) -> Term:
     factor = FRAGMENTATION_FACTORS[pattern]
     return Term("allocator fragmentation", int(factor * largest_block),
                 f"{factor} × the largest transient block ({gib_text(largest_block)}), calibrated")
+
+
+def offload_cache(layer_input: int) -> Term:
+    """Blocks of offloaded layer inputs the caching allocator keeps until their copies pass (``layer_input``: one
+    layer's checkpoint in bytes); see ``OFFLOAD_CACHED_INPUTS``."""
+    return Term("offload copy blocks (allocator cache)", OFFLOAD_CACHED_INPUTS * layer_input,
+                f"{OFFLOAD_CACHED_INPUTS} layer inputs of {gib_text(layer_input)} held for their copies, calibrated")

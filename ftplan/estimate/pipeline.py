@@ -62,7 +62,8 @@ def estimate(ctx: Context, *, suggest: bool = True) -> tuple[dict[str, StageEsti
         est = estimate_resolved(r, ctx.gpu if hw.device == "cuda" else None, device=hw.device, stage_id=stage.id)
         if hw.device == "cuda":
             measured_as = "sft" if r.kind == "cpt" else r.kind  # CPT runs the SFT trainer over packed text
-            est = replace(est, accuracy=accuracy_of(r.shape.family, r.method, measured_as, r.seq, r.world))
+            offload = r.gc and r.offload_checkpoints
+            est = replace(est, accuracy=accuracy_of(r.shape.family, r.method, measured_as, r.seq, r.world, offload))
         if est.verdict in ("oom", "tight") and ctx.gpu is not None:
             fits: list[Fit] = []
             refused: list[Outcome] = []

@@ -44,6 +44,10 @@ class Loop:
     kbit_upcast: bool = False
     """A QLoRA base goes through PEFT's ``prepare_model_for_kbit_training``: its 16-bit weights become fp32. The
     runtime does not (``runtime/model_loading.py``)."""
+    peft_lora_layers: bool = False
+    """With ``kernels: ftplan``, the LoRA layers still run through PEFT instead of the runtime's fused LoRA
+    Functions (the other kernels applied): ``bench/runtime_step_probe.py --no-lora-op``, and the runtime before the
+    fused Functions existed (measurements older than commit 0d7b6be)."""
     name: str = ""
 
 
@@ -124,6 +128,12 @@ class Resolved:
     def full(self) -> bool:
         """Every weight trains."""
         return self.method == "full"
+
+    @property
+    def fused_lora(self) -> bool:
+        """The adapters run through the runtime's fused LoRA Functions (``kernels: ftplan`` on a LoRA or QLoRA
+        stage; the runtime refuses to leave any LoRA layer of the attention or the MLP to PEFT)."""
+        return self.kernels == "ftplan" and self.method in ("lora", "qlora") and not self.loop.peft_lora_layers
 
     @property
     def param_bytes(self) -> int:

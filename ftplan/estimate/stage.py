@@ -118,6 +118,8 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
             pattern = "chunked_fp32" if r.stream_bytes == 4 else "chunked"
             largest = max(loss.largest_block, r.tokens * r.shape.intermediate_size * r.linear_out_bytes)
         body.append(fixed.fragmentation(largest, pattern))
+        if r.gc and r.offload_checkpoints:
+            body.append(fixed.offload_cache(r.tokens * activations.compute(r).ckpt_tok))
     terms = _merge(base + body)
     total = sum(t.bytes for t in terms)
     per_node = max(1, r.world // max(1, r.nodes))

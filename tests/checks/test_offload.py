@@ -53,7 +53,7 @@ def test_ft340_says_what_offloading_costs_and_buys(judge, tools):
     assert "also fits with `gradient_checkpointing: true`" in d.hint
     [d] = tools.codes(judge(hardware={"gpus_per_node": 2}, sft={**OFFLOAD, "micro_batch": 8}), "FT340")
     assert "8.0 GiB of pinned host memory per node (2 GPUs × 4.0 GiB)" in d.message
-    [d] = tools.codes(judge(hardware={"gpu": "a100-sxm-40gb"}, sft={**OFFLOAD, "micro_batch": 24, "kernels": "ftplan"}),
+    [d] = tools.codes(judge(hardware={"gpu": "a100-sxm-40gb"}, sft={**OFFLOAD, "micro_batch": 28, "kernels": "ftplan"}),
                       "FT340")
     assert "(oom)" in d.message and d.hint is None  # offloading is what makes it fit
     assert not tools.codes(judge(sft={"micro_batch": 8}), "FT340")

@@ -46,7 +46,7 @@ fi
 # ---- stage 02: simpo (dpo) ----
 # 1 process(es): 1 node(s) × 1 H100 SXM 80GB, strategy none
 # effective batch 2 micro × 16 accum × 1 process = 32 pairs × 2 sequences × 4,096 tokens = 262,144 tokens/step
-# estimated peak 56.2 / 79.6 GiB per GPU (fits)
+# estimated peak 57.9 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/simpo
 if stage_complete ../plans/simpo-llama3-8b-instruct-h100/stages/simpo/args.json; then
   echo "ftplan: stage simpo is complete; skipping"
