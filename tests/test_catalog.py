@@ -361,6 +361,10 @@ def test_from_hf_config_defaults():
     assert not shape.tie_word_embeddings and not shape.rope_scaling and shape.sliding_window is None
     gemma2 = from_hf_config({**cfg, "model_type": "gemma2"})
     assert gemma2.tie_word_embeddings and gemma2.head_dim == 256  # Gemma2Config defaults
+    # Gemma 2 caps its attention logits unless the config turns it off; Gemma 3 and the others do not by default
+    assert gemma2.attention_softcap and MODELS["gemma-2-2b"].attention_softcap
+    assert not from_hf_config({**cfg, "model_type": "gemma2", "attn_logit_softcapping": None}).attention_softcap
+    assert not shape.attention_softcap and not MODELS["gemma-3-4b"].attention_softcap
 
 
 @pytest.mark.parametrize("cfg, message", [

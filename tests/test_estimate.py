@@ -248,6 +248,17 @@ def test_eager_attention_adds_an_s_squared_term_and_sdpa_does_not():
     assert eager.peak_bytes > sdpa.peak_bytes + 8 * GIB
 
 
+def test_capped_attention_logits_keep_their_tanh_output_under_eager():
+    """Gemma 2 caps its logits with tanh before the softmax (attn_logit_softcapping): one more bf16 score block a
+    layer keeps, beside the fp32 softmax and the bf16 probabilities."""
+    gemma = get_model("gemma-2-2b")
+    capped = est(sft("lora", attention="eager"), shape=gemma, seq=4096)
+    plain = est(sft("lora", attention="eager"), shape=dataclasses.replace(gemma, attention_softcap=False), seq=4096)
+    scores = gemma.num_heads * 4096 * 4096  # one sequence, one layer (checkpointing on)
+    assert term(capped, "attention scores") - term(plain, "attention scores") == 2 * scores
+    assert "tanh-capped logits" in next(t.detail for t in capped.terms if t.name == "attention scores")
+
+
 def test_nccl_only_with_more_than_one_gpu():
     one = est(sft("lora"))
     two = est(sft("lora"), world_size=2)

@@ -55,6 +55,9 @@ class ModelShape:
     """MLP uses one fused ``gate_up_proj`` (Phi-3)."""
     sliding_window: int | None = None
     """Sliding-window attention span; None when disabled or not shorter than the context."""
+    attention_softcap: bool = False
+    """Attention logits are capped with tanh before the softmax (Gemma 2's ``attn_logit_softcapping``): under eager
+    attention the tanh output is one more score-sized tensor autograd keeps."""
 
 
 def _shape(key: str, family: str, hub_ids: tuple[str, ...], hidden: int, inter: int, layers: int, heads: int,
@@ -132,13 +135,16 @@ _ENTRIES: tuple[ModelShape, ...] = (
            5120, 25600, 64, 64, 8, 128, 151936, 40960, False, False),
     # google/gemma-2-2b config.json (head_dim 256, sliding_window 4096, tied)
     _shape("gemma-2-2b", "gemma2", _ids("google/gemma-2-2b", "google/gemma-2-2b-it"),
-           2304, 9216, 26, 8, 4, 256, 256000, 8192, True, False, sliding_window=4096),
+           2304, 9216, 26, 8, 4, 256, 256000, 8192, True, False, sliding_window=4096,
+           attention_softcap=True),
     # google/gemma-2-9b config.json
     _shape("gemma-2-9b", "gemma2", _ids("google/gemma-2-9b", "google/gemma-2-9b-it"),
-           3584, 14336, 42, 16, 8, 256, 256000, 8192, True, False, sliding_window=4096),
+           3584, 14336, 42, 16, 8, 256, 256000, 8192, True, False, sliding_window=4096,
+           attention_softcap=True),
     # google/gemma-2-27b config.json (head_dim 128)
     _shape("gemma-2-27b", "gemma2", _ids("google/gemma-2-27b", "google/gemma-2-27b-it"),
-           4608, 36864, 46, 32, 16, 128, 256000, 8192, True, False, sliding_window=4096),
+           4608, 36864, 46, 32, 16, 128, 256000, 8192, True, False, sliding_window=4096,
+           attention_softcap=True),
     # google/gemma-3-1b-pt config.json (gemma3_text; sliding_window 512, no rope scaling, vocab 262144)
     _shape("gemma-3-1b", "gemma3", _ids("google/gemma-3-1b-pt", "google/gemma-3-1b-it"),
            1152, 6912, 26, 4, 1, 256, 262144, 32768, True, False, sliding_window=512),
@@ -214,6 +220,9 @@ _CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8},
     "phi3": {"tie_word_embeddings": False, "max_position_embeddings": 4096},
 }
+_SOFTCAP_DEFAULT = {"gemma2": 50.0}
+"""``attn_logit_softcapping`` when config.json omits it (Gemma2Config's default; Gemma 3's is None). An explicit
+null turns the cap off."""
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -326,4 +335,5 @@ def from_hf_config(cfg: dict[str, Any], key: str = "local") -> ModelShape:
         fused_qkv=family == "phi3",
         fused_gate_up=family == "phi3",
         sliding_window=window,
+        attention_softcap=text.get("attn_logit_softcapping", _SOFTCAP_DEFAULT.get(family)) is not None,
     )

@@ -7,7 +7,8 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   itself. The fused norm (``kernels: ftplan``) saves the input and an fp32 rstd per row.
 - Attention (flash / memory-efficient SDPA) saves q, k, v and the output in the attention dtype plus an fp32
   log-sum-exp per head; the math SDPA kernel (fp32 q/k/v with GQA) saves q and the head-repeated k, v, and its
-  (heads × s × s) fp32 scores are counted separately; eager adds fp32 and cast probabilities.
+  (heads × s × s) fp32 scores are counted separately; eager adds fp32 and cast probabilities, and a tanh
+  output where the logits are capped (Gemma 2).
 - MLP: HF keeps gate, up and SiLU(gate) (3 × i); the fused SwiGLU keeps gate and up (2 × i).
 - Linear inputs: a trainable base linear saves its input once per distinct input tensor. A LoRA module saves the
   input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 × d_in)
@@ -184,9 +185,11 @@ def compute(r: Resolved) -> LayerActivations:
         saved, peak = 4 * a2, 16 * a2
         detail = f"math SDPA: 4 × {s.num_heads} heads × {r.seq:,}^2 × {r.sequences} seq × 4 B"
     elif r.attention == "eager":
-        saved = (4 + (e_at if e_at != 4 else 0)) * a2
+        softcap = e_at if s.attention_softcap else 0  # the tanh output, kept for its backward
+        saved = (4 + (e_at if e_at != 4 else 0) + softcap) * a2
         peak = saved + (e_at + 8) * a2
-        detail = f"eager: fp32 softmax, {s.num_heads} heads × {r.seq:,}^2 × {r.sequences} seq"
+        capped = ", tanh-capped logits" if softcap else ""
+        detail = f"eager: fp32 softmax{capped}, {s.num_heads} heads × {r.seq:,}^2 × {r.sequences} seq"
     else:
         saved = peak = 0
         detail = ""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 POINTS: tuple[tuple[str, str, str, int, int, str, float], ...] = (
     # (family, method, kind, max_seq_len, GPUs, card, error % of the measured device-used peak)
-    ('gemma2', 'lora', 'sft', 2048, 1, 'H200', -6.7),
-    ('gemma2', 'lora', 'sft', 4096, 1, 'H200', -14.7),
-    ('gemma2', 'qlora', 'sft', 2048, 1, 'H200', -6.5),
+    ('gemma2', 'lora', 'sft', 2048, 1, 'H200', -5.3),
+    ('gemma2', 'lora', 'sft', 4096, 1, 'H200', -1.6),
+    ('gemma2', 'qlora', 'sft', 2048, 1, 'H200', -3.1),
     ('llama', 'dora', 'sft', 2048, 1, 'H200', -9.5),
     ('llama', 'full', 'sft', 512, 1, 'H200', -4.6),
     ('llama', 'full', 'sft', 1024, 1, 'H100', 0.1),
