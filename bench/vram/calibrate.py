@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import points as P  # noqa: E402
-from results import TIME_LIMIT  # noqa: E402
+from results import TIME_LIMIT, current  # noqa: E402
 
 from ftplan.api import check_file  # noqa: E402
 from ftplan.console import check_json  # noqa: E402
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
     parser.add_argument("--only", help="comma-separated point names")
     parser.add_argument("--skip-measured", type=Path, metavar="DIR",
-                        help="leave out points with an ok row in DIR/*.jsonl (measured by an earlier run)")
+                        help="leave out points with an ok row in DIR/*.jsonl (measured by an earlier run; rows "
+                             "superseded by a runtime change do not count)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     gpu, name = (None, "cpu") if args.rehearse else card()
@@ -221,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(args.only.split(","))
         points, bounds = [p for p in points if p.name in keep], [b for b in bounds if b.point.name in keep]
     if args.skip_measured:
-        done = {json.loads(line)["point"]["name"] for f in sorted(args.skip_measured.glob("*.jsonl"))
-                for line in f.read_text().splitlines() if line.strip() and '"outcome": "ok"' in line}
+        done = {r["point"]["name"] for r in current(args.skip_measured) if r.get("outcome") == "ok"}
         points = [p for p in points if p.name not in done]
     if args.rehearse:
         points = [rehearsal(p) for p in points]

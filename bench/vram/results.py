@@ -44,17 +44,17 @@ def superseded(row: dict) -> str | None:
     return None
 
 
-def rows() -> list[dict]:
-    """Every recorded row, in file order, each with ``run`` (its file's stem) added."""
+def rows(folder: Path = RESULTS) -> list[dict]:
+    """Every row recorded in ``folder``, in file order, each with ``run`` (its file's stem) added."""
     out = []
-    for path in sorted(RESULTS.glob("*.jsonl")):
+    for path in sorted(folder.glob("*.jsonl")):
         out += [{**json.loads(line), "run": path.stem} for line in path.read_text().splitlines() if line.strip()]
     return out
 
 
-def current() -> list[dict]:
-    """The rows that still measure the runtime (``superseded`` is None)."""
-    return [r for r in rows() if superseded(r) is None]
+def current(folder: Path = RESULTS) -> list[dict]:
+    """The rows of ``folder`` that still measure the runtime (``superseded`` is None)."""
+    return [r for r in rows(folder) if superseded(r) is None]
 
 
 TIME_LIMIT = "stopped at the run's time limit"
