@@ -119,7 +119,7 @@ def estimate_resolved(r: Resolved, gpu: GpuSpec | None, *, device: str = "cuda",
             largest = max(loss.largest_block, r.tokens * r.shape.intermediate_size * r.linear_out_bytes)
         body.append(fixed.fragmentation(largest, pattern))
         if r.gc and r.offload_checkpoints:
-            body.append(fixed.offload_cache(r.tokens * activations.compute(r).ckpt_tok))
+            body.append(fixed.offload_cache(r.tokens * acts.ckpt_tok))
     terms = _merge(base + body)
     total = sum(t.bytes for t in terms)
     per_node = max(1, r.world // max(1, r.nodes))
