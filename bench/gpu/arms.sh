@@ -4,9 +4,10 @@
 # (../shared/tools/unsloth_arm.py, its own wheel set), HF+PEFT under bf16 autocast (bench/runtime_step_probe.py,
 # QLoRA through prepare_model_for_kbit_training), ftplan (the runtime's model with `kernels: ftplan`),
 # ftplan-offload (the same with `gradient_checkpointing: offload`) and ftplan-nolora (the kernels but PEFT's LoRA
-# layers: what the fused LoRA op adds). ftplan-profile is the ftplan arm followed by one profiled step (profiles.jsonl);
-# ftplan-cudnn runs it with PyTorch's cuDNN attention for the whole step. Random-init Llama-3.1-8B shapes. The README's table comes from
-# bench/gpu/speed.sh, which measures several shapes per loaded model; this script keeps the diagnostic arms.
+# layers: what the fused LoRA op adds). ftplan-profile is the ftplan arm followed by one profiled step
+# (profiles.jsonl); ftplan-cudnn runs it with PyTorch's cuDNN attention for the whole step. Random-init
+# Llama-3.1-8B shapes. The README's table comes from bench/gpu/speed.sh, which measures several shapes per loaded
+# model; this script keeps the diagnostic arms.
 #
 # Before the run, on the launching machine (from the repo root):
 #   bash bench/gpu/wheels.sh && bash ../shared/tools/gpu-wheels.sh unsloth
