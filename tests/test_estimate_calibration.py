@@ -106,6 +106,15 @@ def test_mean_error(tmp_path):
     assert sum(inside) / len(inside) <= MEAN_ERROR_NOW_PCT
 
 
+def test_a_boundary_probe_is_done_when_both_sides_finished():
+    def row(name, probe, outcome):
+        return {"point": {"name": name}, "probe": probe, "outcome": outcome}
+
+    rows = [row("a", "fits", "ok"), row("a", "oom", "oom"), row("b", "fits", "failed (exit 124)"),
+            row("b", "oom", "oom"), row("c", "fits", R.TIME_LIMIT), {"point": {"name": "d"}, "outcome": "ok"}]
+    assert R.probed(rows) == {"a"}  # b's fitting side was cut off by the time budget; c has one side; d is a point
+
+
 def test_the_readme_states_the_current_accuracy(tmp_path):
     """The README's accuracy sentence gives the point count, the mean over every point and the mean over the points
     within the target as the current estimator makes them (edit the sentence when this fails)."""

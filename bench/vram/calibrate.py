@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import points as P  # noqa: E402
-from results import TIME_LIMIT, current  # noqa: E402
+from results import TIME_LIMIT, current, probed  # noqa: E402
 
 from ftplan.api import check_file  # noqa: E402
 from ftplan.console import check_json  # noqa: E402
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
     parser.add_argument("--only", help="comma-separated point names")
     parser.add_argument("--skip-measured", type=Path, metavar="DIR",
-                        help="leave out points with an ok row in DIR/*.jsonl (measured by an earlier run; rows "
-                             "superseded by a runtime change do not count)")
+                        help="leave out points with an ok row in DIR/*.jsonl and boundary probes with both sides "
+                             "there (measured by an earlier run; rows superseded by a runtime change do not count)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     gpu, name = (None, "cpu") if args.rehearse else card()
@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(args.only.split(","))
         points, bounds = [p for p in points if p.name in keep], [b for b in bounds if b.point.name in keep]
     if args.skip_measured:
-        done = {r["point"]["name"] for r in current(args.skip_measured) if r.get("outcome") == "ok"}
+        earlier = current(args.skip_measured)
+        done = {r["point"]["name"] for r in earlier if r.get("outcome") == "ok"}
         points = [p for p in points if p.name not in done]
+        bounds = [b for b in bounds if b.point.name not in probed(earlier)]
     if args.rehearse:
         points = [rehearsal(p) for p in points]
         bounds = [P.Boundary(rehearsal(b.point)) for b in bounds]

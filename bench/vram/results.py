@@ -71,6 +71,14 @@ def probes(rs: list[dict]) -> list[dict]:
     return [r for r in rs if r.get("probe") and not stopped(r)]
 
 
+def probed(rs: list[dict]) -> set[str]:
+    """Names of the boundary probes among ``rs`` with both sides finished: the fitting micro-batch and the next."""
+    sides: dict[str, set[str]] = {}
+    for r in probes(rs):
+        sides.setdefault(r["point"]["name"], set()).add(r["probe"])
+    return {name for name, got in sides.items() if got == {"fits", "oom"}}
+
+
 def measured(rs: list[dict]) -> list[dict]:
     """The calibration points among ``rs``: runs that completed, boundary steps past the fit excluded."""
     return [r for r in rs if r.get("outcome") == "ok" and r.get("probe") != "oom"]
