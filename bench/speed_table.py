@@ -3,9 +3,12 @@
 Reads the step arms (`steps.jsonl`: one line per arm and shape, the arm named "MODE-ARM", e.g. "qlora-unsloth") and,
 when present, the DPO arms (`dpo-speed.jsonl`, `bench/dpo_speed.py`) of one folder under `bench/results/`, and
 prints the Markdown that goes between the README's `<!-- speed-table -->` markers; `--readme README.md` writes it
-there instead, and `--check` fails when the README's table differs from what the results give.
+there instead, and `--check` fails when the README's table differs from what the results give. A profile
+(`profiles.jsonl`, `runtime_step_probe.py --profile`) is shown under the table; `--profiles DIR` takes it from
+another session's folder, and the table says which (its times are not compared with the table's).
 
-    python3 bench/speed_table.py bench/results/2026-12-07-h200 --readme README.md
+    python3 bench/speed_table.py bench/results/2026-12-07-h100 --profiles bench/results/2026-12-07-h100-b \
+        --readme README.md
 """
 from __future__ import annotations
 
@@ -123,17 +126,20 @@ PROFILE_ROWS = ("GEMM", "attention", "norm, RoPE, SwiGLU, LoRA glue", "NF4 dequa
                 "offload copies", "other")
 
 
-def profile_table(lines: list[dict]) -> list[str]:
-    """Where one ftplan step's GPU time goes (``runtime_step_probe.py --profile``), one column per profiled shape:
-    milliseconds and share of the GPU-busy time per kernel group, then busy time against the timed step."""
-    lines = [ln for ln in lines if "profile" in ln]
+def profile_table(folder: Path, own_session: bool = True) -> list[str]:
+    """Where one ftplan step's GPU time goes (``runtime_step_probe.py --profile``, ``folder/profiles.jsonl``), one
+    column per profiled shape: milliseconds and share of the GPU-busy time per kernel group, then busy time against
+    the timed step of the same process. ``own_session`` False: measured in a session other than the table's."""
+    lines = [ln for ln in read_lines(folder / "profiles.jsonl") if "profile" in ln]
     if not lines:
         return []
     heads = [f"{ln['mode'].replace('qlora', 'QLoRA').replace('lora', 'LoRA')} {ln['profile']['seq']} × "
              f"{ln['profile']['batch']}" for ln in lines]
-    out = [f"Where one ftplan step's GPU time goes (one profiled step on one {lines[0]['gpu']}, torch "
-           f"{lines[0]['torch']}, after the timed steps of the same process; raw lines in `profiles.jsonl`; the loss "
-           "head's GEMMs count as GEMM, the offload copies row is every memory copy and fill):", "",
+    session = "" if own_session else "in a session of its own, not compared with the table's times: "
+    out = [f"Where one ftplan step's GPU time goes ({session}one profiled step on one {lines[0]['gpu']}, torch "
+           f"{lines[0]['torch']}, after the timed steps of the same process; raw lines in "
+           f"`{folder.as_posix()}/profiles.jsonl`; the loss head's GEMMs count as GEMM, the offload copies row is every "
+           "memory copy and fill):", "",
            "| kernel group | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(lines)]
     for group in PROFILE_ROWS:
         cells = []
@@ -147,8 +153,9 @@ def profile_table(lines: list[dict]) -> list[str]:
     return out
 
 
-def table(folder: Path) -> str:
-    """The Markdown block for the README, with the card and versions it was measured on."""
+def table(folder: Path, profiles: Path | None = None) -> str:
+    """The Markdown block for the README, with the card and versions it was measured on; the profile table from
+    ``profiles`` (a folder of its own session, default ``folder``)."""
     steps = read_lines(folder / "steps.jsonl")
     dpo = read_lines(folder / "dpo-speed.jsonl")
     first = next((ln for ln in steps + dpo if ln.get("gpu")), {})
@@ -167,7 +174,7 @@ def table(folder: Path) -> str:
     extra = dpo_table(dpo)
     if extra:
         parts += [""] + extra
-    profile = profile_table(read_lines(folder / "profiles.jsonl"))
+    profile = profile_table(profiles or folder, own_session=profiles is None or profiles == folder)
     if profile:
         parts += [""] + profile
     return "\n".join(parts) + "\n"
@@ -184,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="one session's results folder")
     p.add_argument("--readme", type=Path, help="write the table into this file between the markers")
     p.add_argument("--check", action="store_true", help="with --readme: fail if the file's table is not current")
+    p.add_argument("--profiles", type=Path, help="the folder of the profile's session (default: folder)")
     a = p.parse_args(argv)
-    block = table(a.folder)
+    block = table(a.folder, a.profiles)
     if a.readme is None:
         sys.stdout.write(block)
         return 0
@@ -193,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     new = replace_block(text, block)
     if a.check:
         if new != text:
+            again = f" --profiles {a.profiles}" if a.profiles else ""
             print(f"{a.readme}: the speed table is not the one {a.folder} gives; run bench/speed_table.py "
-                  f"{a.folder} --readme {a.readme}", file=sys.stderr)
+                  f"{a.folder}{again} --readme {a.readme}", file=sys.stderr)
             return 1
         return 0
     a.readme.write_text(new)

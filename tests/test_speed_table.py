@@ -82,6 +82,10 @@ def test_the_profile_table_gives_each_group_its_share_of_the_busy_time(tmp_path)
     assert "| GEMM | 150.0 ms (75 %) |" in lines and "| attention | 30.0 ms (15 %) |" in lines
     assert not any(line.startswith("| NF4 dequantisation") for line in lines)  # a group the step never ran
     assert "| GPU busy / timed step (median) | 200 / 250 ms |" in lines
+    other = tmp_path / "other"
+    _write(other, "steps.jsonl", [])
+    assert "in a session of its own" in speed_table.table(other, profiles=tmp_path)
+    assert "in a session of its own" not in "\n".join(lines)
 
 
 def test_check_fails_on_a_stale_readme_and_write_fixes_it(tmp_path, capsys):
@@ -118,7 +122,8 @@ def test_max_context_fits_a_line_and_an_oom_caps_it():
 
 def test_the_readme_holds_the_table_of_the_committed_results(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert speed_table.main(["bench/results/2026-12-07-h100", "--readme", "README.md", "--check"]) == 0
+    assert speed_table.main(["bench/results/2026-12-07-h100", "--profiles", "bench/results/2026-12-07-h100-b",
+                             "--readme", "README.md", "--check"]) == 0
 
 
 def test_the_table_states_the_longest_context_fit(tmp_path):
