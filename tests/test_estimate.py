@@ -183,7 +183,10 @@ def test_the_fused_lora_functions_save_each_block_input_once_and_not_the_swiglu_
                             "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]},
                            kernels="ftplan"))
     assert r.fused_lora and partial.inflight_mlp_tok == 2 * i * 2 + h * 2
-    assert partial.attn_tok == fused.attn_tok and partial.mlp_tok > fused.mlp_tok - 3 * rank * 2
+    assert partial.attn_tok == fused.attn_tok
+    # PEFT's gate and up keep a 16-bit copy of their input and their fp32 lora_A output each; down (no adapter)
+    # keeps nothing
+    assert partial.mlp_tok == 2 * i * 2 + (2 * h + 4) + 2 * (2 * h + rank * 4)
     peft = est(sft("lora", kernels="none"))
     assert est(sft("lora", kernels="ftplan")).peak_bytes < peft.peak_bytes
 

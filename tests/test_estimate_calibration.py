@@ -10,6 +10,7 @@ targets fails CI.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -104,6 +105,27 @@ def test_mean_error(tmp_path):
     print(f"mean |error| {sum(errors.values()) / len(errors):.2f} % over {len(errors)} points, "
           f"{sum(inside) / len(inside):.2f} % without the {len(KNOWN_MISSES)} known misses")
     assert sum(inside) / len(inside) <= MEAN_ERROR_NOW_PCT
+
+
+PROBE_RUNS = [json.loads(line) for line in (ROOT / "bench/results/2026-12-07-h100/steps.jsonl").read_text().splitlines()
+              if '"arm": "qlora-ftplan' in line and '"oom"' not in line]
+"""The speed benchmark's QLoRA 8B arms with the runtime's kernels, checkpoints on the GPU and offloaded (the runtime's
+model and loop without the Trainer, one H100): where ``OFFLOAD_CACHED_INPUTS`` was measured."""
+
+
+@pytest.mark.parametrize("line", PROBE_RUNS, ids=[f"{ln['arm']}-{ln['seq']}x{ln['batch']}" for ln in PROBE_RUNS])
+def test_the_speed_benchmark_runs_are_estimated_within_the_target(line, tmp_path):
+    """The pipeline the probe stands for (QLoRA r16 on all linears, ``kernels: ftplan``, checkpoints on the GPU or
+    offloaded) against the probe's device memory, to which the CUDA context it leaves out is added back."""
+    p = P.Point(name="probe", model="llama-3.1-8b", adapter="qlora", seq=line["seq"], micro_batch=line["batch"],
+                kernels="ftplan")
+    doc = json.loads(P.pipeline_yaml(p, "h100-sxm-80gb"))
+    doc["stages"][-1]["gradient_checkpointing"] = "offload" if line["offload"] else True
+    est = check_text(json.dumps(doc), "probe.yaml", tmp_path).estimates[p.stage_id]
+    context = next(t.bytes for t in est.terms if t.name == "CUDA context") / GIB
+    measured = line["device_used_gib"] + context
+    error = 100 * (est.peak_bytes / GIB - measured) / measured
+    assert abs(error) <= MAX_ERROR_PCT, f"{est.peak_bytes / GIB:.2f} vs {measured:.2f} GiB ({error:+.1f} %)"
 
 
 def test_a_boundary_probe_is_done_when_both_sides_finished():

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     logs = WORK / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    results = args.out / f"vram-{args.shard}.jsonl"
+    out_file = args.out / f"vram-{args.shard}.jsonl"
     points, bounds = P.shard_points(args.shard)
     if args.only:
         keep = set(args.only.split(","))
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                         row = run_point(fits, gpu, logs, deadline - time.monotonic() - 5, micro_batch_to=over)
                         row.update(point=P.describe(over_point), estimate=est, probe="oom")
                         rows.append(row)
-            with open(results, "a") as f:
+            with open(out_file, "a") as f:
                 for row in rows:
                     row.update(card=name, shard=args.shard)
                     f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -100,8 +100,8 @@ new blocks and the freed ones stay cached. Measured on an H100 (torch 2.11, the 
 the Trainer, ``bench/runtime_step_probe.py --offload``, Llama-3.1-8B QLoRA, ``bench/results/2026-12-07-h100``):
 reserved − allocated less the fragmentation term was 13.8, 10.2 and 9.0 inputs at 8,192, 16,384 and 32,768 tokens
 (0.86, 1.28 and 2.25 GiB) and nothing at 2,048 × 2. The largest of the three is taken, so the short context reads
-high (+5.9 %) rather than the long ones low; one model and one card: estimates with offload say they are extrapolated
-(``accuracy.accuracy_of``)."""
+high (+5.9 %) rather than the long ones low (``test_estimate_calibration`` holds those runs within 7 %); one model
+and one card: estimates with offload say they are extrapolated (``accuracy.accuracy_of``)."""
 
 NCCL_COMMUNICATOR_MIB = 1536
 """Buffers of one NCCL communicator on a multi-GPU node: ~1.6 GB reported for one communicator (nccl#864, maintainer
