@@ -58,6 +58,8 @@ def run(a):
                               "batch": shape.batch, "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
             break
         print(json.dumps(line), flush=True)
+    if a.host_profile:
+        print(json.dumps(host_profile(a, m, opt, shapes[0])), flush=True)
     if a.profile:
         try:
             print(json.dumps(profile(a, m, opt, shapes[0])), flush=True)
@@ -142,17 +144,73 @@ def profile(a, m, opt, shape):
                         "top_kernels_ms": [[k[:120], round(v, 2)] for k, v in top]}}
 
 
+def host_profile(a, m, opt, shape, top: int = 25):
+    """Where the host's time goes while it issues one training step (after a warm step), from PyTorch's profiler
+    with Python stacks: busy milliseconds per host thread (the autograd engine issues backward on its own), kernel
+    launches and the milliseconds spent in them, and the `top` Python functions and ATen ops by inclusive time."""
+    import tempfile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ids = torch.randint(0, m.config.vocab_size, (shape.batch, shape.seq), device="cuda")
+    train_step(a, m, opt, ids)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        t0 = time.perf_counter()
+        train_step(a, m, opt, ids)
+        host = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    return {"host_profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan,
+                             "host_ms_profiled": round(host * 1e3, 1), "wall_ms_profiled": round(wall * 1e3, 1),
+                             **host_breakdown(events, top)}}
+
+
+def host_breakdown(events: list[dict], top: int) -> dict:
+    """Summaries of a Chrome trace's host events: see host_profile."""
+    threads, launches, launch_us, gpu_busy_us = {}, 0, 0.0, 0.0
+    functions, ops = {}, {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        cat, name, dur = e.get("cat", ""), e.get("name", ""), float(e.get("dur", 0))
+        if cat == "kernel":
+            gpu_busy_us += dur
+        elif cat == "cuda_runtime" and "Launch" in name:
+            launches += 1
+            launch_us += dur
+        elif cat == "python_function":
+            functions[name] = functions.get(name, 0.0) + dur
+        elif cat == "cpu_op":
+            ops[name] = ops.get(name, 0.0) + dur
+        if cat in ("cpu_op", "python_function"):
+            span = threads.setdefault(str(e.get("tid")), [float("inf"), 0.0])
+            span[0], span[1] = min(span[0], float(e["ts"])), max(span[1], float(e["ts"]) + dur)
+
+    def ranked(table):
+        return [[k[:140], round(v / 1e3, 2)] for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"thread_span_ms": {t: round((hi - lo) / 1e3, 1) for t, (lo, hi) in threads.items()},
+            "kernel_launches": launches, "launch_ms": round(launch_us / 1e3, 1),
+            "gpu_kernels_ms": round(gpu_busy_us / 1e3, 1),
+            "python_inclusive_ms": ranked(functions), "aten_inclusive_ms": ranked(ops)}
+
+
 def measure(a, m, opt, shape, counts, base_mem, offload):
     """Median step time and peak memory of a shape's warm-up and timed training steps."""
     seq, batch = shape.seq, shape.batch
     V = m.config.vocab_size
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    host = []
     times = time_steps(lambda ids: train_step(a, m, opt, ids),
-                       lambda: torch.randint(0, V, (batch, seq), device="cuda"), shape.warmup, shape.steps)
+                       lambda: torch.randint(0, V, (batch, seq), device="cuda"), shape.warmup, shape.steps, host)
     line = {"mode": a.mode, "ftplan": a.ftplan, "kernels": counts, "kbit_upcast": a.kbit_upcast, "offload": a.offload,
             "sdpa": a.sdpa,
-            **step_record(times, shape, base_mem[0])}
+            **step_record(times, shape, base_mem[0], host)}
     if offload is not None:
         line["offload_host_gib"] = offload.buffers.peak_capacity_bytes / 2**30
     return line
@@ -166,5 +224,6 @@ p.add_argument("--offload", action="store_true", help="checkpoints to pinned hos
 p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
 p.add_argument("--sdpa", choices=["cudnn", "flash", "efficient"], help="one attention backend for the whole step")
 p.add_argument("--profile", action="store_true", help="after the measurements: one profiled step at the first shape")
+p.add_argument("--host-profile", action="store_true", help="after the measurements: cProfile of the host issuing one step")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

@@ -41,37 +41,47 @@ def parse_shapes(texts: list[str], warmup: int, steps: int) -> list[Shape]:
     return sorted(shapes, key=lambda s: (s.tokens, s.seq))
 
 
-def time_steps(step, make_batch, warmup: int, steps: int) -> list[float]:
+def time_steps(step, make_batch, warmup: int, steps: int, cpu_times: list[float] | None = None) -> list[float]:
     """Seconds of each timed training step, sorted: `step(batch)` runs `warmup` times untimed, then `steps` times
-    between two CUDA synchronisations, each on a fresh `make_batch()`."""
+    between two CUDA synchronisations, each on a fresh `make_batch()`. With `cpu_times`, also appends (sorted) the
+    seconds until `step` returned, before the closing synchronisation: the host's share of the step. When it is
+    close to the step's time, the GPU waited on the host's launches."""
     import time
 
     import torch
 
-    times = []
+    times, host = [], []
     for i in range(warmup + steps):
         batch = make_batch()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         step(batch)
+        t1 = time.perf_counter()
         torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            host.append(t1 - t0)
+    if cpu_times is not None:
+        cpu_times.extend(sorted(host))
     return sorted(times)
 
 
-def step_record(times: list[float], shape: Shape, free_before: int) -> dict:
+def step_record(times: list[float], shape: Shape, free_before: int, cpu_times: list[float] | None = None) -> dict:
     """Speed and memory of one measured shape: tokens/s at the median step, the allocator's peaks since they were
-    last reset, and the device memory in use now above `free_before` (free bytes before the model loaded)."""
+    last reset, and the device memory in use now above `free_before` (free bytes before the model loaded); with
+    `cpu_times` (from time_steps), the median seconds the host took to issue a step."""
     import torch
 
     median = times[len(times) // 2]
-    return {"seq": shape.seq, "batch": shape.batch, "steps": shape.steps,
-            "tok_per_s": round(shape.tokens / median, 1), "step_s_median": round(median, 4),
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-            "device_used_gib": (free_before - torch.cuda.mem_get_info()[0]) / 2**30,
-            "free_before_gib": free_before / 2**30, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    record = {"seq": shape.seq, "batch": shape.batch, "steps": shape.steps,
+              "tok_per_s": round(shape.tokens / median, 1), "step_s_median": round(median, 4),
+              "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+              "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+              "device_used_gib": (free_before - torch.cuda.mem_get_info()[0]) / 2**30,
+              "free_before_gib": free_before / 2**30, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if cpu_times:
+        record["host_s_median"] = round(cpu_times[len(cpu_times) // 2], 4)
+    return record
 
 
 def flops_per_token(*, hidden: int, intermediate: int, layers: int, kv_dim: int, vocab: int, rank: int, seq: int,

@@ -49,9 +49,10 @@ def measure(a, m, opt, shape, base_free):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    host = []
     times = time_steps(step, lambda: torch.randint(0, m.config.vocab_size, (batch, seq), device="cuda"),
-                       shape.warmup, shape.steps)
-    return {"arm": "unsloth", "mode": a.mode, "gc": a.gc, **step_record(times, shape, base_free),
+                       shape.warmup, shape.steps, host)
+    return {"arm": "unsloth", "mode": a.mode, "gc": a.gc, **step_record(times, shape, base_free, host),
             "unsloth": unsloth.__version__}
 
 

@@ -16,7 +16,8 @@ UNSLOTH=(env PYTHONPATH=/tmp/site-unsloth:$PWD/bench HF_HUB_OFFLINE=1 PYTHONUNBU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended to $dest/NAME.log, its JSON lines
-  # tagged "arm": NAME appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl)
+  # tagged "arm": NAME appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to
+  # $dest/host-profiles.jsonl)
   local name=$1 t=$2 out
   shift 2
   out=$(mktemp)
@@ -24,7 +25,8 @@ arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended t
   timeout "$t" "$@" > "$out" 2>&1 || { echo "arm $name failed ($?):"; grep -v 'it/s\]\|s/it\]' "$out" | tail -25; }
   cat "$out" >> "$dest/$name.log"
   grep '^{"profile' "$out" >> "$dest/profiles.jsonl" || true
-  grep '^{' "$out" | grep -v '^{"profile' \
+  grep '^{"host_profile' "$out" >> "$dest/host-profiles.jsonl" || true
+  grep '^{' "$out" | grep -v '^{"profile\|^{"host_profile' \
     | python3 -c "import json,sys; [print(json.dumps({**json.loads(l), 'arm': '$name'})) for l in sys.stdin]" \
     | tee -a "$dest/steps.jsonl"
   rm -f "$out"
