@@ -231,8 +231,12 @@ def test_qlora_bf16_autocast_as_accurate_as_unpatched(patched, tmp_path):
         want = torch.cat([g.reshape(-1) for g in truth[1].values()])
         return float((got - want).norm() / want.norm())
 
-    assert abs(float(fused[0] - truth[0])) <= 1e-3 * float(truth[0])
-    assert total_error(fused) <= 1.5 * total_error(unpatched), (total_error(fused), total_error(unpatched))
+    loss_error = {name: abs(float(result[0] - truth[0])) for name, result in (("fused", fused),
+                                                                                ("unpatched", unpatched))}
+    grad_error = {"fused": total_error(fused), "unpatched": total_error(unpatched)}
+    summary = f"loss |error| {loss_error}, gradient error {grad_error}, fp32 loss {float(truth[0]):.5f}"
+    assert loss_error["fused"] <= max(1e-3 * float(truth[0]), 1.5 * loss_error["unpatched"]), summary
+    assert grad_error["fused"] <= 1.5 * grad_error["unpatched"], summary
 
 
 def get_peft_model_from(folder, compute):
