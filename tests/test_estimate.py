@@ -187,8 +187,9 @@ def test_the_fused_lora_functions_save_each_block_input_once_and_not_the_swiglu_
     # PEFT's gate and up keep a 16-bit copy of their input and their fp32 lora_A output each; down (no adapter)
     # keeps nothing
     assert partial.mlp_tok == 2 * i * 2 + (2 * h + 4) + 2 * (2 * h + rank * 4)
-    peft = est(sft("lora", kernels="none"))
-    assert est(sft("lora", kernels="ftplan")).peak_bytes < peft.peak_bytes
+    # at 8,192 tokens a step the activations the fused Functions save outweigh their 16-bit adapter copies (84 MB)
+    peft = est(sft("lora", kernels="none", micro_batch=4))
+    assert est(sft("lora", kernels="ftplan", micro_batch=4)).peak_bytes < peft.peak_bytes
 
 
 def test_the_fused_lora_functions_keep_one_16_bit_copy_of_the_adapters_per_step():

@@ -3,7 +3,8 @@
 A model of the shape with one and with two decoder layers (random init, bf16 base, PEFT LoRA on every linear
 with fp32 adapters, bf16 autocast: the runtime's loop) runs one forward under ``saved_tensors_hooks``; every
 tensor autograd keeps is recorded by its storage (views of one storage count once, parameters not at all). The
-difference between the two models is one layer's saved bytes, which this prints per token beside
+difference between the two models is one layer's saved bytes (counted once the forward is done, so tensors saved
+into a branch of the graph the forward dropped are not), which this prints per token beside
 ``estimate.activations.compute(...)``'s ``layer_tok`` (+ its score blocks) for the same setup.
 
     python bench/vram/saved_probe.py phi-3.5-mini --seq 256 [--attention eager] [--adapter dora] [--batch 2]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,19 +49,22 @@ def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, ada
         if p.requires_grad:
             p.data = p.data.float()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    seen: dict[int, list] = {}  # storage address -> [(weak ref to a saved tensor, its storage's bytes)]
 
     def pack(t):
         st = t.untyped_storage()
         if st.data_ptr() not in params and st.device.type != "meta":
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            seen.setdefault(st.data_ptr(), []).append((weakref.ref(t), st.nbytes()))
         return t
 
     ids = torch.randint(0, 512, (batch, seq), device=device)
     with torch.autocast(device, dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(input_ids=ids)
+    # only what the graph still holds once the forward is done: a tensor saved into a branch of the graph that the
+    # forward then dropped (DoRA's weight-norm path through an identity matrix) was freed with that branch
+    kept = sum(max((size for r, size in saved if r() is not None), default=0) for saved in seen.values())
     del out
-    return sum(seen.values())
+    return kept
 
 
 def estimated(key: str, seq: int, batch: int, attention: str, adapter: str) -> tuple[int, int]:

@@ -143,11 +143,33 @@ def _linear_inputs(r: Resolved, group: str, d_in: dict[str, int], in_bytes: int,
         total += r.lora.r * r.adapter_bytes * copies if r.lora else 0
         if r.lora and r.lora.dropout > 0:
             total += width * copies  # dropout mask
-        if r.method == "dora":
-            total += m.d_out * r.linear_out_bytes * copies
+        if r.method == "dora":  # the base output and the LoRA branch's output, kept for the magnitude's gradient
+            lora_out = 2 if r.loop.autocast else r.adapter_bytes
+            total += m.d_out * (r.linear_out_bytes + lora_out) * copies
     if shared and not shared_free:
         total += in_bytes * width
     return total
+
+
+def dora_weight_norm_peak(d_in: int, d_out: int, *, adapter_bytes: int, autocast: bool) -> int:
+    """The transient peak of one PEFT DoRA linear layer (0.21) recomputing its weight norm in a forward. It forms
+    B·A as B(A(I)) through a d_in × d_in identity in the adapter dtype (under autocast a 16-bit copy of it stays, as
+    lora_A's saved input, until the forward ends), then ||W + s·B·A|| by row: at the sum, four d_out × d_in tensors
+    in the adapter dtype, to which PEFT casts the layer's input (B·A, the base weight, s·B·A, the sum). Checked
+    against an allocation tracker on the CPU (``bench/vram/dora_transient.py``) at four module shapes, to within
+    1 MB."""
+    a = adapter_bytes
+    kept_identity = 2 if autocast else a
+    in_lora_b = a * d_in * d_in + (kept_identity * d_in * d_in if autocast else 0) + kept_identity * d_in * d_out
+    at_sum = kept_identity * d_in * d_in + 4 * a * d_in * d_out
+    return max(in_lora_b, at_sum)
+
+
+def _dora_transient(r: Resolved) -> int:
+    """The largest ``dora_weight_norm_peak`` over the adapted modules."""
+    adapted = {m.name for m in targeted(r)}
+    return max((dora_weight_norm_peak(m.d_in, m.d_out, adapter_bytes=r.adapter_bytes, autocast=r.loop.autocast)
+                for m in linear_modules(r.shape) if m.name in adapted), default=0)
 
 
 def compute(r: Resolved) -> LayerActivations:
@@ -202,7 +224,7 @@ def compute(r: Resolved) -> LayerActivations:
     if r.quantized:
         weight_transient = 2 * largest
     if r.method == "dora":
-        weight_transient += 4 * largest
+        weight_transient = max(weight_transient, _dora_transient(r))
     return LayerActivations(
         attn_tok=attn, mlp_tok=mlp, input_tok=input_tok,
         inflight_attn_tok=q_out * e_at + h * e_s,

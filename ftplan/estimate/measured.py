@@ -11,7 +11,7 @@ POINTS: tuple[tuple[str, str, str, int, int, str, float], ...] = (
     ('gemma2', 'lora', 'sft', 2048, 1, 'H200', -5.3),
     ('gemma2', 'lora', 'sft', 4096, 1, 'H200', -1.6),
     ('gemma2', 'qlora', 'sft', 2048, 1, 'H200', -3.1),
-    ('llama', 'dora', 'sft', 2048, 1, 'H200', -9.5),
+    ('llama', 'dora', 'sft', 2048, 1, 'H200', -3.4),
     ('llama', 'full', 'sft', 512, 1, 'H200', -4.6),
     ('llama', 'full', 'sft', 1024, 1, 'H100', 0.1),
     ('llama', 'full', 'sft', 1024, 1, 'H100', 0.2),

@@ -279,6 +279,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 # optimizer step; `ftplan check` counts them. Adapters already in the compute dtype are used as they are (stacked
 # and scaled per use, nothing kept).
 
+KEEP_ADAPTER_COPIES = True
+"""Keep the copies for the step (the runtime's setting). False makes them afresh at every use, as a cast would:
+the benchmarks' A/B switch (``bench/runtime_step_probe.py --fresh-adapter-copies``)."""
+
 _COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 """First source tensor -> {(dtype, scales, ids of the sources): (weak refs, versions, storages, copy)}."""
 _CLEAR_HOOK = None
@@ -292,8 +296,8 @@ def _copy_of(sources: tuple[torch.Tensor, ...], dtype: torch.dtype, scale: float
     """`sources` stacked on dim 0 in `dtype` (times `scale` when given): from the cache while its sources are
     unchanged when they are in another dtype; made afresh (as a cast would be) when they are in `dtype` already."""
     global _CLEAR_HOOK
-    if all(t.dtype == dtype for t in sources):
-        copy = sources[0] if len(sources) == 1 else torch.cat(sources)
+    if not KEEP_ADAPTER_COPIES or all(t.dtype == dtype for t in sources):
+        copy = sources[0].to(dtype) if len(sources) == 1 else torch.cat([t.to(dtype) for t in sources])
         return copy if scale is None else copy * scale
     key = (dtype, scale, tuple(id(t) for t in sources))
     table = _COPIES.get(sources[0])

@@ -145,6 +145,23 @@ def test_adapter_copies_follow_every_change_of_the_adapters(patched, fused):
     assert after_edit != after_step and after_edit == loss(fresh=True)
 
 
+def test_fresh_adapter_copies_give_the_same_step(patched, monkeypatch):
+    """The benchmarks' A/B switch: casting the adapters at every use gives bit for bit the loss and gradients of the
+    copies kept for the step."""
+    from ftplan_runtime.kernels import lora as lora_op
+
+    model = lora(tiny("llama"))
+    patched.append(model)
+    apply_ftplan_kernels(model)
+    data = batch()
+    kept = loss_and_grads(model, data, fused_loss=True, autocast=torch.bfloat16)
+    monkeypatch.setattr(lora_op, "KEEP_ADAPTER_COPIES", False)
+    lora_op._clear_copies()
+    fresh = loss_and_grads(model, data, fused_loss=True, autocast=torch.bfloat16)
+    assert len(lora_op._COPIES) == 0
+    assert_same(fresh, kept, atol=0, rtol=0)
+
+
 def test_default_peft_targets_q_and_v(patched):
     model = lora(tiny("qwen2"), targets=["q_proj", "v_proj"])
     data = batch()
