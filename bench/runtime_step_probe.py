@@ -41,8 +41,6 @@ def run(a):
     counts = None
     if a.ftplan:
         from ftplan_runtime.kernels import apply_ftplan_kernels
-        from ftplan_runtime.kernels import lora as lora_op
-        lora_op.KEEP_ADAPTER_COPIES = not a.fresh_adapter_copies
         counts = apply_ftplan_kernels(m, lora=not a.no_lora_op).counts()  # --no-lora-op: PEFT's LoRA layers
     offload = None
     if a.offload:
@@ -226,8 +224,6 @@ p.add_argument("--offload", action="store_true", help="checkpoints to pinned hos
 p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
 p.add_argument("--sdpa", choices=["cudnn", "flash", "efficient"], help="one attention backend for the whole step")
 p.add_argument("--profile", action="store_true", help="after the measurements: one profiled step at the first shape")
-p.add_argument("--fresh-adapter-copies", action="store_true",
-               help="with --ftplan: cast the adapters at every use instead of once per optimizer step")
 p.add_argument("--host-profile", action="store_true", help="after the measurements: cProfile of the host issuing one step")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

@@ -187,22 +187,8 @@ def test_the_fused_lora_functions_save_each_block_input_once_and_not_the_swiglu_
     # PEFT's gate and up keep a 16-bit copy of their input and their fp32 lora_A output each; down (no adapter)
     # keeps nothing
     assert partial.mlp_tok == 2 * i * 2 + (2 * h + 4) + 2 * (2 * h + rank * 4)
-    # at 8,192 tokens a step the activations the fused Functions save outweigh their 16-bit adapter copies (84 MB)
-    peft = est(sft("lora", kernels="none", micro_batch=4))
-    assert est(sft("lora", kernels="ftplan", micro_batch=4)).peak_bytes < peft.peak_bytes
-
-
-def test_the_fused_lora_functions_keep_one_16_bit_copy_of_the_adapters_per_step():
-    """Under bf16 compute the fp32 adapters are copied once per optimizer step (``runtime/kernels/lora.py``); PEFT's
-    layers, fp32 compute and DeepSpeed's 16-bit trainable weights need no copy; a TRL reference adapter adds its own."""
-    name = "adapter copies (16-bit, per optimizer step)"
-    assert term(est(sft("lora", kernels="ftplan")), name) == 41_943_040 * 2
-    assert term(est(sft("qlora", kernels="ftplan")), name) == 41_943_040 * 2
-    assert name not in names(est(sft("lora", kernels="none")))
-    assert name not in names(est(sft("lora", kernels="ftplan", precision="fp32")))
-    assert name not in names(est(sft("lora", kernels="ftplan", distributed={"strategy": "zero2"}), world_size=2))
-    qv = est(sft({"type": "lora", "r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}, kernels="ftplan"))
-    assert term(qv, name) == 32 * 8 * ((4096 + 4096) + (4096 + 1024)) * 2
+    peft = est(sft("lora", kernels="none"))
+    assert est(sft("lora", kernels="ftplan")).peak_bytes < peft.peak_bytes
 
 
 def test_fused_cross_entropy_never_holds_the_logits():

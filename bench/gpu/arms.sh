@@ -5,9 +5,8 @@
 # QLoRA through prepare_model_for_kbit_training), ftplan (the runtime's model with `kernels: ftplan`),
 # ftplan-offload (the same with `gradient_checkpointing: offload`) and ftplan-nolora (the kernels but PEFT's LoRA
 # layers: what the fused LoRA op adds). ftplan-profile is the ftplan arm followed by one profiled step
-# (profiles.jsonl), ftplan-host the same with a profile of the host issuing a step (host-profiles.jsonl),
-# ftplan-fresh casts the adapters at every use (the A/B of the runtime's per-step adapter copies); ftplan-cudnn runs
-# it with PyTorch's cuDNN attention for the whole step. Random-init
+# (profiles.jsonl), ftplan-host the same with a profile of the host issuing a step (host-profiles.jsonl);
+# ftplan-cudnn runs it with PyTorch's cuDNN attention for the whole step. Random-init
 # Llama-3.1-8B shapes. The README's table comes from bench/gpu/speed.sh, which measures several shapes per loaded
 # model; this script keeps the diagnostic arms.
 #
@@ -40,7 +39,6 @@ for cfg in "$@"; do
       ftplan-offload) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --offload ;;
       ftplan-profile) arm $1-ftplan 200 "${probe[@]}" "${shape[@]}" --ftplan --profile ;;
       ftplan-host) arm $1-ftplan 200 "${probe[@]}" "${shape[@]}" --ftplan --host-profile ;;
-      ftplan-fresh) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --fresh-adapter-copies ;;
       ftplan-cudnn) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --sdpa cudnn ;;
       ftplan-nolora) arm $1-$name 200 "${probe[@]}" "${shape[@]}" --ftplan --no-lora-op ;;
       unsloth) arm $1-$name 200 "${UNSLOTH[@]}" python3 .gpu-tools/unsloth_arm.py --dir $M "${shape[@]}" ;;

@@ -4,10 +4,6 @@ A row measured the runtime as it was when its run took place. When a later chang
 configuration holds on the GPU, the rows it affects no longer measure what ``check`` estimates: ``SUPERSEDED``
 names them by run and configuration, with the change. They stay in the results files as recorded, are left out of
 the accuracy table and the regression test, and are the first to measure again.
-
-A change that only adds one allocation of an exactly known size (no modelling in it: n parameters × 2 bytes) does
-not make a row stale: ``PREDATES`` names the runs measured before it and the estimate term it added, and those rows
-are compared with the estimate less that term (``absent_terms``).
 """
 
 from __future__ import annotations
@@ -38,32 +34,6 @@ SUPERSEDED: tuple[Supersession, ...] = (
         ("h100-run1-llama-small", "h200-run2-mix", "h200-run3-mix"),
         lambda p: p["kernels"] == "ftplan" and p["adapter"] in ("lora", "qlora")),
 )
-
-
-@dataclass(frozen=True)
-class Predates:
-    """A runtime change that added one exactly sized allocation, which some recorded runs did not have."""
-
-    change: str
-    """What changed, with the commit that changed it."""
-    runs: tuple[str, ...]
-    """Results files (stems) measured before the change."""
-    term: str
-    """The estimate term (``Term.name``) that counts the allocation the change added."""
-
-
-PREDATES: tuple[Predates, ...] = (
-    Predates(
-        "the fused LoRA Functions keep 16-bit copies of fp32 adapters for a step (3b3316a)",
-        ("h100-run1-llama-small", "h100-run4-7b-8b", "h100-run5-7b-8b", "h100-run6-l8", "h200-run2-mix",
-         "h200-run3-mix"),
-        "adapter copies (16-bit, per optimizer step)"),
-)
-
-
-def absent_terms(row: dict) -> tuple[str, ...]:
-    """Estimate terms for allocations the runtime did not make yet when this row was measured (``PREDATES``)."""
-    return tuple(p.term for p in PREDATES if row["run"] in p.runs)
 
 
 def superseded(row: dict) -> str | None:

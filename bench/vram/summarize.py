@@ -45,18 +45,10 @@ def estimate(row: dict, tmp: Path):
     return check_text(P.pipeline_yaml(p, card), "calibration.yaml", tmp).estimates[p.stage_id]
 
 
-def estimated_peak(row: dict, tmp: Path) -> int:
-    """The estimate's peak bytes for what the row measured: less the terms of allocations the runtime did not make
-    yet when it was measured (``results.absent_terms``)."""
-    est = estimate(row, tmp)
-    absent = results.absent_terms(row)
-    return est.peak_bytes - sum(t.bytes for t in est.terms if t.name in absent)
-
-
 def error_pct(row: dict, tmp: Path) -> float:
     """(estimate − measured device-used peak) / measured, in percent."""
     measured = row["measured"]["device_used_peak_gib"]
-    return 100 * (estimated_peak(row, tmp) / 2**30 - measured) / measured
+    return 100 * (estimate(row, tmp).peak_bytes / 2**30 - measured) / measured
 
 
 def render() -> str:

@@ -248,7 +248,6 @@ def compute(r: Resolved) -> States:
 
     terms += _sharding_buffers(r, p_t)
     terms += _reference(r, pc.total, p_t)
-    terms += _adapter_copies(r, ds)
     return States(tuple(t for t in terms if t.bytes), grad_term, early, host, p_t)
 
 
@@ -335,23 +334,6 @@ def host_load(r: Resolved) -> int:
     p_rest = loaded_params(r) - p_lin
     largest_linear = max(m.weight_params for m in linear_modules(r.shape))
     return int(p_lin * NF4_BYTES_PER_PARAM) + p_rest * r.lm_head_bytes + largest_linear * r.lm_head_bytes
-
-
-def _adapter_copies(r: Resolved, ds: bool) -> list[Term]:
-    """The fused LoRA Functions' copies of fp32 adapters in the 16-bit compute dtype, made once per optimizer step
-    (``runtime/kernels/lora.py``): every decoder adapter once, the reference adapter's too when it runs."""
-    adapter_bytes = 2 if ds else r.adapter_bytes  # DeepSpeed keeps the trainable weights in the 16-bit dtype
-    if not (r.fused_lora and r.lora and r.loop.autocast and adapter_bytes != 2):
-        return []
-    targets = r.lora.targets
-    if targets != "all-linear":
-        targets = [t for t in targets if t not in ("lm_head", "embed_tokens")]
-    n = lora_params(r.shape, r.lora.r, targets) if targets else 0
-    copies = 2 if r.reference == "adapter_copy" else 1
-    if not n:
-        return []
-    return [Term("adapter copies (16-bit, per optimizer step)", n * copies * 2,
-                 f"{params(n)} decoder adapter params × 2 B" + (" × 2 (policy and reference)" if copies == 2 else ""))]
 
 
 def _reference(r: Resolved, total: int, p_t: int) -> list[Term]:

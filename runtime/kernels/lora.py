@@ -35,20 +35,16 @@ GEMMs per block, forward / backward, with an adapter on every projection (PEFT's
     o         3 / 5    (PEFT  3 / 5)        the same, with no neighbour to share with; dX has no extra sum
     MLP       8 / 14   (PEFT  9 / 15)
 
-Saved for backward: X (in the compute dtype), Z* (r/k the size of X: cheaper to keep than a GEMM over X), and for
-the MLP e and g (which SwiGLU's backward needs). The adapters, leaf parameters, are kept on the context as they are
-rather than through save_for_backward, whose unpacking under gradient checkpointing hands back detached tensors:
-backward then finds the same compute-dtype copies forward made. Never saved: the other base outputs, h, the
+Saved for backward: X (in the compute dtype), Z* (r/k the size of X: cheaper to keep than a GEMM over X), the
+adapters, and for the MLP e and g (which SwiGLU's backward needs). Never saved: the other base outputs, h, the
 adapters' products s · Z Bᵀ, and the dequantised NF4 weights. Backward dequantises again into the same shared
 buffer (`nf4.dequantize_nf4_shared`), so no layer's weight outlives its own forward or backward; a forward rerun by
 gradient checkpointing dequantises again as well.
 
-Dtypes: the compute dtype is the autocast dtype when autocast is on for X's device, else X's dtype. Inputs and
-16-bit weights are cast to it, NF4 weights are dequantised to the dtype they were quantised from (as bitsandbytes
-does) and cast if that differs, every GEMM runs in it, and the gradients come back in each input's own dtype (fp32
-adapters under PEFT's autocast_adapter_dtype). Adapters in another dtype are copied to it once per optimizer step,
-A* stacked and B pre-scaled to s · B (see "Adapter copies" below), so forward, recompute and backward launch no casts
-and no scaling of their own.
+Dtypes: the compute dtype is the autocast dtype when autocast is on for X's device, else X's dtype. Inputs, adapters
+and 16-bit weights are cast to it (only the small adapters are copied in mixed precision), NF4 weights are
+dequantised to the dtype they were quantised from (as bitsandbytes does) and cast if that differs, every GEMM runs
+in it, and the gradients come back in each input's own dtype (fp32 adapters under PEFT's autocast_adapter_dtype).
 
 Supported layers: PEFT LoRA `Linear` layers on an `nn.Linear` or bitsandbytes NF4 `Linear4bit` base, with plain
 LoRA (no DoRA or other variant), dropout 0, no LoRA bias, not fan_in_fan_out, at most one active adapter; and
@@ -59,15 +55,12 @@ runs the base alone. Anything else raises LoRAUnsupported: there is no silent fa
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ._utils import elementwise_settings
 from .nf4 import Nf4FormatError, Nf4Weight, dequantize_nf4_shared, nf4_weight
@@ -172,25 +165,7 @@ def _sharded(tensor) -> bool:
     return hasattr(tensor, "ds_id") or type(tensor).__name__ == "DTensor"
 
 
-_FROZEN: WeakIdKeyDictionary = WeakIdKeyDictionary()
-"""Base layer -> (key, FrozenLinear): the checked view of a frozen base, reused while the layer's weight, bias,
-storage and quantisation state stay the ones it was read from."""
-
-
 def _frozen_base(linear: nn.Module, where: str) -> FrozenLinear:
-    weight, bias = getattr(linear, "weight", None), getattr(linear, "bias", None)
-    key = None if weight is None else (id(weight), weight.data_ptr(), weight.requires_grad, _sharded(weight),
-                                       id(getattr(weight, "quant_state", None)), id(bias),
-                                       bias is not None and bias.requires_grad)
-    cached = _FROZEN.get(linear)
-    if cached is not None and key is not None and cached[0] == key:
-        return cached[1]
-    frozen = _read_frozen_base(linear, where)
-    _FROZEN[linear] = (key, frozen)
-    return frozen
-
-
-def _read_frozen_base(linear: nn.Module, where: str) -> FrozenLinear:
     weight = getattr(linear, "weight", None)
     bias = getattr(linear, "bias", None)
     if weight is None or not (isinstance(linear, nn.Linear) or _is_params4bit(weight)):
@@ -270,79 +245,24 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-# Adapter copies in the compute dtype. fp32 adapters (PEFT's autocast_adapter_dtype) under 16-bit compute would be
-# cast in every forward, in gradient checkpointing's recompute and in backward: a few hundred small launches a step.
-# Instead each block's stacked A* and each projection's s·B are made once and reused until the adapters change:
-# every optimizer step clears the copies (a process-wide optimizer post-step hook; fused optimizers update in place
-# without bumping version counters), and a copy is also remade when any source's version or storage differs from
-# when it was made. The copies (every active adapter's parameters once, in the compute dtype) live until the next
-# optimizer step; `ftplan check` counts them. Adapters already in the compute dtype are used as they are (stacked
-# and scaled per use, nothing kept).
-
-KEEP_ADAPTER_COPIES = True
-"""Keep the copies for the step (the runtime's setting). False makes them afresh at every use, as a cast would:
-the benchmarks' A/B switch (``bench/runtime_step_probe.py --fresh-adapter-copies``)."""
-
-_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
-"""First source tensor -> {(dtype, scales, ids of the sources): (weak refs, versions, storages, copy)}."""
-_CLEAR_HOOK = None
-
-
-def _clear_copies(*_args, **_kwargs) -> None:
-    _COPIES.clear()
-
-
-def _copy_of(sources: tuple[torch.Tensor, ...], dtype: torch.dtype, scale: float | None) -> torch.Tensor:
-    """`sources` stacked on dim 0 in `dtype` (times `scale` when given): from the cache while its sources are
-    unchanged when they are in another dtype; made afresh (as a cast would be) when they are in `dtype` already."""
-    global _CLEAR_HOOK
-    if not KEEP_ADAPTER_COPIES or all(t.dtype == dtype for t in sources):
-        copy = sources[0].to(dtype) if len(sources) == 1 else torch.cat([t.to(dtype) for t in sources])
-        return copy if scale is None else copy * scale
-    key = (dtype, scale, tuple(id(t) for t in sources))
-    table = _COPIES.get(sources[0])
-    entry = None if table is None else table.get(key)
-    if entry is not None:
-        refs, versions, storages, copy = entry
-        if all(r() is t and t._version == v and t.data_ptr() == p
-               for r, t, v, p in zip(refs, sources, versions, storages)):
-            return copy
-    with torch.no_grad():
-        copy = sources[0].to(dtype) if len(sources) == 1 else torch.cat([t.to(dtype) for t in sources])
-        if scale is not None:
-            copy = copy.mul_(scale)
-    if _CLEAR_HOOK is None:
-        _CLEAR_HOOK = register_optimizer_step_post_hook(_clear_copies)
-    if table is None:
-        table = _COPIES[sources[0]] = {}
-    table[key] = (tuple(weakref.ref(t) for t in sources), tuple(t._version for t in sources),
-                  tuple(t.data_ptr() for t in sources), copy)
-    return copy
-
-
-def _stacked_a(As, dtype: torch.dtype) -> torch.Tensor:
-    """A* = [A_1; A_2; ...] in `dtype`."""
-    return _copy_of(tuple(As), dtype, None)
-
-
-def _scaled_b(b: torch.Tensor, scaling: float, dtype: torch.dtype) -> torch.Tensor:
-    """s · B in `dtype`."""
-    return _copy_of((b,), dtype, None if scaling == 1.0 else scaling)
+def _stack(tensors, dtype: torch.dtype) -> torch.Tensor:
+    tensors = [t.to(dtype) for t in tensors]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _forward_projections(x, projections, As, Bs, dtype):
     """Outputs of projections sharing `x`, and Z* = x A*ᵀ (None when no projection has an adapter)."""
-    z = torch.mm(x, _stacked_a(As, dtype).t()) if As else None
+    z = torch.mm(x, _stack(As, dtype).t()) if As else None
     outputs, column, j = [], 0, 0
     for p in projections:
         weight = p.base.dense(dtype)
-        bias = p.base.bias
-        if bias is not None and bias.dtype != dtype:
-            bias = _copy_of((bias,), dtype, None)
-        y = torch.nn.functional.linear(x, weight, bias)
+        if p.base.bias is not None:
+            y = torch.addmm(p.base.bias.to(dtype), x, weight.t())
+        else:
+            y = torch.mm(x, weight.t())
         if p.has_adapter:
             r = As[j].shape[0]
-            y.addmm_(z[:, column:column + r], _scaled_b(Bs[j], p.scaling, dtype).t())
+            y.addmm_(z[:, column:column + r], Bs[j].to(dtype).t(), alpha=p.scaling)
             column, j = column + r, j + 1
         outputs.append(y)
     return outputs, z
@@ -354,11 +274,11 @@ def _backward_projections(x, z, dys, projections, As, Bs, dtype, need_x, need_a,
     column, j = 0, 0
     for p, dy in zip(projections, dys):
         if p.has_adapter:
-            r = Bs[j].shape[1]
+            b = Bs[j].to(dtype)
+            r = b.shape[1]
             if need_x or any(need_a):
-                dzs.append(torch.mm(dy, _scaled_b(Bs[j], p.scaling, dtype)))  # dZ = s · dY B
-            dBs.append(torch.addmm(_zero(dy), dy.t(), z[:, column:column + r], beta=0, alpha=p.scaling)
-                       if need_b[j] else None)  # dB = s · dYᵀ Z
+                dzs.append(torch.mm(dy, b).mul_(p.scaling))
+            dBs.append(torch.mm(dy.t(), z[:, column:column + r]).mul_(p.scaling) if need_b[j] else None)
             column, j = column + r, j + 1
         if need_x:
             weight = p.base.dense(dtype)
@@ -371,20 +291,8 @@ def _backward_projections(x, z, dys, projections, As, Bs, dtype, need_x, need_a,
             ranks = [a.shape[0] for a in As]
             dAs = [d if need else None for d, need in zip(torch.split(da, ranks), need_a)]
         if need_x:
-            dx.addmm_(dz, _stacked_a(As, dtype))
+            dx.addmm_(dz, _stack(As, dtype))
     return dx, dAs, dBs
-
-
-_ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    """A zero scalar of `like`'s dtype and device, the input addmm broadcasts and, with beta=0, never reads."""
-    key = (like.device, like.dtype)
-    zero = _ZEROS.get(key)
-    if zero is None:
-        zero = _ZEROS[key] = torch.zeros((), device=like.device, dtype=like.dtype)
-    return zero
 
 
 def _as_input_grads(dx, dAs, dBs, ctx, As, Bs):
@@ -412,14 +320,13 @@ class LoRAProjectionsFunction(torch.autograd.Function):
             xc = x.reshape(-1, x.shape[-1]).to(dtype)
             outputs, z = _forward_projections(xc, projections, As, Bs, dtype)
         ctx.projections, ctx.dtype, ctx.x_shape, ctx.x_dtype = projections, dtype, x.shape, x.dtype
-        ctx.adapters = adapters  # the parameters themselves (module docstring)
-        ctx.save_for_backward(xc, z)
+        ctx.save_for_backward(xc, z, *adapters)
         return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outputs)
 
     @staticmethod
     def backward(ctx, *dys):
-        xc, z = ctx.saved_tensors
-        As, Bs = ctx.adapters[0::2], ctx.adapters[1::2]
+        xc, z, *adapters = ctx.saved_tensors
+        As, Bs = adapters[0::2], adapters[1::2]
         need = ctx.needs_input_grad
         with torch.autocast(xc.device.type, enabled=False):
             dys = [dy.reshape(-1, dy.shape[-1]).to(ctx.dtype) for dy in dys]
@@ -446,14 +353,13 @@ class LoRAMLPFunction(torch.autograd.Function):
             (y,), z_down = _forward_projections(h, projections[2:], As[n_up:], Bs[n_up:], dtype)
             del h
         ctx.projections, ctx.dtype, ctx.x_shape, ctx.x_dtype, ctx.n_up = projections, dtype, x.shape, x.dtype, n_up
-        ctx.adapters = adapters  # the parameters themselves (module docstring)
-        ctx.save_for_backward(xc, e, g, z_up, z_down)
+        ctx.save_for_backward(xc, e, g, z_up, z_down, *adapters)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        xc, e, g, z_up, z_down = ctx.saved_tensors
-        As, Bs = ctx.adapters[0::2], ctx.adapters[1::2]
+        xc, e, g, z_up, z_down, *adapters = ctx.saved_tensors
+        As, Bs = adapters[0::2], adapters[1::2]
         n_up, dtype, (gate, up, down) = ctx.n_up, ctx.dtype, ctx.projections
         need = ctx.needs_input_grad
         need_x, need_a, need_b = need[0], need[2::2], need[3::2]
@@ -464,10 +370,10 @@ class LoRAMLPFunction(torch.autograd.Function):
             dh = torch.mm(dy, down.base.dense(dtype))  # dh = dY W_d (+ dZ_d A_d below)
             dA_down, dB_down = [], []
             if down.has_adapter:
-                dz_d = torch.mm(dy, _scaled_b(Bs[n_up], down.scaling, dtype))  # s · dY B_d
-                dB_down.append(torch.addmm(_zero(dy), dy.t(), z_down, beta=0, alpha=down.scaling)
-                               if need_b[n_up] else None)
-                dh.addmm_(dz_d, _stacked_a(As[n_up:n_up + 1], dtype))
+                a_d, b_d = As[n_up].to(dtype), Bs[n_up].to(dtype)
+                dz_d = torch.mm(dy, b_d).mul_(down.scaling)
+                dB_down.append(torch.mm(dy.t(), z_down).mul_(down.scaling) if need_b[n_up] else None)
+                dh.addmm_(dz_d, a_d)
             swiglu_backward_in_place(dh, e, g)  # dh := h, e := de, g := dg
             torch.autograd.graph.increment_version(e)  # a retained graph's second backward fails loudly
             torch.autograd.graph.increment_version(g)

@@ -173,9 +173,10 @@ def test_mlp_saves_x_e_g_and_the_small_products_only(nf4):
     x = torch.randn(TOKENS, HIDDEN, requires_grad=True)
     projections = tuple(LoRAProjection(b.frozen, 1.0, True) for b in bases)
     numels, y = saved_numels(lambda: LoRAMLPFunction.apply(x, projections, *[t for p in adapters for t in p]))
-    # x, e, g, Z of gate+up (rank 8 + 8), Z of down (rank 8); no h, no base output of down, no weight (a base
-    # weight has INTERMEDIATE * HIDDEN elements). The adapters, leaf parameters, are kept on the context as they are.
+    # x, e, g, Z of gate+up (rank 8 + 8), Z of down (rank 8), and the six adapter matrices; no h, no base output
+    # of down, no weight (a base weight has INTERMEDIATE * HIDDEN elements)
     expected = [TOKENS * HIDDEN, TOKENS * INTERMEDIATE, TOKENS * INTERMEDIATE, TOKENS * 16, TOKENS * 8]
+    expected += [a.numel() for p in adapters for a in p]
     assert numels == sorted(expected)
     y.sum().backward()
 
