@@ -191,6 +191,23 @@ def test_the_fused_lora_functions_save_each_block_input_once_and_not_the_swiglu_
     assert est(sft("lora", kernels="ftplan")).peak_bytes < peft.peak_bytes
 
 
+def test_peft_layers_keep_16_bit_copies_of_their_adapters_for_backward():
+    """Under autocast lora_A and lora_B save the 16-bit casts of their fp32 weights: r · (d_in + d_out) × 2 B per
+    adapted module and layer, whatever the token count; the fused Functions cast inside themselves and keep none."""
+    from ftplan.estimate.activations import compute
+
+    def casts(stage):
+        return compute(resolve(LLAMA_8B, stage, seq_len=2048)).adapter_casts
+
+    assert casts(sft("lora")) * 32 == 41_943_040 * 2
+    assert casts(sft("lora", kernels="ftplan")) == 0
+    assert casts(sft("lora", precision="fp32")) == 0
+    assert casts(sft("full")) == 0
+    no_gc = est(sft("lora", gradient_checkpointing=False), seq=512)
+    gc = est(sft("lora"), seq=512)
+    assert term(no_gc, "activations (no checkpointing)") - term(gc, "recomputed layer") >= 31 * casts(sft("lora"))
+
+
 def test_fused_cross_entropy_never_holds_the_logits():
     hf = est(sft("lora", micro_batch=4), loop=BASELINE_LOOP, seq=4096)
     fused = est(sft("lora", micro_batch=4, kernels="ftplan"), loop=BASELINE_LOOP, seq=4096)

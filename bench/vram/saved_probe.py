@@ -68,7 +68,8 @@ def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, ada
 
 
 def estimated(key: str, seq: int, batch: int, attention: str, adapter: str) -> tuple[int, int]:
-    """(bytes per token one layer saves, the layer's saved score blocks) from the estimator."""
+    """(bytes per token one layer saves, what the layer saves whatever the token count: score blocks, 16-bit adapter
+    copies) from the estimator."""
     from ftplan.catalog import get_model
     from ftplan.estimate import activations
     from ftplan.estimate.stage import resolve
@@ -80,7 +81,7 @@ def estimated(key: str, seq: int, batch: int, attention: str, adapter: str) -> t
                                      "attention": attention})
     r = resolve(get_model(key), stage, seq_len=seq)
     acts = activations.compute(r)
-    return acts.layer_tok() + acts.input_tok, acts.scores_saved
+    return acts.layer_tok() + acts.input_tok, acts.scores_saved + acts.adapter_casts
 
 
 def main() -> int:
@@ -97,7 +98,7 @@ def main() -> int:
     tok, scores = estimated(a.model, a.seq, a.batch, a.attention, a.adapter)
     n = a.seq * a.batch
     print(f"{a.model} {a.adapter} {a.attention} seq {a.seq} x {a.batch}: measured {layer / n:,.0f} B/token/layer "
-          f"({layer / 2**20:.1f} MiB); estimated {tok:,} B/token + scores {scores / n:,.0f} B/token "
+          f"({layer / 2**20:.1f} MiB); estimated {tok:,} B/token + scores and adapter copies {scores / n:,.0f} B/token "
           f"({(tok * n + scores) / 2**20:.1f} MiB); {100 * ((tok * n + scores) - layer) / layer:+.1f} %")
     return 0
 

@@ -70,7 +70,10 @@ class LayerActivations:
     mask: int
     """The 4D attention mask of padded batches (once per micro-step, all layers share it)."""
     weight_transient: int
-    """A per-call weight copy: the dequantized bf16 weight (QLoRA) or DoRA's fp32 weight norm operand."""
+    """A per-call weight copy: the dequantized bf16 weight (QLoRA) or DoRA's weight-norm path."""
+    adapter_casts: int = 0
+    """Bytes per layer, whatever the token count, that PEFT's LoRA layers keep for backward under autocast: the
+    16-bit copies of their fp32 A and B, which lora_A and lora_B save as their weights."""
     scores_detail: str = ""
 
     def layer_tok(self) -> int:
@@ -172,6 +175,17 @@ def _dora_transient(r: Resolved) -> int:
                 for m in linear_modules(r.shape) if m.name in adapted), default=0)
 
 
+def _adapter_casts(r: Resolved) -> int:
+    """``LayerActivations.adapter_casts``: r · (d_in + d_out) × 2 B per adapted module, for PEFT's layers under
+    autocast with adapters in another dtype (the fused LoRA Functions cast inside themselves and keep no copy)."""
+    if r.full or not r.lora or r.fused_lora or not r.loop.autocast or r.adapter_bytes == 2:
+        return 0
+    adapted = {m.name for m in targeted(r)}
+    experts = r.shape.experts_per_token or 1
+    return sum(r.lora.r * (m.d_in + m.d_out) * 2 * (experts if m.expert else 1)
+               for m in linear_modules(r.shape) if m.name in adapted)
+
+
 def compute(r: Resolved) -> LayerActivations:
     """Activation sizes of one decoder layer of this setup."""
     s = r.shape
@@ -226,7 +240,7 @@ def compute(r: Resolved) -> LayerActivations:
     if r.method == "dora":
         weight_transient = max(weight_transient, _dora_transient(r))
     return LayerActivations(
-        attn_tok=attn, mlp_tok=mlp, input_tok=input_tok,
+        attn_tok=attn, mlp_tok=mlp, input_tok=input_tok, adapter_casts=_adapter_casts(r),
         inflight_attn_tok=q_out * e_at + h * e_s,
         inflight_mlp_tok=(1 if _fused_mlp(r) else 2) * inter * e_lin + h * e_s,
         ckpt_tok=h * e_s, scores_saved=saved, scores_peak=peak, mask=mask, weight_transient=weight_transient,

@@ -222,11 +222,11 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
             held_all = held_top = Term("activation checkpoints", layers * acts.ckpt_tok * n,
                                        f"{layers} layers × {each}")
         held_one = replace(held_all, bytes=where.bottom * acts.ckpt_tok * n, detail="the bottom layer's input")
-        layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved
-        layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak
+        layer_a = (acts.layer_tok() + acts.inflight_mlp_tok) * n + acts.scores_saved + acts.adapter_casts
+        layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak + acts.adapter_casts
         layer_what = "recomputed layer"
     else:
-        per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved
+        per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved + acts.adapter_casts
         held_all = Term("activations (no checkpointing)", layers * per_layer,
                         f"{layers} layers × {gib_text(per_layer)}")
         held_one = held_top = held_all
@@ -246,7 +246,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         layer = [Term(layer_what, max(layer_a, layer_b),
                       f"{num(n)} tokens × {acts.layer_tok():,} B saved + gradients in flight")]
     if acts.weight_transient:
-        what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight copy (fp32)"
+        what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight-norm transient"
         layer.append(Term(what, acts.weight_transient, "largest linear, transient per call"))
 
     grads_early = (replace(st.grads, bytes=st.grads_early, detail="lm_head / final norm gradients")
