@@ -48,6 +48,7 @@ def run(a):
         offload = offload_checkpoints(m, CheckpointOffload())
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
     shapes = parse_shapes(a.shapes or [f"{a.seq}x{a.batch}"], a.warmup, a.steps)
+    measured = []
     for shape in shapes:
         try:
             line = measure(a, m, opt, shape, counts, base_mem, offload)
@@ -58,11 +59,13 @@ def run(a):
                               "batch": shape.batch, "oom": True, "gpu": torch.cuda.get_device_name()}), flush=True)
             break
         print(json.dumps(line), flush=True)
+        measured.append(line)
+    timed = {k: measured[0][k] for k in ("step_s_median", "tok_per_s")} if measured else {}
     if a.host_profile:
-        print(json.dumps(host_profile(a, m, opt, shapes[0])), flush=True)
+        print(json.dumps({**timed, **host_profile(a, m, opt, shapes[0])}), flush=True)
     if a.profile:
         try:
-            print(json.dumps(profile(a, m, opt, shapes[0])), flush=True)
+            print(json.dumps({**timed, **profile(a, m, opt, shapes[0])}), flush=True)
         except Exception as e:  # the measured lines above stand; say why the profile is missing
             print(json.dumps({"profile_error": repr(e)[:500]}), flush=True)
 
@@ -116,20 +119,29 @@ def profile_group(name: str) -> str:
     return "other"
 
 
-def profile(a, m, opt, shape):
-    """Where one training step's GPU time goes: milliseconds per kernel group and the ten longest kernels."""
-    from torch.autograd import DeviceType
+def profiled_step(a, m, opt, shape, with_stack: bool = False):
+    """(PyTorch profiler, host seconds, wall seconds) of one training step at `shape`, after one warm step: host
+    seconds until the step returned, wall seconds until the GPU finished it."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     ids = torch.randint(0, m.config.vocab_size, (shape.batch, shape.seq), device="cuda")
     train_step(a, m, opt, ids)
     torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=with_stack) as prof:
         t0 = time.perf_counter()
         train_step(a, m, opt, ids)
+        host = time.perf_counter() - t0
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
+    return prof, host, wall
+
+
+def profile(a, m, opt, shape):
+    """Where one training step's GPU time goes: milliseconds per kernel group and the ten longest kernels."""
+    from torch.autograd import DeviceType
+
+    prof, _, wall = profiled_step(a, m, opt, shape)
     groups, kernels = {}, {}
     for e in prof.events():
         if e.device_type != DeviceType.CUDA:
@@ -138,10 +150,15 @@ def profile(a, m, opt, shape):
         groups[profile_group(e.name)] = groups.get(profile_group(e.name), 0.0) + ms
         kernels[e.name] = kernels.get(e.name, 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
-    return {"profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan, "offload": a.offload,
+    return {**_session(a), "profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan, "offload": a.offload,
                         "step_wall_ms": round(wall * 1000, 1), "gpu_busy_ms": round(sum(groups.values()), 1),
                         "groups_ms": {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
                         "top_kernels_ms": [[k[:120], round(v, 2)] for k, v in top]}}
+
+
+def _session(a) -> dict:
+    """What names a profile's run: the card, torch, the mode."""
+    return {"mode": a.mode, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
 
 
 def host_profile(a, m, opt, shape, top: int = 25):
@@ -149,22 +166,12 @@ def host_profile(a, m, opt, shape, top: int = 25):
     with Python stacks: busy milliseconds per host thread (the autograd engine issues backward on its own), kernel
     launches and the milliseconds spent in them, and the `top` Python functions and ATen ops by inclusive time."""
     import tempfile
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
-    ids = torch.randint(0, m.config.vocab_size, (shape.batch, shape.seq), device="cuda")
-    train_step(a, m, opt, ids)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
-        t0 = time.perf_counter()
-        train_step(a, m, opt, ids)
-        host = time.perf_counter() - t0
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+    prof, host, wall = profiled_step(a, m, opt, shape, with_stack=True)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
         events = json.load(open(f.name))["traceEvents"]
-    return {"host_profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan,
+    return {**_session(a), "host_profile": {"seq": shape.seq, "batch": shape.batch, "ftplan": a.ftplan,
                              "host_ms_profiled": round(host * 1e3, 1), "wall_ms_profiled": round(wall * 1e3, 1),
                              **host_breakdown(events, top)}}
 

@@ -17,17 +17,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended to $dest/NAME.log, its JSON lines
   # tagged "arm": NAME appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to
-  # $dest/host-profiles.jsonl)
+  # $dest/host-profiles.jsonl) and the steps' lines printed
   local name=$1 t=$2 out
   shift 2
   out=$(mktemp)
   echo "=== $(date +%T) $name"
   timeout "$t" "$@" > "$out" 2>&1 || { echo "arm $name failed ($?):"; grep -v 'it/s\]\|s/it\]' "$out" | tail -25; }
   cat "$out" >> "$dest/$name.log"
-  grep '^{"profile' "$out" >> "$dest/profiles.jsonl" || true
-  grep '^{"host_profile' "$out" >> "$dest/host-profiles.jsonl" || true
-  grep '^{' "$out" | grep -v '^{"profile\|^{"host_profile' \
-    | python3 -c "import json,sys; [print(json.dumps({**json.loads(l), 'arm': '$name'})) for l in sys.stdin]" \
-    | tee -a "$dest/steps.jsonl"
+  grep '^{' "$out" | python3 -c "
+import json, sys
+for line in sys.stdin:
+    row = {**json.loads(line), 'arm': '$name'}
+    kind = 'profiles' if 'profile' in row else 'host-profiles' if 'host_profile' in row else 'steps'
+    with open('$dest/' + kind + '.jsonl', 'a') as f:
+        f.write(json.dumps(row) + '\\n')
+    if kind == 'steps':
+        print(json.dumps(row))"
   rm -f "$out"
 }

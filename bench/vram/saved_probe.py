@@ -95,11 +95,11 @@ def main() -> int:
     one = saved_bytes(a.model, 1, a.seq, a.batch, a.attention, a.adapter)
     two = saved_bytes(a.model, 2, a.seq, a.batch, a.attention, a.adapter)
     layer = two - one
-    tok, scores = estimated(a.model, a.seq, a.batch, a.attention, a.adapter)
+    tok, fixed = estimated(a.model, a.seq, a.batch, a.attention, a.adapter)
     n = a.seq * a.batch
     print(f"{a.model} {a.adapter} {a.attention} seq {a.seq} x {a.batch}: measured {layer / n:,.0f} B/token/layer "
-          f"({layer / 2**20:.1f} MiB); estimated {tok:,} B/token + scores and adapter copies {scores / n:,.0f} B/token "
-          f"({(tok * n + scores) / 2**20:.1f} MiB); {100 * ((tok * n + scores) - layer) / layer:+.1f} %")
+          f"({layer / 2**20:.1f} MiB); estimated {tok:,} B/token + scores and adapter copies {fixed / n:,.0f} B/token "
+          f"({(tok * n + fixed) / 2**20:.1f} MiB); {100 * ((tok * n + fixed) - layer) / layer:+.1f} %")
     return 0
 
 

@@ -159,8 +159,9 @@ def dora_weight_norm_peak(d_in: int, d_out: int, *, adapter_bytes: int, autocast
     B·A as B(A(I)) through a d_in × d_in identity in the adapter dtype (under autocast a 16-bit copy of it stays, as
     lora_A's saved input, until the forward ends), then ||W + s·B·A|| by row: at the sum, four d_out × d_in tensors
     in the adapter dtype, to which PEFT casts the layer's input (B·A, the base weight, s·B·A, the sum). Checked
-    against an allocation tracker on the CPU (``bench/vram/dora_transient.py``) at five module shapes, 3072 → 1024
-    to 14336 → 4096, to within 0.7 %."""
+    against an allocation tracker on the CPU (``bench/vram/dora_transient.py``, bf16 autocast, fp32 adapters) at
+    five module shapes, 3072 → 1024 to 14336 → 4096, to within 0.7 %; without autocast it is read from the code, not
+    measured."""
     a = adapter_bytes
     kept_identity = 2 if autocast else a
     in_lora_b = a * d_in * d_in + (kept_identity * d_in * d_in if autocast else 0) + kept_identity * d_in * d_out
