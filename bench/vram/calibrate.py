@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
     parser.add_argument("--only", help="comma-separated point names")
+    parser.add_argument("--probes-first", action="store_true",
+                        help="run each model's boundary probes before its points (default: after)")
     parser.add_argument("--skip-measured", type=Path, metavar="DIR",
                         help="leave out points with an ok row in DIR/*.jsonl and boundary probes with both sides "
                              "there (measured by an earlier run; rows superseded by a runtime change do not count)")
@@ -234,10 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"card: {name}; {len(points)} points, {len(bounds)} boundary probes", flush=True)
     left: list[str] = []
     by_model: dict[str, list] = {}
-    for p in points:
-        by_model.setdefault(p.model, []).append(p)
-    for b in bounds:
-        by_model.setdefault(b.point.model, []).append(b)
+    for item in (bounds + points if args.probes_first else points + bounds):
+        by_model.setdefault(item.model if isinstance(item, P.Point) else item.point.model, []).append(item)
     models = list(by_model)
     # Every model of the run is written first, one after another on the GPU (a random-init 8B shape takes seconds
     # there and minutes on the CPU), and every point's data stage is prepared; then the points train back to back.
