@@ -168,16 +168,17 @@ POINTS: list[Point] = [
 """Every measured configuration."""
 
 BOUNDARIES: list[Boundary] = [
-    Boundary(_p("bound-l1-qlora-s8192-nogc", L1, adapter="qlora", seq=8192, gc=False)),
-    Boundary(_p("bound-l3-lora-s4096-nogc", L3, seq=4096, gc=False)),
-    Boundary(_p("bound-l8-qlora-s4096-nogc-k", L8, adapter="qlora", seq=4096, gc=False, kernels="ftplan")),
-    Boundary(_p("bound-m7-lora-s2048-nogc", M7, gc=False)),
-    Boundary(_p("bound-q7-lora-s2048-nogc", Q7, gc=False)),
+    Boundary(_p("bound-l1-lora-s16384-nogc", L1, seq=16384, gc=False)),
+    Boundary(_p("bound-l3-qlora-s16384-nogc", L3, adapter="qlora", seq=16384, gc=False)),
+    Boundary(_p("bound-l8-qlora-s8192-nogc", L8, adapter="qlora", seq=8192, gc=False)),
+    Boundary(_p("bound-q7-qlora-s8192-nogc-k", Q7, adapter="qlora", seq=8192, gc=False, kernels="ftplan")),
+    Boundary(_p("bound-m7-lora-s8192-nogc", M7, seq=8192, gc=False)),
     Boundary(_p("bound-g2-lora-s4096-nogc", G2, seq=4096, gc=False, attention="eager")),
 ]
-"""Configurations probed at the largest micro-batch ``check`` says fits and the next one up. Without checkpointing one
-more sequence adds 15-50 % of what fits, several times the estimate's error, so the step past the fit tests the
-verdict rather than the last percent, and the micro-batches stay small enough for a step to take seconds. (Probes
+"""Configurations probed at the largest micro-batch ``check`` says fits and the next one up. Chosen so that on both an
+H100 80GB and an H200 the fit is estimated at 75-95 % of the card and the step past it at 109-160 %: without
+checkpointing and at long sequences one more sequence is a large step, several times the estimate's error, so the
+probe tests the verdict rather than the last percent, and the micro-batches stay small enough for seconds a step. (Probes
 with checkpointing reach micro-batches of 30-60 at 2,048 tokens on an 80 GB card and steps of minutes; earlier runs
 recorded two of them, ``bound-l3-lora-s2048`` and ``bound-m7-lora-s1024-nogc``.)"""
 
