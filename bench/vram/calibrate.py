@@ -78,10 +78,10 @@ def estimate(path: Path, stage_id: str) -> tuple[dict, dict]:
     return stage, report
 
 
-def sh(cmd: list[str], log: Path, timeout: float) -> tuple[int, str]:
+def sh(cmd: list[str], log: Path, timeout: float, extra_env: dict | None = None) -> tuple[int, str]:
     """Run a command from the work folder with this Python first on PATH (the plans' scripts call ``python``);
     (exit code, last lines of its output), the output kept in ``log``."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(extra_env or {})}
     with open(log, "w") as f:
         try:
             rc = subprocess.run(cmd, cwd=WORK, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
@@ -102,9 +102,29 @@ def measured(stage_id: str) -> dict | None:
     return {k: m.get(k) for k in keep}
 
 
-def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_batch_to: int | None = None) -> dict:
+def memory_history_env(name: str, logs: Path) -> dict:
+    """The environment that makes every process of a run that uses the GPU record the allocator's history
+    (``memhist/sitecustomize.py``) into ``logs/memhist/<name>.<pid>.pickle``."""
+    (logs / "memhist").mkdir(parents=True, exist_ok=True)
+    return {"FTPLAN_MEMORY_HISTORY": str(logs / "memhist" / name),
+            "PYTHONPATH": f"{HERE / 'memhist'}:{os.environ.get('PYTHONPATH', '')}"}
+
+
+def report_memory_history(name: str, logs: Path) -> None:
+    """Write what was live at each recorded process's peak to ``logs/<name>.memhist.txt`` and drop the traces
+    (hundreds of MB each)."""
+    with open(logs / f"{name}.memhist.txt", "w") as f:
+        for trace in sorted((logs / "memhist").glob(f"{name}.*.pickle")):
+            subprocess.run([sys.executable, str(HERE / "memory_history.py"), str(trace)], stdout=f,
+                           stderr=subprocess.STDOUT)
+            trace.unlink()
+
+
+def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_batch_to: int | None = None,
+              memory_history: bool = False) -> dict:
     """Estimate, compile and run one point; its results row. ``micro_batch_to``: run with this micro-batch
-    instead (a boundary probe's step past what ``check`` accepts)."""
+    instead (a boundary probe's step past what ``check`` accepts). ``memory_history``: record the allocator's
+    history and report what was live at the peak (``memory_history.py``)."""
     pipe = WORK / "pipelines" / f"{p.name}.yaml"
     pipe.parent.mkdir(parents=True, exist_ok=True)
     pipe.write_text(pipeline_text(p, gpu))
@@ -128,8 +148,12 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
     shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)
     start = time.monotonic()
     rc, tail = sh(["bash", "-c", "PS4='+ [$EPOCHREALTIME] '; set -x; . \"$0\"", str(plan / "run.sh")],
-                  logs / f"{p.name}.run.log", timeout)  # xtrace: when each command of run.sh started
+                  logs / f"{p.name}.run.log", timeout,  # xtrace: when each command of run.sh started
+                  memory_history_env(p.name, logs) if memory_history else None)
     row["run_s"] = round(time.monotonic() - start, 1)
+    if memory_history:
+        report_memory_history(p.name, logs)
+        row["memory_history"] = True
     m = measured(p.stage_id)
     oom = "out of memory" in (logs / f"{p.name}.run.log").read_text(errors="replace").lower()
     row.update(outcome="ok" if rc == 0 and m else "oom" if oom else TIME_LIMIT if rc == 124 else f"failed (exit {rc})",
@@ -207,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
     parser.add_argument("--only", help="comma-separated point names")
+    parser.add_argument("--memory-history", default="", metavar="NAMES",
+                        help="comma-separated points whose run records the allocator's history (what was live at "
+                             "the peak goes to logs/<point>.memhist.txt)")
     parser.add_argument("--probes-first", action="store_true",
                         help="run each model's boundary probes before its points (default: after)")
     parser.add_argument("--skip-measured", type=Path, metavar="DIR",
@@ -226,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_measured:
         earlier = current(args.skip_measured)
         done = {r["point"]["name"] for r in earlier if r.get("outcome") == "ok"}
-        points = [p for p in points if p.name not in done]
+        history = set(args.memory_history.split(","))  # measured again to see what they hold
+        points = [p for p in points if p.name not in done or p.name in history]
         bounds = [b for b in bounds if b.point.name not in probed(earlier)]
     if args.rehearse:
         points = [rehearsal(p) for p in points]
@@ -263,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows = []
             if isinstance(item, P.Point):
-                rows.append(run_point(item, gpu, logs, remaining - 5))
+                rows.append(run_point(item, gpu, logs, remaining - 5,
+                                      memory_history=item.name in args.memory_history.split(",")))
             else:
                 found = boundary(item, gpu)
                 if found is None:

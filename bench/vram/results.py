@@ -80,5 +80,6 @@ def probed(rs: list[dict]) -> set[str]:
 
 
 def measured(rs: list[dict]) -> list[dict]:
-    """The calibration points among ``rs``: runs that completed, boundary steps past the fit excluded."""
-    return [r for r in rs if r.get("outcome") == "ok" and r.get("probe") != "oom"]
+    """The calibration points among ``rs``: runs that completed, boundary steps past the fit and diagnostic reruns
+    that recorded the allocator's history (``calibrate.py --memory-history``) excluded."""
+    return [r for r in rs if r.get("outcome") == "ok" and r.get("probe") != "oom" and not r.get("memory_history")]
