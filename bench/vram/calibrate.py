@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--rehearse", action="store_true", help="toy shapes on the CPU (checks the flow only)")
-    parser.add_argument("--only", help="comma-separated point names")
+    parser.add_argument("--only", help="comma-separated point names, run in this order (grouped by model)")
     parser.add_argument("--memory-history", default="", metavar="NAMES",
                         help="comma-separated points whose run records the allocator's history (what was live at "
                              "the peak goes to logs/<point>.memhist.txt)")
@@ -264,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"card: {name}; {len(points)} points, {len(bounds)} boundary probes", flush=True)
     left: list[str] = []
     by_model: dict[str, list] = {}
-    for item in (bounds + points if args.probes_first else points + bounds):
+    items = bounds + points if args.probes_first else points + bounds
+    if args.only:  # in the order given (each model's items still run together: its weights are deleted after them)
+        order = args.only.split(",")
+        items.sort(key=lambda i: order.index(i.name if isinstance(i, P.Point) else i.point.name))
+    for item in items:
         by_model.setdefault(item.model if isinstance(item, P.Point) else item.point.model, []).append(item)
     models = list(by_model)
     # Every model of the run is written first, one after another on the GPU (a random-init 8B shape takes seconds
