@@ -120,6 +120,28 @@ def report_memory_history(name: str, logs: Path) -> None:
             trace.unlink()
 
 
+WEIGHT_DIGESTS: dict[str, dict] = {}
+"""Digests of the models' files recorded by the stamps of earlier points (path as the stamp keys it -> digest)."""
+
+
+def keep_weight_digests(out: Path) -> None:
+    """Remember the digests the stage's stamp recorded for files of the random-init models."""
+    try:
+        inputs = json.loads((out / "_COMPLETE").read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        return
+    WEIGHT_DIGESTS.update({k: d for k, d in inputs.items() if "models/" in k})
+
+
+def seed_weight_digests(out: Path) -> None:
+    """Hand the runtime the weights' digests an earlier point took, as a rerun of the stage would find them in its
+    digest cache (``ftplan_runtime.stamps.DIGEST_CACHE``): a file of the same size and mtime is not hashed again,
+    so each point does not spend seconds hashing the same 16 GB before it trains."""
+    if WEIGHT_DIGESTS:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".ftplan-inputs.json").write_text(json.dumps({"inputs": WEIGHT_DIGESTS}))
+
+
 def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_batch_to: int | None = None,
               memory_history: bool = False) -> dict:
     """Estimate, compile and run one point; its results row. ``micro_batch_to``: run with this micro-batch
@@ -146,6 +168,7 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
         args["stage"]["micro_batch"] = micro_batch_to
         (stage_dir / "args.json").write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)
+    seed_weight_digests(WORK / "out" / p.stage_id)
     start = time.monotonic()
     rc, tail = sh(["bash", "-c", "PS4='+ [$EPOCHREALTIME] '; set -x; . \"$0\"", str(plan / "run.sh")],
                   logs / f"{p.name}.run.log", timeout,  # xtrace: when each command of run.sh started
@@ -162,6 +185,7 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
         row["log"] = tail
     if m and est.get("peak_gib"):
         row["error_pct"] = round(100 * (est["peak_gib"] - m["device_used_peak_gib"]) / m["device_used_peak_gib"], 2)
+    keep_weight_digests(WORK / "out" / p.stage_id)
     shutil.rmtree(WORK / "out" / p.stage_id, ignore_errors=True)  # adapters and checkpoints: disk is small
     return row
 
