@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "diff"
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml"))
 
-TOO_BIG_FIX = [("micro_batch: 8", "micro_batch: 4"), ("grad_accum: 2", "grad_accum: 4")]
+TOO_BIG_FIX = [("micro_batch: 8", "micro_batch: 2"), ("grad_accum: 2", "grad_accum: 8")]
 """The change ``ftplan check examples/too-big.yaml`` suggests; its edits start from the fixed pipeline."""
 
 
@@ -142,7 +142,7 @@ EDITS: dict[str, dict[str, Edit]] = {
         "data": ([], _more_chat_rows),
     },
     "too-big": {
-        "micro-batch": ([("micro_batch: 4", "micro_batch: 2"), ("grad_accum: 4", "grad_accum: 8")], None),
+        "micro-batch": ([("micro_batch: 2", "micro_batch: 1"), ("grad_accum: 8", "grad_accum: 16")], None),
         "gpu": ([("gpu: a100-sxm-40gb", "gpu: a100-sxm-80gb")], None),
         "add-stage": ([("    epochs: 1\n", "    epochs: 1\n  - id: merge\n    kind: merge\n    input: sft\n"
                         "    dtype: bf16\n")], None),
@@ -219,7 +219,7 @@ def test_diff_of_an_edited_example_matches_its_golden(example, edit, tmp_path, m
 def test_a_change_that_breaks_the_pipeline_exits_2_naming_the_side(tmp_path, monkeypatch, request):
     """The reverse of too-big's fix: the new side no longer fits its card, and the diff says so."""
     monkeypatch.chdir(tmp_path)
-    old, new = _sides(tmp_path, "too-big", ([("micro_batch: 4", "micro_batch: 8"), ("grad_accum: 4", "grad_accum: 2")],
+    old, new = _sides(tmp_path, "too-big", ([("micro_batch: 2", "micro_batch: 8"), ("grad_accum: 8", "grad_accum: 2")],
                                             None))
     with pytest.raises(SideError) as caught:
         diff_sources(old, new)
@@ -331,7 +331,7 @@ def test_json_is_one_document_with_sorted_keys(tmp_path, monkeypatch):
     sft = next(s for s in doc["stages"] if s["id"] == "sft")
     peak = next(c for c in sft["changes"] if c["key"] == "peak")
     assert peak["old"]["capacity_bytes"] < peak["new"]["capacity_bytes"]
-    assert (peak["old_text"], peak["new_text"]) == ("35.1 GiB of 40.0 (fits)", "35.1 GiB of 80.0 (fits)")
+    assert (peak["old_text"], peak["new_text"]) == ("26.2 GiB of 40.0 (fits)", "26.2 GiB of 80.0 (fits)")
     assert [s["symbol"] for s in doc["stages"]] == ["=", "~"]
 
 
@@ -367,7 +367,7 @@ def test_an_unreadable_side_exits_2_saying_which_and_why(make, spec, message, tm
 
 def test_a_pipeline_with_errors_lists_them_in_the_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    old, new = _sides(tmp_path, "too-big", ([("micro_batch: 4", "micro_batch: 0")], None))
+    old, new = _sides(tmp_path, "too-big", ([("micro_batch: 2", "micro_batch: 0")], None))
     status, out, _ = run("diff", old, new, "--json")
     assert status == 2
     error = json.loads(out)["error"]
@@ -405,12 +405,12 @@ def repo(tmp_path, monkeypatch) -> Path:
 
 def test_a_git_revision_of_a_pipeline_is_checked_as_if_it_were_at_its_path(repo):
     path = repo / "examples" / "too-big.yaml"
-    path.write_text(_replace(path.read_text(encoding="utf-8"), [("micro_batch: 4", "micro_batch: 2")]),
+    path.write_text(_replace(path.read_text(encoding="utf-8"), [("micro_batch: 2", "micro_batch: 1")]),
                     encoding="utf-8")
     status, out, _ = run("diff", "main:examples/too-big.yaml", "examples/too-big.yaml")
     assert status == 1
     assert out.splitlines()[0] == "--- main:examples/too-big.yaml (pipeline too-big)"
-    assert any(line.split() == ["~", "micro", "batch", "4", "→", "2"] for line in out.splitlines())
+    assert any(line.split() == ["~", "micro", "batch", "2", "→", "1"] for line in out.splitlines())
     assert run("diff", "HEAD:examples/too-big.yaml", "main:examples/too-big.yaml")[0] == 0
     status, out, _ = run("diff", "main:examples/too-big.yaml", "plans/too-big")
     assert status == 0, out

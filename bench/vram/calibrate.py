@@ -111,12 +111,16 @@ def memory_history_env(name: str, logs: Path) -> dict:
 
 
 def report_memory_history(name: str, logs: Path) -> None:
-    """Write what was live at each recorded process's peak to ``logs/<name>.memhist.txt`` and drop the traces
-    (hundreds of MB each)."""
+    """Write what was live at each recorded process's peak to ``logs/<name>.memhist.txt`` and compress the traces
+    (``memory_history.py`` reads them again, with other groupings, where they are copied to)."""
+    import gzip
+
     with open(logs / f"{name}.memhist.txt", "w") as f:
         for trace in sorted((logs / "memhist").glob(f"{name}.*.pickle")):
             subprocess.run([sys.executable, str(HERE / "memory_history.py"), str(trace)], stdout=f,
                            stderr=subprocess.STDOUT)
+            with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst)
             trace.unlink()
 
 

@@ -2,7 +2,7 @@
 tensors at the moment torch's allocated bytes were highest, grouped by the line of model or library code that
 allocated them, beside the reserved bytes and the largest blocks.
 
-    python bench/vram/memory_history.py OUT/memhist/<point>.<pid>.pickle [--top 30]
+    python bench/vram/memory_history.py OUT/memhist/<point>.<pid>.pickle[.gz] [--top 30] [--depth 3]
 
 Replays the trace from the start of recording (CUDA initialisation, so nothing is missed unless the trace hit its
 ``max_entries``): ``alloc`` adds a block, ``free_completed`` (or ``free``) removes it, ``segment_alloc`` and
@@ -13,24 +13,26 @@ are grouped as such (the backward of built-in ops).
 from __future__ import annotations
 
 import argparse
+import gzip
 import pickle
+import re
 from collections import defaultdict
 from pathlib import Path
 
 GIB = 1 << 30
-_INTERNAL = ("/torch/", "<frozen", "/threading.py", "/contextlib.py", "/functools.py")
+_INTERNAL = re.compile(r"(^|/(site|dist)-packages/)torch/|<frozen |/threading\.py$|/contextlib\.py$|/functools\.py$")
+"""Frames of torch itself (the installed package, or a path relative to it) and of the standard library's plumbing:
+never the code that asked for the memory. A folder named ``torch`` elsewhere (an environment) does not count."""
 
 
-def label(frames: list[dict]) -> str:
-    """``file:line function`` of the innermost frame outside torch and the standard library (the model, PEFT, TRL,
-    bitsandbytes or runtime code that asked for the memory); torch's own frame when there is no other."""
+def label(frames: list[dict], depth: int = 1) -> str:
+    """``file:line function`` of the ``depth`` innermost frames outside torch and the standard library (the model,
+    PEFT, TRL, bitsandbytes or runtime code that asked for the memory), innermost first, joined by `` < ``; torch's
+    own frame when there is no other."""
     if not frames:
         return "<autograd engine: backward of built-in ops>"
-    outside = [f for f in frames if not any(s in f["filename"] for s in _INTERNAL)]
-    f = (outside or frames)[0]
-    parts = Path(f["filename"]).parts
-    short = "/".join(parts[-3:])
-    return f"{short}:{f['line']} {f['name']}"
+    outside = [f for f in frames if not _INTERNAL.search(f["filename"])] or frames[:1]
+    return " < ".join(f"{'/'.join(Path(f['filename']).parts[-3:])}:{f['line']} {f['name']}" for f in outside[:depth])
 
 
 def _sizes(events: list[dict]):
@@ -51,7 +53,7 @@ def _sizes(events: list[dict]):
         yield i, allocated, reserved
 
 
-def replay(events: list[dict]) -> dict:
+def replay(events: list[dict], depth: int = 1) -> dict:
     """The allocated-bytes peak of a trace: its index, the bytes, the reserved bytes then, the reserved peak and the
     blocks live at the peak (size, who allocated it)."""
     index, allocated, reserved, peak_reserved = -1, -1, 0, 0
@@ -62,7 +64,7 @@ def replay(events: list[dict]) -> dict:
     live: dict[int, tuple[int, str]] = {}
     for e in events[: index + 1]:
         if e["action"] == "alloc":
-            live[e["addr"]] = (e["size"], label(e.get("frames") or []))
+            live[e["addr"]] = (e["size"], label(e.get("frames") or [], depth))
         elif e["action"] in ("free_completed", "free"):
             live.pop(e["addr"], None)
     return {"index": index, "allocated": allocated, "reserved": reserved, "peak_reserved": peak_reserved,
@@ -73,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("snapshot", type=Path)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--depth", type=int, default=3, help="frames outside torch named per group")
     args = parser.parse_args(argv)
-    snap = pickle.loads(args.snapshot.read_bytes())
+    raw = args.snapshot.read_bytes()
+    snap = pickle.loads(gzip.decompress(raw) if args.snapshot.suffix == ".gz" else raw)
     traces = [t for t in snap["device_traces"] if t]
     if not traces:
         print("no allocations recorded")
         return 1
-    peak = replay(traces[0])
+    peak = replay(traces[0], args.depth)
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for size, where in peak["live"].values():
         groups[where][0] += size

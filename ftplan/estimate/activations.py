@@ -74,6 +74,10 @@ class LayerActivations:
     adapter_casts: int = 0
     """Bytes per layer, whatever the token count, that PEFT's LoRA layers keep for backward under autocast: the
     16-bit copies of their fp32 A and B, which lora_A and lora_B save as their weights."""
+    forward_transient_tok: int = 0
+    """Held at the widest point of the layer's forward (or its recompute) beyond what it saves, per token: in
+    ``down_proj``'s LoRA forward, the SwiGLU product (its argument) and PEFT's fp32 cast of it, the MLP's normed
+    input and the residual."""
     scores_detail: str = ""
 
     def layer_tok(self) -> int:
@@ -187,6 +191,22 @@ def _adapter_casts(r: Resolved) -> int:
                for m in linear_modules(r.shape) if m.name in adapted)
 
 
+def _forward_transient(r: Resolved) -> int:
+    """``LayerActivations.forward_transient_tok`` for PEFT's LoRA layers on a 16-bit base (the fused Functions and
+    the bitsandbytes layers, which read their input without a copy, hold nothing that large). In ``down_proj``'s
+    forward the SwiGLU product is alive as its argument, PEFT casts it to the fp32 adapter dtype
+    (``_cast_input_dtype``) and autocast casts that back to 16 bits for ``lora_A`` (the copy it saves, already
+    counted), while the decoder layer still holds the residual and the MLP's normed input. Measured with the
+    allocator's history on an H100 (``bench/vram/memory_history.py``, Llama-3.2-1B LoRA, 8,192 tokens, with
+    checkpointing): the peak is this moment of the top layer's recompute."""
+    if r.full or not r.lora or r.quantized or _fused_mlp(r) or not r.loop.autocast or r.adapter_bytes != 4:
+        return 0
+    if "down_proj" not in {m.name for m in targeted(r)}:
+        return 0
+    i, h = r.shape.intermediate_size * (r.shape.experts_per_token or 1), r.shape.hidden_size
+    return (r.linear_out_bytes + 4) * i + 2 * r.stream_bytes * h
+
+
 def compute(r: Resolved) -> LayerActivations:
     """Activation sizes of one decoder layer of this setup."""
     s = r.shape
@@ -242,6 +262,7 @@ def compute(r: Resolved) -> LayerActivations:
         weight_transient = max(weight_transient, _dora_transient(r))
     return LayerActivations(
         attn_tok=attn, mlp_tok=mlp, input_tok=input_tok, adapter_casts=_adapter_casts(r),
+        forward_transient_tok=_forward_transient(r),
         inflight_attn_tok=q_out * e_at + h * e_s,
         inflight_mlp_tok=(1 if _fused_mlp(r) else 2) * inter * e_lin + h * e_s,
         ckpt_tok=h * e_s, scores_saved=saved, scores_peak=peak, mask=mask, weight_transient=weight_transient,

@@ -27,7 +27,7 @@ committed point the error spans -3.5 % to +3.4 % on device-used memory and -2.1 
 shapes, one GPU. ``test_estimate_baselines`` recomputes this figure from its tables and fails when a new point reads
 lower: raise it then, and keep ``1 - TIGHT_FRACTION`` at least as large. Off these points: the compiled plans of
 ``bench/vram`` (``measured.py``) read down to -6.3 % on the points the regression test holds and to -9.2 % on its
-known misses (Phi-3.5 without checkpointing, Mistral-7B at 8,192 tokens), inside the band; the speed
+known miss (Phi-3.5 without checkpointing), inside the band; the speed
 benchmark's probe runs (QLoRA 8B, H100) read -2.3 to +1.1 % with checkpoints on the GPU and, with
 ``gradient_checkpointing: offload``, -3.3 to +5.9 % once ``OFFLOAD_CACHED_INPUTS`` is counted (-19 % at 32,768
 tokens without it)."""

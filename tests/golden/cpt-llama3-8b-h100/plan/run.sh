@@ -79,7 +79,7 @@ fi
 # ---- stage 05: sft (sft) ----
 # 1 process(es): 1 node(s) × 1 H100 SXM 80GB, strategy none
 # effective batch 4 micro × 4 accum × 1 process = 16 sequences × 2,048 tokens = 32,768 tokens/step
-# estimated peak 21.1 / 79.6 GiB per GPU (fits)
+# estimated peak 21.4 / 79.6 GiB per GPU (fits)
 # reads outputs/chat; writes outputs/sft
 if stage_complete ../plans/cpt-llama3-8b-h100/stages/sft/args.json; then
   echo "ftplan: stage sft is complete; skipping"
