@@ -299,15 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in items:
         by_model.setdefault(item.model if isinstance(item, P.Point) else item.point.model, []).append(item)
     models = list(by_model)
-    # Every model of the run is written first, one after another on the GPU (a random-init 8B shape takes seconds
-    # there and minutes on the CPU), and every point's data stage is prepared; then the points train back to back.
+    # Every model of the run is written first, all at once on the GPU (a random-init 8B shape takes seconds there
+    # and minutes on the CPU; writing the files is the slow part, and the writes overlap), and every point's data
+    # stage is prepared; then the points train back to back.
     t0 = time.monotonic()
-    failed = set()
-    for model in models:
-        proc = build_model_process(model, args.rehearse, on_gpu=True)
-        if proc is not None and proc.wait() != 0:
-            print(f"{model}: building the model failed", flush=True)
-            failed.add(model)
+    subprocess.run([sys.executable, str(HERE / "models.py"), "tokenizer", str(WORK / "models" / ".tok")], check=True,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    builds = {model: build_model_process(model, args.rehearse, on_gpu=True) for model in models}
+    failed = {model for model, proc in builds.items() if proc is not None and proc.wait() != 0}
+    for model in failed:
+        print(f"{model}: building the model failed", flush=True)
     prepare([i for m in models if m not in failed for i in by_model[m] if isinstance(i, P.Point)], gpu, logs)
     print(f"{len(models)} models built and data prepared in {time.monotonic() - t0:.0f} s", flush=True)
     for model in models:

@@ -48,14 +48,20 @@ def hf_config(key: str, tiny: bool = False, ids: dict | None = None):
     return getattr(transformers, _CONFIG[shape.family])(**kw)
 
 
+def tokenizer(folder: Path) -> Path:
+    """The tiny tokenizer every model of a run shares, trained into ``folder`` unless it is already there (build it
+    once before writing models in parallel)."""
+    from ftplan_runtime.tiny import build_tiny_model
+
+    return folder if (folder / "config.json").is_file() else build_tiny_model(folder)
+
+
 def build_model(key: str, out: Path, tiny: bool = False) -> Path:
     """Write a random-init model of catalog shape ``key`` with the tiny tokenizer into ``out``."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftplan_runtime.tiny import build_tiny_model
-
-    tok_dir = build_tiny_model(out.parent / ".tok")
+    tok_dir = tokenizer(out.parent / ".tok")
     ids = {k: v for k, v in json.loads((tok_dir / "config.json").read_text()).items()
            if k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     cfg = hf_config(key, tiny, ids)
@@ -99,5 +105,7 @@ if __name__ == "__main__":
     what, *rest = sys.argv[1:]
     if what == "model":
         build_model(rest[0], Path(rest[1]), tiny="--tiny" in rest)
+    elif what == "tokenizer":
+        tokenizer(Path(rest[0]))
     else:
         write_data(Path(rest[0]), [int(x) for x in rest[1:]])
