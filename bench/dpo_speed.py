@@ -342,7 +342,8 @@ def run_all(a) -> list[dict]:
 
 
 def _emit(row: dict, out: str | None) -> None:
-    line = json.dumps(row)
+    call = os.environ.get("SPEED_CALL")  # which run of bench/gpu/speed.sh measured it
+    line = json.dumps({**row, "call": call} if call else row)
     print(line, flush=True)
     if out:
         with open(out, "a") as f:

@@ -1,4 +1,5 @@
-"""The README's speed table, generated from one measuring session's committed results (never typed by hand).
+"""The README's speed table, generated from one measuring session's committed results (never typed by hand): one run
+of ``bench/gpu/speed.sh``, or its two parts (``qlora``, ``lora-dpo``), each row's arms from one run.
 
 Reads the step arms (`steps.jsonl`: one line per arm and shape, the arm named "MODE-ARM", e.g. "qlora-unsloth") and,
 when present, the DPO arms (`dpo-speed.jsonl`, `bench/dpo_speed.py`) of one folder under `bench/results/`, and
@@ -67,6 +68,32 @@ def mfu(line: dict | None) -> str:
     return f"{line['tok_per_s'] * flops_per_token(**LLAMA_8B, seq=line['seq']) / (PEAK_TFLOPS * 1e12):.1%}"
 
 
+def one_run(label: str, lines: list[dict]) -> None:
+    """Refuse a table row whose arms come from different runs of the benchmark (``call``): its ratios would
+    compare numbers measured apart."""
+    calls = {ln.get("call") for ln in lines if ln}
+    if len(calls) > 1:
+        raise ValueError(f"{label}: its arms come from different runs ({', '.join(sorted(map(str, calls)))}); "
+                         "measure them in one run")
+
+
+def runs_line(steps: list[dict], dpo: list[dict]) -> list[str]:
+    """Which run measured which rows, when the lines come from more than one (``speed.sh qlora`` and ``lora-dpo``)."""
+    rows: dict[str, list[str]] = {}
+    gpus: dict[str, str] = {}
+    for ln in steps + dpo:
+        call = ln.get("call")
+        what = ("QLoRA" if ln["arm"].startswith("qlora-") else "LoRA") if "batch" in ln \
+            and "-" in ln.get("arm", "") else "DPO"
+        if what not in rows.setdefault(call, []):
+            rows[call].append(what)
+        gpus.setdefault(call, ln.get("gpu", "GPU"))
+    if len(rows) < 2:
+        return []
+    return ["Measured in " + str(len(rows)) + " runs, each row's arms in one: " + "; ".join(
+        f"{' and '.join(what)} rows in run `{call}` on one {gpus[call]}" for call, what in rows.items()) + "."]
+
+
 def step_table(lines: list[dict]) -> list[str]:
     """One row per (mode, seq, batch) measured: every arm's cell, and each ftplan arm against Unsloth."""
     found = {(ln["arm"], ln["seq"], ln["batch"]): ln for ln in lines if "arm" in ln and "seq" in ln}
@@ -78,6 +105,7 @@ def step_table(lines: list[dict]) -> list[str]:
         got = {arm: found.get((f"{mode}-{arm}", seq, batch)) for arm, _ in ARMS}
         if not any(got.values()):
             continue
+        one_run(f"{mode} {seq} × {batch}", list(got.values()))
         ours = [got[a] for a in ("ftplan", "ftplan-offload") if got[a] and not got[a].get("oom")]
         best = max(ours, key=lambda ln: ln["tok_per_s"], default=None)  # the faster ftplan arm's MFU
         label = "LoRA" if mode == "lora" else "QLoRA"
@@ -114,6 +142,7 @@ def dpo_table(lines: list[dict]) -> list[str]:
         ours = next((ln for ln in arms if ln["arm"] == "ftplan" and bool(ln.get("precompute")) == pre), None)
         if not trl or not ours:
             continue
+        one_run(f"DPO {'precomputed' if pre else 'live'}", [trl, ours])
         alloc = ours["peak_alloc_gib"] / trl["peak_alloc_gib"]
         speed = ours["tok_per_s"] / trl["tok_per_s"]
         ref = "precomputed reference" if pre else "live reference"
@@ -163,10 +192,13 @@ def table(folder: Path, profiles: Path | None = None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     day = re.match(r"\d{4}-\d{2}-\d{2}", folder.name)
     when = f" on {day.group()}" if day else ""
-    parts = [f"Measured{when} in one session on one {first.get('gpu', 'GPU')} ({versions}); raw lines in "
+    runs = runs_line(steps, [ln for ln in dpo if "tok_per_s" in ln])
+    where = "" if runs else f" in one session on one {first.get('gpu', 'GPU')}"
+    parts = [f"Measured{when}{where} ({versions}); raw lines in "
              f"`{folder.as_posix()}/`. Cells: tokens/s · device memory used (the card's view: context, weights, "
              "allocator cache). Ratios: tokens/s, then the peak allocated / device memory difference. MFU: "
              "(4·N_mm + 6·N_lora + 6·L·s·d) FLOPs per token against 989 TFLOP/s.", ""]
+    parts[1:1] = runs  # after the header sentence, before the blank line
     parts += step_table(steps)
     fit = context_line(steps)
     if fit:
@@ -193,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="with --readme: fail if the file's table is not current")
     p.add_argument("--profiles", type=Path, help="the folder of the profile's session (default: folder)")
     a = p.parse_args(argv)
-    block = table(a.folder, a.profiles)
+    try:
+        block = table(a.folder, a.profiles)
+    except ValueError as e:
+        print(f"speed_table: {e}", file=sys.stderr)
+        return 1
     if a.readme is None:
         sys.stdout.write(block)
         return 0

@@ -131,3 +131,22 @@ def test_the_table_states_the_longest_context_fit(tmp_path):
     _write(tmp_path, "steps.jsonl", lines + [_arm("qlora-ftplan", 8192, 1, 1000.0, 7.0)])  # one length: no fit
     text = speed_table.table(tmp_path)
     assert "Unsloth 598,016 tokens (residual ≤ 0.000 GiB)" in text and "ftplan " not in text.split("Longest")[1]
+
+
+def test_a_table_from_two_runs_says_which_run_measured_each_row_and_never_mixes_them(tmp_path):
+    """``speed.sh qlora`` and ``speed.sh lora-dpo`` run apart: the table names each run's rows, and a row whose arms
+    come from different runs is refused (its ratios would compare numbers measured apart)."""
+    q, lo = "qlora 2026-12-08T10:00Z", "lora-dpo 2026-12-08T10:12Z"
+    steps = [_arm("qlora-ftplan", 2048, 2, 9000.0, 8.0, call=q), _arm("qlora-unsloth", 2048, 2, 10000.0, 7.5, call=q),
+             _arm("lora-ftplan", 2048, 2, 11000.0, 18.0, call=lo), _arm("lora-unsloth", 2048, 2, 10000.0, 18.5, call=lo)]
+    dpo = [{"arm": arm, "seq": 1024, "pairs": 2, "tok_per_s": tok, "device_used_gib": 30.0, "peak_alloc_gib": gib,
+            "gpu": "NVIDIA H200", "call": lo} for arm, tok, gib in (("trl", 1000.0, 40.0), ("ftplan", 1600.0, 38.0))]
+    _write(tmp_path, "steps.jsonl", steps)
+    _write(tmp_path, "dpo-speed.jsonl", dpo)
+    text = speed_table.table(tmp_path)
+    assert (f"Measured in 2 runs, each row's arms in one: QLoRA rows in run `{q}` on one NVIDIA H200; LoRA and DPO "
+            f"rows in run `{lo}` on one NVIDIA H200.") in text
+    assert "in one session" not in text and "| 1.10× ·" in text and "1.60× ·" in text
+    _write(tmp_path, "steps.jsonl", [*steps, _arm("qlora-hf-peft", 2048, 2, 3000.0, 20.0, call=lo)])
+    with pytest.raises(ValueError, match="qlora 2048 × 2: its arms come from different runs"):
+        speed_table.table(tmp_path)

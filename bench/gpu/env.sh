@@ -16,7 +16,7 @@ UNSLOTH=(env PYTHONPATH=/tmp/site-unsloth:$PWD/bench HF_HUB_OFFLINE=1 PYTHONUNBU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended to $dest/NAME.log, its JSON lines
-  # tagged "arm": NAME appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to
+  # tagged "arm": NAME (and "call": $SPEED_CALL when set: which run of the benchmark measured them) appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to
   # $dest/host-profiles.jsonl) and the steps' lines printed
   local name=$1 t=$2 out
   shift 2
@@ -25,9 +25,10 @@ arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended t
   timeout "$t" "$@" > "$out" 2>&1 || { echo "arm $name failed ($?):"; grep -v 'it/s\]\|s/it\]' "$out" | tail -25; }
   cat "$out" >> "$dest/$name.log"
   grep '^{' "$out" | python3 -c "
-import json, sys
+import json, os, sys
+call = os.environ.get('SPEED_CALL')
 for line in sys.stdin:
-    row = {**json.loads(line), 'arm': '$name'}
+    row = {**json.loads(line), 'arm': '$name', **({'call': call} if call else {})}
     kind = 'profiles' if 'profile' in row else 'host-profiles' if 'host_profile' in row else 'steps'
     with open('$dest/' + kind + '.jsonl', 'a') as f:
         f.write(json.dumps(row) + '\\n')
