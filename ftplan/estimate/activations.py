@@ -203,7 +203,7 @@ def _forward_transient(r: Resolved) -> int:
     counted), while the decoder layer still holds the residual and the MLP's normed input. Measured with the
     allocator's history on an H100 (``bench/vram/memory_history.py``, Llama-3.2-1B LoRA, 8,192 tokens, with
     checkpointing): the peak is this moment of the top layer's recompute. Counting it moved the allocated error of
-    the ten checkpointed calibration points through PEFT's LoRA layers (1B to 8B, Llama, Mistral, Qwen2.5, Phi-3.5,
+    the eleven checkpointed calibration points through PEFT's LoRA layers (1B to 8B, Llama, Mistral, Qwen2.5, Phi-3.5,
     DoRA and DPO among them) from -7.1 … -1.3 % to -3.6 … +0.2 %."""
     if r.full or not r.lora or r.quantized or _fused_mlp(r) or not r.loop.autocast or r.adapter_bytes != 4:
         return 0
