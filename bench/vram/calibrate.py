@@ -10,6 +10,8 @@ fitting plan's with the micro-batch raised) and record whether it ran out of mem
 
     python bench/vram/calibrate.py --shard small --out $OUT [--budget-s 540]
     python bench/vram/calibrate.py --shard small --out /tmp/r --rehearse   # the same flow, toy shapes, CPU
+    ... --skip-measured bench/results/vram --probes-first --only a,b,c      # what is left, probes first, in order
+    ... --memory-history a                                                  # also: what point a holds at its peak
 
 Lines are written as each point finishes, so a run stopped at its time limit keeps what it measured. Points left
 for lack of time are listed at the end.
