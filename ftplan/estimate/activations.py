@@ -207,7 +207,7 @@ def _forward_transient(r: Resolved) -> int:
     DoRA and DPO among them) from -7.1 … -1.3 % to -3.6 … +0.2 %."""
     if r.full or not r.lora or r.quantized or _fused_mlp(r) or not r.loop.autocast or r.adapter_bytes != 4:
         return 0
-    if "down_proj" not in {m.name for m in targeted(r)}:
+    if not any(_GROUP.get(m.name) == "act" for m in targeted(r)):  # no adapter on the down projection
         return 0
     i, h = r.shape.intermediate_size * (r.shape.experts_per_token or 1), r.shape.hidden_size
     return (r.linear_out_bytes + 4) * i + 2 * r.stream_bytes * h
