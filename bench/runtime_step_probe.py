@@ -231,6 +231,6 @@ p.add_argument("--offload", action="store_true", help="checkpoints to pinned hos
 p.add_argument("--shapes", nargs="+", help="SEQxBATCH[:STEPS] shapes, one loaded model (overrides --seq/--batch)")
 p.add_argument("--sdpa", choices=["cudnn", "flash", "efficient"], help="one attention backend for the whole step")
 p.add_argument("--profile", action="store_true", help="after the measurements: one profiled step at the first shape")
-p.add_argument("--host-profile", action="store_true", help="after the measurements: cProfile of the host issuing one step")
+p.add_argument("--host-profile", action="store_true", help="after the measurements: PyTorch's profiler (with Python stacks) of the host issuing one step")
 p.add_argument("--steps", type=int, default=3); p.add_argument("--warmup", type=int, default=2)
 run(p.parse_args())

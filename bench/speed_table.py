@@ -81,10 +81,9 @@ def runs_line(steps: list[dict], dpo: list[dict]) -> list[str]:
     """Which run measured which rows, when the lines come from more than one (``speed.sh qlora`` and ``lora-dpo``)."""
     rows: dict[str, list[str]] = {}
     gpus: dict[str, str] = {}
-    for ln in steps + dpo:
+    tagged = [(ln, "QLoRA" if ln["arm"].startswith("qlora-") else "LoRA") for ln in steps] + [(ln, "DPO") for ln in dpo]
+    for ln, what in tagged:
         call = ln.get("call")
-        what = ("QLoRA" if ln["arm"].startswith("qlora-") else "LoRA") if "batch" in ln \
-            and "-" in ln.get("arm", "") else "DPO"
         if what not in rows.setdefault(call, []):
             rows[call].append(what)
         gpus.setdefault(call, ln.get("gpu", "GPU"))
@@ -192,7 +191,7 @@ def table(folder: Path, profiles: Path | None = None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in found.items() if v)
     day = re.match(r"\d{4}-\d{2}-\d{2}", folder.name)
     when = f" on {day.group()}" if day else ""
-    runs = runs_line(steps, [ln for ln in dpo if "tok_per_s" in ln])
+    runs = runs_line([ln for ln in steps if "arm" in ln], [ln for ln in dpo if "tok_per_s" in ln])
     where = "" if runs else f" in one session on one {first.get('gpu', 'GPU')}"
     parts = [f"Measured{when}{where} ({versions}); raw lines in "
              f"`{folder.as_posix()}/`. Cells: tokens/s · device memory used (the card's view: context, weights, "

@@ -16,8 +16,9 @@ UNSLOTH=(env PYTHONPATH=/tmp/site-unsloth:$PWD/bench HF_HUB_OFFLINE=1 PYTHONUNBU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 arm() {  # arm NAME SECONDS COMMAND...: one benchmark arm; its output appended to $dest/NAME.log, its JSON lines
-  # tagged "arm": NAME (and "call": $SPEED_CALL when set: which run of the benchmark measured them) appended to $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to
-  # $dest/host-profiles.jsonl) and the steps' lines printed
+  # tagged "arm": NAME (and "call": $SPEED_CALL when set: which run of the benchmark measured them) appended to
+  # $dest/steps.jsonl (profile lines to $dest/profiles.jsonl, host profiles to $dest/host-profiles.jsonl) and the
+  # steps' lines printed
   local name=$1 t=$2 out
   shift 2
   out=$(mktemp)

@@ -112,12 +112,14 @@ def memory_history_env(name: str, logs: Path) -> dict:
             "PYTHONPATH": f"{HERE / 'memhist'}:{os.environ.get('PYTHONPATH', '')}"}
 
 
-def report_memory_history(name: str, logs: Path) -> None:
-    """Write what was live at each recorded process's peak to ``logs/<name>.memhist.txt`` and compress the traces
-    (``memory_history.py`` reads them again, with other groupings, where they are copied to)."""
+def report_memory_history(name: str, logs: Path, card_name: str) -> None:
+    """Write what was live at each recorded process's peak to ``logs/<name>.memhist.txt`` (headed by the card) and
+    compress the traces (``memory_history.py`` reads them again, with other groupings, where they are copied to)."""
     import gzip
 
     with open(logs / f"{name}.memhist.txt", "w") as f:
+        f.write(f"card: {card_name}\n")
+        f.flush()
         for trace in sorted((logs / "memhist").glob(f"{name}.*.pickle")):
             subprocess.run([sys.executable, str(HERE / "memory_history.py"), str(trace)], stdout=f,
                            stderr=subprocess.STDOUT)
@@ -149,10 +151,10 @@ def seed_weight_digests(out: Path) -> None:
 
 
 def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_batch_to: int | None = None,
-              memory_history: bool = False) -> dict:
+              memory_history: str | None = None) -> dict:
     """Estimate, compile and run one point; its results row. ``micro_batch_to``: run with this micro-batch
-    instead (a boundary probe's step past what ``check`` accepts). ``memory_history``: record the allocator's
-    history and report what was live at the peak (``memory_history.py``)."""
+    instead (a boundary probe's step past what ``check`` accepts). ``memory_history``: the card's name, to record the
+    allocator's history and report what was live at the peak (``memory_history.py``)."""
     pipe = WORK / "pipelines" / f"{p.name}.yaml"
     pipe.parent.mkdir(parents=True, exist_ok=True)
     pipe.write_text(pipeline_text(p, gpu))
@@ -181,7 +183,7 @@ def run_point(p: P.Point, gpu: str | None, logs: Path, timeout: float, *, micro_
                   memory_history_env(p.name, logs) if memory_history else None)
     row["run_s"] = round(time.monotonic() - start, 1)
     if memory_history:
-        report_memory_history(p.name, logs)
+        report_memory_history(p.name, logs, memory_history)
         row["memory_history"] = True
     m = measured(p.stage_id)
     oom = "out of memory" in (logs / f"{p.name}.run.log").read_text(errors="replace").lower()
@@ -280,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keep = set(args.only.split(","))
         points, bounds = [p for p in points if p.name in keep], [b for b in bounds if b.point.name in keep]
+    history = set(filter(None, args.memory_history.split(",")))
     if args.skip_measured:
         earlier = current(args.skip_measured)
         done = {r["point"]["name"] for r in earlier if r.get("outcome") == "ok"}
-        history = set(args.memory_history.split(","))  # measured again to see what they hold
-        points = [p for p in points if p.name not in done or p.name in history]
+        points = [p for p in points if p.name not in done or p.name in history]  # measured again: what they hold
         bounds = [b for b in bounds if b.point.name not in probed(earlier)]
     if args.rehearse:
         points = [rehearsal(p) for p in points]
@@ -302,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         by_model.setdefault(item.model if isinstance(item, P.Point) else item.point.model, []).append(item)
     models = list(by_model)
     # Every model of the run is written first, all at once on the GPU (a random-init 8B shape takes seconds there
-    # and minutes on the CPU; writing the files is the slow part, and the writes overlap), and every point's data
-    # stage is prepared; then the points train back to back.
+    # and minutes on the CPU; written one after another, four models of the small shard took 110 s with their data
+    # on an H100; the parallel writes are not timed on a GPU yet), and every point's data stage is prepared; then
+    # the points train back to back.
     t0 = time.monotonic()
     subprocess.run([sys.executable, str(HERE / "models.py"), "tokenizer", str(WORK / "models" / ".tok")], check=True,
                    env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             if isinstance(item, P.Point):
                 rows.append(run_point(item, gpu, logs, remaining - 5,
-                                      memory_history=item.name in args.memory_history.split(",")))
+                                      memory_history=name if item.name in history else None))
             else:
                 found = boundary(item, gpu)
                 if found is None:

@@ -176,11 +176,13 @@ BOUNDARIES: list[Boundary] = [
     Boundary(_p("bound-g2-lora-s4096-nogc", G2, seq=4096, gc=False, attention="eager")),
 ]
 """Configurations probed at the largest micro-batch ``check`` says fits and the next one up. Chosen so that on both an
-H100 80GB and an H200 the fit is estimated at 75-95 % of the card and the step past it at 109-160 %: without
-checkpointing and at long sequences one more sequence is a large step, several times the estimate's error, so the
-probe tests the verdict rather than the last percent, and the micro-batches stay small enough for seconds a step. (Probes
-with checkpointing reach micro-batches of 30-60 at 2,048 tokens on an 80 GB card and steps of minutes; earlier runs
-recorded two of them, ``bound-l3-lora-s2048`` and ``bound-m7-lora-s1024-nogc``.)"""
+H100 80GB and an H200 the fit is estimated at 61-95 % of the card and the step past it at 110-163 % (the estimator of
+2026-12-07): without checkpointing and at long sequences one more sequence is a large step, several times the
+estimate's error, so the probe tests the verdict rather than the last percent, and a step takes seconds. With
+checkpointing the boundary lies at micro-batches of 40-100 on an H100 (Llama-3.1-8B QLoRA at 4,096 tokens: 40;
+Qwen2.5-7B LoRA at 2,048: 51; Llama-3.2-3B LoRA at 2,048: 90, and none below 128 on an H200), where one more sequence
+is 1-2 % of the card and a step takes minutes; earlier runs recorded two probes of the older list,
+``bound-l3-lora-s2048`` and ``bound-m7-lora-s1024-nogc``."""
 
 SHARDS: dict[str, tuple[str, ...]] = {
     "llama-small": (L1, L3),

@@ -88,6 +88,14 @@ class LayerActivations:
         """Everything one layer saves, per token (without the score blocks)."""
         return self.attn_tok + self.mlp_tok
 
+    def forward_is_wider(self) -> bool:
+        """The MLP's forward holds more beyond the saved tensors than its backward's gradients in flight."""
+        return self.forward_transient_tok > self.inflight_mlp_tok
+
+    def mlp_working_tok(self) -> int:
+        """The larger of the MLP half's forward and backward working sets, per token, beyond what the layer saves."""
+        return max(self.inflight_mlp_tok, self.forward_transient_tok)
+
 
 def _norm(r: Resolved, input_is_ckpt: bool) -> int:
     """Bytes per token one RMSNorm saves."""

@@ -222,8 +222,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
             held_all = held_top = Term("activation checkpoints", layers * acts.ckpt_tok * n,
                                        f"{layers} layers × {each}")
         held_one = replace(held_all, bytes=where.bottom * acts.ckpt_tok * n, detail="the bottom layer's input")
-        layer_a = (acts.layer_tok() + max(acts.inflight_mlp_tok, acts.forward_transient_tok)) * n \
-            + acts.scores_saved + acts.adapter_casts
+        layer_a = (acts.layer_tok() + acts.mlp_working_tok()) * n + acts.scores_saved + acts.adapter_casts
         layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak + acts.adapter_casts
         layer_what = "recomputed layer"
     else:
@@ -231,7 +230,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
         held_all = Term("activations (no checkpointing)", layers * per_layer,
                         f"{layers} layers × {gib_text(per_layer)}")
         held_one = held_top = held_all
-        layer_a = max(acts.inflight_mlp_tok, acts.forward_transient_tok) * n
+        layer_a = acts.mlp_working_tok() * n
         layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
         layer_what = "layer backward"
     common = [Term("attention mask", acts.mask, f"{r.sequences} × {num(r.seq)}^2")] if acts.mask else []
@@ -244,8 +243,7 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
                       f"{num(n)} tokens × {acts.attn_tok + acts.inflight_attn_tok:,} B"),
                  Term("attention scores", scores, acts.scores_detail)]
     else:
-        held_too = ("the forward's working set" if acts.forward_transient_tok > acts.inflight_mlp_tok
-                    else "gradients in flight")
+        held_too = "the forward's working set" if acts.forward_is_wider() else "gradients in flight"
         layer = [Term(layer_what, max(layer_a, layer_b), f"{num(n)} tokens × {acts.layer_tok():,} B saved + {held_too}")]
     if acts.weight_transient:
         what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight-norm transient"
