@@ -29,19 +29,15 @@ MAX_ERROR_PCT = 7.0
 """Target: largest |estimate - measured| / measured of any point."""
 MEAN_ERROR_PCT = 3.0
 """Target: mean |error| over the points within ``MAX_ERROR_PCT``."""
-MEAN_ERROR_NOW_PCT = 3.1
-"""The mean the estimator reaches today over those points (3.08 % over 35 points on an H100 and an H200; 3.44 % over
-all 37 with the known misses). The eight points measured last raised it from 2.95 % over 26; the same estimator
-without the forward transient of PEFT's LoRA layers (``activations._forward_transient``) reads 3.28 % on these 35.
-The test holds this line so that no change makes the estimate worse; lower it as the estimate improves."""
+MEAN_ERROR_NOW_PCT = 3.06
+"""The mean the estimator reaches today over those points (3.05 % over 36 points on an H100 and an H200; 3.25 % over
+all 37 with the known miss). Counting the q and k parts a fused ``qkv_proj`` keeps alive
+(``activations._fused_qkv_storage``) brought Phi-3.5 without checkpointing from -9.2 % to -3.8 %; before it the
+mean was 3.08 % over 35. The test holds this line so that no change makes the estimate worse; lower it as the
+estimate improves."""
 
 KNOWN_MISSES: dict[str, tuple[float, str]] = {
     "l1-qlora-s2048-b4": (11.0, "fragmentation: 0.20 GiB measured against 0.47 estimated, on a 3.6 GiB peak"),
-    "phi-lora-s1024-b4-nogc": (-10.0, "without checkpointing: the allocator's history at the peak "
-                               "(bench/results/2026-12-07-h100-e) holds 17.86 GiB of layer activations against "
-                               "16.35 estimated, 12 KB more per token and layer (one fp32 hidden-size tensor), and "
-                               "1.55 GiB of cache against 0.47; a CPU count of the saved tensors agrees with the "
-                               "estimate, and which op keeps the extra tensor on the GPU is not identified yet"),
 }
 """Points still outside ``MAX_ERROR_PCT``: (the error they must not exceed, in the direction they miss, and why).
 A known miss that gets worse fails; one that comes within the target fails too, so that it leaves this list."""

@@ -9,6 +9,8 @@ Bytes per token of what autograd saves in one layer, counted tensor by tensor fr
   log-sum-exp per head; the math SDPA kernel (fp32 q/k/v with GQA) saves q and the head-repeated k, v, and its
   (heads × s × s) fp32 scores are counted separately; eager adds fp32 and cast probabilities, and a tanh
   output where the logits are capped (Gemma 2).
+- A fused ``qkv_proj`` (Phi-3) hands attention q, k and v as views of its output; the saved v keeps the whole
+  output alive, q and k parts included (``_fused_qkv_storage``).
 - MLP: HF keeps gate, up and SiLU(gate) (3 × i); the fused SwiGLU keeps gate and up (2 × i).
 - Linear inputs: a trainable base linear saves its input once per distinct input tensor. A LoRA module saves the
   input of ``lora_A`` in the adapter's dtype: under autocast each module keeps its own 16-bit cast (2 × d_in)
@@ -221,6 +223,19 @@ def _forward_transient(r: Resolved) -> int:
     return (r.linear_out_bytes + 4) * i + 2 * r.stream_bytes * h
 
 
+def _fused_qkv_storage(r: Resolved) -> int:
+    """Bytes per token the saved v keeps alive beyond itself under a fused ``qkv_proj`` (Phi-3): v is a view of the
+    projection's output, so attention's saved v holds that whole output, its q and k parts too. Not where v is
+    copied before attention: ``repeat_kv`` with grouped heads (eager, or SDPA given a mask) or the math kernel's fp32
+    cast."""
+    s = r.shape
+    q_out, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+    repeated = kv != q_out and (r.attention == "eager" or (r.loop.padded and r.attention == "sdpa"))
+    if not s.fused_qkv or r.math_attention or repeated:
+        return 0
+    return (q_out + kv) * r.linear_out_bytes
+
+
 def compute(r: Resolved) -> LayerActivations:
     """Activation sizes of one decoder layer of this setup."""
     s = r.shape
@@ -236,6 +251,7 @@ def compute(r: Resolved) -> LayerActivations:
     else:
         kv_saved = q_out if r.loop.padded and r.attention == "sdpa" else kv  # repeat_kv when a mask is passed
         attn = (2 * q_out + 2 * kv_saved) * e_at + 4 * s.num_heads
+    attn += _fused_qkv_storage(r)
     d_in = {"ln1": h, "attn_out": q_out, "ln2": h, "act": s.intermediate_size}
     attn += _norm(r, input_is_ckpt=True) + (norms_per_half - 1) * _norm(r, input_is_ckpt=False)
     attn += _linear_inputs(r, "ln1", d_in, e_s, shared_free=False)

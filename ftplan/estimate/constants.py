@@ -26,8 +26,7 @@ committed point the error spans -3.5 % to +3.4 % on device-used memory and -2.1 
 (the compiled QLoRA SFT + DPO run reads 0 to +6 % high, on the safe side). All points are one H200, Llama-3.1-8B
 shapes, one GPU. ``test_estimate_baselines`` recomputes this figure from its tables and fails when a new point reads
 lower: raise it then, and keep ``1 - TIGHT_FRACTION`` at least as large. Off these points: the compiled plans of
-``bench/vram`` (``measured.py``) read down to -6.3 % on the points the regression test holds and to -9.2 % on its
-known miss (Phi-3.5 without checkpointing), inside the band; the speed
+``bench/vram`` (``measured.py``) read down to -6.3 %, inside the band; the speed
 benchmark's probe runs (QLoRA 8B, H100) read -2.3 to +1.1 % with checkpoints on the GPU and, with
 ``gradient_checkpointing: offload``, -3.3 to +5.9 % once ``OFFLOAD_CACHED_INPUTS`` is counted (-19 % at 32,768
 tokens without it)."""
