@@ -130,7 +130,8 @@ def test_the_readme_states_the_current_accuracy(tmp_path):
     text = " ".join((ROOT / "README.md").read_text().split())
     assert f"over {len(errors)} compiled plans measured" in text
     assert (f"the mean error is {sum(errors.values()) / len(errors):.1f} %, {sum(inside) / len(inside):.1f} % on the "
-            f"{len(inside)} points within {MAX_ERROR_PCT:.0f} %; the {_words(len(KNOWN_MISSES))} misses") in text
+            f"{len(inside)} points within {MAX_ERROR_PCT:.0f} %; the {_words(len(KNOWN_MISSES))} "
+            f"{'miss' if len(KNOWN_MISSES) == 1 else 'misses'}") in text
 
 
 def _words(n: int) -> str:
