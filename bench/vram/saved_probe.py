@@ -1,13 +1,13 @@
 """Count what autograd saves in one decoder layer of a catalog shape, against the estimator's figure.
 
-A model of the shape with one and with two decoder layers (random init, bf16 base, PEFT LoRA on every linear
-with fp32 adapters, bf16 autocast: the runtime's loop) runs one forward under ``saved_tensors_hooks``; every
+A model of the shape with one and with two decoder layers (random init, bf16 base or, with ``--adapter qlora``,
+the runtime's NF4 load of it; PEFT LoRA on every linear with fp32 adapters, bf16 autocast: the runtime's loop) runs one forward under ``saved_tensors_hooks``; every
 tensor autograd keeps is recorded by its storage (views of one storage count once, parameters not at all). The
 difference between the two models is one layer's saved bytes (counted once the forward is done, so tensors saved
 into a branch of the graph the forward dropped are not), which this prints per token beside
 ``estimate.activations.compute(...)``'s ``layer_tok`` (+ its score blocks) for the same setup.
 
-    python bench/vram/saved_probe.py phi-3.5-mini --seq 256 [--attention eager] [--adapter dora] [--batch 2]
+    python bench/vram/saved_probe.py phi-3.5-mini --seq 256 [--attention eager] [--adapter dora|qlora] [--batch 2]
 
 It runs on the GPU when there is one (the attention kernels save what they save on that device) and on the CPU
 otherwise. Allocator effects are not seen here: this checks the tensor count.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import weakref
 from pathlib import Path
 
@@ -43,6 +44,13 @@ def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, ada
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).to(device)
+    if adapter == "qlora":  # the runtime's NF4 load (ftplan_runtime.model_loading), 16-bit parts kept as they are
+        from ftplan_runtime.model_loading import load_weights
+
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            model = load_weights(folder, dtype=torch.bfloat16, attention=attention, quantize_4bit=True,
+                                 device_map={"": device})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear",
                                              use_dora=adapter == "dora"))
     model.train()
@@ -59,8 +67,15 @@ def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, ada
         return t
 
     ids = torch.randint(0, 512, (batch, seq), device=device)
-    with torch.autocast(device, dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(input_ids=ids, use_cache=False)  # as in training: a cache would copy k and v
+    # PEFT's 4-bit LoRA layer asks torch.is_autocast_enabled() with no device, which reads CUDA's autocast: on the
+    # CPU it would cast every input to fp32 as it does without autocast. Answer for this device, as the GPU would.
+    cuda_autocast, torch.is_autocast_enabled = torch.is_autocast_enabled, (
+        lambda *dev: cuda_autocast(*dev) if dev else cuda_autocast(device))
+    try:
+        with torch.autocast(device, dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(input_ids=ids, use_cache=False)  # as in training: a cache would copy k and v
+    finally:
+        torch.is_autocast_enabled = cuda_autocast
     # only what the graph still holds once the forward is done: a tensor saved into a branch of the graph that the
     # forward then dropped (DoRA's weight-norm path through an identity matrix) was freed with that branch
     kept = sum(max((size for r, size in saved if r() is not None), default=0) for saved in seen.values())
@@ -99,7 +114,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--attention", default="sdpa")
-    ap.add_argument("--adapter", default="lora", choices=["lora", "dora"])
+    ap.add_argument("--adapter", default="lora", choices=["lora", "dora", "qlora"])
     a = ap.parse_args()
     layer, est = compare(a.model, a.seq, a.batch, a.attention, a.adapter)
     n = a.seq * a.batch
