@@ -331,7 +331,7 @@ def test_json_is_one_document_with_sorted_keys(tmp_path, monkeypatch):
     sft = next(s for s in doc["stages"] if s["id"] == "sft")
     peak = next(c for c in sft["changes"] if c["key"] == "peak")
     assert peak["old"]["capacity_bytes"] < peak["new"]["capacity_bytes"]
-    assert (peak["old_text"], peak["new_text"]) == ("26.2 GiB of 40.0 (fits)", "26.2 GiB of 80.0 (fits)")
+    assert (peak["old_text"], peak["new_text"]) == ("26.6 GiB of 40.0 (fits)", "26.6 GiB of 80.0 (fits)")
     assert [s["symbol"] for s in doc["stages"]] == ["=", "~"]
 
 

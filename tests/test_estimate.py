@@ -212,16 +212,19 @@ def test_peft_layers_keep_16_bit_copies_of_their_adapters_for_backward():
 
 
 def test_peft_lora_on_a_16_bit_base_holds_its_down_projection_input_three_times_in_the_forward():
-    """In ``down_proj``'s LoRA forward under autocast the SwiGLU product, PEFT's fp32 cast of it and the residual and
-    normed input are alive beyond what the layer saves; with checkpointing that moment of the recompute is the
-    recomputed layer's peak when it exceeds the backward's gradients in flight. The fused Functions, bitsandbytes'
-    layers (no input cast), full fine-tunes and fp32 training hold no such copy."""
+    """In ``down_proj``'s LoRA forward under autocast the SwiGLU product, PEFT's fp32 cast of it, the residual, the
+    normed input and the base output are alive beyond what the layer saves; with checkpointing that moment of the
+    recompute is the recomputed layer's peak when it exceeds the backward's gradients in flight, and the backward's
+    first two gradients (the layer output's and its scaled copy for ``lora_B``) are alive then too. The fused
+    Functions, bitsandbytes' layers (no input cast), full fine-tunes and fp32 training hold no such copy."""
     from ftplan.estimate.activations import compute
 
     h, i = 4096, 14336
     r = resolve(LLAMA_8B, sft("lora"), seq_len=2048)
     acts = compute(r)
-    assert acts.forward_transient_tok == (2 + 4) * i + 2 * 2 * h > acts.inflight_mlp_tok
+    assert acts.forward_transient_tok == (2 + 4) * i + 3 * 2 * h + 2 * 2 * h > acts.inflight_mlp_tok
+    no_recompute = compute(resolve(LLAMA_8B, sft("lora", gradient_checkpointing=False), seq_len=2048))
+    assert no_recompute.forward_transient_tok == (2 + 4) * i + 3 * 2 * h
     layer = term(est(sft("lora"), seq=2048), "recomputed layer")
     assert layer == (acts.layer_tok() + acts.forward_transient_tok) * r.tokens + acts.adapter_casts
     for other in (sft("lora", kernels="ftplan"), sft("qlora"), sft("full"), sft("lora", precision="fp32")):

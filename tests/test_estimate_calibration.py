@@ -29,12 +29,15 @@ MAX_ERROR_PCT = 7.0
 """Target: largest |estimate - measured| / measured of any point."""
 MEAN_ERROR_PCT = 3.0
 """Target: mean |error| over the points within ``MAX_ERROR_PCT``."""
-MEAN_ERROR_NOW_PCT = 3.06
-"""The mean the estimator reaches today over those points (3.05 % over 36 points on an H100 and an H200; 3.25 % over
-all 37 with the known miss). Counting the q and k parts a fused ``qkv_proj`` keeps alive
-(``activations._fused_qkv_storage``) brought Phi-3.5 without checkpointing from -9.2 % to -3.8 %; before it the
-mean was 3.08 % over 35. The test holds this line so that no change makes the estimate worse; lower it as the
-estimate improves."""
+MEAN_ERROR_NOW_PCT = 2.95
+"""The mean the estimator reaches today over those points (2.94 % over 36 points on an H100 and an H200; 3.14 % over
+all 37 with the known miss). Two changes, each checked tensor by tensor on the CPU before it was compared with these
+points, brought it here from 3.08 % over 35: the q and k parts a fused ``qkv_proj`` keeps alive
+(``activations._fused_qkv_storage``; Phi-3.5 without checkpointing from -9.2 % to -3.8 %), and what the recompute
+of PEFT's LoRA layers holds beside ``down_proj``'s fp32 cast (its base output and the backward's first two
+gradients, ``activations._forward_transient``; the allocated error of the 13 checkpointed points through PEFT's
+LoRA layers from -3.6 … +0.2 % to -2.2 … +1.2 %). The test holds this line so that no change makes the estimate
+worse; lower it as the estimate improves."""
 
 KNOWN_MISSES: dict[str, tuple[float, str]] = {
     "l1-qlora-s2048-b4": (11.0, "fragmentation: 0.20 GiB measured against 0.47 estimated, on a 3.6 GiB peak"),

@@ -2,7 +2,8 @@
 
 PEFT's DoRA layer recomputes its weight norm in every forward (through an identity matrix and full-size weight
 copies); that peak comes and goes inside one module call, so it is not among the tensors autograd saves
-(``saved_probe.py``). Here every tensor an ATen op returns is tracked by its storage until it is freed, under bf16
+(``saved_probe.py``). Here every tensor an ATen op returns is tracked by its storage until it is freed
+(``live_tensors.py``), under bf16
 autocast with fp32 adapters (the runtime's loop), for one bf16 ``nn.Linear`` of the given shape and a few tokens.
 
     python bench/vram/dora_transient.py 8192 3072 3072 8192 3072 1024 4096 4096   # d_in d_out pairs
@@ -12,41 +13,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
 
 
 def measured_peak(d_in: int, d_out: int, tokens: int = 16, rank: int = 16) -> int:
     """Largest sum of live tensor storages created during one DoRA forward (parameters and the input excluded)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
 
-    class Tracker(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live: dict[int, int] = {}
-            self.current = self.peak = 0
-
-        def _freed(self, address: int) -> None:
-            self.current -= self.live.pop(address, 0)
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    storage = t.untyped_storage()
-                    address = storage.data_ptr()
-                    if address not in self.live and storage.nbytes() > 0:
-                        self.live[address] = storage.nbytes()
-                        self.current += storage.nbytes()
-                        weakref.finalize(t, self._freed, address)
-            self.peak = max(self.peak, self.current)
-            return out
+    from live_tensors import LiveTensors, addresses
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(torch.bfloat16)
@@ -56,7 +35,7 @@ def measured_peak(d_in: int, d_out: int, tokens: int = 16, rank: int = 16) -> in
             p.data = p.data.float()  # PEFT's autocast_adapter_dtype, as the runtime loads adapters
     model.train()
     x = torch.randn(tokens, d_in, dtype=torch.bfloat16)
-    tracker = Tracker()
+    tracker = LiveTensors(addresses(x, *model.parameters()))
     with torch.autocast("cpu", dtype=torch.bfloat16), tracker:
         model(x)
     return tracker.peak

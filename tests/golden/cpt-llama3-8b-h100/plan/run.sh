@@ -48,7 +48,7 @@ fi
 # ---- stage 02: cpt (cpt) ----
 # 1 process(es): 1 node(s) × 1 H100 SXM 80GB, strategy none
 # effective batch 2 micro × 8 accum × 1 process = 16 sequences × 4,096 tokens = 65,536 tokens/step
-# estimated peak 38.9 / 79.6 GiB per GPU (fits)
+# estimated peak 39.0 / 79.6 GiB per GPU (fits)
 # reads outputs/text; writes outputs/cpt
 if stage_complete ../plans/cpt-llama3-8b-h100/stages/cpt/args.json; then
   echo "ftplan: stage cpt is complete; skipping"
@@ -79,7 +79,7 @@ fi
 # ---- stage 05: sft (sft) ----
 # 1 process(es): 1 node(s) × 1 H100 SXM 80GB, strategy none
 # effective batch 4 micro × 4 accum × 1 process = 16 sequences × 2,048 tokens = 32,768 tokens/step
-# estimated peak 21.4 / 79.6 GiB per GPU (fits)
+# estimated peak 21.5 / 79.6 GiB per GPU (fits)
 # reads outputs/chat; writes outputs/sft
 if stage_complete ../plans/cpt-llama3-8b-h100/stages/sft/args.json; then
   echo "ftplan: stage sft is complete; skipping"

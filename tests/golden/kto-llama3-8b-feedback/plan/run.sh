@@ -47,7 +47,7 @@ fi
 # ---- stage 02: sft (sft) ----
 # 1 process(es): 1 node(s) × 1 A100 SXM 80GB, strategy none
 # effective batch 4 micro × 4 accum × 1 process = 16 sequences × 2,048 tokens = 32,768 tokens/step
-# estimated peak 21.2 / 80.0 GiB per GPU (fits)
+# estimated peak 21.4 / 80.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/kto-llama3-8b-feedback/stages/sft/args.json; then
   echo "ftplan: stage sft is complete; skipping"
@@ -59,7 +59,7 @@ fi
 # ---- stage 03: kto (kto) ----
 # 1 process(es): 1 node(s) × 1 A100 SXM 80GB, strategy none
 # effective batch 4 micro × 4 accum × 1 process = 16 sequences × 2,048 tokens = 32,768 tokens/step
-# estimated peak 21.4 / 80.0 GiB per GPU (fits)
+# estimated peak 21.6 / 80.0 GiB per GPU (fits)
 # reads outputs/data; writes outputs/kto
 if stage_complete ../plans/kto-llama3-8b-feedback/stages/kto/args.json; then
   echo "ftplan: stage kto is complete; skipping"

@@ -47,7 +47,7 @@ fi
 # ---- stage 02: sft (sft) ----
 # 4 process(es): 1 node(s) × 4 H100 SXM 80GB, strategy ddp
 # effective batch 4 micro × 2 accum × 4 processes = 32 sequences × 2,048 tokens = 65,536 tokens/step
-# estimated peak 25.3 / 79.6 GiB per GPU (fits)
+# estimated peak 25.5 / 79.6 GiB per GPU (fits)
 # reads outputs/data; writes outputs/sft
 if stage_complete ../plans/reward-llama3-8b-4xh100/stages/sft/args.json; then
   echo "ftplan: stage sft is complete; skipping"

@@ -1,0 +1,119 @@
+"""Count what one checkpointed decoder layer holds while the backward runs through it, against the estimator.
+
+One decoder layer of a catalog shape (random init, bf16 base or, with ``--adapter qlora``, the runtime's NF4 load;
+PEFT LoRA on every linear with fp32 adapters, bf16 autocast: the runtime's loop) runs its forward under
+non-reentrant gradient checkpointing, then its backward from a given output gradient. Every tensor the backward
+makes, the recompute's included, is tracked by its storage until it is freed (``live_tensors.py``); the largest
+total is printed beside the estimator's recomputed-layer term (``max`` of the forward and backward working sets,
+plus a per-call weight transient), less the output gradient, which the probe supplies and does not count.
+
+    python bench/vram/layer_backward_probe.py llama-3.2-1b --seq 256 [--adapter qlora] [--top 20]
+
+The CPU's kernels stand in for the GPU's: where the two differ (bitsandbytes' CPU dequantisation keeps fp32
+working buffers, so QLoRA's per-call weight transient is larger here), read the peak's make-up (``--top``), not
+only its total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+
+def measured(key: str, seq: int, adapter: str = "lora"):
+    """The tracker after one layer's checkpointed backward over ``seq`` tokens (``peak``, ``at_peak``)."""
+    import torch
+    import torch.utils.checkpoint as checkpoint
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from live_tensors import LiveTensors, addresses
+    from models import hf_config
+
+    cfg = hf_config(key)
+    cfg.num_hidden_layers = 1
+    cfg.vocab_size = 512
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = cfg.layer_types[:1]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    if adapter == "qlora":  # the runtime's NF4 load (ftplan_runtime.model_loading)
+        from ftplan_runtime.model_loading import load_weights
+
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            model = load_weights(folder, dtype=torch.bfloat16, quantize_4bit=True, device_map={"": "cpu"})
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear"))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    model.train()
+    decoder = model.get_base_model().model
+    layer = decoder.layers[0]
+    x = torch.randn(1, seq, cfg.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+    positions = torch.arange(seq)[None]
+
+    def run(h):
+        out = layer(h, attention_mask=None, position_ids=positions, position_embeddings=rope)
+        return out[0] if isinstance(out, tuple) else out
+
+    # PEFT's 4-bit LoRA layer asks torch.is_autocast_enabled() with no device, which reads CUDA's autocast; answer
+    # for the CPU, as the GPU would for itself (saved_probe.py does the same)
+    cuda_autocast, torch.is_autocast_enabled = torch.is_autocast_enabled, (
+        lambda *dev: cuda_autocast(*dev) if dev else cuda_autocast("cpu"))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rope = decoder.rotary_emb(x, positions)
+            out = checkpoint.checkpoint(run, x, use_reentrant=False)
+        grad = torch.randn_like(out)
+        ignore = addresses(x, grad, out, *rope, *model.parameters(), *model.buffers())
+        ignore |= {m.weight.untyped_storage().data_ptr() for m in model.modules()
+                   if isinstance(getattr(m, "weight", None), torch.Tensor)}
+        with LiveTensors(ignore) as live:
+            out.backward(grad)
+    finally:
+        torch.is_autocast_enabled = cuda_autocast
+    return live
+
+
+def estimated(key: str, seq: int, adapter: str = "lora") -> int:
+    """The estimator's recomputed-layer bytes for this setup, less the output gradient (supplied, not counted)."""
+    from ftplan.catalog import get_model
+    from ftplan.estimate import activations
+    from ftplan.estimate.stage import resolve
+    from ftplan.schemas import SftStage
+
+    stage = SftStage.model_validate({"id": "s", "kind": "sft", "data": "d", "learning_rate": 1e-4,
+                                     "adapter": {"type": adapter, "r": 16, "alpha": 16, "targets": "all-linear"},
+                                     "micro_batch": 1, "gradient_checkpointing": True})
+    r = resolve(get_model(key), stage, seq_len=seq)
+    a = activations.compute(r)
+    forward = (a.layer_tok() + a.mlp_working_tok()) * seq + a.scores_saved + a.adapter_casts
+    backward = (a.attn_tok + a.inflight_attn_tok) * seq + a.scores_peak + a.adapter_casts
+    return max(forward, backward) + a.weight_transient - r.stream_bytes * r.shape.hidden_size * seq
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--adapter", default="lora", choices=["lora", "qlora"])
+    ap.add_argument("--top", type=int, default=0, help="print the largest groups of tensors live at the peak")
+    a = ap.parse_args()
+    live = measured(a.model, a.seq, a.adapter)
+    est = estimated(a.model, a.seq, a.adapter)
+    print(f"{a.model} {a.adapter} seq {a.seq}: measured {live.peak / 2**20:.1f} MiB, estimated {est / 2**20:.1f} MiB "
+          f"({100 * (est - live.peak) / live.peak:+.1f} %)")
+    for (op, shape, dtype), size in live.at_peak.most_common(a.top):
+        print(f"  {size / 2**20:8.2f} MiB  {op} {shape} {dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
