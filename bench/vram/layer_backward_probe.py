@@ -35,6 +35,7 @@ def measured(key: str, seq: int, adapter: str = "lora"):
 
     from live_tensors import LiveTensors, addresses
     from models import hf_config
+    from saved_probe import peft_sees_autocast
 
     cfg = hf_config(key)
     cfg.num_hidden_layers = 1
@@ -63,11 +64,7 @@ def measured(key: str, seq: int, adapter: str = "lora"):
         out = layer(h, attention_mask=None, position_ids=positions, position_embeddings=rope)
         return out[0] if isinstance(out, tuple) else out
 
-    # PEFT's 4-bit LoRA layer asks torch.is_autocast_enabled() with no device, which reads CUDA's autocast; answer
-    # for the CPU, as the GPU would for itself (saved_probe.py does the same)
-    cuda_autocast, torch.is_autocast_enabled = torch.is_autocast_enabled, (
-        lambda *dev: cuda_autocast(*dev) if dev else cuda_autocast("cpu"))
-    try:
+    with peft_sees_autocast("cpu"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             rope = decoder.rotary_emb(x, positions)
             out = checkpoint.checkpoint(run, x, use_reentrant=False)
@@ -77,8 +74,6 @@ def measured(key: str, seq: int, adapter: str = "lora"):
                    if isinstance(getattr(m, "weight", None), torch.Tensor)}
         with LiveTensors(ignore) as live:
             out.backward(grad)
-    finally:
-        torch.is_autocast_enabled = cuda_autocast
     return live
 
 

@@ -1,8 +1,8 @@
 """Count what autograd saves in one decoder layer of a catalog shape, against the estimator's figure.
 
 A model of the shape with one and with two decoder layers (random init, bf16 base or, with ``--adapter qlora``,
-the runtime's NF4 load of it; PEFT LoRA on every linear with fp32 adapters, bf16 autocast: the runtime's loop) runs one forward under ``saved_tensors_hooks``; every
-tensor autograd keeps is recorded by its storage (views of one storage count once, parameters not at all). The
+the runtime's NF4 load of it; PEFT LoRA on every linear with fp32 adapters, bf16 autocast: the runtime's loop)
+runs one forward under ``saved_tensors_hooks``; every tensor autograd keeps is recorded by its storage (views of one storage count once, parameters not at all). The
 difference between the two models is one layer's saved bytes (counted once the forward is done, so tensors saved
 into a branch of the graph the forward dropped are not), which this prints per token beside
 ``estimate.activations.compute(...)``'s ``layer_tok`` (+ its score blocks) for the same setup.
@@ -16,6 +16,7 @@ otherwise. Allocator effects are not seen here: this checks the tensor count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import weakref
@@ -24,6 +25,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
+
+
+@contextlib.contextmanager
+def peft_sees_autocast(device: str):
+    """PEFT's 4-bit LoRA layer asks ``torch.is_autocast_enabled()`` with no device, which reads CUDA's autocast: on
+    the CPU it would cast every input to fp32, as it does without autocast. Inside this block the question is
+    answered for ``device``, as it is on the GPU for the GPU."""
+    import torch
+
+    asked = torch.is_autocast_enabled
+    torch.is_autocast_enabled = lambda *dev: asked(*dev) if dev else asked(device)
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled = asked
 
 
 def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, adapter: str) -> int:
@@ -67,15 +83,9 @@ def saved_bytes(key: str, layers: int, seq: int, batch: int, attention: str, ada
         return t
 
     ids = torch.randint(0, 512, (batch, seq), device=device)
-    # PEFT's 4-bit LoRA layer asks torch.is_autocast_enabled() with no device, which reads CUDA's autocast: on the
-    # CPU it would cast every input to fp32 as it does without autocast. Answer for this device, as the GPU would.
-    cuda_autocast, torch.is_autocast_enabled = torch.is_autocast_enabled, (
-        lambda *dev: cuda_autocast(*dev) if dev else cuda_autocast(device))
-    try:
-        with torch.autocast(device, dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(input_ids=ids, use_cache=False)  # as in training: a cache would copy k and v
-    finally:
-        torch.is_autocast_enabled = cuda_autocast
+    with peft_sees_autocast(device), torch.autocast(device, dtype=torch.bfloat16), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, use_cache=False)  # as in training: a cache would copy k and v
     # only what the graph still holds once the forward is done: a tensor saved into a branch of the graph that the
     # forward then dropped (DoRA's weight-norm path through an identity matrix) was freed with that branch
     kept = sum(max((size for r, size in saved if r() is not None), default=0) for saved in seen.values())
