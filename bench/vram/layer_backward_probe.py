@@ -8,6 +8,10 @@ total is printed beside the estimator's recomputed-layer term (``max`` of the fo
 plus a per-call weight transient), less the output gradient, which the probe supplies and does not count.
 
     python bench/vram/layer_backward_probe.py llama-3.2-1b --seq 256 [--adapter qlora] [--top 20]
+    TRITON_INTERPRET=1 python bench/vram/layer_backward_probe.py qwen2.5-0.5b --seq 1536 --kernels   # minutes
+
+``--kernels`` patches the layer with the runtime's kernels (``kernels: ftplan``: fused norm, RoPE, SwiGLU and LoRA
+Functions); on the CPU the Triton kernels run interpreted, whose buffers need not be the compiled kernels'.
 
 The CPU's kernels stand in for the GPU's: where the two differ (bitsandbytes' CPU dequantisation keeps fp32
 working buffers, so QLoRA's per-call weight transient is larger here), read the peak's make-up (``--top``), not
@@ -26,7 +30,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
 
-def measured(key: str, seq: int, adapter: str = "lora"):
+def measured(key: str, seq: int, adapter: str = "lora", kernels: bool = False):
     """The tracker after one layer's checkpointed backward over ``seq`` tokens (``peak``, ``at_peak``)."""
     import torch
     import torch.utils.checkpoint as checkpoint
@@ -55,6 +59,10 @@ def measured(key: str, seq: int, adapter: str = "lora"):
         if p.requires_grad:
             p.data = p.data.float()
     model.train()
+    if kernels:
+        from ftplan_runtime.kernels import apply_ftplan_kernels
+
+        apply_ftplan_kernels(model)
     decoder = model.get_base_model().model
     layer = decoder.layers[0]
     x = torch.randn(1, seq, cfg.hidden_size, dtype=torch.bfloat16, requires_grad=True)
@@ -77,7 +85,7 @@ def measured(key: str, seq: int, adapter: str = "lora"):
     return live
 
 
-def estimated(key: str, seq: int, adapter: str = "lora") -> int:
+def estimated(key: str, seq: int, adapter: str = "lora", kernels: bool = False) -> int:
     """The estimator's recomputed-layer bytes for this setup, less the output gradient (supplied, not counted)."""
     from ftplan.catalog import get_model
     from ftplan.estimate import activations
@@ -86,7 +94,8 @@ def estimated(key: str, seq: int, adapter: str = "lora") -> int:
 
     stage = SftStage.model_validate({"id": "s", "kind": "sft", "data": "d", "learning_rate": 1e-4,
                                      "adapter": {"type": adapter, "r": 16, "alpha": 16, "targets": "all-linear"},
-                                     "micro_batch": 1, "gradient_checkpointing": True})
+                                     "micro_batch": 1, "gradient_checkpointing": True,
+                                     "kernels": "ftplan" if kernels else "none"})
     r = resolve(get_model(key), stage, seq_len=seq)
     a = activations.compute(r)
     forward = (a.layer_tok() + a.mlp_working_tok()) * seq + a.scores_saved + a.adapter_casts
@@ -99,11 +108,12 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--adapter", default="lora", choices=["lora", "qlora"])
+    ap.add_argument("--kernels", action="store_true", help="the runtime's kernels (kernels: ftplan)")
     ap.add_argument("--top", type=int, default=0, help="print the largest groups of tensors live at the peak")
     a = ap.parse_args()
-    live = measured(a.model, a.seq, a.adapter)
-    est = estimated(a.model, a.seq, a.adapter)
-    print(f"{a.model} {a.adapter} seq {a.seq}: measured {live.peak / 2**20:.1f} MiB, estimated {est / 2**20:.1f} MiB "
+    live = measured(a.model, a.seq, a.adapter, a.kernels)
+    est = estimated(a.model, a.seq, a.adapter, a.kernels)
+    print(f"{a.model} {a.adapter}{' kernels' if a.kernels else ''} seq {a.seq}: measured {live.peak / 2**20:.1f} MiB, estimated {est / 2**20:.1f} MiB "
           f"({100 * (est - live.peak) / live.peak:+.1f} %)")
     for (op, shape, dtype), size in live.at_peak.most_common(a.top):
         print(f"  {size / 2**20:8.2f} MiB  {op} {shape} {dtype}")
