@@ -4,8 +4,8 @@ One decoder layer of a catalog shape (random init, bf16 base or, with ``--adapte
 PEFT LoRA on every linear with fp32 adapters, bf16 autocast: the runtime's loop) runs its forward under
 non-reentrant gradient checkpointing, then its backward from a given output gradient. Every tensor the backward
 makes, the recompute's included, is tracked by its storage until it is freed (``live_tensors.py``); the largest
-total is printed beside the estimator's recomputed-layer term (``max`` of the forward and backward working sets,
-plus a per-call weight transient), less the output gradient, which the probe supplies and does not count.
+total is printed beside the estimator's terms for that layer (``estimate.stage.layer_terms``: the recomputed layer
+and a per-call weight transient), less the output gradient, which the probe supplies and does not count.
 
     python bench/vram/layer_backward_probe.py llama-3.2-1b --seq 256 [--adapter qlora] [--top 20]
     TRITON_INTERPRET=1 python bench/vram/layer_backward_probe.py qwen2.5-0.5b --seq 1536 --kernels   # minutes
@@ -89,7 +89,7 @@ def estimated(key: str, seq: int, adapter: str = "lora", kernels: bool = False) 
     """The estimator's recomputed-layer bytes for this setup, less the output gradient (supplied, not counted)."""
     from ftplan.catalog import get_model
     from ftplan.estimate import activations
-    from ftplan.estimate.stage import resolve
+    from ftplan.estimate.stage import layer_terms, resolve
     from ftplan.schemas import SftStage
 
     stage = SftStage.model_validate({"id": "s", "kind": "sft", "data": "d", "learning_rate": 1e-4,
@@ -97,10 +97,8 @@ def estimated(key: str, seq: int, adapter: str = "lora", kernels: bool = False) 
                                      "micro_batch": 1, "gradient_checkpointing": True,
                                      "kernels": "ftplan" if kernels else "none"})
     r = resolve(get_model(key), stage, seq_len=seq)
-    a = activations.compute(r)
-    forward = (a.layer_tok() + a.mlp_working_tok()) * seq + a.scores_saved + a.adapter_casts
-    backward = (a.attn_tok + a.inflight_attn_tok) * seq + a.scores_peak + a.adapter_casts
-    return max(forward, backward) + a.weight_transient - r.stream_bytes * r.shape.hidden_size * seq
+    held = sum(t.bytes for t in layer_terms(r, activations.compute(r)))
+    return held - r.stream_bytes * r.shape.hidden_size * seq
 
 
 def main() -> int:

@@ -204,6 +204,34 @@ def _step_transient(r: Resolved, st: states.States, cpu: bool) -> list[Term]:
     return [Term("optimizer step temporaries", st.trainable * tb, "foreach AdamW: sqrt(v), one state-sized copy")]
 
 
+def layer_terms(r: Resolved, acts: activations.LayerActivations) -> list[Term]:
+    """What the backward holds for the one layer it is in, beyond the other layers' checkpoints (or activations):
+    with checkpointing the recomputed layer (its saved tensors and the larger of its forward's and backward's working
+    sets), without it the backward's working set on top of that layer's saved tensors; the attention half and its
+    score blocks apart when they are the larger; and a per-call weight copy (NF4 dequantisation, DoRA's weight norm)."""
+    n = r.tokens
+    if r.gc:
+        layer_a = (acts.layer_tok() + acts.mlp_working_tok()) * n + acts.scores_saved + acts.adapter_casts
+        layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak + acts.adapter_casts
+        layer_what = "recomputed layer"
+    else:
+        layer_a = acts.mlp_working_tok() * n
+        layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
+        layer_what = "layer backward"
+    if layer_b > layer_a and acts.scores_peak:
+        scores = acts.scores_peak if r.gc else acts.scores_peak - acts.scores_saved
+        layer = [Term(f"{layer_what} (attention half)", layer_b - scores,
+                      f"{num(n)} tokens × {acts.attn_tok + acts.inflight_attn_tok:,} B"),
+                 Term("attention scores", scores, acts.scores_detail)]
+    else:
+        held_too = "the forward's working set" if acts.forward_is_wider() else "gradients in flight"
+        layer = [Term(layer_what, max(layer_a, layer_b), f"{num(n)} tokens × {acts.layer_tok():,} B saved + {held_too}")]
+    if acts.weight_transient:
+        what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight-norm transient"
+        layer.append(Term(what, acts.weight_transient, "largest linear, transient per call"))
+    return layer
+
+
 def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, loss: logits.Loss,
             cpu: bool = False) -> list[Phase]:
     shape, n = r.shape, r.tokens
@@ -222,32 +250,16 @@ def _phases(r: Resolved, st: states.States, acts: activations.LayerActivations, 
             held_all = held_top = Term("activation checkpoints", layers * acts.ckpt_tok * n,
                                        f"{layers} layers × {each}")
         held_one = replace(held_all, bytes=where.bottom * acts.ckpt_tok * n, detail="the bottom layer's input")
-        layer_a = (acts.layer_tok() + acts.mlp_working_tok()) * n + acts.scores_saved + acts.adapter_casts
-        layer_b = (acts.attn_tok + acts.inflight_attn_tok) * n + acts.scores_peak + acts.adapter_casts
-        layer_what = "recomputed layer"
     else:
         per_layer = (acts.layer_tok() + acts.input_tok) * n + acts.scores_saved + acts.adapter_casts
         held_all = Term("activations (no checkpointing)", layers * per_layer,
                         f"{layers} layers × {gib_text(per_layer)}")
         held_one = held_top = held_all
-        layer_a = acts.mlp_working_tok() * n
-        layer_b = acts.inflight_attn_tok * n + acts.scores_peak - acts.scores_saved
-        layer_what = "layer backward"
     common = [Term("attention mask", acts.mask, f"{r.sequences} × {num(r.seq)}^2")] if acts.mask else []
     accum = [st.grads] if (r.grad_accum > 1 and st.grads.bytes) else []
     held = [loss.held] if loss.held else []
 
-    if layer_b > layer_a and acts.scores_peak:
-        scores = acts.scores_peak if r.gc else acts.scores_peak - acts.scores_saved
-        layer = [Term(f"{layer_what} (attention half)", layer_b - scores,
-                      f"{num(n)} tokens × {acts.attn_tok + acts.inflight_attn_tok:,} B"),
-                 Term("attention scores", scores, acts.scores_detail)]
-    else:
-        held_too = "the forward's working set" if acts.forward_is_wider() else "gradients in flight"
-        layer = [Term(layer_what, max(layer_a, layer_b), f"{num(n)} tokens × {acts.layer_tok():,} B saved + {held_too}")]
-    if acts.weight_transient:
-        what = "dequantized weight (NF4 → 16-bit)" if r.quantized else "DoRA weight-norm transient"
-        layer.append(Term(what, acts.weight_transient, "largest linear, transient per call"))
+    layer = layer_terms(r, acts)
 
     grads_early = (replace(st.grads, bytes=st.grads_early, detail="lm_head / final norm gradients")
                    if st.grads_early else None)
